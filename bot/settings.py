@@ -1,0 +1,164 @@
+"""Bosun's settings: one pydantic-settings model, built once by an entrypoint and passed down.
+
+Environment names are ``BOSUN_<GROUP>__<FIELD>`` (for example ``BOSUN_DATABASE__URL``).
+``docs/configuration.md`` is generated from this module by ``scripts/gen_config_docs.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("var")
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Group):
+    """Where Bosun keeps its state (the source of truth)."""
+
+    url: str = Field(
+        default="sqlite+aiosqlite:///var/bosun.db",
+        description=(
+            "SQLAlchemy async URL. SQLite (`sqlite+aiosqlite:///path`) is the embedded default; "
+            "use `postgresql+asyncpg://user:pass@host/db` to scale out."
+        ),
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+
+class RedisSettings(_Group):
+    """The job transport. Losing it loses nothing: the database is the source of truth."""
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis DSN for the arq queue.")
+    spawn_local: bool = Field(
+        default=True,
+        description=(
+            "`bosun up` starts a private `redis-server` child when none answers at `url` "
+            "(loopback URLs only)."
+        ),
+    )
+
+
+class GitHubSettings(_Group):
+    """The GitHub App Bosun acts as, and where GitHub is."""
+
+    app_id: int | None = Field(default=None, description="The GitHub App's numeric id.")
+    private_key: SecretStr | None = Field(
+        default=None, description="The App's private key (PEM text). Prefer `private_key_file`."
+    )
+    private_key_file: Path | None = Field(
+        default=None, description="Path of a file holding the App's private key (PEM)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Secret GitHub signs webhook deliveries with (HMAC-SHA256)."
+    )
+    client_id: str | None = Field(default=None, description="OAuth client id of the App.")
+    client_secret: SecretStr | None = Field(default=None, description="OAuth client secret.")
+    api_url: str = Field(
+        default="https://api.github.com",
+        description="REST API base URL (`https://HOST/api/v3` on GitHub Enterprise Server).",
+    )
+    web_url: str = Field(
+        default="https://github.com", description="Web base URL, used for links and git remotes."
+    )
+    slug: str = Field(default="bosun", description="The App's slug; its bot login is `<slug>[bot]`.")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> GitHubSettings:
+        if self.private_key is not None and self.private_key_file is not None:
+            raise ValueError("set either github.private_key or github.private_key_file, not both")
+        return self
+
+    def private_key_pem(self) -> str | None:
+        """The App's private key text, read from the file when one is configured."""
+        if self.private_key is not None:
+            return self.private_key.get_secret_value()
+        if self.private_key_file is not None:
+            return self.private_key_file.read_text()
+        return None
+
+    @property
+    def bot_login(self) -> str:
+        return f"{self.slug}[bot]"
+
+
+class SandboxSettings(_Group):
+    """Defaults for agent containers. Profiles may narrow them."""
+
+    docker_host: str | None = Field(
+        default=None, description="Docker engine URL; unset means the `DOCKER_HOST` default."
+    )
+    image: str = Field(
+        default="bosun-agent:latest", description="Default agent image for profiles that name none."
+    )
+    base_image: str = Field(
+        default="debian:bookworm-slim", description="Base image the agent image is built from."
+    )
+    memory: str = Field(default="2g", description="Memory limit per sandbox (docker units).")
+    cpus: float = Field(default=1.0, gt=0, description="CPU limit per sandbox.")
+    pids: int = Field(default=512, gt=0, description="Process limit per sandbox.")
+    tmpfs_size: str = Field(default="256m", description="Size of the /tmp and home tmpfs mounts.")
+    timeout_seconds: int = Field(default=1800, gt=0, description="Hard time limit per run.")
+    output_limit_bytes: int = Field(
+        default=5_000_000, gt=0, description="Agent output kept per run before truncation."
+    )
+    user: str = Field(default="1000:1000", description="uid:gid the agent runs as (never 0).")
+    runtime: str | None = Field(
+        default=None, description="OCI runtime (for example `runsc` for gVisor); unset = default."
+    )
+    workdir: Path = Field(
+        default=DEFAULT_DATA_DIR / "workspaces",
+        description="Host folder for repository mirrors and per-run workspaces.",
+    )
+
+
+class WorkerSettings(_Group):
+    """The arq worker."""
+
+    max_jobs: int = Field(default=10, gt=0, description="Jobs one worker runs at once.")
+    poll_delay: float = Field(
+        default=0.05, gt=0, description="Seconds between queue polls (lower = faster pickup)."
+    )
+    job_timeout: int = Field(default=7200, gt=0, description="Seconds before arq abandons a job.")
+    max_concurrent_runs: int = Field(default=8, gt=0, description="Global cap on running agents.")
+
+
+class Settings(BaseSettings):
+    """Everything Bosun reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOSUN_",
+        env_nested_delimiter="__",
+        env_file=None,
+        extra="ignore",
+    )
+
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="URL where users and GitHub reach this Bosun (links, webhook URL).",
+    )
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR, description="Folder for artifacts, metrics and local state."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="`auto`: console on a TTY, JSON lines otherwise."
+    )
+    log_level: str = Field(default="info", description="Minimum log level.")
+    max_webhook_bytes: int = Field(
+        default=25 * 1024 * 1024, gt=0, description="Largest webhook body accepted (413 above)."
+    )
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"

@@ -1,0 +1,48 @@
+"""Real services the tests run on: Redis, PostgreSQL, Docker.
+
+Under CI (``CI=true``) a missing service is a test failure, never a skip; on a developer's
+machine it is a skip that names what to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+REDIS_URL = os.environ.get("BOSUN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "BOSUN_TEST_POSTGRES_URL", "postgresql+asyncpg://bosun:bosun@127.0.0.1:5432/bosun_test"
+)
+
+
+def missing(service: str, hint: str) -> None:
+    """Fail under CI, skip elsewhere, naming the service and how to start it."""
+    message = f"{service} is not available: {hint}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def docker_client():  # type: ignore[no-untyped-def]
+    """A docker-py client for the local engine, or a CI failure / local skip."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except DockerException as exc:
+        missing("Docker engine", f"{exc} (run scripts/bootstrap.sh)")
+    return client
