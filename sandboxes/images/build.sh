@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build Bosun's default agent image (sandboxes/images/agent) without network inside the build.
+#
+#   sandboxes/images/build.sh [--if-changed] [--online] [--tag TAG] [--base IMAGE]
+#
+# Offline (the default): the Debian packages the image needs are downloaded on the host into a
+# staged copy of the build context, then `docker build --network none` installs them.
+# --online: plain `docker build` with network; the image installs its packages with apt.
+# --if-changed: do nothing when TAG exists and was built from the same context and base image
+# (the image carries the hash in its `bosun.context-hash` label).
+set -euo pipefail
+# shellcheck source=../../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
+
+tag="${BOSUN_AGENT_IMAGE:-bosun-agent:latest}"
+base="${BOSUN_BASE_IMAGE:-debian:bookworm-slim}"
+if_changed=0
+online=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --if-changed) if_changed=1 ;;
+    --online) online=1 ;;
+    --tag) tag="$2"; shift ;;
+    --base) base="$2"; shift ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1" ;;
+    esac
+    shift
+done
+
+src="$BOSUN_ROOT/sandboxes/images/agent"
+image_exists "$base" || die "base image $base is missing (scripts/make_base_image.sh makes it)"
+base_id=$(docker image inspect -f '{{.Id}}' "$base")
+hash=$(tree_hash "$src" "$base_id" "online=$online")
+
+if [ "$if_changed" = 1 ] && image_exists "$tag" && [ "$(image_label "$tag" bosun.context-hash)" = "$hash" ]; then
+    say "$tag is up to date (context $hash)"
+    exit 0
+fi
+
+ctx="$BOSUN_ROOT/build/images/agent"
+log="$BOSUN_ROOT/build/images/agent.log"
+rm -rf "$ctx"
+mkdir -p "$(dirname "$ctx")"
+cp -a "$src" "$ctx"
+
+network=()
+if [ "$online" = 0 ]; then
+    packages=$(sed -nE 's/^ARG PACKAGES="([^"]*)"/\1/p' "$src/Dockerfile")
+    [ -n "$packages" ] || die "no ARG PACKAGES line in $src/Dockerfile"
+    # shellcheck disable=SC2086 # the package list is space-separated on purpose
+    "$BOSUN_ROOT/sandboxes/images/fetch_debs.sh" "$ctx/bundle/debs" "$base" $packages
+    network=(--network none)
+fi
+
+say "docker build ${network[*]} -t $tag (log: $log)"
+if ! docker build "${network[@]}" --pull=false --build-arg "BASE_IMAGE=$base" \
+    --label "bosun.context-hash=$hash" --label "bosun.image=agent" \
+    -t "$tag" "$ctx" >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    die "building $tag failed (full log: $log)"
+fi
+say "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
