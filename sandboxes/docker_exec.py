@@ -1,0 +1,98 @@
+"""Streaming one ``docker exec`` without blocking the event loop.
+
+A worker thread reads the exec's multiplexed stdout/stderr frames from the raw API socket and
+hands them to the loop through a small bounded queue (so a flood applies backpressure instead of
+filling memory). The socket can be shut down from the loop to abandon a stream whose process
+would not die.
+
+Every command is started through a fixed wrapper, ``/bin/sh -c 'echo <marker>$$ >&2; exec "$@"'``
+with the caller's argv passed as positional arguments (never interpolated into the script). The
+marker line tells the backend the command's pid inside the container; the runtime makes each exec
+a session and process-group leader, so killing ``-pid`` ends the command and its children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import socket
+import threading
+from typing import Any
+
+from docker.utils.socket import frames_iter
+
+from sandboxes.output import Stream
+
+PID_MARKER = b"bosun-exec-pid:"
+WRAPPER_SCRIPT = 'echo "bosun-exec-pid:$$" >&2; exec "$@"'
+KILL_SCRIPT = 'kill -KILL "-$1" 2>/dev/null || kill -KILL "$1"'
+
+
+def wrap(argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER_SCRIPT, "bosun-exec", *argv]
+
+
+_END = object()
+
+
+class FrameStream:
+    """Frames of one exec, read on a thread and consumed with ``await next_frame(timeout)``."""
+
+    def __init__(self, sock: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+        self._abandoned = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._pump, name="bosun-exec-reader", daemon=True)
+        self._thread.start()
+
+    def _deliver(self, item: object) -> bool:
+        future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        while True:
+            try:
+                future.result(timeout=0.5)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self._abandoned.is_set():
+                    future.cancel()
+                    return False
+
+    def _pump(self) -> None:
+        try:
+            for stream_id, data in frames_iter(self._sock, tty=False):
+                stream: Stream = "stderr" if stream_id == 2 else "stdout"
+                if data and not self._deliver((stream, bytes(data))):
+                    return
+        except (OSError, ValueError) as exc:  # socket shut down or engine went away
+            if not self._abandoned.is_set():
+                self.error = exc
+        finally:
+            if not self._abandoned.is_set():
+                with contextlib.suppress(RuntimeError):  # event loop closed
+                    self._deliver(_END)
+            self._close()
+
+    async def next_frame(self, timeout: float | None) -> tuple[Stream, bytes] | None:  # noqa: ASYNC109
+        """The next frame, ``None`` at the end; raises ``TimeoutError`` after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            item = await self._queue.get()
+        if item is _END:
+            return None
+        return item  # type: ignore[return-value]
+
+    def shutdown(self) -> None:
+        """Break the connection; the reader thread then ends the stream."""
+        raw = getattr(self._sock, "_sock", self._sock)
+        with contextlib.suppress(OSError, AttributeError):
+            raw.shutdown(socket.SHUT_RDWR)
+
+    def abandon(self) -> None:
+        """Stop delivering (the consumer has gone) and break the connection."""
+        self._abandoned.set()
+        self.shutdown()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
