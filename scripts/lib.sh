@@ -12,15 +12,15 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# step NAME CMD...: run one setup step and report its wall time on stderr.
+# step NAME CMD...: run one setup step and report its wall time on stderr. A failing step stops
+# the script (do not call it from an `if` or `||`: bash would then ignore `set -e` inside it).
 step() {
-    local name="$1" start elapsed rc=0
+    local name="$1" start elapsed
     shift
     start=${EPOCHREALTIME/./}
-    "$@" || rc=$?
+    "$@"
     elapsed=$((${EPOCHREALTIME/./} - start))
     printf 'timing: %-18s %4d.%01ds\n' "$name" $((elapsed / 1000000)) $((elapsed % 1000000 / 100000)) >&2
-    return "$rc"
 }
 
 # as_root CMD...: run CMD as root (directly, or through sudo when available).

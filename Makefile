@@ -1,0 +1,62 @@
+# Bosun: two commands on a fresh Debian/Ubuntu machine (as root or with sudo):
+#   make run    install what is missing, migrate the embedded database, serve web + worker
+#   make test   install what is missing (test profile), lint, type-check, run the tests
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv/bin
+
+export BOSUN_TEST_POSTGRES_URL ?= postgresql+asyncpg://bosun:bosun@127.0.0.1:5432/bosun_test
+export BOSUN_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+PYTEST_ARGS ?=
+
+.PHONY: help run test bootstrap bootstrap-run bootstrap-test lint format typecheck pytest \
+	images agent-image service-image
+
+help:
+	@echo "make run            set up and run Bosun (bosun up: web + worker, local Redis if none)"
+	@echo "make test           set up and run lint, type checks and tests"
+	@echo "make bootstrap      install/start everything the tests need (scripts/bootstrap.sh test)"
+	@echo "make lint           ruff check + ruff format --check"
+	@echo "make format         ruff format + ruff check --fix"
+	@echo "make typecheck      mypy --strict on bot, jobs, sandboxes"
+	@echo "make pytest         the test suite only (PYTEST_ARGS=... to pass options)"
+	@echo "make images         the agent sandbox image and the Bosun service image"
+
+run: bootstrap-run
+	$(VENV)/bosun migrate && exec $(VENV)/bosun up
+
+test: bootstrap-test
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+	$(VENV)/pytest -q $(PYTEST_ARGS)
+
+bootstrap: bootstrap-test
+
+bootstrap-run:
+	scripts/bootstrap.sh run
+
+bootstrap-test:
+	scripts/bootstrap.sh test
+
+lint:
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+format:
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+typecheck:
+	$(VENV)/mypy
+
+pytest:
+	$(VENV)/pytest -q $(PYTEST_ARGS)
+
+images: agent-image service-image
+
+agent-image:
+	sandboxes/images/build.sh --if-changed
+
+service-image:
+	scripts/build_service_image.sh

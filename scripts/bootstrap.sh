@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Install and start everything Bosun needs on a Debian/Ubuntu machine, then sync its Python env.
+#
+#   scripts/bootstrap.sh [run|test]
+#
+#   run   Docker, git, the base and agent images, the Python env (`bosun up` brings its own
+#         Redis when none answers).
+#   test  everything `run` needs plus Redis, PostgreSQL 15 (role/password bosun, database
+#         bosun_test), Chromium, and the dev extras (pytest, ruff, mypy).
+#
+# Idempotent: each step checks before it acts, so a second run takes seconds.
+# BOSUN_BOOTSTRAP_CHECK=1 only checks: it lists what it would do and exits 3 if anything is
+# missing (0 when all is in place), changing nothing. Step timings go to stderr.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+profile="${1:-run}"
+case "$profile" in
+run | test) ;;
+-h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+*) die "usage: $0 [run|test]" ;;
+esac
+
+CHECK_ONLY="${BOSUN_BOOTSTRAP_CHECK:-}"
+MISSING=()
+LOG_DIR=/var/log
+[ -w "$LOG_DIR" ] || LOG_DIR="$BOSUN_ROOT/var/log"
+export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+
+# todo WHAT: in check mode, record WHAT and return false (so the caller skips the action).
+todo() {
+    if [ -n "$CHECK_ONLY" ]; then
+        MISSING+=("$1")
+        say "missing: $1"
+        return 1
+    fi
+    say "$1"
+}
+
+systemd_running() { [ -d /run/systemd/system ]; }
+
+# wait_for SECONDS WHAT CMD...: poll CMD until it succeeds, or fail naming WHAT.
+wait_for() {
+    local limit="$1" what="$2" i
+    shift 2
+    for ((i = 0; i < limit * 4; i++)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.25
+    done
+    return 1
+}
+
+check_platform() {
+    if have apt-get && have dpkg-query; then
+        return 0
+    fi
+    cat >&2 <<'EOF'
+error: scripts/bootstrap.sh installs packages with apt (Debian 12 "bookworm" or Ubuntu).
+On this system, install these yourself, then run `make run` / `make test` again:
+  - Docker Engine (running; user-namespace remapping recommended)
+  - git, curl, CA certificates
+  - Python >= 3.11 and uv (https://docs.astral.sh/uv/)
+  - Redis >= 6 listening on 127.0.0.1:6379              (tests; `bosun up` can spawn one)
+  - PostgreSQL 15 with role bosun/bosun and database bosun_test on 127.0.0.1:5432 (tests)
+  - Chromium or Chrome                                   (tests)
+  - the base image: docker pull debian:bookworm-slim
+Then build the agent image with: sandboxes/images/build.sh --online
+EOF
+    exit 2
+}
+
+# pkg_wanted PKG: true when PKG (or what it provides) is not on this machine yet.
+pkg_wanted() {
+    case "$1" in
+    docker.io) docker info >/dev/null 2>&1 || have dockerd && return 1 ;;
+    redis-server) have redis-server && return 1 ;;
+    postgresql) have pg_ctlcluster && return 1 ;;
+    chromium) { have chromium || have chromium-browser || have google-chrome; } && return 1 ;;
+    python3-pip) { have uv || python3 -m pip --version; } >/dev/null 2>&1 && return 1 ;;
+    esac
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" != "install ok installed" ]
+}
+
+ensure_packages() {
+    local pkgs=(ca-certificates curl git make debootstrap debian-archive-keyring docker.io python3 python3-pip)
+    if [ "$profile" = test ]; then
+        pkgs+=(redis-server postgresql chromium fonts-liberation)
+    fi
+    local want=() p
+    for p in "${pkgs[@]}"; do
+        if pkg_wanted "$p"; then want+=("$p"); fi
+    done
+    if [ ${#want[@]} -eq 0 ]; then
+        say "system packages are installed"
+        return 0
+    fi
+    todo "apt-get install ${want[*]}" || return 0
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+}
+
+ensure_docker() {
+    if docker info >/dev/null 2>&1; then
+        say "Docker engine answers"
+        return 0
+    fi
+    if systemd_running; then
+        todo "starting the docker service" || return 0
+        as_root systemctl start docker
+    else
+        # No init system (a container or a bare VM image): run dockerd ourselves, without a
+        # bridge or iptables (containers get network none) and with user-namespace remapping.
+        local log="$LOG_DIR/bosun-dockerd.log"
+        todo "starting dockerd (log: $log)" || return 0
+        mkdir -p "$LOG_DIR"
+        as_root nohup dockerd --bridge=none --iptables=false --ip-masq=false \
+            --userns-remap=default >>"$log" 2>&1 </dev/null &
+    fi
+    if ! wait_for 60 "docker" docker info; then
+        tail -n 20 "${log:-/dev/null}" >&2 || true
+        die "the Docker engine did not answer within 60 s"
+    fi
+    say "Docker engine is up"
+}
+
+redis_answers() {
+    if have redis-cli; then
+        [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]
+    else
+        (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null
+    fi
+}
+
+ensure_redis() {
+    if redis_answers; then
+        say "Redis answers on 127.0.0.1:6379"
+        return 0
+    fi
+    todo "starting redis-server on 127.0.0.1:6379" || return 0
+    if systemd_running; then
+        as_root systemctl start redis-server
+    else
+        local dir=/var/lib/redis
+        [ -d "$dir" ] || dir="$BOSUN_ROOT/var/redis"
+        mkdir -p "$dir"
+        as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$dir" \
+            --logfile "$LOG_DIR/bosun-redis.log"
+    fi
+    wait_for 20 redis redis_answers || die "redis-server did not answer within 20 s"
+}
+
+pg_cluster() { pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $1, $2}'; }
+
+psql_admin() { as_root runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -tA "$@"; }
+
+ensure_postgres() {
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        local cluster
+        cluster=$(pg_cluster)
+        [ -n "$cluster" ] || cluster="15 main"
+        todo "starting PostgreSQL cluster $cluster" || return 0
+        # shellcheck disable=SC2086 # "VERSION NAME" splits into two arguments
+        as_root pg_ctlcluster $cluster start
+        wait_for 30 postgres pg_isready -q -h 127.0.0.1 -p 5432 ||
+            die "PostgreSQL did not accept connections within 30 s"
+    fi
+    if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'bosun'")" != 1 ]; then
+        todo "creating PostgreSQL role bosun" || return 0
+        psql_admin -c "CREATE ROLE bosun LOGIN CREATEDB PASSWORD 'bosun'"
+    fi
+    if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'bosun_test'")" != 1 ]; then
+        todo "creating PostgreSQL database bosun_test" || return 0
+        psql_admin -c "CREATE DATABASE bosun_test OWNER bosun"
+    fi
+    say "PostgreSQL: bosun@127.0.0.1:5432/bosun_test is ready"
+}
+
+ensure_base_image() {
+    local base="${BOSUN_BASE_IMAGE:-debian:bookworm-slim}"
+    if image_exists "$base"; then
+        say "base image $base is present"
+        return 0
+    fi
+    todo "making base image $base" || return 0
+    "$BOSUN_ROOT/scripts/make_base_image.sh" "$base"
+}
+
+ensure_agent_image() {
+    if [ -n "$CHECK_ONLY" ]; then
+        # Same test build.sh --if-changed makes, without building.
+        local tag="${BOSUN_AGENT_IMAGE:-bosun-agent:latest}"
+        local base="${BOSUN_BASE_IMAGE:-debian:bookworm-slim}" hash
+        if image_exists "$tag" && image_exists "$base"; then
+            hash=$(tree_hash "$BOSUN_ROOT/sandboxes/images/agent" \
+                "$(docker image inspect -f '{{.Id}}' "$base")" "online=0")
+            if [ "$(image_label "$tag" bosun.context-hash)" = "$hash" ]; then
+                say "$tag is up to date"
+                return 0
+            fi
+        fi
+        todo "building the agent image $tag" || true
+        return 0
+    fi
+    "$BOSUN_ROOT/sandboxes/images/build.sh" --if-changed
+}
+
+find_uv() {
+    have uv && return 0
+    local dir
+    for dir in "$HOME/.local/bin" /usr/local/bin; do
+        if [ -x "$dir/uv" ]; then
+            PATH="$dir:$PATH"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_python() {
+    if ! find_uv; then
+        todo "pip install uv" || return 0
+        local extra=()
+        if compgen -G "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" >/dev/null; then
+            extra=(--break-system-packages)
+        fi
+        as_root python3 -m pip install -q "${extra[@]}" uv
+        hash -r
+        find_uv || die "uv was installed but is not on PATH"
+    fi
+    local args=(sync --frozen)
+    [ "$profile" = test ] && args+=(--extra dev)
+    if [ -n "$CHECK_ONLY" ]; then
+        if ! (cd "$BOSUN_ROOT" && uv "${args[@]}" --check >/dev/null 2>&1); then
+            todo "uv ${args[*]}" || true
+        else
+            say "Python environment .venv is in sync"
+        fi
+        return 0
+    fi
+    say "uv ${args[*]} (.venv)"
+    (cd "$BOSUN_ROOT" && UV_PROJECT_ENVIRONMENT="$BOSUN_ROOT/.venv" uv "${args[@]}" --quiet)
+}
+
+main() {
+    local start=${EPOCHREALTIME/./}
+    say "bootstrap ($profile profile) in $BOSUN_ROOT"
+    check_platform
+    step packages ensure_packages
+    step docker ensure_docker
+    if [ "$profile" = test ]; then
+        step redis ensure_redis
+        step postgres ensure_postgres
+    fi
+    if [ -z "$CHECK_ONLY" ] || docker info >/dev/null 2>&1; then
+        step base-image ensure_base_image
+        step agent-image ensure_agent_image
+    fi
+    step python ensure_python
+    local elapsed=$((${EPOCHREALTIME/./} - start))
+    printf 'timing: %-18s %4d.%01ds\n' total $((elapsed / 1000000)) $((elapsed % 1000000 / 100000)) >&2
+    if [ ${#MISSING[@]} -gt 0 ]; then
+        say "${#MISSING[@]} thing(s) to do: run scripts/bootstrap.sh $profile"
+        exit 3
+    fi
+    say "ready"
+}
+
+main
