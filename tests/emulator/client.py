@@ -1,0 +1,221 @@
+"""A small typed client for the scenario API (``/_emulator/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class AppCredentials:
+    app_id: int
+    private_key_pem: str
+    slug: str
+    webhook_secret: str
+    bot_login: str
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    full_name: str
+    id: int
+    installation_id: int
+    clone_url: str
+
+
+class EmulatorError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class EmulatorClient:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=30.0, trust_env=False)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
+        response = self.http.request(
+            method,
+            f"/_emulator{path}",
+            json=json,
+            params={k: v for k, v in params.items() if v is not None},
+        )
+        if response.status_code >= 400:
+            raise EmulatorError(response.status_code, response.text)
+        return response.json() if response.content else None
+
+    def create_app(
+        self, webhook_url: str = "", secret: str | None = None, name: str | None = None
+    ) -> AppCredentials:
+        data = self._call(
+            "POST", "/app", {"webhook_url": webhook_url, "webhook_secret": secret, "name": name}
+        )
+        return AppCredentials(
+            data["app_id"],
+            data["private_key_pem"],
+            data["slug"],
+            data["webhook_secret"],
+            data["bot_login"],
+        )
+
+    def create_repo(
+        self,
+        owner: str,
+        name: str,
+        source: str,
+        default_branch: str = "main",
+        owner_type: str = "User",
+    ) -> RepoInfo:
+        data = self._call(
+            "POST",
+            "/repos",
+            {
+                "owner": owner,
+                "name": name,
+                "source": source,
+                "default_branch": default_branch,
+                "owner_type": owner_type,
+            },
+        )
+        return RepoInfo(data["full_name"], data["id"], data["installation_id"], data["clone_url"])
+
+    def add_user(
+        self, login: str, repo: str | None = None, permission: str = "read", type: str = "User"
+    ) -> dict[str, Any]:
+        return self._call(
+            "POST", "/users", {"login": login, "repo": repo, "permission": permission, "type": type}
+        )
+
+    def create_issue(
+        self,
+        repo: str,
+        title: str,
+        body: str = "",
+        user: str = "octocat",
+        labels: list[str] | None = None,
+    ) -> int:
+        data = self._call(
+            "POST",
+            f"/repos/{repo}/issues",
+            {"title": title, "body": body, "user": user, "labels": labels},
+        )
+        return int(data["number"])
+
+    def edit_issue(self, repo: str, number: int, user: str, **changes: Any) -> None:
+        self._call("PATCH", f"/repos/{repo}/issues/{number}", {"user": user, **changes})
+
+    def add_labels(self, repo: str, number: int, labels: list[str], user: str) -> None:
+        self._call(
+            "POST", f"/repos/{repo}/issues/{number}/labels", {"labels": labels, "user": user}
+        )
+
+    def remove_label(self, repo: str, number: int, label: str, user: str) -> None:
+        self._call("DELETE", f"/repos/{repo}/issues/{number}/labels/{label}", user=user)
+
+    def comment(self, repo: str, number: int, body: str, user: str) -> int:
+        data = self._call(
+            "POST", f"/repos/{repo}/issues/{number}/comments", {"body": body, "user": user}
+        )
+        return int(data["id"])
+
+    def edit_comment(self, repo: str, comment_id: int, body: str, user: str | None = None) -> None:
+        self._call(
+            "PATCH", f"/repos/{repo}/issues/comments/{comment_id}", {"body": body, "user": user}
+        )
+
+    def delete_comment(self, repo: str, comment_id: int, user: str | None = None) -> None:
+        self._call("DELETE", f"/repos/{repo}/issues/comments/{comment_id}", user=user)
+
+    def open_pull(
+        self,
+        repo: str,
+        title: str,
+        head: str,
+        base: str = "main",
+        body: str = "",
+        user: str = "octocat",
+        draft: bool = False,
+    ) -> int:
+        data = self._call(
+            "POST",
+            f"/repos/{repo}/pulls",
+            {
+                "title": title,
+                "head": head,
+                "base": base,
+                "body": body,
+                "user": user,
+                "draft": draft,
+            },
+        )
+        return int(data["number"])
+
+    def review(self, repo: str, number: int, state: str, user: str, body: str = "") -> int:
+        data = self._call(
+            "POST",
+            f"/repos/{repo}/pulls/{number}/reviews",
+            {"state": state, "body": body, "user": user},
+        )
+        return int(data["id"])
+
+    def review_comment(
+        self, repo: str, number: int, body: str, user: str, path: str = "README.md", line: int = 1
+    ) -> int:
+        data = self._call(
+            "POST",
+            f"/repos/{repo}/pulls/{number}/comments",
+            {"body": body, "user": user, "path": path, "line": line},
+        )
+        return int(data["id"])
+
+    def click_action(self, check_run_id: int, identifier: str, user: str) -> None:
+        self._call("POST", f"/check-runs/{check_run_id}/actions/{identifier}", {"user": user})
+
+    def rerequest(self, check_run_id: int, user: str) -> None:
+        self._call("POST", f"/check-runs/{check_run_id}/rerequest", {"user": user})
+
+    def push(
+        self,
+        repo: str,
+        branch: str,
+        files: dict[str, str | None],
+        user: str = "octocat",
+        message: str = "Update files",
+    ) -> str:
+        data = self._call(
+            "POST",
+            f"/repos/{repo}/push",
+            {"branch": branch, "files": files, "user": user, "message": message},
+        )
+        return str(data["sha"])
+
+    def deliveries(self, wait: bool = True) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/deliveries", wait="1" if wait else "0"))
+
+    def redeliver(self, guid: str) -> None:
+        self._call("POST", f"/deliveries/{guid}/redeliver")
+
+    def fault(self, kind: str, **spec: Any) -> dict[str, Any]:
+        return dict(self._call("POST", "/faults", {"kind": kind, **spec}))
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/faults")
+
+    def state(self, owner: str, name: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/repos/{owner}/{name}/state"))
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/requests"))
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "/requests")
+
+    def manifest_code(self, manifest: dict[str, Any]) -> str:
+        return str(self._call("POST", "/app-manifests", {"manifest": manifest})["code"])

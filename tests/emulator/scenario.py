@@ -1,0 +1,426 @@
+"""The scenario API under ``/_emulator/``: what tests do as humans, and read-outs of state."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from . import actions_checks, actions_code, gitrepo, render
+from . import actions_issues as acts
+from .actions_app import create_app
+from .context import Context
+from .http import HttpError, Request, Response, Router, not_found
+from .state import Issue, Repo, Store, iso
+
+PERMISSIONS = {"read", "triage", "write", "maintain", "admin"}
+
+
+def register(router: Router, ctx: Context) -> None:
+    s = ctx.store
+
+    def repo_of(request: Request) -> Repo:
+        return ctx.repo(request.params["owner"], request.params["name"])
+
+    def post_app(request: Request) -> Response:
+        body = request.json()
+        app = create_app(
+            ctx, body.get("webhook_url", ""), body.get("webhook_secret"), body.get("name")
+        )
+        return Response(
+            201,
+            {
+                "app_id": app.id,
+                "private_key_pem": app.private_key_pem,
+                "slug": app.slug,
+                "webhook_secret": app.webhook_secret,
+                "bot_login": app.bot.login,
+            },
+        )
+
+    def post_repo(request: Request) -> Response:
+        body = request.json()
+        ctx.bot()
+        for key in ("owner", "name", "source"):
+            if not body.get(key):
+                raise HttpError(422, f"'{key}' is required")
+        r = actions_code.create_repo(
+            ctx,
+            body["owner"],
+            body["name"],
+            body["source"],
+            body.get("default_branch", "main"),
+            body.get("owner_type", "User"),
+        )
+        return Response(
+            201,
+            {
+                "full_name": r.full_name,
+                "id": r.id,
+                "installation_id": r.installation_id,
+                "clone_url": f"{s.base_url}/{r.full_name}.git",
+            },
+        )
+
+    def post_user(request: Request) -> Response:
+        body = request.json()
+        login = body.get("login")
+        if not login:
+            raise HttpError(422, "'login' is required")
+        user = s.user(login, body.get("type", "User"))
+        if body.get("repo"):
+            permission = body.get("permission", "read")
+            if permission not in PERMISSIONS:
+                raise HttpError(422, f"permission must be one of {sorted(PERMISSIONS)}")
+            owner, _, name = body["repo"].partition("/")
+            ctx.repo(owner, name).collaborators[login.lower()] = permission
+        return Response(201, render.user(s, user))
+
+    def post_issue(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = acts.open_issue(
+            ctx,
+            r,
+            body.get("title", ""),
+            body.get("body"),
+            ctx.user(body.get("user")),
+            body.get("labels"),
+        )
+        return Response(201, {"number": issue.number, "id": issue.id})
+
+    def patch_issue(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.issue(r, request.params["number"])
+        acts.edit_issue(ctx, r, issue, body, ctx.user(body.get("user")))
+        return Response(200, {"number": issue.number})
+
+    def post_labels(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.issue(r, request.params["number"])
+        acts.add_labels(ctx, r, issue, list(body.get("labels", [])), ctx.user(body.get("user")))
+        return Response(200, {"labels": issue.labels})
+
+    def delete_label(request: Request) -> Response:
+        r = repo_of(request)
+        issue = ctx.issue(r, request.params["number"])
+        acts.remove_label(ctx, r, issue, request.params["label"], ctx.user(request.arg("user")))
+        return Response(200, {"labels": issue.labels})
+
+    def post_comment(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.issue(r, request.params["number"])
+        comment = acts.add_comment(ctx, r, issue, body.get("body", ""), ctx.user(body.get("user")))
+        return Response(201, {"id": comment.id})
+
+    def patch_comment(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        comment = ctx.comment(r, request.params["comment_id"])
+        sender = ctx.user(body.get("user") or comment.user.login)
+        acts.edit_comment(ctx, r, comment, body.get("body", ""), sender)
+        return Response(200, {"id": comment.id})
+
+    def delete_comment(request: Request) -> Response:
+        r = repo_of(request)
+        comment = ctx.comment(r, request.params["comment_id"])
+        acts.delete_comment(ctx, r, comment, ctx.user(request.arg("user") or comment.user.login))
+        return Response(204)
+
+    def post_pull(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = actions_code.open_pull(
+            ctx,
+            r,
+            body.get("title", ""),
+            body.get("body"),
+            body.get("head", ""),
+            body.get("base", r.default_branch),
+            ctx.user(body.get("user")),
+            bool(body.get("draft")),
+        )
+        return Response(201, {"number": issue.number})
+
+    def post_review(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.pull(r, request.params["number"])
+        review = actions_code.submit_review(
+            ctx,
+            r,
+            issue,
+            body.get("state", "COMMENTED"),
+            body.get("body", ""),
+            ctx.user(body.get("user")),
+        )
+        return Response(201, {"id": review.id})
+
+    def post_review_comment(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.pull(r, request.params["number"])
+        comment = actions_code.review_comment(
+            ctx,
+            r,
+            issue,
+            body.get("body", ""),
+            body.get("path", "README.md"),
+            int(body.get("line", 1)),
+            ctx.user(body.get("user")),
+        )
+        return Response(201, {"id": comment.id})
+
+    def post_merge(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.pull(r, request.params["number"])
+        sha = actions_code.merge_pull(
+            ctx,
+            r,
+            issue,
+            ctx.user(body.get("user")),
+            body.get("merge_method", "merge"),
+            body.get("sha"),
+            None,
+            None,
+        )
+        return Response(200, {"sha": sha})
+
+    def check_of(request: Request) -> tuple[Repo, Any]:
+        try:
+            check = s.check_runs.get(int(request.params["check_id"]))
+        except ValueError:
+            check = None
+        if check is None:
+            raise not_found()
+        return s.repos[check.repo_id], check
+
+    def post_action(request: Request) -> Response:
+        r, check = check_of(request)
+        actions_checks.requested_action(
+            ctx, r, check, request.params["identifier"], ctx.user(request.json().get("user"))
+        )
+        return Response(202, {})
+
+    def post_rerequest(request: Request) -> Response:
+        r, check = check_of(request)
+        actions_checks.rerequest(ctx, r, check, ctx.user(request.json().get("user")))
+        return Response(202, {})
+
+    def post_push(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        if not body.get("branch") or not isinstance(body.get("files"), dict):
+            raise HttpError(422, "'branch' and 'files' are required")
+        sha = actions_code.push_files(
+            ctx,
+            r,
+            body["branch"],
+            body["files"],
+            ctx.user(body.get("user")),
+            body.get("message") or "Update files",
+        )
+        return Response(201, {"sha": sha})
+
+    async def get_deliveries(request: Request) -> Response:
+        if request.arg("wait", "1") != "0":
+            await asyncio.to_thread(ctx.hooks.wait_idle, float(request.arg("timeout", "10")))
+        with s.lock:
+            items = [_delivery(d) for d in s.deliveries]
+        return Response(200, items)
+
+    def post_redeliver(request: Request) -> Response:
+        guid = request.params["guid"]
+        delivery = next((d for d in s.deliveries if d.guid == guid), None)
+        if delivery is None:
+            raise not_found()
+        ctx.hooks.redeliver(delivery)
+        return Response(202, {})
+
+    def post_fault(request: Request) -> Response:
+        body = request.json()
+        kind = body.get("kind")
+        if kind == "expire_tokens":
+            with s.lock:
+                for token in s.tokens.values():
+                    token.expires = min(token.expires, time.time() - 1)
+            return Response(201, {"kind": kind, "expired": len(s.tokens)})
+        if kind == "token_lifetime":
+            s.token_lifetime = float(body.get("seconds", 3600))
+            return Response(201, {"kind": kind, "seconds": s.token_lifetime})
+        return Response(201, ctx.faults.add(body).describe())
+
+    def get_faults(request: Request) -> Response:
+        return Response(200, ctx.faults.list())
+
+    def delete_faults(request: Request) -> Response:
+        ctx.faults.clear()
+        s.token_lifetime = 3600.0
+        return Response(204)
+
+    def get_state(request: Request) -> Response:
+        return Response(200, repo_state(s, repo_of(request)))
+
+    def get_requests(request: Request) -> Response:
+        with s.lock:
+            return Response(200, list(s.request_log))
+
+    def delete_requests(request: Request) -> Response:
+        with s.lock:
+            s.request_log.clear()
+        return Response(204)
+
+    def post_manifest_code(request: Request) -> Response:
+        code = secrets.token_hex(10)
+        s.manifest_codes[code] = request.json().get("manifest", {})
+        return Response(201, {"code": code})
+
+    def post_branch(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        sha = gitrepo.resolve(r.path, body.get("from", r.default_branch))
+        if sha is None:
+            raise not_found()
+        before = gitrepo.branches(r.path)
+        gitrepo.update_ref(r.path, body["branch"], sha)
+        actions_code.refs_changed(ctx, r, before, ctx.user(body.get("user") or r.owner.login))
+        return Response(201, {"sha": sha})
+
+    repo = "/_emulator/repos/{owner}/{name}"
+    table: list[tuple[str, str, Any]] = [
+        ("POST", "/_emulator/app", post_app),
+        ("POST", "/_emulator/app-manifests", post_manifest_code),
+        ("POST", "/_emulator/repos", post_repo),
+        ("POST", "/_emulator/users", post_user),
+        ("POST", f"{repo}/issues", post_issue),
+        ("PATCH", f"{repo}/issues/{{number}}", patch_issue),
+        ("POST", f"{repo}/issues/{{number}}/labels", post_labels),
+        ("DELETE", f"{repo}/issues/{{number}}/labels/{{label}}", delete_label),
+        ("POST", f"{repo}/issues/{{number}}/comments", post_comment),
+        ("PATCH", f"{repo}/issues/comments/{{comment_id}}", patch_comment),
+        ("DELETE", f"{repo}/issues/comments/{{comment_id}}", delete_comment),
+        ("POST", f"{repo}/pulls", post_pull),
+        ("POST", f"{repo}/pulls/{{number}}/reviews", post_review),
+        ("POST", f"{repo}/pulls/{{number}}/comments", post_review_comment),
+        ("POST", f"{repo}/pulls/{{number}}/merge", post_merge),
+        ("POST", f"{repo}/push", post_push),
+        ("POST", f"{repo}/branches", post_branch),
+        ("GET", f"{repo}/state", get_state),
+        ("POST", "/_emulator/check-runs/{check_id}/actions/{identifier}", post_action),
+        ("POST", "/_emulator/check-runs/{check_id}/rerequest", post_rerequest),
+        ("GET", "/_emulator/deliveries", get_deliveries),
+        ("POST", "/_emulator/deliveries/{guid}/redeliver", post_redeliver),
+        ("POST", "/_emulator/faults", post_fault),
+        ("GET", "/_emulator/faults", get_faults),
+        ("DELETE", "/_emulator/faults", delete_faults),
+        ("GET", "/_emulator/requests", get_requests),
+        ("DELETE", "/_emulator/requests", delete_requests),
+    ]
+    for method, path, handler in table:
+        router.add(method, path, handler, "scenario")
+
+
+def _delivery(d: Any) -> dict[str, Any]:
+    return {
+        "guid": d.guid,
+        "event": d.event,
+        "action": d.action,
+        "installation_id": d.installation_id,
+        "repository_id": d.repository_id,
+        "payload": d.payload,
+        "headers": d.headers,
+        "attempts": [
+            {
+                "id": a.id,
+                "status_code": a.status_code,
+                "duration": a.duration,
+                "redelivery": a.redelivery,
+                "delivered_at": iso(a.delivered),
+            }
+            for a in d.attempts
+        ],
+    }
+
+
+def _issue_state(s: Store, r: Repo, i: Issue) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "number": i.number,
+        "title": i.title,
+        "body": i.body,
+        "state": i.state,
+        "user": i.user.login,
+        "labels": list(i.labels),
+        "is_pull": i.pull is not None,
+        "reactions": [{"content": x.content, "user": x.user.login} for x in i.reactions],
+        "comments": [
+            {
+                "id": c.id,
+                "body": c.body,
+                "user": c.user.login,
+                "user_type": c.user.type,
+                "created_at": iso(c.created),
+                "updated_at": iso(c.updated),
+                "reactions": [{"content": x.content, "user": x.user.login} for x in c.reactions],
+            }
+            for c in (s.comments[cid] for cid in i.comment_ids)
+        ],
+    }
+    if i.pull is not None:
+        p = i.pull
+        data["pull"] = {
+            "head": p.head,
+            "base": p.base,
+            "head_sha": p.head_sha,
+            "base_sha": p.base_sha,
+            "draft": p.draft,
+            "merged": p.merged,
+            "merge_commit_sha": p.merge_commit_sha,
+            "reviews": [
+                {
+                    "id": v.id,
+                    "state": v.state,
+                    "body": v.body,
+                    "user": v.user.login,
+                    "commit_id": v.commit_id,
+                }
+                for v in p.reviews
+            ],
+        }
+    return data
+
+
+def repo_state(s: Store, r: Repo) -> dict[str, Any]:
+    with s.lock:
+        issues = [_issue_state(s, r, i) for (rid, _), i in sorted(s.issues.items()) if rid == r.id]
+        checks = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "head_sha": c.head_sha,
+                "status": c.status,
+                "conclusion": c.conclusion,
+                "output": c.output,
+                "actions": c.actions,
+                "annotations": c.annotations,
+                "updates": c.history,
+                "details_url": c.details_url,
+                "external_id": c.external_id,
+            }
+            for c in s.check_runs.values()
+            if c.repo_id == r.id
+        ]
+    return {
+        "full_name": r.full_name,
+        "default_branch": r.default_branch,
+        "branches": gitrepo.branches(r.path),
+        "issues": [i for i in issues if not i["is_pull"]],
+        "pulls": [i for i in issues if i["is_pull"]],
+        "check_runs": checks,
+        "labels": sorted(r.labels),
+        "collaborators": dict(r.collaborators),
+    }
