@@ -1,0 +1,108 @@
+"""Cached bare mirrors, one per repository, fetched incrementally.
+
+``<root>/mirrors/<owner>__<name>.git`` is created on first use and fetched with ``--prune``
+afterwards. Each mirror has a lock: an ``asyncio.Lock`` per path for tasks in this process, and
+an ``fcntl.flock`` on ``<mirror>.lock`` so worker processes on one host never fetch into (or
+clone from) the same mirror at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sandboxes.errors import MirrorLockTimeout, WorkspaceError
+from sandboxes.git import run_git, strip_credentials
+
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+_LOCKS: dict[Path, asyncio.Lock] = {}
+
+
+class MirrorCache:
+    """Bare mirrors of remote repositories under ``<root>/mirrors``."""
+
+    def __init__(self, root: Path, *, lock_timeout: float = 900.0) -> None:
+        self.root = root
+        self.lock_timeout = lock_timeout
+
+    def path_for(self, repo: str) -> Path:
+        """The mirror of ``owner/name``."""
+        if not _REPO.match(repo) or ".." in repo:
+            raise WorkspaceError(f"repository must look like 'owner/name', got {repo!r}")
+        owner, name = repo.split("/")
+        return self.root / "mirrors" / f"{owner}__{name}.git"
+
+    @contextlib.asynccontextmanager
+    async def locked(self, repo: str) -> AsyncIterator[Path]:
+        """Hold the mirror's in-process and cross-process locks."""
+        path = self.path_for(repo)
+        lock = _LOCKS.setdefault(path, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                deadline = time.monotonic() + self.lock_timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            raise MirrorLockTimeout(
+                                f"mirror {path} stayed locked for {self.lock_timeout:.0f}s"
+                            ) from None
+                        await asyncio.sleep(0.05)
+                yield path
+            finally:
+                os.close(fd)  # closing releases the flock
+
+    async def update(self, repo: str, remote_url: str, *, auth_header: str | None = None) -> Path:
+        """Create or incrementally fetch the mirror of ``repo``; returns its path."""
+        async with self.locked(repo) as path:
+            await self.update_locked(path, remote_url, auth_header=auth_header)
+        return path
+
+    async def update_locked(
+        self, path: Path, remote_url: str, *, auth_header: str | None = None
+    ) -> None:
+        """``update`` for a caller already holding ``locked``."""
+        url = strip_credentials(remote_url)
+        if not await asyncio.to_thread((path / "HEAD").exists):
+            await self._create(path, url, auth_header)
+            return
+        await run_git(["config", "remote.origin.url", url], cwd=path)
+        await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=path, auth_header=auth_header)
+
+    async def _create(self, path: Path, url: str, auth_header: str | None) -> None:
+        partial = path.with_name(path.name + ".partial")
+        await asyncio.to_thread(shutil.rmtree, partial, True)
+        await run_git(["init", "--bare", "--quiet", str(partial)])
+        await run_git(["config", "remote.origin.url", url], cwd=partial)
+        for index, refspec in enumerate(_REFSPECS):
+            await run_git(
+                ["config", "--add" if index else "--replace-all", "remote.origin.fetch", refspec],
+                cwd=partial,
+            )
+        try:
+            await run_git(["fetch", "--quiet", "origin"], cwd=partial, auth_header=auth_header)
+            head = await run_git(
+                ["ls-remote", "--symref", "origin", "HEAD"],
+                cwd=partial,
+                auth_header=auth_header,
+                check=False,
+            )
+            match = re.search(r"ref: (refs/heads/\S+)\s+HEAD", head.text)
+            if match:
+                await run_git(["symbolic-ref", "HEAD", match.group(1)], cwd=partial)
+            await asyncio.to_thread(os.replace, partial, path)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, partial, True)
+            raise
