@@ -94,5 +94,9 @@ class FrameStream:
         self.shutdown()
 
     def _close(self) -> None:
+        raw = getattr(self._sock, "_sock", None)
         with contextlib.suppress(OSError):
             self._sock.close()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.close()

@@ -1,0 +1,287 @@
+"""The Docker backend against the real engine: hardening verified by inspecting the running
+container and from inside it, streaming, exit codes, deadlines, stop, output caps, reaping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import docker.errors
+import pytest
+
+from sandboxes.base import LABEL_MANAGED, LABEL_RUN_ID, Sandbox, SandboxStatus, open_sandbox
+from sandboxes.docker import DockerBackend
+from sandboxes.errors import ImageNotFound, SandboxTimeout
+from sandboxes.output import LineSplitter, OutputChunk
+from sandboxes.spec import SandboxSpec
+from tests.services import docker_client, missing
+
+pytestmark = pytest.mark.docker
+
+AGENT_IMAGE = "bosun-agent:latest"
+TEST_ROOT = Path("/tmp/bosun-sandbox-tests")
+
+
+@pytest.fixture(scope="module")
+def engine():  # type: ignore[no-untyped-def]
+    client = docker_client()
+    try:
+        client.images.get(AGENT_IMAGE)
+    except docker.errors.ImageNotFound:
+        missing(AGENT_IMAGE, "build it with sandboxes/images/build.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+async def backend(engine) -> AsyncIterator[DockerBackend]:  # type: ignore[no-untyped-def]
+    backend = DockerBackend()
+    yield backend
+    await backend.close()
+
+
+@pytest.fixture(scope="module")
+def workspace_dir(engine) -> Iterator[Path]:  # type: ignore[no-untyped-def]
+    TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    path = TEST_ROOT / f"ws-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def sandbox(backend: DockerBackend, workspace_dir: Path) -> AsyncIterator[Sandbox]:
+    spec = SandboxSpec(
+        run_id=f"t-{uuid.uuid4().hex[:8]}",
+        image=AGENT_IMAGE,
+        workspace=workspace_dir,
+        memory="256m",
+        cpus=0.5,
+        pids=128,
+        tmpfs_size="32m",
+        timeout_seconds=20,
+        output_limit_bytes=10_000,
+        env={"GREETING": "hello"},
+    )
+    uid, gid = await backend.host_ids(spec)
+    os.chown(workspace_dir, uid, gid)
+    async with open_sandbox(backend, spec) as sandbox:
+        yield sandbox
+
+
+async def test_container_is_hardened_as_inspected(engine, sandbox: Sandbox) -> None:  # type: ignore[no-untyped-def]
+    attrs = engine.api.inspect_container(sandbox.id)
+    host = attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"]
+    assert not host.get("CapAdd")
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["NetworkMode"] == "none"
+    assert host["Privileged"] is False
+    assert host["Memory"] == 256 * 1024 * 1024
+    assert host["MemorySwap"] == host["Memory"]
+    assert host["NanoCpus"] == 500_000_000
+    assert host["PidsLimit"] == 128
+    assert host["Init"] is True
+    assert attrs["Config"]["User"] == "1000:1000"
+    assert set(host["Tmpfs"]) == {"/tmp", "/home/agent"}
+    mounts = {m["Destination"]: m for m in attrs["Mounts"]}
+    assert set(mounts) == {"/workspace"}
+    assert mounts["/workspace"]["RW"] is True
+    assert not any("docker.sock" in m["Source"] for m in attrs["Mounts"])
+    assert attrs["Config"]["Labels"][LABEL_MANAGED] == "true"
+    assert attrs["Config"]["Labels"][LABEL_RUN_ID] == sandbox.spec.run_id
+
+
+async def test_process_inside_has_no_privileges(backend: DockerBackend, sandbox: Sandbox) -> None:
+    status = (await backend.exec(sandbox, ["cat", "/proc/self/status"])).check().text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["CapEff"].strip() == "0000000000000000"
+    assert fields["CapBnd"].strip() == "0000000000000000"
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+    uid = (await backend.exec(sandbox, ["id", "-u"])).check().text().strip()
+    assert uid == "1000"
+    net = (await backend.exec(sandbox, ["ls", "/sys/class/net"])).check().text().split()
+    assert net == ["lo"]
+
+
+async def test_only_workspace_and_tmpfs_are_writable(
+    backend: DockerBackend, sandbox: Sandbox, workspace_dir: Path
+) -> None:
+    etc = await backend.exec(sandbox, ["touch", "/etc/x"])
+    assert etc.exit_code != 0
+    assert b"Read-only file system" in etc.output
+    usr = await backend.exec(sandbox, ["touch", "/usr/local/x"])
+    assert usr.exit_code != 0
+    for path in ("/tmp/x", "/home/agent/x", "/workspace/x"):
+        (await backend.exec(sandbox, ["sh", "-c", f"echo data > {path}"])).check()
+    assert (workspace_dir / "x").read_text() == "data\n"
+    big = await backend.exec(sandbox, ["sh", "-c", "head -c 40000000 /dev/zero > /tmp/big"])
+    assert big.exit_code != 0  # the 32m tmpfs is full
+
+
+async def test_environment_holds_only_what_the_spec_passed(
+    engine,
+    backend: DockerBackend,
+    sandbox: Sandbox,  # type: ignore[no-untyped-def]
+) -> None:
+    image_env = engine.images.get(AGENT_IMAGE).attrs["Config"].get("Env") or []
+    os.environ["BOSUN_TEST_HOST_SECRET"] = "must-not-leak"
+    try:
+        result = await backend.exec(sandbox, ["env"], env={"EXTRA": "1"})
+    finally:
+        del os.environ["BOSUN_TEST_HOST_SECRET"]
+    names = {line.split("=", 1)[0] for line in result.check().text().splitlines()}
+    from_image = {entry.split("=", 1)[0] for entry in image_env}
+    assert names == {"PATH", "HOSTNAME", "HOME", "PWD", "GREETING", "EXTRA"} | from_image
+    assert "must-not-leak" not in result.text()
+
+
+async def test_output_streams_in_order_before_exit(
+    backend: DockerBackend, sandbox: Sandbox
+) -> None:
+    seen: list[tuple[str, str, float]] = []
+
+    async def on_line(stream: str, line: str) -> None:
+        seen.append((stream, line, time.monotonic()))
+
+    splitter = LineSplitter(on_line)  # type: ignore[arg-type]
+    script = "for i in 1 2 3; do echo out$i; sleep 0.3; done; echo oops >&2; exit 7"
+    result = await backend.exec(sandbox, ["sh", "-c", script], on_output=splitter)
+    finished = time.monotonic()
+    await splitter.flush()
+    assert result.exit_code == 7
+    assert not result.ok
+    assert [(s, line) for s, line, _ in seen] == [
+        ("stdout", "out1"), ("stdout", "out2"), ("stdout", "out3"), ("stderr", "oops"),
+    ]  # fmt: skip
+    assert seen[0][2] < finished - 0.5  # the first line arrived while the command still ran
+    assert result.stdout == b"out1\nout2\nout3\n"
+    assert result.stderr == b"oops\n"
+
+
+async def test_missing_command_reports_127(backend: DockerBackend, sandbox: Sandbox) -> None:
+    result = await backend.exec(sandbox, ["no-such-program", "--flag"])
+    assert result.exit_code == 127
+    assert b"no-such-program" in result.output
+
+
+async def test_argv_is_not_shell_interpreted(backend: DockerBackend, sandbox: Sandbox) -> None:
+    result = await backend.exec(sandbox, ["echo", "$HOME; rm -rf /workspace", "`id`"])
+    assert result.check().text() == "$HOME; rm -rf /workspace `id`\n"
+
+
+async def test_deadline_kills_the_command_and_its_children(
+    backend: DockerBackend, sandbox: Sandbox
+) -> None:
+    started = time.monotonic()
+    result = await backend.exec(sandbox, ["sh", "-c", "sleep 100 & sleep 100"], timeout=1)
+    assert time.monotonic() - started < 4
+    assert result.timed_out
+    with pytest.raises(SandboxTimeout):
+        result.check()
+    script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
+    left = (await backend.exec(sandbox, ["sh", "-c", script])).check().text()
+    assert "sleep infinity" in left
+    assert "sleep 100" not in left  # the command and its background child are gone
+
+
+async def test_output_flood_is_truncated_with_a_note(
+    backend: DockerBackend, sandbox: Sandbox
+) -> None:
+    chunks: list[OutputChunk] = []
+
+    async def collect(chunk: OutputChunk) -> None:
+        chunks.append(chunk)
+
+    result = await backend.exec(
+        sandbox, ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' x"], on_output=collect
+    )
+    assert result.exit_code == 0
+    assert result.truncated
+    assert result.truncated_bytes == 5_000_000 - 10_000
+    assert result.output.count(b"x") == 10_000
+    assert result.output.endswith(b"[output truncated after 10000 bytes]\n")
+    assert sum(len(c.data) for c in chunks) == len(result.output)
+
+
+async def test_memory_limit_reports_oom(backend: DockerBackend, sandbox: Sandbox) -> None:
+    hog = ["python3", "-c", "x = bytearray(400 * 1024 * 1024); print(len(x))"]
+    result = await backend.exec(sandbox, hog)
+    assert result.oom_killed
+    assert result.exit_code == 137
+    alive = await backend.exec(sandbox, ["true"])
+    assert alive.ok and not alive.oom_killed
+
+
+async def test_copy_in_and_out(backend: DockerBackend, sandbox: Sandbox, tmp_path: Path) -> None:
+    source = tmp_path / "bundle"
+    source.mkdir()
+    (source / "a.txt").write_text("alpha")
+    await backend.copy_in(sandbox, source, "/workspace")
+    owner = await backend.exec(sandbox, ["stat", "-c", "%u %s", "/workspace/bundle/a.txt"])
+    assert owner.check().text().split() == ["1000", "5"]
+    (await backend.exec(sandbox, ["sh", "-c", "echo beta > /workspace/bundle/b.txt"])).check()
+    copied = await backend.copy_out(sandbox, "/workspace/bundle", tmp_path / "out")
+    assert (copied / "a.txt").read_text() == "alpha"
+    assert (copied / "b.txt").read_text() == "beta\n"
+
+
+async def test_stop_ends_a_running_exec_within_two_seconds(
+    backend: DockerBackend, workspace_dir: Path
+) -> None:
+    spec = SandboxSpec(run_id="stop-test", image=AGENT_IMAGE, workspace=workspace_dir)
+    async with open_sandbox(backend, spec) as sandbox:
+        task = asyncio.create_task(backend.exec(sandbox, ["sleep", "1000"]))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await backend.stop(sandbox, timeout=1)
+        result = await asyncio.wait_for(task, 5)
+        assert time.monotonic() - started < 2
+        assert result.cancelled
+        assert not result.ok
+        assert await backend.status(sandbox) == SandboxStatus.EXITED
+    assert await backend.status(sandbox) == SandboxStatus.REMOVED
+
+
+async def test_reaper_removes_orphans_and_keeps_live_runs(
+    backend: DockerBackend,
+    workspace_dir: Path,
+    engine,  # type: ignore[no-untyped-def]
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    orphan = await backend.create(
+        SandboxSpec(run_id=f"orphan-{tag}", image=AGENT_IMAGE, workspace=workspace_dir)
+    )
+    live = await backend.create(
+        SandboxSpec(run_id=f"live-{tag}", image=AGENT_IMAGE, workspace=workspace_dir)
+    )
+    unmanaged = engine.containers.create(AGENT_IMAGE, ["true"], network_mode="none")
+    try:
+        live_runs = {f"live-{tag}"}
+        young = await backend.reap(lambda run_id: run_id in live_runs or tag not in run_id,
+                                   max_age=3600)  # fmt: skip
+        assert young == []  # too young to reap
+        removed = await backend.reap(lambda run_id: run_id in live_runs or tag not in run_id)
+        assert removed == [orphan.id]
+        assert await backend.status(orphan) == SandboxStatus.REMOVED
+        assert await backend.status(live) == SandboxStatus.CREATED
+        unmanaged.reload()
+        assert unmanaged.status == "created"
+    finally:
+        await backend.remove(live)
+        unmanaged.remove(force=True)
+
+
+async def test_missing_image_names_the_build_script(
+    backend: DockerBackend, workspace_dir: Path
+) -> None:
+    spec = SandboxSpec(run_id="noimage", image="bosun-no-such-image:1", workspace=workspace_dir)
+    with pytest.raises(ImageNotFound, match=r"sandboxes/images/build\.sh"):
+        await backend.create(spec)
