@@ -67,7 +67,9 @@ class GitHubSettings(_Group):
     web_url: str = Field(
         default="https://github.com", description="Web base URL, used for links and git remotes."
     )
-    slug: str = Field(default="bosun", description="The App's slug; its bot login is `<slug>[bot]`.")
+    slug: str = Field(
+        default="bosun", description="The App's slug; its bot login is `<slug>[bot]`."
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> GitHubSettings:

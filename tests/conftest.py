@@ -1,3 +1,87 @@
-"""Shared fixtures. Service fixtures live in ``tests/services.py``."""
+"""Shared fixtures: settings on real services, a database per backend, Redis.
+
+Every test that takes ``db_url`` runs twice: on SQLite (the embedded default) and on
+PostgreSQL (each test in a schema of its own, dropped afterwards).
+"""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from bot.settings import Settings
+from tests.services import POSTGRES_URL, REDIS_URL, missing
+
+pytest_plugins: list[str] = []
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    url = make_url(POSTGRES_URL)
+    conn = await asyncpg.connect(
+        user=url.username,
+        password=url.password,
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        database=url.database,
+        timeout=5,
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        await _pg_admin(f'CREATE SCHEMA "{schema}"')
+    except Exception as exc:
+        missing("PostgreSQL", f"{POSTGRES_URL}: {exc} (run scripts/bootstrap.sh test)")
+    url = make_url(POSTGRES_URL).update_query_dict({"search_path": schema})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        await _pg_admin(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """The test Redis database, emptied before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        missing("Redis", f"{REDIS_URL}: {exc} (run scripts/bootstrap.sh test)")
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+def make_settings(tmp_path: Path, db_url: str, redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database": {"url": db_url},
+        "redis": {"url": redis_url, "spawn_local": False},
+        "sandbox": {"workdir": tmp_path / "work"},
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Settings:
+    """Settings on SQLite and the test Redis (for tests that need one backend only)."""
+    return make_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}", redis_url)

@@ -1,0 +1,199 @@
+"""``bosun doctor``: check every dependency Bosun needs and say how to fix what fails."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from bot.services import Services
+from bot.settings import Settings
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+REQUIRED_DISTRIBUTIONS = (
+    "litestar",
+    "githubkit",
+    "docker",
+    "arq",
+    "redis",
+    "pydantic",
+    "pydantic-settings",
+    "sqlalchemy",
+    "aiosqlite",
+    "asyncpg",
+    "alembic",
+    "structlog",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def check_python_deps() -> Check:
+    missing, versions = [], []
+    for dist in REQUIRED_DISTRIBUTIONS:
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist)
+    if missing:
+        return Check(
+            "python deps",
+            "fail",
+            "missing: " + ", ".join(missing),
+            "reinstall Bosun into its virtualenv: `uv sync` (or `pip install .`)",
+        )
+    return Check("python deps", "ok", f"{len(versions)} packages present")
+
+
+async def check_database(services: Services) -> Check:
+    from bot.db.migrate import current_revision, head_revision
+
+    url = services.engine.url.render_as_string(hide_password=True)
+    error = await services.check_database()
+    if error:
+        return Check("database", "fail", f"{url}: {error}", "check BOSUN_DATABASE__URL")
+    current, head = await current_revision(services.engine), head_revision()
+    if current != head:
+        return Check(
+            "database",
+            "fail",
+            f"{url}: schema at {current or 'nothing'}, code expects {head}",
+            "run `bosun migrate`",
+        )
+    return Check("database", "ok", f"{url} (schema {current})")
+
+
+async def check_redis(services: Services) -> Check:
+    error = await services.check_redis()
+    if error:
+        return Check(
+            "redis",
+            "fail",
+            f"{services.settings.redis.url}: {error}",
+            "start Redis (`redis-server --bind 127.0.0.1 --daemonize yes`), "
+            "set BOSUN_REDIS__URL, or use `bosun up`, which starts one",
+        )
+    return Check("redis", "ok", services.settings.redis.url)
+
+
+async def check_docker_and_images(services: Services) -> list[Check]:
+    settings = services.settings
+    where = (
+        settings.sandbox.docker_host
+        or os.environ.get("DOCKER_HOST")
+        or "unix:///var/run/docker.sock"
+    )
+    error = await services.check_docker()
+    if error:
+        skipped = "not checked: the Docker engine is unreachable"
+        return [
+            Check(
+                "docker engine",
+                "fail",
+                f"{where}: {error}",
+                "start the engine (scripts/bootstrap.sh) or fix DOCKER_HOST / "
+                "BOSUN_SANDBOX__DOCKER_HOST",
+            ),
+            Check("base image", "skip", skipped),
+            Check("sandbox image", "skip", skipped),
+        ]
+    version = await asyncio.to_thread(lambda: services.docker.version().get("Version", "?"))
+    checks = [Check("docker engine", "ok", f"{where} (engine {version})")]
+    for label, image, fix in (
+        ("base image", settings.sandbox.base_image, "run scripts/bootstrap.sh (builds it)"),
+        ("sandbox image", settings.sandbox.image, "run sandboxes/images/build.sh"),
+    ):
+        present = await asyncio.to_thread(_image_present, services.docker, image)
+        checks.append(
+            Check(label, "ok", image)
+            if present
+            else Check(label, "fail", f"{image} is not in the engine", fix)
+        )
+    return checks
+
+
+def _image_present(client: Any, image: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def check_github_app(settings: Settings) -> Check:
+    gh = settings.github
+    missing = [
+        name
+        for name, value in (
+            ("app_id", gh.app_id),
+            ("private_key or private_key_file", gh.private_key or gh.private_key_file),
+            ("webhook_secret", gh.webhook_secret),
+        )
+        if not value
+    ]
+    if missing:
+        return Check(
+            "github app",
+            "fail",
+            "not configured: " + ", ".join(missing),
+            "register the App at /setup (manifest flow) or set BOSUN_GITHUB__APP_ID, "
+            "BOSUN_GITHUB__PRIVATE_KEY_FILE and BOSUN_GITHUB__WEBHOOK_SECRET",
+        )
+    try:
+        pem = gh.private_key_pem() or ""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        load_pem_private_key(pem.encode(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        return Check(
+            "github app",
+            "fail",
+            f"private key unusable: {type(exc).__name__}",
+            "point BOSUN_GITHUB__PRIVATE_KEY_FILE at the App's .pem file",
+        )
+    return Check("github app", "ok", f"app {gh.app_id} at {gh.api_url}")
+
+
+async def run_checks(settings: Settings) -> list[Check]:
+    services = Services.build(settings)
+    try:
+        checks = [check_python_deps()]
+        checks.append(await check_database(services))
+        checks.append(await check_redis(services))
+        checks.extend(await check_docker_and_images(services))
+        checks.append(check_github_app(settings))
+        return checks
+    finally:
+        await services.close()
+
+
+def render_table(checks: list[Check]) -> str:
+    marks = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.name:<{width}}  {marks[c.status]:<4}  {c.detail}")
+        if c.fix:
+            lines.append(f"{'':<{width}}        fix: {c.fix}")
+    failed = sum(c.status == "fail" for c in checks)
+    lines.append("")
+    lines.append(f"{failed} check(s) failed" if failed else "all checks passed")
+    return "\n".join(lines)
+
+
+def as_json(checks: list[Check]) -> dict[str, Any]:
+    return {
+        "ok": not any(c.status == "fail" for c in checks),
+        "checks": [asdict(c) for c in checks],
+    }

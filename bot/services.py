@@ -1,0 +1,102 @@
+"""The clients Bosun's processes share: database, Redis queue, Docker engine.
+
+Built once per process from ``Settings`` (by the web app's startup or the worker's
+``on_startup``) and closed at shutdown. Connections are lazy, so a process starts even while
+a service is down and ``/readyz`` can say which one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.connections import ArqRedis
+from redis.asyncio import ConnectionPool
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.db.engine import SessionFactory, create_engine, session_factory
+from bot.settings import Settings
+
+QUEUE_NAME = "bosun:queue"
+
+
+def redis_pool(url: str, *, timeout: float = 5.0) -> ArqRedis:
+    """An arq client on a lazily connecting pool (no ping at construction)."""
+    pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    return ArqRedis(pool, default_queue_name=QUEUE_NAME)
+
+
+def docker_client(settings: Settings, *, timeout: int = 10) -> Any:
+    """A docker-py client for the configured engine (``DOCKER_HOST`` when unset)."""
+    import docker
+
+    if settings.sandbox.docker_host:
+        return docker.DockerClient(base_url=settings.sandbox.docker_host, timeout=timeout)
+    return docker.from_env(timeout=timeout)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: SessionFactory
+    redis: ArqRedis
+    _docker: Any = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = create_engine(settings.database.url, echo=settings.database.echo)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=session_factory(engine),
+            redis=redis_pool(settings.redis.url),
+        )
+
+    @property
+    def docker(self) -> Any:
+        if self._docker is None:
+            self._docker = docker_client(self.settings)
+        return self._docker
+
+    async def close(self) -> None:
+        await self.redis.aclose(close_connection_pool=True)
+        await self.engine.dispose()
+        if self._docker is not None:
+            await asyncio.to_thread(self._docker.close)
+            self._docker = None
+
+    # Readiness probes: each returns None when healthy, or a short reason.
+
+    async def check_database(self) -> str | None:
+        try:
+            async with asyncio.timeout(3):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return _reason(exc)
+        return None
+
+    async def check_redis(self) -> str | None:
+        try:
+            async with asyncio.timeout(3):
+                await self.redis.ping()
+        except Exception as exc:
+            return _reason(exc)
+        return None
+
+    async def check_docker(self) -> str | None:
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.to_thread(lambda: self.docker.ping())
+        except Exception as exc:
+            self._docker = None  # reconnect next time (DOCKER_HOST may have come up)
+            return _reason(exc)
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    text_ = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text_}"[:300]

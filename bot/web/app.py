@@ -1,0 +1,38 @@
+"""``create_app(settings)``: the Litestar application (webhooks, API, dashboard, health)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+
+from bot.services import Services
+from bot.settings import Settings
+from bot.web.health import healthz, readyz
+from bot.web.middleware import request_logging
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+    """Build the web app. ``services`` may be passed in (tests); otherwise it is built here
+    and closed at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = services is None
+        app.state.services = services or Services.build(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.services.close()
+
+    return Litestar(
+        route_handlers=[healthz, readyz],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        middleware=[DefineMiddleware(request_logging)],
+        debug=False,
+    )

@@ -1,0 +1,61 @@
+"""The arq worker: settings, startup/shutdown building the typed job context, job registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq.worker import Worker, func
+
+from bot.services import QUEUE_NAME, Services, redis_pool
+from bot.settings import Settings
+from jobs.context import JobContext
+from jobs.ping import ping
+
+log = structlog.get_logger("jobs.worker")
+
+
+def job_functions() -> list[Any]:
+    """Every job the worker runs. Each takes ``ctx`` and JSON-safe keyword arguments."""
+    return [func(ping, name="ping")]
+
+
+def cron_jobs() -> list[Any]:
+    return []
+
+
+def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
+    """An arq ``Worker`` for ``settings`` (``poll_delay`` tuned for low pickup latency)."""
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        services = Services.build(settings)
+        ctx["bosun"] = JobContext(settings=settings, services=services)
+        log.info("worker_started", worker=ctx["bosun"].worker_id, queue=QUEUE_NAME)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        bosun: JobContext | None = ctx.get("bosun")
+        if bosun is not None:
+            await bosun.services.close()
+        log.info("worker_stopped")
+
+    async def on_job_start(ctx: dict[str, Any]) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"))
+
+    return Worker(
+        functions=job_functions(),
+        cron_jobs=cron_jobs(),
+        queue_name=QUEUE_NAME,
+        redis_pool=redis_pool(settings.redis.url),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        on_job_start=on_job_start,
+        burst=burst,
+        handle_signals=handle_signals,
+        max_jobs=settings.worker.max_jobs,
+        job_timeout=settings.worker.job_timeout,
+        poll_delay=settings.worker.poll_delay,
+        keep_result=3600,
+        max_tries=5,
+        allow_abort_jobs=True,
+    )

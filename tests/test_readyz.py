@@ -1,0 +1,124 @@
+"""``/healthz`` and a truthful ``/readyz``: Redis stopped → 503 naming Redis; back → 200."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from bot.db.engine import create_engine
+from bot.db.migrate import upgrade
+from bot.web.app import create_app
+from tests.conftest import make_settings
+from tests.services import docker_client, missing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisProcess:
+    """A private redis-server that a test may stop and start again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server", "install redis-server (scripts/bootstrap.sh test)")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        import redis
+
+        for _ in range(100):
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.ConnectionError:
+                import time
+
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_healthz_and_truthful_readyz(tmp_path: Path, private_redis: RedisProcess) -> None:
+    docker_client()  # the Docker engine is part of readiness
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    settings = make_settings(tmp_path, db, private_redis.url)
+    engine = create_engine(db)
+    await upgrade(engine)
+    await engine.dispose()
+
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "ready"
+
+        private_redis.stop()
+        down = await client.get("/readyz")
+        assert down.status_code == 503
+        body = down.json()
+        assert body["failing"] == ["redis"]
+        assert body["checks"]["redis"]["error"]
+        assert body["checks"]["database"]["ok"] and body["checks"]["docker"]["ok"]
+        # Liveness is not readiness.
+        assert (await client.get("/healthz")).status_code == 200
+
+        private_redis.start()
+        for _ in range(50):
+            back = await client.get("/readyz")
+            if back.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert back.status_code == 200, back.text
+
+
+async def test_readyz_names_unreachable_database(tmp_path: Path, redis_url: str) -> None:
+    docker_client()
+    settings = make_settings(tmp_path, "postgresql+asyncpg://nobody:x@127.0.0.1:1/none", redis_url)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["database"]

@@ -1,0 +1,37 @@
+"""The arq round trip through real Redis: enqueue → worker → result."""
+
+from __future__ import annotations
+
+from arq.jobs import JobStatus
+
+from bot.services import Services
+from bot.settings import Settings
+from jobs.worker import build_worker
+
+
+async def test_ping_job_round_trip(settings: Settings) -> None:
+    services = Services.build(settings)
+    try:
+        job = await services.redis.enqueue_job("ping", payload="hello", _job_id="ping-1")
+        assert job is not None
+        # The same job id is not enqueued twice (idempotent enqueue).
+        assert await services.redis.enqueue_job("ping", payload="again", _job_id="ping-1") is None
+
+        worker = build_worker(settings, burst=True, handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+
+        assert await job.status() is JobStatus.complete
+        result = await job.result(timeout=5)
+        assert result["payload"] == "hello"
+        assert result["worker"]
+        assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    finally:
+        await services.close()
+
+
+def test_poll_delay_is_tuned_for_pickup_latency(settings: Settings) -> None:
+    worker = build_worker(settings, burst=True, handle_signals=False)
+    assert worker.poll_delay_s <= 0.1
