@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,6 @@ from pathlib import Path
 from sandboxes.errors import GitError, PushRejected
 
 _SAFE_CONFIG: tuple[tuple[str, str], ...] = (
-    ("safe.directory", "*"),
     ("core.hooksPath", "/dev/null"),
     ("core.fsmonitor", "false"),
     ("protocol.ext.allow", "never"),
@@ -29,7 +30,7 @@ _SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("gc.auto", "0"),
 )
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-_REJECTED = ("[rejected]", "[remote rejected]", "pre-receive hook declined", "protected branch")
+_REJECTED = ("[rejected]", "[remote rejected]", "pre-receive hook declined")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,19 @@ class GitResult:
         return self.stdout.decode("utf-8", "replace")
 
 
+@functools.cache
+def _global_config() -> Path:
+    """A private global config trusting every directory: workspaces belong to the sandbox's
+    remapped uid, mirrors to the worker. It is global (not ``-c``) because git drops command-line
+    config when it spawns the other end of a local-path fetch or push."""
+    folder = Path(tempfile.mkdtemp(prefix="bosun-git-"))
+    folder.chmod(0o755)
+    path = folder / "gitconfig"
+    path.write_text("[safe]\n\tdirectory = *\n")
+    path.chmod(0o644)
+    return path
+
+
 def git_env(
     extra_config: Sequence[tuple[str, str]] = (), env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -104,7 +118,7 @@ def git_env(
         "HOME": "/nonexistent",
         "LC_ALL": "C",
         "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_GLOBAL": str(_global_config()),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_NO_REPLACE_OBJECTS": "1",
         "GIT_CONFIG_COUNT": str(len(config)),
@@ -160,7 +174,10 @@ async def run_git(
     stderr = redact(err.decode("utf-8", "replace"))
     returncode = process.returncode if process.returncode is not None else -1
     if check and returncode != 0:
-        kind = PushRejected if args[:1] == ["push"] and _rejected(stderr) else GitError
+        kind = GitError
+        if args[:1] == ["push"]:  # with --porcelain the per-ref verdicts are on stdout
+            stderr = redact(out.decode("utf-8", "replace")) + stderr
+            kind = PushRejected if _rejected(stderr) else GitError
         raise kind(
             f"`{shown}` failed ({returncode}): {stderr.strip()[-2000:]}",
             argv=[redact(a) for a in argv],
