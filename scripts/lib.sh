@@ -12,15 +12,18 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# step NAME CMD...: run one setup step and report its wall time on stderr. A failing step stops
-# the script (do not call it from an `if` or `||`: bash would then ignore `set -e` inside it).
+# step NAME CMD...: run one setup step, report its wall time on stderr and return its status.
+# Under `set -e` a failing step stops the script. Call functions through it only outside `if`/`||`
+# (bash ignores `set -e` inside a function called from a condition).
 step() {
-    local name="$1" start elapsed
+    local name="$1" start elapsed rc
     shift
     start=${EPOCHREALTIME/./}
     "$@"
+    rc=$?
     elapsed=$((${EPOCHREALTIME/./} - start))
     printf 'timing: %-18s %4d.%01ds\n' "$name" $((elapsed / 1000000)) $((elapsed % 1000000 / 100000)) >&2
+    return "$rc"
 }
 
 # as_root CMD...: run CMD as root (directly, or through sudo when available).

@@ -75,9 +75,7 @@ def add_labels(ctx: Context, r: Repo, i: Issue, labels: list[str], sender: User)
             continue
         i.labels.append(name)
         i.updated = time.time()
-        from .render import label
-
-        _issue_event(ctx, r, i, "labeled", sender, label=label(s, r, name))
+        _issue_event(ctx, r, i, "labeled", sender, label=wh.label(s, r, name))
 
 
 def remove_label(ctx: Context, r: Repo, i: Issue, name: str, sender: User) -> None:
@@ -85,9 +83,7 @@ def remove_label(ctx: Context, r: Repo, i: Issue, name: str, sender: User) -> No
         raise HttpError(404, "Label does not exist")
     i.labels.remove(name)
     i.updated = time.time()
-    from .render import label
-
-    _issue_event(ctx, r, i, "unlabeled", sender, label=label(ctx.store, r, name))
+    _issue_event(ctx, r, i, "unlabeled", sender, label=wh.label(ctx.store, r, name))
 
 
 def add_comment(

@@ -1,15 +1,14 @@
-"""pytest fixtures: a fresh emulator per test, a webhook receiver, and a source repository.
+"""pytest fixtures: a fresh emulator per test, a webhook receiver, a source repository, and
+``github_world`` (App + installation + repository + receiver).
 
-Use from another test module or conftest with ``pytest_plugins = ["tests.emulator.fixtures"]``.
+Load with ``pytest_plugins = ["tests.emulator.fixtures"]`` (root conftest or a test module);
+import helper types from ``tests.emulator.world``.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from .client import EmulatorClient
 from .server import EmulatorServer
+from .world import Received, WebhookReceiver, World, make_source_repo
 
 
 @pytest.fixture
@@ -30,34 +30,6 @@ def emulator(tmp_path: Path) -> Iterator[EmulatorClient]:
     finally:
         client.close()
         server.stop()
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def event(self) -> str:
-        return self.headers.get("x-github-event", "")
-
-    @property
-    def payload(self) -> dict[str, Any]:
-        return dict(json.loads(self.body))
-
-
-@dataclass
-class WebhookReceiver:
-    """Records every POST; answers ``status`` (changeable to simulate an outage)."""
-
-    url: str
-    received: list[Received] = field(default_factory=list)
-    status: int = 202
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def events(self) -> list[tuple[str, str | None]]:
-        with self.lock:
-            return [(r.event, r.payload.get("action")) for r in self.received]
 
 
 @pytest.fixture
@@ -89,31 +61,19 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
         httpd.server_close()
 
 
-def make_source_repo(path: Path, files: dict[str, str] | None = None, branch: str = "main") -> Path:
-    """A local git repository with one commit of ``files`` on ``branch``."""
-    path.mkdir(parents=True, exist_ok=True)
-    env = {
-        "GIT_AUTHOR_NAME": "Octo Cat",
-        "GIT_AUTHOR_EMAIL": "octocat@example.com",
-        "GIT_COMMITTER_NAME": "Octo Cat",
-        "GIT_COMMITTER_EMAIL": "octocat@example.com",
-        "HOME": str(path),
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-    }
-    subprocess.run(["git", "init", "-q", "-b", branch, str(path)], check=True, env=env)
-    for name, content in (files or {"README.md": "# Hello\n"}).items():
-        target = path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content)
-    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True, env=env)
-    subprocess.run(
-        ["git", "-C", str(path), "commit", "-q", "-m", "Initial commit"], check=True, env=env
-    )
-    return path
-
-
 @pytest.fixture
 def source_repo(tmp_path: Path) -> Path:
     return make_source_repo(
         tmp_path / "source", {"README.md": "# Hello\n", "src/app.py": "print('hi')\n"}
     )
+
+
+@pytest.fixture
+def github_world(
+    emulator: EmulatorClient, webhook_receiver: WebhookReceiver, source_repo: Path
+) -> World:
+    app = emulator.create_app(webhook_receiver.url, "webhook-secret")
+    repo = emulator.create_repo("octo", "hello", str(source_repo))
+    emulator.add_user("alice", "octo/hello", "write")
+    emulator.add_user("mallory", "octo/hello", "read")
+    return World(emulator, app, repo, webhook_receiver, source_repo)

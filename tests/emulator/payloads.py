@@ -30,6 +30,7 @@ USER_KEYS = {
     "type",
     "site_admin",
 }
+LABEL_DROP = {"archived_at", "archived_by"}
 REPO_DROP = {"network_count", "subscribers_count", "temp_clone_token"}
 APP_KEYS = {
     "id",
@@ -62,10 +63,12 @@ PULL_SIMPLE_DROP = {
 
 
 def _users(value: Any) -> Any:
-    """Trim every user object found anywhere in ``value`` to the webhook user shape."""
+    """Trim every user (and label) object in ``value`` to its webhook shape."""
     if isinstance(value, dict):
         if "login" in value and "gravatar_id" in value:
             return {k: v for k, v in value.items() if k in USER_KEYS}
+        if "color" in value and "archived_at" in value:
+            return {k: v for k, v in value.items() if k not in LABEL_DROP}
         return {k: _users(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_users(v) for v in value]
@@ -226,3 +229,7 @@ def review_comment(s: Store, r: Repo, i: Issue, c: ReviewComment) -> dict[str, A
         "subject_type": "line",
         "reactions": render.rollup(s, api, []),
     }
+
+
+def label(s: Store, r: Repo, name: str) -> dict[str, Any]:
+    return dict(_users(render.label(s, r, name)))

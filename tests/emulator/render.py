@@ -165,6 +165,8 @@ def label(s: Store, r: Repo, name: str) -> dict[str, Any]:
         "color": "ededed",
         "default": False,
         "description": None,
+        "archived_at": None,
+        "archived_by": None,
     }
 
 

@@ -7,6 +7,7 @@ Git data itself lives in bare repositories under the data directory (see ``gitre
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,12 @@ class Ids:
         }
 
     def next(self, kind: str) -> int:
-        counter = self._counters.setdefault(kind, itertools.count(self._starts.get(kind, 1)))
+        counter = self._counters.get(kind)
+        if counter is None:
+            # A random offset per emulator: clients that cache by App or installation id (as
+            # githubkit does, process-wide) never mix up two emulators' credentials.
+            start = self._starts.get(kind, 1) + secrets.randbelow(10**5) * 1000
+            counter = self._counters[kind] = itertools.count(start)
         return next(counter)
 
 
