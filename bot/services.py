@@ -44,6 +44,7 @@ class Services:
     sessions: SessionFactory
     redis: ArqRedis
     _docker: Any = field(default=None, repr=False)
+    stored_webhook_secret: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -54,6 +55,14 @@ class Services:
             sessions=session_factory(engine),
             redis=redis_pool(settings.redis.url),
         )
+
+    def webhook_secret(self) -> bytes | None:
+        """The secret webhook signatures are checked against (configured or stored by the
+        manifest flow)."""
+        secret = self.settings.github.webhook_secret
+        if secret is not None:
+            return secret.get_secret_value().encode()
+        return self.stored_webhook_secret
 
     @property
     def docker(self) -> Any:

@@ -1,0 +1,1 @@
+"""GitHub integration: App auth and installation tokens, retries, and the repository port."""

@@ -1,0 +1,143 @@
+"""The run state machine and its append-only event log (SPEC §4.1, §4.3).
+
+Rules: exactly one terminal state; cancel only before ``review_ready``; approve only in
+``review_ready``; every transition is a ``status`` event with actor and reason.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Run, RunEvent, RunState
+from bot.errors import ConflictError, NotFoundError
+
+S = RunState
+
+TERMINAL: frozenset[RunState] = frozenset(
+    {S.MERGED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.REJECTED}
+)
+ACTIVE: frozenset[RunState] = frozenset({S.QUEUED, S.PREPARING, S.RUNNING, S.GATES})
+"""States in which a run occupies a worker (or waits for one)."""
+
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    S.QUEUED: frozenset({S.PREPARING, S.CANCELLED, S.FAILED}),
+    S.PREPARING: frozenset({S.RUNNING, S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.RUNNING: frozenset({S.GATES, S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.GATES: frozenset({S.REVIEW_READY, S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.REVIEW_READY: frozenset({S.APPROVED, S.REJECTED, S.FAILED}),
+    S.APPROVED: frozenset({S.MERGED, S.REVIEW_READY, S.FAILED, S.REJECTED}),
+}
+
+EVENT_KINDS = frozenset(
+    {
+        "status",
+        "log",
+        "progress",
+        "command",
+        "tool",
+        "message",
+        "gate_result",
+        "artifact",
+        "cost",
+        "policy",
+        "error",
+    }
+)
+
+
+class IllegalTransition(ConflictError):
+    """A transition the state machine does not allow."""
+
+
+def new_run_id() -> str:
+    """A short, sortable, unguessable run id: ``r<time-hex><random-hex>``."""
+    return f"r{int(datetime.now(UTC).timestamp() * 1000):x}{secrets.token_hex(4)}"
+
+
+def can_transition(current: RunState, target: RunState) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+def is_terminal(state: RunState) -> bool:
+    return state in TERMINAL
+
+
+async def append_event(
+    session: AsyncSession, run_id: str, kind: str, data: dict[str, Any] | None = None
+) -> RunEvent:
+    """Append one event with the run's next ``seq`` (atomic on SQLite and PostgreSQL)."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    seq = (
+        await session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(last_seq=Run.last_seq + 1)
+            .returning(Run.last_seq)
+        )
+    ).scalar_one_or_none()
+    if seq is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    event = RunEvent(run_id=run_id, seq=seq, kind=kind, data=data or {})
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def transition(
+    session: AsyncSession,
+    run: Run,
+    target: RunState,
+    *,
+    actor: str,
+    reason: str = "",
+    **extra: Any,
+) -> RunEvent:
+    """Move ``run`` to ``target`` or raise ``IllegalTransition``; records a ``status`` event."""
+    current = run.state
+    if not can_transition(current, target):
+        raise IllegalTransition(f"run {run.id}: {current.value} → {target.value} is not allowed")
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"state": target}
+    if target is S.PREPARING and run.started_at is None:
+        values["started_at"] = now
+    if target in TERMINAL:
+        values["finished_at"] = now
+        values["reason"] = reason or None
+    # Compare-and-set: a concurrent writer that moved the run first wins, we raise.
+    moved = await session.execute(
+        update(Run).where(Run.id == run.id, Run.state == current).values(**values)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        await session.refresh(run)
+        raise IllegalTransition(
+            f"run {run.id} moved to {run.state.value} meanwhile; {target.value} refused"
+        )
+    for key, value in values.items():
+        setattr(run, key, value)
+    data = {"from": current.value, "to": target.value, "actor": actor, "reason": reason, **extra}
+    return await append_event(session, run.id, "status", data)
+
+
+async def get_run(session: AsyncSession, run_id: str) -> Run:
+    run = await session.get(Run, run_id)
+    if run is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    return run
+
+
+async def events_since(
+    session: AsyncSession, run_id: str, after_seq: int = 0, limit: int = 500
+) -> list[RunEvent]:
+    rows = await session.execute(
+        select(RunEvent)
+        .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
+        .order_by(RunEvent.seq)
+        .limit(limit)
+    )
+    return list(rows.scalars())
