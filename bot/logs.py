@@ -18,7 +18,7 @@ _SECRET_KEYS = re.compile(
     r"(secret|token|password|passwd|private_key|api_key|apikey|authorization|cookie)", re.I
 )
 _SECRET_VALUES = re.compile(
-    r"(gh[pousr]_[A-Za-z0-9]{20,}|ghs_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{16,}"
+    r"(gh[pousr]_[A-Za-z0-9_.\-]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_\-]{16,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
     r"|x-access-token:[^@\s]+)"
 )

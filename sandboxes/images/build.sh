@@ -54,7 +54,7 @@ if [ "$online" = 0 ]; then
 fi
 
 say "docker build ${network[*]} -t $tag (log: $log)"
-if ! docker build "${network[@]}" --pull=false --build-arg "BASE_IMAGE=$base" \
+if ! docker build "${network[@]}" --pull=false --force-rm --build-arg "BASE_IMAGE=$base" \
     --label "bosun.context-hash=$hash" --label "bosun.image=agent" \
     -t "$tag" "$ctx" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
