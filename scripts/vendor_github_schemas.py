@@ -171,12 +171,24 @@ def openapi_subset(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _patch_webhook_lag(definitions: dict[str, Any]) -> None:
+    """Fields GitHub sends now that ``@octokit/webhooks-schemas`` (which forbids unknown
+    properties) does not list yet. GitHub's own current description, which githubkit's webhook
+    models are generated from, requires them, so payloads without them do not parse there.
+    """
+    label = definitions["label"]
+    label["properties"]["archived_at"] = {"type": ["string", "null"], "format": "date-time"}
+    label["properties"]["archived_by"] = {"oneOf": [{"$ref": "#/definitions/user"},
+                                                    {"type": "null"}]}
+
+
 def webhooks_subset(doc: dict[str, Any]) -> dict[str, Any]:
     roots = {name: doc["definitions"][name] for name in EVENTS}
     definitions = dict(roots)
     for ref in _closure(doc, roots):
         name = ref.removeprefix("#/definitions/")
         definitions[name] = _resolve(doc, ref)
+    _patch_webhook_lag(definitions)
     return {"$schema": doc["$schema"], "definitions": dict(sorted(definitions.items()))}
 
 

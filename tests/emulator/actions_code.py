@@ -48,7 +48,6 @@ def create_repo(
             "action": "created",
             "installation": wh.installation(s, inst),
             "repositories": [mini],
-            "requester": None,
             "sender": wh.user(s, sender),
         }
         ctx.hooks.emit("installation", payload)

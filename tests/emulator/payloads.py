@@ -30,7 +30,6 @@ USER_KEYS = {
     "type",
     "site_admin",
 }
-LABEL_DROP = {"archived_at", "archived_by"}
 REPO_DROP = {"network_count", "subscribers_count", "temp_clone_token"}
 APP_KEYS = {
     "id",
@@ -63,12 +62,10 @@ PULL_SIMPLE_DROP = {
 
 
 def _users(value: Any) -> Any:
-    """Trim every user (and label) object in ``value`` to its webhook shape."""
+    """Trim every user object in ``value`` to the webhook user shape."""
     if isinstance(value, dict):
         if "login" in value and "gravatar_id" in value:
             return {k: v for k, v in value.items() if k in USER_KEYS}
-        if "color" in value and "archived_at" in value:
-            return {k: v for k, v in value.items() if k not in LABEL_DROP}
         return {k: _users(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_users(v) for v in value]

@@ -36,6 +36,7 @@ class WebhookReceiver:
     url: str
     received: list[Received] = field(default_factory=list)
     status: int = 202
+    delay: float = 0.0  # seconds to wait before answering
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def events(self) -> list[tuple[str, str | None]]:
