@@ -75,7 +75,8 @@ def test_agent_image_has_git_and_python_that_work_offline(engine: Any) -> None:
     script = (
         "set -e; ls /sys/class/net; cd /workspace; git init -q .; echo hi > a.txt; git add a.txt;"
         " git -c user.name=agent -c user.email=agent@example.com commit -qm first;"
-        " git log --format=%s; python3 -c 'import ssl, sqlite3, venv, sys; print(sys.version_info[:2])'"
+        " git log --format=%s;"
+        " python3 -c 'import ssl, sqlite3, venv, sys; print(sys.version_info[:2])'"
     )
     code, output, _ = run(engine, AGENT_IMAGE, ["bash", "-c", script])
     assert code == 0, output

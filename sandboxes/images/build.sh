@@ -53,11 +53,16 @@ if [ "$online" = 0 ]; then
     network=(--network none)
 fi
 
+old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
 say "docker build ${network[*]} -t $tag (log: $log)"
 if ! docker build "${network[@]}" --pull=false --force-rm --build-arg "BASE_IMAGE=$base" \
     --label "bosun.context-hash=$hash" --label "bosun.image=agent" \
     -t "$tag" "$ctx" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "building $tag failed (full log: $log)"
+fi
+# Drop the image this build replaced (kept when a container still uses it).
+if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
 fi
 say "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
