@@ -76,16 +76,25 @@ class World:
     repo: RepoInfo
     receiver: WebhookReceiver
     source: Path
+    clients: dict[str, GitHub[Any]] = field(default_factory=dict)
 
+    # githubkit clients are kept here: githubkit refuses calls through the ``rest`` namespace
+    # of a client that was garbage-collected, which chained calls would otherwise hit.
     def app_github(self) -> GitHub[Any]:
-        strategy = AppAuthStrategy(str(self.app.app_id), self.app.private_key_pem)
-        return GitHub(strategy, base_url=self.emulator.base_url)
+        if "app" not in self.clients:
+            strategy = AppAuthStrategy(str(self.app.app_id), self.app.private_key_pem)
+            self.clients["app"] = GitHub(strategy, base_url=self.emulator.base_url)
+        return self.clients["app"]
 
     def installation_github(self) -> GitHub[Any]:
-        strategy = AppInstallationAuthStrategy(
-            str(self.app.app_id), self.app.private_key_pem, self.repo.installation_id
-        )
-        return GitHub(strategy, base_url=self.emulator.base_url)
+        if "installation" not in self.clients:
+            strategy = AppInstallationAuthStrategy(
+                str(self.app.app_id), self.app.private_key_pem, self.repo.installation_id
+            )
+            self.clients["installation"] = GitHub(strategy, base_url=self.emulator.base_url)
+        return self.clients["installation"]
 
     def token_github(self, token: str) -> GitHub[Any]:
-        return GitHub(TokenAuthStrategy(token), base_url=self.emulator.base_url)
+        if token not in self.clients:
+            self.clients[token] = GitHub(TokenAuthStrategy(token), base_url=self.emulator.base_url)
+        return self.clients[token]
