@@ -1,0 +1,339 @@
+"""Diff policy before push (SPEC §7): paths, size limits and a secret scanner. Pure functions.
+
+Globs use gitignore semantics (``pathspec``): ``**`` spans directories, a pattern without a
+slash (``*.lock``) matches the name at any depth, a leading ``/`` anchors at the repository root,
+and a trailing ``/`` means everything under that directory.
+
+``PROTECTED_PATHS`` (workflows and ``.github/bosun.yml``) are denied whatever the repository's
+``paths.allow`` says; the server may pass ``protected=()`` to lift that.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import pathspec
+
+from bot.repoconfig import PROTECTED_PATHS, RepoConfig
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """One file in the diff; ``old_path`` is set for renames and copies."""
+
+    path: str
+    status: str = "modified"  # added, modified, deleted, renamed, copied, type_changed
+    added: int = 0
+    removed: int = 0
+    binary: bool = False
+    old_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule; ``rule`` names it (for the ``policy`` event), ``path`` says where."""
+
+    rule: str
+    path: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    violations: tuple[Violation, ...]
+    files_changed: int
+    diff_lines: int
+    secrets: tuple[SecretFinding, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_markdown(self) -> str:
+        """A short report for the status comment and check run."""
+        if self.ok:
+            return f"Diff policy passed ({self.files_changed} files, {self.diff_lines} lines)."
+        lines = ["Diff policy refused this change:", ""]
+        for v in self.violations:
+            where = f"`{v.path}`: " if v.path else ""
+            lines.append(f"- {where}{v.message} (rule `{v.rule}`)")
+        return "\n".join(lines)
+
+
+@lru_cache(maxsize=256)
+def _spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def matches(path: str, patterns: Iterable[str]) -> bool:
+    """Whether ``path`` (relative, ``/``-separated) matches any of the gitignore-style globs."""
+    globs = tuple(p for p in patterns if p.strip())
+    return bool(globs) and _spec(globs).match_file(path.lstrip("/"))
+
+
+def _paths(change: ChangedFile) -> list[str]:
+    paths = [change.path]
+    if change.old_path and change.old_path != change.path:
+        paths.append(change.old_path)
+    return paths
+
+
+def check_diff(
+    changed: Sequence[ChangedFile],
+    config: RepoConfig,
+    *,
+    diff_text: str | None = None,
+    protected: Sequence[str] = PROTECTED_PATHS,
+) -> PolicyResult:
+    """Check a diff against the repository's ``paths`` and ``limits``.
+
+    With ``diff_text`` (the unified diff), added lines are also scanned for credentials.
+    """
+    violations: list[Violation] = []
+    deny = tuple(config.paths.deny)
+    allow = tuple(config.paths.allow)
+    for change in changed:
+        for path in _paths(change):
+            if matches(path, protected):
+                violations.append(
+                    Violation(
+                        "paths.protected",
+                        path,
+                        "protected path: the agent may not change it (repository workflows and "
+                        "Bosun's own policy)",
+                    )
+                )
+            elif matches(path, deny):
+                violations.append(Violation("paths.deny", path, "matches `paths.deny`"))
+            elif allow and not matches(path, allow):
+                violations.append(
+                    Violation(
+                        "paths.allow", path, "outside `paths.allow` (" + ", ".join(allow) + ")"
+                    )
+                )
+    files = len(changed)
+    lines = sum(c.added + c.removed for c in changed)
+    limits = config.limits
+    if files > limits.max_files_changed:
+        violations.append(
+            Violation(
+                "limits.max_files_changed",
+                None,
+                f"{files} files changed; the limit is {limits.max_files_changed}",
+            )
+        )
+    if lines > limits.max_diff_lines:
+        violations.append(
+            Violation(
+                "limits.max_diff_lines",
+                None,
+                f"{lines} lines added or removed; the limit is {limits.max_diff_lines}",
+            )
+        )
+    findings = tuple(scan_secrets(diff_text)) if diff_text else ()
+    for finding in findings:
+        violations.append(
+            Violation(
+                f"secrets.{finding.kind}",
+                finding.path,
+                f"line {finding.line} adds what looks like a {finding.description} "
+                f"({finding.redacted})",
+            )
+        )
+    return PolicyResult(tuple(violations), files, lines, findings)
+
+
+# --- secret scanner -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretFinding:
+    """A credential-looking string on an added line (``line`` counts in the new file)."""
+
+    path: str
+    line: int
+    kind: str
+    redacted: str
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS.get(self.kind, self.kind.replace("_", " "))
+
+
+_DESCRIPTIONS = {
+    "github_token": "GitHub token",
+    "aws_access_key": "AWS access key id",
+    "aws_secret_key": "AWS secret access key",
+    "slack_token": "Slack token",
+    "slack_webhook": "Slack webhook URL",
+    "private_key": "private key",
+    "anthropic_api_key": "Anthropic API key",
+    "openai_api_key": "OpenAI API key",
+    "stripe_key": "Stripe secret key",
+    "google_api_key": "Google API key",
+    "secret_assignment": "hard-coded secret",
+}
+
+# (kind, pattern); group 1 is the secret. Order matters: earlier kinds claim their span first.
+_TOKEN_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("private_key", re.compile(r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)")),
+    ("github_token", re.compile(r"\b(github_pat_[A-Za-z0-9_]{50,255})")),
+    ("github_token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{36,255})\b")),
+    ("aws_access_key", re.compile(r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16})\b")),
+    (
+        "aws_secret_key",
+        re.compile(r"(?i)aws_?secret_?(?:access_?)?key\W{0,4}([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
+    ),
+    ("slack_token", re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]{10,})")),
+    (
+        "slack_webhook",
+        re.compile(r"(https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/\w+)"),
+    ),
+    ("anthropic_api_key", re.compile(r"(?<![\w-])(sk-ant-[A-Za-z0-9_-]{32,})")),
+    ("openai_api_key", re.compile(r"(?<![\w-])(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})")),
+    ("stripe_key", re.compile(r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,})")),
+    ("google_api_key", re.compile(r"\b(AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])")),
+)
+
+_SENSITIVE_NAME = (
+    r"[A-Za-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key"
+    r"|auth[_-]?key|private[_-]?key|client[_-]?secret|credentials?)[A-Za-z0-9_.-]*"
+)
+_ASSIGNMENT = re.compile(
+    rf"(?i)(?<![A-Za-z0-9_.-])({_SENSITIVE_NAME})[\"']?\s*(?::=|=>|==|=|:)\s*"
+    r"(?:[A-Za-z_][\w\[\]., |]*\s*=\s*)?"  # a type annotation: `token: str = "..."`
+    r"(?:\"([^\"\s]{16,})\"|'([^'\s]{16,})'|`([^`\s]{16,})`"
+    r"|([^\s\"'`,;()\[\]{}<>$%]{16,})(?=$|[\s,;#]))"
+)
+_PLACEHOLDERS = (
+    "example", "placeholder", "changeme", "change_me", "your", "xxxx", "****", "redacted",
+    "dummy", "sample", "${", "{{", "%(", "<", "...", "fake", "insert", "replace",
+)  # fmt: skip
+_KNOWN_EXAMPLES = {"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_WORDY_PART = re.compile(r"^(?:[A-Za-z][a-z]*|[A-Z]+)\d*$|^\d+$")
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character of ``text``."""
+    if not text:
+        return 0.0
+    counts = Counter(text)
+    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
+
+
+def looks_random(value: str) -> bool:
+    """Whether a string assigned to a secret-sounding name looks like a real credential.
+
+    Placeholders, URLs, paths, UUIDs and identifier-like values (words and numbers joined by
+    ``_``, ``-`` or ``.``) are not. Hex needs 32+ characters and 3.0 bits/char (keys, not
+    version numbers); other strings need digits or symbols mixed with letters and 3.7
+    bits/char, which ordinary words and camelCase names do not reach.
+    """
+    lowered = value.lower()
+    if value in _KNOWN_EXAMPLES or any(p in lowered for p in _PLACEHOLDERS):
+        return False
+    if lowered.startswith(("http://", "https://", "file:", "/", "./", "../")):
+        return False
+    if _UUID.match(value):
+        return False
+    parts = re.split(r"[_./-]+", value.strip("_./-"))
+    if len(parts) >= 2 and all(_WORDY_PART.match(part) for part in parts):
+        return False  # an identifier or setting name: SESSION_COOKIE_AGE_1209600, test_pw_1
+    entropy = shannon_entropy(value)
+    if _HEX.match(value):
+        return len(value) >= 32 and entropy >= 3.0
+    has_digit = any(c.isdigit() for c in value)
+    has_symbol = any(c in "+/=_-" for c in value)
+    has_upper = any(c.isupper() for c in value)
+    has_lower = any(c.islower() for c in value)
+    if not (has_lower or has_upper) or not (has_digit or (has_symbol and has_upper and has_lower)):
+        return False
+    return entropy >= 3.7
+
+
+def _redact(secret: str) -> str:
+    return f"{secret[:4]}…{len(secret)} chars" if len(secret) > 8 else "…"
+
+
+def _scan_line(text: str) -> Iterator[tuple[str, str]]:
+    claimed: list[tuple[int, int]] = []
+    for kind, pattern in _TOKEN_RULES:
+        for match in pattern.finditer(text):
+            start, end = match.span(1)
+            secret = match.group(1)
+            if any(s < end and start < e for s, e in claimed) or secret in _KNOWN_EXAMPLES:
+                continue
+            if kind != "private_key" and shannon_entropy(secret) < 2.5:
+                continue  # ghp_xxxxxxxx... placeholders
+            claimed.append((start, end))
+            yield kind, secret
+    for match in _ASSIGNMENT.finditer(text):
+        value = next(g for g in match.groups()[1:] if g is not None)
+        start = match.start(2) if match.group(2) else match.end() - len(value)
+        if any(s <= start < e for s, e in claimed):
+            continue
+        if looks_random(value):
+            yield "secret_assignment", value
+
+
+def _diff_path(header: str) -> str | None:
+    name = header[4:].split("\t", 1)[0].strip()
+    if name.startswith('"') and name.endswith('"'):
+        name = name[1:-1]
+    if name == "/dev/null":
+        return None
+    return name[2:] if name.startswith(("a/", "b/")) else name
+
+
+def scan_secrets(diff_text: str) -> list[SecretFinding]:
+    """Credentials on added lines of a unified diff (``git diff`` output)."""
+    findings: list[SecretFinding] = []
+    path: str | None = None
+    old_left = new_left = 0
+    line_no = 0
+    for raw in diff_text.splitlines():
+        if old_left > 0 or new_left > 0:
+            if raw.startswith("+"):
+                if path is not None:
+                    for kind, secret in _scan_line(raw[1:]):
+                        findings.append(SecretFinding(path, line_no, kind, _redact(secret)))
+                line_no += 1
+                new_left -= 1
+            elif raw.startswith("-"):
+                old_left -= 1
+            elif raw.startswith("\\"):
+                pass
+            else:
+                line_no += 1
+                old_left -= 1
+                new_left -= 1
+            continue
+        if raw.startswith("diff --git "):
+            path = None
+        elif raw.startswith("+++ "):
+            path = _diff_path(raw)
+        elif hunk := _HUNK.match(raw):
+            old_left = int(hunk.group(1) or 1)
+            line_no = int(hunk.group(2))
+            new_left = int(hunk.group(3) or 1)
+    return findings
+
+
+__all__ = [
+    "ChangedFile",
+    "PolicyResult",
+    "SecretFinding",
+    "Violation",
+    "check_diff",
+    "matches",
+    "scan_secrets",
+    "shannon_entropy",
+]
