@@ -22,7 +22,7 @@ async def redis_answers(url: str, wait: float = 1.0) -> bool:
     client: Redis = Redis.from_url(url, socket_connect_timeout=wait, socket_timeout=wait)
     try:
         return bool(await client.ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 -- any failure means "not answering"
         return False
     finally:
         await client.aclose()

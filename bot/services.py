@@ -84,7 +84,7 @@ class Services:
             async with asyncio.timeout(3):
                 async with self.engine.connect() as conn:
                     await conn.execute(text("SELECT 1"))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- any failure means not ready
             return _reason(exc)
         return None
 
@@ -92,7 +92,7 @@ class Services:
         try:
             async with asyncio.timeout(3):
                 await self.redis.ping()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             return _reason(exc)
         return None
 
@@ -100,7 +100,7 @@ class Services:
         try:
             async with asyncio.timeout(5):
                 await asyncio.to_thread(lambda: self.docker.ping())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             self._docker = None  # reconnect next time (DOCKER_HOST may have come up)
             return _reason(exc)
         return None

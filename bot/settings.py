@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.profiles import ProfileConfig, load_profiles
+
 DEFAULT_DATA_DIR = Path("var")
 
 
@@ -66,6 +68,13 @@ class GitHubSettings(_Group):
     )
     web_url: str = Field(
         default="https://github.com", description="Web base URL, used for links and git remotes."
+    )
+    max_retries: int = Field(default=5, ge=0, description="Retries of a failed GitHub call.")
+    retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="First backoff after a 5xx; doubles per retry."
+    )
+    secondary_backoff_seconds: float = Field(
+        default=60.0, ge=0, description="Minimum wait after a secondary rate limit."
     )
     slug: str = Field(
         default="bosun", description="The App's slug; its bot login is `<slug>[bot]`."
@@ -155,11 +164,26 @@ class Settings(BaseSettings):
     max_webhook_bytes: int = Field(
         default=25 * 1024 * 1024, gt=0, description="Largest webhook body accepted (413 above)."
     )
+    profiles: dict[str, ProfileConfig] = Field(
+        default_factory=dict,
+        description='Agent profiles as JSON (`{"name": {"runner": ...}}`); see docs/profiles.',
+    )
+    profiles_file: Path | None = Field(
+        default=None, description="YAML or JSON file of agent profiles (merged under `profiles`)."
+    )
+    default_profile: str = Field(default="default", description="Profile of a plain `bosun` label.")
+    allowed_users: list[str] = Field(
+        default_factory=list,
+        description="Logins trusted to start runs on every repository, whatever their permission.",
+    )
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    def agent_profiles(self) -> dict[str, ProfileConfig]:
+        return load_profiles(self.profiles, self.profiles_file)
 
     @property
     def artifacts_dir(self) -> Path:

@@ -59,7 +59,7 @@ async def enqueue_delivery(services: Services, delivery_id: str) -> bool:
     """Enqueue processing; ``False`` when Redis is unreachable (the reconciler retries)."""
     try:
         await services.redis.enqueue_job(PROCESS_JOB, delivery_id, _job_id=f"d:{delivery_id}")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- the database already holds the delivery
         log.warning("delivery_enqueue_failed", delivery_id=delivery_id, error=str(exc))
         return False
     return True

@@ -7,8 +7,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.github.repo import GitHubRepo
+from bot.github.retry import RetryPolicy
+from bot.github.tokens import GitHubApp
 from bot.services import Services
 from bot.settings import Settings
+from sandboxes.base import SandboxBackend
+from sandboxes.docker import DockerBackend, DockerConfig
+from sandboxes.git import GitIdentity
+from sandboxes.workspace import WorkspaceManager
 
 
 @dataclass
@@ -16,6 +23,52 @@ class JobContext:
     settings: Settings
     services: Services
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _app: GitHubApp | None = field(default=None, repr=False)
+    _backend: SandboxBackend | None = field(default=None, repr=False)
+    _workspaces: WorkspaceManager | None = field(default=None, repr=False)
+
+    def github_app(self) -> GitHubApp:
+        if self._app is None:
+            gh = self.settings.github
+            self._app = GitHubApp(
+                gh,
+                RetryPolicy(
+                    max_retries=gh.max_retries,
+                    base_seconds=gh.retry_base_seconds,
+                    secondary_min_seconds=gh.secondary_backoff_seconds,
+                ),
+            )
+        return self._app
+
+    def repo(self, installation_id: int, full_name: str) -> GitHubRepo:
+        return GitHubRepo(self.github_app(), installation_id, full_name)
+
+    @property
+    def backend(self) -> SandboxBackend:
+        if self._backend is None:
+            self._backend = DockerBackend(
+                DockerConfig(docker_host=self.settings.sandbox.docker_host)
+            )
+        return self._backend
+
+    @property
+    def workspaces(self) -> WorkspaceManager:
+        if self._workspaces is None:
+            self._workspaces = WorkspaceManager(
+                self.settings.sandbox.workdir.resolve(), identity=self.commit_identity()
+            )
+        return self._workspaces
+
+    def commit_identity(self) -> GitIdentity:
+        gh = self.settings.github
+        login = gh.bot_login
+        email = f"{gh.app_id or 0}+{login}@users.noreply.github.com"
+        return GitIdentity(name=login, email=email)
+
+    async def close(self) -> None:
+        if self._backend is not None:
+            await self._backend.close()
+        await self.services.close()
 
 
 def job_context(ctx: dict[str, Any]) -> JobContext:

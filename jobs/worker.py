@@ -10,14 +10,20 @@ from arq.worker import Worker, func
 from bot.services import QUEUE_NAME, Services, redis_pool
 from bot.settings import Settings
 from jobs.context import JobContext
+from jobs.deliveries import process_delivery
 from jobs.ping import ping
+from jobs.pipeline import execute_run
 
 log = structlog.get_logger("jobs.worker")
 
 
 def job_functions() -> list[Any]:
     """Every job the worker runs. Each takes ``ctx`` and JSON-safe keyword arguments."""
-    return [func(ping, name="ping")]
+    return [
+        func(ping, name="ping"),
+        func(process_delivery, name="process_delivery", max_tries=5),
+        func(execute_run, name="execute_run", max_tries=3),
+    ]
 
 
 def cron_jobs() -> list[Any]:
@@ -35,7 +41,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         bosun: JobContext | None = ctx.get("bosun")
         if bosun is not None:
-            await bosun.services.close()
+            await bosun.close()
         log.info("worker_stopped")
 
     async def on_job_start(ctx: dict[str, Any]) -> None:

@@ -122,6 +122,11 @@ class ExecResult:
 class SandboxBackend(abc.ABC):
     """One container technology. Every method is safe to call from the event loop."""
 
+    async def host_ids(self, spec: SandboxSpec) -> tuple[int, int]:
+        """Host ``(uid, gid)`` that the sandbox user's files belong to (the workspace owner).
+        Without user-namespace remapping that is the sandbox user itself."""
+        return spec.uid, spec.gid
+
     @abc.abstractmethod
     async def create(self, spec: SandboxSpec) -> Sandbox:
         """Create (not start) a sandbox for ``spec``. Raises ``ImageNotFound``,
@@ -139,7 +144,7 @@ class SandboxBackend(abc.ABC):
         *,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-command deadline
+        timeout: float | None = None,
         on_output: OnOutput | None = None,
         output_limit: int | None = None,
     ) -> ExecResult:
@@ -161,7 +166,7 @@ class SandboxBackend(abc.ABC):
         path of the copy. Links and device files are not extracted."""
 
     @abc.abstractmethod
-    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:
         """Stop the sandbox and every running exec: SIGTERM, then SIGKILL after ``timeout``."""
 
     @abc.abstractmethod

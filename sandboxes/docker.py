@@ -196,7 +196,7 @@ class DockerBackend(SandboxBackend):
         self._oom_seen[sandbox.id] = 0
         self._stopping.discard(sandbox.id)
 
-    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:
         self._stopping.add(sandbox.id)
         try:
             await self._call(self.client.api.stop, sandbox.id, timeout=max(0, round(timeout)))
@@ -273,7 +273,7 @@ class DockerBackend(SandboxBackend):
         *,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-command deadline
+        timeout: float | None = None,
         on_output: OnOutput | None = None,
         output_limit: int | None = None,
     ) -> ExecResult:

@@ -74,7 +74,7 @@ class FrameStream:
                     self._deliver(_END)
             self._close()
 
-    async def next_frame(self, timeout: float | None) -> tuple[Stream, bytes] | None:  # noqa: ASYNC109
+    async def next_frame(self, timeout: float | None) -> tuple[Stream, bytes] | None:
         """The next frame, ``None`` at the end; raises ``TimeoutError`` after ``timeout``."""
         async with asyncio.timeout(timeout):
             item = await self._queue.get()

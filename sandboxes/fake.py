@@ -92,7 +92,7 @@ class FakeBackend(SandboxBackend):
         *,
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-command deadline
+        timeout: float | None = None,
         on_output: OnOutput | None = None,
         output_limit: int | None = None,
     ) -> ExecResult:
@@ -180,7 +180,7 @@ class FakeBackend(SandboxBackend):
         await asyncio.to_thread(_copy, source, target, sandbox.name)
         return target
 
-    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    async def stop(self, sandbox: Sandbox, timeout: float = 2.0) -> None:
         self.calls.append(("stop", sandbox.id))
         state = self._states.get(sandbox.id)
         if state is None:

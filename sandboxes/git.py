@@ -138,7 +138,7 @@ async def run_git(
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
     check: bool = True,
-    timeout: float = 600.0,  # noqa: ASYNC109 - a per-command deadline
+    timeout: float = 600.0,
     as_user: tuple[int, int] | None = None,
 ) -> GitResult:
     """Run ``git <args>``. ``auth_header`` (see ``basic_auth_header``) is sent on HTTP requests

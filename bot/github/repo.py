@@ -50,6 +50,14 @@ class PullInfo:
 
 
 @dataclass(frozen=True)
+class CommentInfo:
+    id: int
+    author: str
+    author_type: str
+    body: str
+
+
+@dataclass(frozen=True)
 class MergeOutcome:
     merged: bool
     sha: str | None
@@ -66,6 +74,7 @@ class RepoPort(Protocol):
     async def permission(self, login: str) -> str: ...
     async def create_comment(self, number: int, body: str) -> int: ...
     async def update_comment(self, comment_id: int, body: str) -> None: ...
+    async def list_comments(self, number: int) -> list[CommentInfo]: ...
     async def find_comment(self, number: int, marker: str) -> int | None: ...
     async def react(self, content: str, *, comment_id: int | None, issue: int | None) -> None: ...
     async def create_check_run(self, head_sha: str, fields: dict[str, Any]) -> int: ...
@@ -186,10 +195,11 @@ class GitHubRepo:
 
         await self._call(go)
 
-    async def find_comment(self, number: int, marker: str) -> int | None:
-        """The id of the App's own comment on ``number`` that carries ``marker``."""
+    async def list_comments(self, number: int) -> list[CommentInfo]:
+        """Every comment on issue or PR ``number``, oldest first."""
 
-        async def go(gh: GitHub[Any]) -> int | None:
+        async def go(gh: GitHub[Any]) -> list[CommentInfo]:
+            out: list[CommentInfo] = []
             page = 1
             while True:
                 response = await gh.arequest(
@@ -198,16 +208,29 @@ class GitHubRepo:
                     params={"per_page": 100, "page": page},
                     response_model=list[IssueComment],
                 )
-                comments = response.parsed_data
-                for comment in comments:
-                    author = comment.user.login if comment.user else ""
-                    if marker in (comment.body or "") and author == self.app.settings.bot_login:
-                        return comment.id
-                if len(comments) < 100:
-                    return None
+                for c in response.parsed_data:
+                    user = c.user
+                    out.append(
+                        CommentInfo(
+                            id=c.id,
+                            author=user.login if user else "ghost",
+                            author_type=user.type if user else "User",
+                            body=c.body or "",
+                        )
+                    )
+                if len(response.parsed_data) < 100:
+                    return out
                 page += 1
 
         return await self._call(go)
+
+    async def find_comment(self, number: int, marker: str) -> int | None:
+        """The id of the App's own comment on ``number`` that carries ``marker``."""
+        bot = self.app.settings.bot_login
+        for comment in await self.list_comments(number):
+            if comment.author == bot and marker in comment.body:
+                return comment.id
+        return None
 
     async def react(self, content: str, *, comment_id: int | None, issue: int | None) -> None:
         tail = (

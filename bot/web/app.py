@@ -13,6 +13,7 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.web.health import healthz, readyz
 from bot.web.middleware import request_logging
+from bot.webhooks import receive_webhook
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
@@ -30,7 +31,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 await app.state.services.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz],
+        route_handlers=[healthz, readyz, receive_webhook],
+        request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],
         state=State({"settings": settings}),
         middleware=[DefineMiddleware(request_logging)],

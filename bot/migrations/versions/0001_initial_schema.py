@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 23:21:56.262942
+Create Date: 2026-11-21 23:34:18.880211
 """
 
 from __future__ import annotations
@@ -197,6 +197,10 @@ def upgrade() -> None:
         sa.Column("pr_number", sa.Integer(), nullable=True),
         sa.Column("check_run_id", sa.BigInteger(), nullable=True),
         sa.Column("on_hold", sa.Boolean(), nullable=False),
+        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("cancel_actor", sa.String(length=255), nullable=True),
+        sa.Column("repo_config", sa.JSON(), nullable=False),
+        sa.Column("phase", sa.String(length=64), nullable=True),
         sa.Column("budget_usd", sa.Float(), nullable=True),
         sa.Column("cost_usd", sa.Float(), nullable=False),
         sa.Column("tokens_in", sa.BigInteger(), nullable=False),

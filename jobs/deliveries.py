@@ -1,0 +1,407 @@
+"""``process_delivery``: turn one recorded webhook delivery into decisions and their effects.
+
+Parse at the edge (``bot.events``), decide purely (``bot.triggers``), then act: keep the
+installation tables current, start or cancel runs, reply to refused requesters once. A
+delivery is processed at most once; a transient GitHub failure retries the job.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+from githubkit.exception import GitHubException
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Delivery, DeliveryStatus, Installation, Repository, Run, Task
+from bot.events import EventParseError, IgnoredEvent, ParsedEvent, RepositoryRef, parse_event
+from bot.github.repo import RepoPort
+from bot.prompt import PromptComment, branch_name, build_prompt
+from bot.repoconfig import CONFIG_PATH, RepoConfig, RepoConfigError, parse_repo_config
+from bot.runs import ACTIVE, append_event, new_run_id
+from bot.triggers import (
+    CancelRuns,
+    Decision,
+    Ignore,
+    Refuse,
+    StartRun,
+    UnknownProfile,
+    decide,
+    trigger_request,
+    trusted_by,
+)
+from jobs.context import JobContext, job_context
+from jobs.pipeline import request_cancel_key
+
+log = structlog.get_logger("jobs.deliveries")
+
+PERMISSION_TTL = 60
+CONFIG_ERROR_MARKER = "<!-- bosun:config-error -->"
+REFUSED_MARKER = "<!-- bosun:refused user={login} -->"
+TRIGGER_EVENTS = {"issues", "issue_comment"}
+
+
+async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, Any]:
+    bosun = job_context(ctx)
+    structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
+    async with bosun.services.sessions.begin() as session:
+        delivery = await session.get(Delivery, delivery_id)
+        if delivery is None:
+            return {"delivery": delivery_id, "outcome": "unknown delivery"}
+        if delivery.status in (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED):
+            return {"delivery": delivery_id, "outcome": f"already {delivery.status.value}"}
+        delivery.status = DeliveryStatus.PROCESSING
+        delivery.attempts += 1
+        event_name, payload = delivery.event, delivery.payload
+    structlog.contextvars.bind_contextvars(
+        installation_id=delivery.installation_id, repo=delivery.repository
+    )
+    try:
+        parsed = parse_event(event_name, payload)
+        outcome = await route(bosun, delivery_id, parsed)
+    except EventParseError as exc:
+        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, f"unparseable: {exc}")
+        return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
+    except GitHubException as exc:
+        tries = int(ctx.get("job_try") or 1)
+        if tries < 5:
+            log.warning("delivery_retry", error=repr(exc)[:300], job_try=tries)
+            raise Retry(defer=min(60, 2**tries)) from exc
+        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, repr(exc)[:1000])
+        raise
+    status = DeliveryStatus.IGNORED if outcome.startswith("ignored") else DeliveryStatus.PROCESSED
+    await _finish(
+        bosun, delivery_id, status, None if status is DeliveryStatus.PROCESSED else outcome
+    )
+    log.info("delivery_processed", event=event_name, outcome=outcome)
+    return {"delivery": delivery_id, "outcome": outcome}
+
+
+async def _finish(
+    bosun: JobContext, delivery_id: str, status: DeliveryStatus, error: str | None
+) -> None:
+    async with bosun.services.sessions.begin() as session:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(status=status, error=error, processed_at=datetime.now(UTC))
+        )
+
+
+async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | IgnoredEvent) -> str:
+    if isinstance(parsed, IgnoredEvent):
+        return f"ignored: {parsed.reason}"
+    if parsed.event in ("installation", "installation_repositories"):
+        return await sync_installation(bosun, parsed)
+    if parsed.event == "ping":
+        return "processed: ping"
+    if parsed.event in TRIGGER_EVENTS and parsed.issue and not parsed.issue.is_pull_request:
+        return await handle_trigger(bosun, delivery_id, parsed)
+    return f"ignored: {parsed.key} is not acted on"
+
+
+# -- installations --------------------------------------------------------------------------
+
+
+async def sync_installation(bosun: JobContext, event: ParsedEvent) -> str:
+    installation = event.installation
+    if installation is None:
+        return "ignored: no installation in payload"
+    async with bosun.services.sessions.begin() as session:
+        row = await session.get(Installation, installation.id)
+        if row is None:
+            row = Installation(id=installation.id, account_login="")
+            session.add(row)
+        if installation.account is not None:
+            row.account_login = installation.account.login
+            row.account_type = installation.account.type
+        row.deleted = event.action == "deleted"
+        row.suspended = event.action == "suspend"
+        await session.flush()
+        for ref in event.repositories_added:
+            await upsert_repository(session, ref, installation.id)
+        for ref in event.repositories_removed:
+            await session.execute(
+                update(Repository)
+                .where(Repository.full_name == ref.full_name)
+                .values(active=False, installation_id=None)
+            )
+    return (
+        f"processed: installation {installation.id} {event.action}: "
+        f"+{len(event.repositories_added)} -{len(event.repositories_removed)} repositories"
+    )
+
+
+async def upsert_repository(
+    session: AsyncSession, ref: RepositoryRef, installation_id: int | None
+) -> Repository:
+    repo = (
+        await session.execute(select(Repository).where(Repository.full_name == ref.full_name))
+    ).scalar_one_or_none()
+    if repo is None:
+        repo = Repository(full_name=ref.full_name, github_id=ref.id)
+        session.add(repo)
+    repo.github_id = ref.id
+    repo.installation_id = installation_id
+    repo.private = ref.private
+    repo.active = True
+    if ref.default_branch:
+        repo.default_branch = ref.default_branch
+    await session.flush()
+    return repo
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+
+async def permission_of(bosun: JobContext, port: RepoPort, login: str) -> str:
+    """The requester's collaborator permission, checked live and cached briefly."""
+    key = f"bosun:perm:{port.full_name}:{login.lower()}"
+    try:
+        cached = await bosun.services.redis.get(key)
+    except Exception:  # noqa: BLE001 -- the cache is optional
+        cached = None
+    if cached:
+        return str(cached.decode())
+    permission = await port.permission(login)
+    try:
+        await bosun.services.redis.set(key, permission, ex=PERMISSION_TTL)
+    except Exception:  # noqa: BLE001
+        log.debug("permission_cache_write_failed")
+    return permission
+
+
+async def load_repo_config(port: RepoPort, default_branch: str) -> tuple[RepoConfig, str | None]:
+    """The repository's config from its default branch, or defaults and the error text."""
+    text = await port.file_text(CONFIG_PATH, default_branch)
+    try:
+        return parse_repo_config(text), None
+    except RepoConfigError as exc:
+        return RepoConfig(), str(exc)
+
+
+async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent) -> str:
+    assert event.repository is not None and event.issue is not None
+    if event.installation_id is None:
+        return "ignored: no installation id"
+    port = bosun.repo(event.installation_id, event.repository.full_name)
+    default_branch = event.repository.default_branch or "main"
+    profiles = bosun.settings.agent_profiles()
+    known = frozenset(profiles)
+    bot_login = bosun.settings.github.bot_login
+    # Cheap pre-check with defaults, so most deliveries cost no API call.
+    if trigger_request(
+        event, RepoConfig(), bot_login, known_profiles=known
+    ) is None and event.key not in ("issues.labeled", "issues.unlabeled"):
+        return f"ignored: {event.key} asks nothing of Bosun"
+    config, config_error = await load_repo_config(port, default_branch)
+    request = trigger_request(event, config, bot_login, known_profiles=known)
+    if request is None:
+        return f"ignored: {event.key} asks nothing of Bosun"
+    if config_error is not None and request.kind == "start":
+        await _reply_once(
+            port,
+            event.issue.number,
+            CONFIG_ERROR_MARKER,
+            f"Bosun cannot start: `{CONFIG_PATH}` on `{default_branch}` is invalid.\n\n"
+            f"```\n{config_error}\n```\nFix the file on the default branch, then try again.",
+        )
+        return "processed: refused, repository config invalid"
+    permission = None
+    if request.source != "close":
+        permission = await permission_of(bosun, port, request.requester)
+    decision = decide(
+        request,
+        config,
+        permission,
+        server_allowed_users=frozenset(bosun.settings.allowed_users),
+        known_profiles=known,
+        server_default_profile=config.default_profile or bosun.settings.default_profile,
+    )
+    log.info("trigger_decided", decision=decision.kind, rule=decision.rule)
+    return await apply_decision(bosun, port, delivery_id, event, config, decision, permission)
+
+
+async def _reply_once(port: RepoPort, number: int, marker: str, body: str) -> bool:
+    if await port.find_comment(number, marker) is not None:
+        return False
+    await port.create_comment(number, f"{marker}\n{body}")
+    return True
+
+
+async def apply_decision(
+    bosun: JobContext,
+    port: RepoPort,
+    delivery_id: str,
+    event: ParsedEvent,
+    config: RepoConfig,
+    decision: Decision,
+    permission: str | None,
+) -> str:
+    assert event.issue is not None and event.repository is not None
+    number = event.issue.number
+    comment_id = event.comment.id if event.comment else None
+    match decision:
+        case Ignore():
+            return f"ignored: {decision.reason} ({decision.rule})"
+        case Refuse() | UnknownProfile():
+            marker = REFUSED_MARKER.format(login=decision.requester.lower())
+            if isinstance(decision, UnknownProfile):
+                marker = f"<!-- bosun:unknown-profile delivery={delivery_id} -->"
+            replied = await _reply_once(port, number, marker, decision.reply)
+            if comment_id:
+                await port.react("-1", comment_id=comment_id, issue=None)
+            return f"processed: refused ({decision.rule}){'' if replied else ', already told'}"
+        case CancelRuns():
+            cancelled = await cancel_runs(bosun, event, decision.requester, decision.reason)
+            return f"processed: cancel requested for {cancelled} run(s) ({decision.rule})"
+        case StartRun():
+            run_id = await start_run(bosun, port, delivery_id, event, config, decision, permission)
+            if comment_id and run_id:
+                await port.react("eyes", comment_id=comment_id, issue=None)
+            return (
+                f"processed: run {run_id} queued"
+                if run_id
+                else "processed: a run is already active"
+            )
+    return "ignored: unknown decision"
+
+
+async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason: str) -> int:
+    assert event.repository is not None and event.issue is not None
+    async with bosun.services.sessions.begin() as session:
+        rows = await session.execute(
+            select(Run)
+            .join(Repository, Repository.id == Run.repository_id)
+            .join(Task, Task.id == Run.task_id)
+            .where(
+                Repository.full_name == event.repository.full_name,
+                Task.issue_number == event.issue.number,
+                Run.state.in_(list(ACTIVE)),
+            )
+        )
+        runs = list(rows.scalars())
+        for run in runs:
+            run.cancel_requested = True
+            run.cancel_actor = actor
+            await append_event(
+                session, run.id, "command", {"command": "cancel", "actor": actor, "reason": reason}
+            )
+    for run in runs:
+        await bosun.services.redis.set(request_cancel_key(run.id), actor, ex=86400)
+    return len(runs)
+
+
+async def _trusted_comments(
+    bosun: JobContext, port: RepoPort, number: int, config: RepoConfig
+) -> list[PromptComment]:
+    comments = await port.list_comments(number)
+    bot_login = bosun.settings.github.bot_login
+    out: list[PromptComment] = []
+    for comment in comments:
+        if comment.author == bot_login or comment.author_type == "Bot":
+            continue
+        permission = await permission_of(bosun, port, comment.author)
+        trusted = trusted_by(
+            comment.author,
+            comment.author_type,
+            config,
+            permission,
+            server_allowed_users=frozenset(bosun.settings.allowed_users),
+        )
+        out.append(PromptComment(comment.author, comment.body, trusted is not None, permission))
+    return out
+
+
+async def start_run(
+    bosun: JobContext,
+    port: RepoPort,
+    delivery_id: str,
+    event: ParsedEvent,
+    config: RepoConfig,
+    decision: StartRun,
+    permission: str | None,
+) -> str | None:
+    assert event.repository is not None and event.issue is not None
+    issue = event.issue
+    comments = await _trusted_comments(bosun, port, issue.number, config)
+    async with bosun.services.sessions.begin() as session:
+        repo = await upsert_repository(session, event.repository, event.installation_id)
+        task = (
+            await session.execute(
+                select(Task).where(Task.repository_id == repo.id, Task.issue_number == issue.number)
+            )
+        ).scalar_one_or_none()
+        if task is None:
+            task = Task(repository_id=repo.id, issue_number=issue.number)
+            session.add(task)
+        task.title, task.body = issue.title, issue.body
+        await session.flush()
+        active = (
+            await session.execute(
+                select(Run.id).where(Run.task_id == task.id, Run.state.in_(list(ACTIVE)))
+            )
+        ).first()
+        if active is not None:
+            await append_event(
+                session,
+                active[0],
+                "command",
+                {
+                    "command": "start",
+                    "actor": decision.requester,
+                    "outcome": "ignored: already active",
+                },
+            )
+            return None
+        branch = task.branch or branch_name(config.branch.prefix, issue.number, issue.title)
+        prompt = build_prompt(
+            issue.title,
+            issue.body,
+            issue.user.login,
+            comments,
+            decision.instructions,
+            repository=repo.full_name,
+            issue_number=issue.number,
+            phase="implement",
+        )
+        run = Run(
+            id=new_run_id(),
+            task_id=task.id,
+            repository_id=repo.id,
+            profile=decision.profile,
+            workflow=config.workflow,
+            trigger=decision.source,
+            requester=decision.requester,
+            delivery_id=delivery_id,
+            instructions=decision.instructions,
+            prompt=prompt,
+            branch=branch,
+            repo_config=config.model_dump(mode="json"),
+        )
+        session.add(run)
+        await session.flush()
+        await append_event(
+            session,
+            run.id,
+            "status",
+            {"from": None, "to": "queued", "actor": decision.requester, "reason": decision.source},
+        )
+        await append_event(
+            session,
+            run.id,
+            "policy",
+            {
+                "rule": decision.rule,
+                "decision": "allow",
+                "permission": permission,
+                "message": f"@{decision.requester} may start runs",
+            },
+        )
+        run_id = run.id
+    await bosun.services.redis.enqueue_job("execute_run", run_id, _job_id=f"run:{run_id}")
+    log.info("run_queued", run_id=run_id, profile=decision.profile)
+    return run_id

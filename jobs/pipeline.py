@@ -1,0 +1,656 @@
+"""``execute_run``: one run from ``queued`` to ``review_ready`` (or exactly one terminal state).
+
+queued → preparing (mirror fetch, per-run clone on the run's branch) → running (the agent in a
+hardened sandbox, output streamed as events) → gates (configured commands in the same sandbox)
+→ diff artifact, diff policy and secret scan → commit and push from outside the sandbox →
+open or update the PR → review_ready. Every failure ends in one terminal state with its events,
+artifacts and an explanation on GitHub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import update
+
+from bot.artifacts import store_artifact
+from bot.db.models import Repository, Run, RunState, Task
+from bot.errors import BosunError
+from bot.github.repo import RepoPort
+from bot.profiles import ProfileConfig
+from bot.repoconfig import RepoConfig
+from bot.runners import RunnerEvent, get_runner
+from bot.runners.base import PROMPT_PATH
+from bot.runs import TERMINAL, transition
+from bot.status import GateView, RunView, gates_passed, pr_body
+from jobs.context import JobContext, job_context
+from jobs.diffcheck import DiffVerdict, evaluate_diff
+from jobs.events import EventWriter
+from jobs.manifest import build_manifest, metrics_line, summary_markdown
+from jobs.reporter import StatusReporter
+from sandboxes.base import ExecResult, Sandbox
+from sandboxes.errors import PushRejected, SandboxError
+from sandboxes.output import LineSplitter
+from sandboxes.spec import BindMount, SandboxSpec
+from sandboxes.workspace import Changes, Workspace
+
+log = structlog.get_logger("jobs.pipeline")
+
+CANCEL_KEY = "bosun:cancel:{run_id}"
+INPUT_MOUNT = "/bosun"
+
+
+class StepFailed(BosunError):
+    """A step ended the run; ``state`` says how (failed by default)."""
+
+    def __init__(self, reason: str, state: RunState = RunState.FAILED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state
+
+
+@dataclass
+class Loaded:
+    run: Run
+    task: Task
+    repository: Repository
+
+
+async def execute_run(ctx: dict[str, Any], run_id: str) -> dict[str, Any]:
+    bosun = job_context(ctx)
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    loaded = await _load(bosun, run_id)
+    if loaded is None:
+        return {"run_id": run_id, "skipped": "unknown run"}
+    if loaded.run.state in TERMINAL or loaded.run.state in (
+        RunState.REVIEW_READY,
+        RunState.APPROVED,
+    ):
+        return {"run_id": run_id, "skipped": f"already {loaded.run.state.value}"}
+    execution = RunExecution(bosun, loaded)
+    return await execution.execute()
+
+
+async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
+    async with bosun.services.sessions() as session:
+        run = await session.get(Run, run_id)
+        if run is None:
+            return None
+        task = await session.get(Task, run.task_id)
+        repository = await session.get(Repository, run.repository_id)
+        assert task is not None and repository is not None
+        return Loaded(run, task, repository)
+
+
+def request_cancel_key(run_id: str) -> str:
+    return CANCEL_KEY.format(run_id=run_id)
+
+
+class RunExecution:
+    def __init__(self, bosun: JobContext, loaded: Loaded) -> None:
+        self.bosun = bosun
+        self.settings = bosun.settings
+        self.sessions = bosun.services.sessions
+        self.run = loaded.run
+        self.task = loaded.task
+        self.repository = loaded.repository
+        self.config = RepoConfig.model_validate(self.run.repo_config or {})
+        profiles = self.settings.agent_profiles()
+        self.profile: ProfileConfig = profiles.get(self.run.profile) or ProfileConfig()
+        self.events = EventWriter(self.sessions, self.run.id)
+        self.port: RepoPort = bosun.repo(
+            self.repository.installation_id or 0, self.repository.full_name
+        )
+        self.view = RunView(
+            run_id=self.run.id,
+            state=self.run.state,
+            repo=self.repository.full_name,
+            issue_number=self.task.issue_number,
+            title=self.task.title,
+            requester=self.run.requester,
+            profile=self.run.profile,
+            branch=self.run.branch,
+            pr_number=self.task.pr_number,
+            dashboard_url=f"{self.settings.public_url.rstrip('/')}/runs/{self.run.id}",
+        )
+        self.reporter = StatusReporter(
+            self.port,
+            self.view,
+            check_run_id=self.run.check_run_id,
+            check_sha=None,
+            comment_id=self.task.status_comment_id,
+            persist=self._persist_ids,
+        )
+        self.workspace: Workspace | None = None
+        self.sandbox: Sandbox | None = None
+        self.changes: Changes | None = None
+        self.transcript = bytearray()
+        self.runner_events: list[RunnerEvent] = []
+        self.timings: dict[str, float] = {}
+        self.policy: list[dict[str, Any]] = []
+        self.cancelled_by: str | None = None
+        timeout = self.profile.timeout or self.settings.sandbox.timeout_seconds
+        self.deadline = time.monotonic() + timeout
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _persist_ids(self, ids: dict[str, int]) -> None:
+        async with self.sessions.begin() as session:
+            if "check_run_id" in ids:
+                await session.execute(
+                    update(Run)
+                    .where(Run.id == self.run.id)
+                    .values(check_run_id=ids["check_run_id"])
+                )
+            if "status_comment_id" in ids:
+                await session.execute(
+                    update(Task)
+                    .where(Task.id == self.task.id)
+                    .values(status_comment_id=ids["status_comment_id"])
+                )
+
+    async def _save(self, **values: Any) -> None:
+        async with self.sessions.begin() as session:
+            await session.execute(update(Run).where(Run.id == self.run.id).values(**values))
+        for key, value in values.items():
+            setattr(self.run, key, value)
+
+    async def move(self, target: RunState, *, reason: str = "", actor: str = "bosun") -> None:
+        await self.events.flush()
+        async with self.sessions.begin() as session:
+            run = await session.get(Run, self.run.id)
+            assert run is not None
+            await transition(session, run, target, actor=actor, reason=reason)
+            self.run.state = run.state
+        self.view.state = target
+        self.view.reason = reason if target in TERMINAL or reason else self.view.reason
+        log.info("run_" + target.value, reason=reason or None)
+        self.reporter.changed()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    async def artifact(
+        self, name: str, content: bytes | str, content_type: str = "text/plain"
+    ) -> None:
+        await self.events.flush()
+        async with self.sessions.begin() as session:
+            await store_artifact(
+                session,
+                self.settings.artifacts_dir,
+                self.run.id,
+                name,
+                content,
+                content_type=content_type,
+            )
+
+    # -- the run ------------------------------------------------------------------------
+
+    async def execute(self) -> dict[str, Any]:
+        self.reporter.start()
+        started = time.monotonic()
+        watcher = asyncio.create_task(self._watch_cancel(asyncio.current_task()))
+        try:
+            if self.run.state is not RunState.QUEUED:
+                raise StepFailed(
+                    f"interrupted: the worker stopped while the run was {self.run.state.value}; "
+                    "comment `/retry` to run it again"
+                )
+            if self.run.cancel_requested:
+                raise asyncio.CancelledError
+            await self._steps()
+        except asyncio.CancelledError:
+            if self.cancelled_by is None and not await self._cancel_requested():
+                raise  # worker shutdown: the reconciler picks the run up again
+            await self._end(RunState.CANCELLED, f"cancelled by {self.cancelled_by or 'request'}")
+        except StepFailed as exc:
+            await self._end(exc.state, exc.reason)
+        except Exception as exc:
+            log.exception("run_crashed")
+            await self._end(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}"[:500])
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.shield(self._cleanup())
+        self.timings["total"] = round(time.monotonic() - started, 3)
+        return {"run_id": self.run.id, "state": self.run.state.value}
+
+    async def _steps(self) -> None:
+        await self.move(RunState.PREPARING)
+        await self._prepare()
+        await self.move(RunState.RUNNING)
+        result = await self._agent()
+        await self.move(RunState.GATES)
+        await self._gates()
+        await self._collect_changes()
+        if result.timed_out:
+            await self._save_before_timeout()
+            return
+        if not (result.ok and self._agent_succeeded(result)):
+            raise StepFailed(f"the agent failed (exit code {result.exit_code}); see the transcript")
+        assert self.changes is not None
+        if self.changes.empty:
+            raise StepFailed("the agent changed nothing; nothing to review")
+        verdict = self._check_policy()
+        if not verdict.allowed:
+            raise StepFailed(
+                "the diff breaks repository policy, nothing was pushed: " + verdict.summary
+            )
+        await self._commit_and_push(wip=False)
+        await self._open_pull_request()
+        await self._finish_artifacts()
+        await self.move(RunState.REVIEW_READY, reason="")
+        self.view.phase("pull request", "done", f"#{self.view.pr_number}")
+        await self._metrics()
+
+    async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
+        key = request_cancel_key(self.run.id)
+        ticks = 0
+        while True:
+            await asyncio.sleep(0.2)
+            ticks += 1
+            actor: str | None = None
+            with contextlib.suppress(Exception):
+                value = await self.bosun.services.redis.get(key)
+                actor = value.decode() if value else None
+            if actor is None and ticks % 10 == 0 and await self._cancel_requested():
+                actor = self.cancelled_by or "request"
+            if actor is not None and main is not None:
+                self.cancelled_by = actor
+                log.info("run_cancel_requested", actor=actor)
+                if self.sandbox is not None:
+                    with contextlib.suppress(SandboxError):
+                        await self.bosun.backend.stop(self.sandbox, timeout=1.0)
+                main.cancel()
+                return
+
+    async def _cancel_requested(self) -> bool:
+        async with self.sessions() as session:
+            run = await session.get(Run, self.run.id, populate_existing=True)
+            if run is not None and run.cancel_requested:
+                self.cancelled_by = self.cancelled_by or run.cancel_actor or "request"
+                return True
+        return False
+
+    # -- steps --------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        t0 = time.monotonic()
+        self.view.phase("prepare", "running", "fetching the repository")
+        self.reporter.changed()
+        backend = self.bosun.backend
+        spec = self._spec(Path("/nonexistent"))
+        owner = await backend.host_ids(spec)
+        auth = await self.port.git_auth_header()
+        continue_branch = self.run.parent_run_id is not None
+        try:
+            self.workspace = await self.bosun.workspaces.prepare(
+                run_id=self.run.id,
+                repo=self.repository.full_name,
+                remote_url=self._remote_url(),
+                branch=self.run.branch or f"bosun/run-{self.run.id}",
+                base_ref=self.repository.default_branch,
+                auth_header=auth,
+                owner=owner,
+                continue_branch=continue_branch,
+            )
+        except SandboxError as exc:
+            raise StepFailed(f"could not fetch the repository: {exc}") from exc
+        self.timings["workspace"] = round(time.monotonic() - t0, 3)
+        self.view.base_sha = self.workspace.base_sha
+        await self._save(base_sha=self.workspace.base_sha, worker=self.bosun.worker_id)
+        input_dir = self.workspace.run_dir / "input"
+        await asyncio.to_thread(_write_input, input_dir, self.run.prompt)
+        t1 = time.monotonic()
+        try:
+            spec = self._spec(self.workspace.path, input_dir)
+            self.sandbox = await backend.create(spec)
+            await backend.start(self.sandbox)
+        except SandboxError as exc:
+            raise StepFailed(f"the sandbox did not start: {exc}") from exc
+        self.timings["sandbox_start"] = round(time.monotonic() - t1, 3)
+        self.view.phase("prepare", "done", f"base `{self.workspace.base_sha[:12]}`")
+        await self.events.emit(
+            "progress",
+            {
+                "phase": "prepare",
+                "base_sha": self.workspace.base_sha,
+                "timings": dict(self.timings),
+            },
+        )
+
+    def _remote_url(self) -> str:
+        if self.repository.local_path:
+            return self.repository.local_path
+        return f"{self.settings.github.web_url.rstrip('/')}/{self.repository.full_name}.git"
+
+    def _spec(self, workspace: Path, input_dir: Path | None = None) -> SandboxSpec:
+        sandbox = self.settings.sandbox
+        mounts = (
+            (BindMount(source=input_dir, target=INPUT_MOUNT, read_only=True),) if input_dir else ()
+        )
+        return SandboxSpec(
+            run_id=self.run.id,
+            image=self.profile.image or sandbox.image,
+            workspace=workspace,
+            user=sandbox.user,
+            memory=sandbox.memory,
+            cpus=sandbox.cpus,
+            pids=sandbox.pids,
+            tmpfs_size=sandbox.tmpfs_size,
+            timeout_seconds=self.profile.timeout or sandbox.timeout_seconds,
+            output_limit_bytes=sandbox.output_limit_bytes,
+            runtime=sandbox.runtime,
+            mounts=mounts,
+            labels={"bosun.repo": self.repository.full_name},
+        )
+
+    async def _agent(self) -> ExecResult:
+        assert self.sandbox is not None
+        runner = get_runner(self.profile.runner)
+        try:
+            invocation = runner.invocation(self.profile, prompt_path=PROMPT_PATH)
+        except BosunError as exc:
+            raise StepFailed(f"profile {self.run.profile!r} is misconfigured: {exc}") from exc
+        self.view.phase("agent", "running", f"{runner.name} started")
+        self.reporter.changed()
+        await self.events.emit("progress", {"phase": "agent", "argv": invocation.argv[:1]})
+        t0 = time.monotonic()
+
+        async def on_line(stream: str, line: str) -> None:
+            for event in runner.parse_line(stream, line):
+                self.runner_events.append(event)
+                self.events.buffer(event.kind, event.data)
+
+        splitter = LineSplitter(on_line)
+
+        async def on_output(chunk: Any) -> None:
+            if len(self.transcript) < self.settings.sandbox.output_limit_bytes:
+                self.transcript.extend(chunk.data)
+            await splitter(chunk)
+
+        result = await self.bosun.backend.exec(
+            self.sandbox,
+            invocation.argv,
+            env=invocation.env,
+            workdir="/workspace",
+            timeout=max(1.0, self.remaining()),
+            on_output=on_output,
+        )
+        await splitter.flush()
+        await self.events.flush()
+        self.timings["agent"] = round(time.monotonic() - t0, 3)
+        outcome = runner.outcome(result.exit_code, self.runner_events)
+        self.agent_summary = outcome.summary
+        if result.truncated:
+            await self.events.emit(
+                "log",
+                {"stream": "bosun", "line": f"[output truncated after {len(result.output)} bytes]"},
+            )
+        await self.artifact("transcript", bytes(self.transcript))
+        self.view.transcript_tail = bytes(self.transcript[-4000:]).decode(errors="replace")
+        note = "timed out" if result.timed_out else f"exit {result.exit_code}"
+        if result.oom_killed:
+            note = "killed: out of memory"
+        self.view.phase("agent", "done" if result.ok else "failed", note)
+        await self.events.emit(
+            "progress",
+            {
+                "phase": "agent",
+                "exit_code": result.exit_code,
+                "timed_out": result.timed_out,
+                "oom_killed": result.oom_killed,
+                "duration_s": self.timings["agent"],
+            },
+        )
+        if result.oom_killed:
+            raise StepFailed("the agent ran out of memory and was killed (sandbox memory limit)")
+        return result
+
+    def _agent_succeeded(self, result: ExecResult) -> bool:
+        runner = get_runner(self.profile.runner)
+        return runner.outcome(result.exit_code, self.runner_events).success
+
+    async def _gates(self) -> None:
+        assert self.sandbox is not None
+        wanted = set(self.profile.gates)
+        gates = [g for g in self.config.gates if not wanted or g.name in wanted]
+        if not gates:
+            self.view.phase("gates", "skipped", "none configured")
+            return
+        self.view.phase("gates", "running", f"{len(gates)} gate(s)")
+        self.reporter.changed()
+        for gate in gates:
+            output = bytearray()
+
+            async def collect(chunk: Any, output: bytearray = output) -> None:
+                if len(output) < 1_000_000:
+                    output.extend(chunk.data)
+
+            result = await self.bosun.backend.exec(
+                self.sandbox,
+                gate.run,
+                workdir="/workspace",
+                timeout=max(1.0, min(float(gate.timeout), self.remaining())),
+                on_output=collect,
+            )
+            passed = result.ok
+            text = bytes(output).decode(errors="replace")
+            self.view.gates.append(
+                GateView(gate.name, passed, result.exit_code, result.duration, text[-2000:])
+            )
+            await self.artifact(f"gate:{gate.name}", bytes(output))
+            await self.events.emit(
+                "gate_result",
+                {
+                    "name": gate.name,
+                    "passed": passed,
+                    "exit_code": result.exit_code,
+                    "timed_out": result.timed_out,
+                    "duration_s": round(result.duration, 3),
+                },
+            )
+            self.reporter.changed()
+        passed_all = gates_passed(self.view)
+        await self._save(gates_passed=passed_all)
+        self.view.phase(
+            "gates",
+            "done" if passed_all else "failed",
+            f"{sum(g.passed for g in self.view.gates)}/{len(gates)} passed",
+        )
+
+    async def _collect_changes(self) -> None:
+        assert self.workspace is not None
+        self.changes = await self.workspace.changes()
+        files = self.changes.files
+        self.view.files_changed = len(files)
+        self.view.lines_added = self.changes.lines_added
+        self.view.lines_removed = self.changes.lines_removed
+        self.view.file_stats = [(f.path, f.status, f.added, f.removed) for f in files]
+        if not self.changes.empty:
+            await self.artifact("diff", self.changes.diff, "text/x-diff")
+            stats = [
+                {
+                    "path": f.path,
+                    "status": f.status,
+                    "added": f.added,
+                    "removed": f.removed,
+                    "binary": f.binary,
+                    "old_path": f.old_path,
+                }
+                for f in files
+            ]
+            await self.artifact("diff-stats", json.dumps(stats, indent=2), "application/json")
+
+    def _check_policy(self) -> DiffVerdict:
+        assert self.changes is not None
+        verdict = evaluate_diff(self.changes, self.config)
+        self.policy = verdict.decisions
+        self.view.phase("policy", "done" if verdict.allowed else "failed", verdict.summary)
+        return verdict
+
+    async def _record_policy(self) -> None:
+        for decision in self.policy:
+            await self.events.emit("policy", decision)
+
+    async def _commit_and_push(self, *, wip: bool) -> None:
+        assert self.workspace is not None
+        await self._record_policy()
+        identity = self.bosun.commit_identity()
+        requester = self.run.requester
+        title = self.task.title or f"run {self.run.id}"
+        subject = f"WIP: {title}" if wip else title
+        if self.task.issue_number:
+            subject += f" (#{self.task.issue_number})"
+        trailers = [("Bosun-Run", self.run.id), ("Requested-by", f"@{requester}")]
+        if requester:
+            trailers.append(
+                ("Co-authored-by", f"{requester} <{requester}@users.noreply.github.com>")
+            )
+        await self.workspace.commit(subject, author=identity, committer=identity, trailers=trailers)
+        head = await self.workspace.head_sha()
+        self.view.phase("push", "running", f"`{head[:12]}`")
+        self.reporter.changed()
+        t0 = time.monotonic()
+        try:
+            auth = await self.port.git_auth_header()
+            await self.workspace.push(self._remote_url(), auth_header=auth)
+        except PushRejected as exc:
+            self.view.phase("push", "failed", "rejected")
+            raise StepFailed(f"the push was rejected: {exc}") from exc
+        self.timings["push"] = round(time.monotonic() - t0, 3)
+        self.view.head_sha = head
+        await self._save(head_sha=head)
+        self.view.phase("push", "done", f"`{self.workspace.branch}` at `{head[:12]}`")
+
+    async def _open_pull_request(self) -> None:
+        assert self.workspace is not None
+        branch = self.workspace.branch
+        body = pr_body(self.view)
+        title = self.task.title or f"Bosun run {self.run.id}"
+        existing = await self.port.find_pull(branch)
+        if existing is not None:
+            pull = await self.port.update_pull(existing.number, title=title, body=body)
+        else:
+            draft = self.config.branch.draft_until_gates_pass and not gates_passed(self.view)
+            pull = await self.port.create_pull(
+                title=title,
+                body=body,
+                head=branch,
+                base=self.repository.default_branch,
+                draft=draft,
+            )
+        self.view.pr_number = pull.number
+        self.view.head_sha = pull.head_sha
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Run).where(Run.id == self.run.id).values(pr_number=pull.number)
+            )
+            await session.execute(
+                update(Task)
+                .where(Task.id == self.task.id)
+                .values(pr_number=pull.number, branch=branch)
+            )
+        self.task.pr_number = pull.number
+
+    async def _save_before_timeout(self) -> None:
+        """The time limit hit: keep the work so far on the branch and offer ``/resume``."""
+        assert self.changes is not None
+        if self.changes.empty:
+            raise StepFailed("the run reached its time limit with no changes", RunState.TIMED_OUT)
+        verdict = self._check_policy()
+        if not verdict.allowed:
+            raise StepFailed(
+                "the run reached its time limit; its work breaks policy and was not pushed: "
+                + verdict.summary,
+                RunState.TIMED_OUT,
+            )
+        await self._commit_and_push(wip=True)
+        branch = self.workspace.branch if self.workspace else ""
+        raise StepFailed(
+            f"the run reached its time limit; the work so far is on `{branch}`"
+            " — comment `/resume` to continue",
+            RunState.TIMED_OUT,
+        )
+
+    # -- endings ------------------------------------------------------------------------
+
+    async def _end(self, state: RunState, reason: str) -> None:
+        for phase in ("prepare", "agent", "gates", "policy", "push", "pull request"):
+            current = self.view.phases.get(phase)
+            if current is not None and current[0] == "running":
+                self.view.phase(phase, "failed", current[1])
+        with contextlib.suppress(Exception):
+            await self.events.emit(
+                "error" if state is RunState.FAILED else "log",
+                {"stream": "bosun", "line": reason, "state": state.value},
+            )
+        if self.policy:
+            with contextlib.suppress(Exception):
+                await self._record_policy()
+        try:
+            await self.move(state, reason=reason)
+        except BosunError as exc:
+            log.warning("run_end_transition_refused", error=str(exc))
+        with contextlib.suppress(Exception):
+            await self._finish_artifacts()
+        await self._metrics()
+
+    async def _finish_artifacts(self) -> None:
+        manifest = build_manifest(
+            self.run, self.task, self.repository, self.view, self.timings, self.policy, self.profile
+        )
+        await self.artifact(
+            "summary",
+            summary_markdown(self.view, getattr(self, "agent_summary", "")),
+            "text/markdown",
+        )
+        await self.artifact(
+            "manifest.json", json.dumps(manifest, indent=2, default=str), "application/json"
+        )
+
+    async def _metrics(self) -> None:
+        if self.run.state not in TERMINAL:
+            return
+        path = self.settings.data_dir / "metrics.jsonl"
+        line = metrics_line(self.run, self.repository, self.view, self.timings)
+        await asyncio.to_thread(_append_line, path, line)
+
+    async def _cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.events.close()
+        if self.sandbox is not None:
+            with contextlib.suppress(SandboxError):
+                await self.bosun.backend.remove(self.sandbox)
+        with contextlib.suppress(Exception):
+            await self.bosun.workspaces.cleanup(self.run.id)
+        await self.reporter.close()
+        with contextlib.suppress(Exception):
+            await self.bosun.services.redis.delete(request_cancel_key(self.run.id))
+
+
+def _write_input(folder: Path, prompt: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    target = folder / "prompt.md"
+    target.write_text(prompt)
+    target.chmod(0o644)
+
+
+def _append_line(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(line + "\n")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
