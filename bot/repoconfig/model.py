@@ -214,8 +214,12 @@ class RepoConfig(_Strict):
     profiles: dict[ProfileName, ProfileOverride] = Field(
         default_factory=dict, description="Narrowings of server profiles, by profile name."
     )
-    workflow: Workflow = Field(
-        default="implement", description="Phases a run goes through (profiles may override)."
+    workflow: Workflow | None = Field(
+        default=None,
+        description=(
+            "Phases a run goes through, for every profile that names none "
+            "(default: the server profile's, normally `implement`)."
+        ),
     )
     paths: PathsConfig = Field(default_factory=PathsConfig, description=PathsConfig.__doc__)
     focus_paths: list[str] = Field(
