@@ -178,8 +178,9 @@ def _patch_webhook_lag(definitions: dict[str, Any]) -> None:
     """
     label = definitions["label"]
     label["properties"]["archived_at"] = {"type": ["string", "null"], "format": "date-time"}
-    label["properties"]["archived_by"] = {"oneOf": [{"$ref": "#/definitions/user"},
-                                                    {"type": "null"}]}
+    label["properties"]["archived_by"] = {
+        "oneOf": [{"$ref": "#/definitions/user"}, {"type": "null"}]
+    }
 
 
 def webhooks_subset(doc: dict[str, Any]) -> dict[str, Any]:

@@ -13,18 +13,32 @@ pytest_plugins = ["tests.emulator.fixtures"]
 
 
 def run_git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false",
-           "GIT_AUTHOR_NAME": "Bot", "GIT_AUTHOR_EMAIL": "bot@example.com",
-           "GIT_COMMITTER_NAME": "Bot", "GIT_COMMITTER_EMAIL": "bot@example.com",
-           "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(cwd or Path.cwd())}
-    return subprocess.run(["git", "-c", "credential.helper=", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "/bin/false",
+        "GIT_AUTHOR_NAME": "Bot",
+        "GIT_AUTHOR_EMAIL": "bot@example.com",
+        "GIT_COMMITTER_NAME": "Bot",
+        "GIT_COMMITTER_EMAIL": "bot@example.com",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(cwd or Path.cwd()),
+    }
+    return subprocess.run(
+        ["git", "-c", "credential.helper=", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def token_for(world: World, **body: object) -> str:
     gh = world.app_github()
     return gh.rest.apps.create_installation_access_token(
-        world.repo.installation_id, **body).parsed_data.token  # type: ignore[arg-type]
+        world.repo.installation_id, **body
+    ).parsed_data.token  # type: ignore[arg-type]
 
 
 def authed(url: str, token: str) -> str:
@@ -56,8 +70,9 @@ def test_clone_push_and_what_the_api_then_reports(github_world: World, tmp_path:
     import base64
 
     assert base64.b64decode(content.content) == b"2\n"  # type: ignore[union-attr]
-    sync = [d for d in em.deliveries() if (d["event"], d["action"]) == (
-        "pull_request", "synchronize")]
+    sync = [
+        d for d in em.deliveries() if (d["event"], d["action"]) == ("pull_request", "synchronize")
+    ]
     assert [d["payload"]["after"] for d in sync] == [new_head]
     pushes = [d for d in em.deliveries() if d["event"] == "push"]
     assert pushes[-1]["payload"]["head_commit"]["message"] == "Change a"
@@ -71,8 +86,11 @@ def test_refusals_without_or_with_bad_tokens(github_world: World, tmp_path: Path
     url = github_world.repo.clone_url
     missing = run_git("ls-remote", url)
     assert missing.returncode != 0
-    assert "could not read Username" in missing.stderr or "401" in missing.stderr or (
-        "Authentication failed" in missing.stderr)
+    assert (
+        "could not read Username" in missing.stderr
+        or "401" in missing.stderr
+        or ("Authentication failed" in missing.stderr)
+    )
     wrong = run_git("ls-remote", authed(url, "ghs_" + "x" * 36))
     assert wrong.returncode != 0
     assert "403" in wrong.stderr
@@ -95,16 +113,17 @@ def test_token_for_another_repository_is_refused(github_world: World, tmp_path: 
     assert "403" in refused.stderr
     read_only = token_for(github_world, permissions={"contents": "read"})
     work = tmp_path / "ro"
-    assert run_git("clone", "-q", authed(github_world.repo.clone_url, read_only),
-                   str(work)).returncode == 0
+    assert (
+        run_git("clone", "-q", authed(github_world.repo.clone_url, read_only), str(work)).returncode
+        == 0
+    )
     run_git("commit", "-q", "--allow-empty", "-m", "x", cwd=work)
     push = run_git("push", "origin", "main", cwd=work)
     assert push.returncode != 0
     assert "403" in push.stderr
 
 
-def test_protected_branch_rejects_pushes_like_github(github_world: World,
-                                                     tmp_path: Path) -> None:
+def test_protected_branch_rejects_pushes_like_github(github_world: World, tmp_path: Path) -> None:
     em = github_world.emulator
     token = token_for(github_world)
     work = tmp_path / "clone"
@@ -115,7 +134,8 @@ def test_protected_branch_rejects_pushes_like_github(github_world: World,
     rejected = run_git("push", "origin", "main", cwd=work)
     assert rejected.returncode != 0
     assert "remote: error: GH006: Protected branch update failed for refs/heads/main." in (
-        rejected.stderr)
+        rejected.stderr
+    )
     assert em.state("octo", "hello")["branches"]["main"] == before
     assert not [d for d in em.deliveries() if d["event"] == "push"]
 

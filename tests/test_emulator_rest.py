@@ -20,8 +20,14 @@ def valid(response: Any, method: str, template: str) -> Any:
     """Assert the body matches GitHub's schema for this operation and status; parse it."""
     body = response.json() if response.content else None
     assert schemas.rest_errors(method, template, response.status_code, body) == []
-    for header in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
-                   "x-ratelimit-used", "x-ratelimit-resource", "x-github-request-id"):
+    for header in (
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-ratelimit-used",
+        "x-ratelimit-resource",
+        "x-github-request-id",
+    ):
         assert header in response.headers, header
     if body is not None:
         assert response.headers["content-type"] == "application/json; charset=utf-8"
@@ -47,16 +53,23 @@ def test_app_routes_with_jwt(github_world: World) -> None:
     assert app.slug == github_world.app.slug
     installations = valid(gh.rest.apps.list_installations(), "get", "/app/installations")
     assert [i.id for i in installations] == [github_world.repo.installation_id]
-    one = valid(gh.rest.apps.get_installation(github_world.repo.installation_id), "get",
-                "/app/installations/{installation_id}")
+    one = valid(
+        gh.rest.apps.get_installation(github_world.repo.installation_id),
+        "get",
+        "/app/installations/{installation_id}",
+    )
     assert one.account.login == "octo"
-    via_repo = valid(gh.rest.apps.get_repo_installation("octo", "hello"), "get",
-                     f"{REPO}/installation")
+    via_repo = valid(
+        gh.rest.apps.get_repo_installation("octo", "hello"), "get", f"{REPO}/installation"
+    )
     assert via_repo.id == one.id
     token = valid(
         gh.rest.apps.create_installation_access_token(
-            one.id, repositories=["hello"], permissions={"issues": "read"}),
-        "post", "/app/installations/{installation_id}/access_tokens")
+            one.id, repositories=["hello"], permissions={"issues": "read"}
+        ),
+        "post",
+        "/app/installations/{installation_id}/access_tokens",
+    )
     assert token.token.startswith("ghs_")
     assert token.repository_selection == "selected"
     assert token.permissions.issues == "read"
@@ -70,44 +83,66 @@ def test_repository_contents_refs_branches_permissions(github_world: World) -> N
     gh = github_world.installation_github()
     repo = valid(gh.rest.repos.get("octo", "hello"), "get", REPO)
     assert (repo.full_name, repo.default_branch) == ("octo/hello", "main")
-    readme = valid(gh.rest.repos.get_content("octo", "hello", "README.md"), "get",
-                   f"{REPO}/contents/{{path}}")
+    readme = valid(
+        gh.rest.repos.get_content("octo", "hello", "README.md"), "get", f"{REPO}/contents/{{path}}"
+    )
     import base64
 
     assert base64.b64decode(readme.content) == b"# Hello\n"
-    listing = valid(gh.rest.repos.get_content("octo", "hello", "src"), "get",
-                    f"{REPO}/contents/{{path}}")
+    listing = valid(
+        gh.rest.repos.get_content("octo", "hello", "src"), "get", f"{REPO}/contents/{{path}}"
+    )
     assert [item.path for item in listing] == ["src/app.py"]
-    refused(lambda: gh.rest.repos.get_content("octo", "hello", "missing.txt"), 404, "get",
-            f"{REPO}/contents/{{path}}")
+    refused(
+        lambda: gh.rest.repos.get_content("octo", "hello", "missing.txt"),
+        404,
+        "get",
+        f"{REPO}/contents/{{path}}",
+    )
 
     main_sha = github_world.emulator.state("octo", "hello")["branches"]["main"]
-    ref = valid(gh.rest.git.get_ref("octo", "hello", "heads/main"), "get",
-                f"{REPO}/git/ref/{{ref}}")
+    ref = valid(
+        gh.rest.git.get_ref("octo", "hello", "heads/main"), "get", f"{REPO}/git/ref/{{ref}}"
+    )
     assert ref.object_.sha == main_sha
-    created = valid(gh.rest.git.create_ref("octo", "hello", ref="refs/heads/feature",
-                                           sha=main_sha), "post", f"{REPO}/git/refs")
+    created = valid(
+        gh.rest.git.create_ref("octo", "hello", ref="refs/heads/feature", sha=main_sha),
+        "post",
+        f"{REPO}/git/refs",
+    )
     assert created.ref == "refs/heads/feature"
-    refused(lambda: gh.rest.git.create_ref("octo", "hello", ref="refs/heads/feature",
-                                           sha=main_sha), 422, "post", f"{REPO}/git/refs")
+    refused(
+        lambda: gh.rest.git.create_ref("octo", "hello", ref="refs/heads/feature", sha=main_sha),
+        422,
+        "post",
+        f"{REPO}/git/refs",
+    )
     branches = valid(gh.rest.repos.list_branches("octo", "hello"), "get", f"{REPO}/branches")
     assert sorted(b.name for b in branches) == ["feature", "main"]
-    branch = valid(gh.rest.repos.get_branch("octo", "hello", "main"), "get",
-                   f"{REPO}/branches/{{branch}}")
+    branch = valid(
+        gh.rest.repos.get_branch("octo", "hello", "main"), "get", f"{REPO}/branches/{{branch}}"
+    )
     assert branch.commit.sha == main_sha
 
     template = f"{REPO}/collaborators/{{username}}/permission"
-    alice = valid(gh.rest.repos.get_collaborator_permission_level("octo", "hello", "alice"),
-                  "get", template)
+    alice = valid(
+        gh.rest.repos.get_collaborator_permission_level("octo", "hello", "alice"), "get", template
+    )
     assert (alice.permission, alice.role_name) == ("write", "write")
-    mallory = valid(gh.rest.repos.get_collaborator_permission_level("octo", "hello", "mallory"),
-                    "get", template)
+    mallory = valid(
+        gh.rest.repos.get_collaborator_permission_level("octo", "hello", "mallory"), "get", template
+    )
     assert mallory.permission == "read"
-    owner = valid(gh.rest.repos.get_collaborator_permission_level("octo", "hello", "octo"),
-                  "get", template)
+    owner = valid(
+        gh.rest.repos.get_collaborator_permission_level("octo", "hello", "octo"), "get", template
+    )
     assert owner.permission == "admin"
-    refused(lambda: gh.rest.repos.get_collaborator_permission_level("octo", "hello", "nobody"),
-            404, "get", template)
+    refused(
+        lambda: gh.rest.repos.get_collaborator_permission_level("octo", "hello", "nobody"),
+        404,
+        "get",
+        template,
+    )
 
 
 def test_issues_comments_labels_reactions(github_world: World) -> None:
@@ -120,44 +155,63 @@ def test_issues_comments_labels_reactions(github_world: World) -> None:
     assert (issue.title, issue.user.login, issue.comments) == ("Crash on start", "alice", 1)
 
     comments_t = f"{issue_t}/comments"
-    comment = valid(gh.rest.issues.create_comment("octo", "hello", number, body="On it"),
-                    "post", comments_t)
+    comment = valid(
+        gh.rest.issues.create_comment("octo", "hello", number, body="On it"), "post", comments_t
+    )
     assert comment.user.login == github_world.app.bot_login
     assert comment.user.type == "Bot"
     listed = valid(gh.rest.issues.list_comments("octo", "hello", number), "get", comments_t)
     assert [c.body for c in listed] == ["me too", "On it"]
 
     one_t = f"{REPO}/issues/comments/{{comment_id}}"
-    edited = valid(gh.rest.issues.update_comment("octo", "hello", comment.id, body="Done"),
-                   "patch", one_t)
+    edited = valid(
+        gh.rest.issues.update_comment("octo", "hello", comment.id, body="Done"), "patch", one_t
+    )
     assert edited.body == "Done"
-    assert valid(gh.rest.issues.get_comment("octo", "hello", comment.id), "get",
-                 one_t).body == "Done"
+    assert (
+        valid(gh.rest.issues.get_comment("octo", "hello", comment.id), "get", one_t).body == "Done"
+    )
 
-    reaction = valid(gh.rest.reactions.create_for_issue_comment(
-        "octo", "hello", comment.id, content="eyes"), "post", f"{one_t}/reactions")
+    reaction = valid(
+        gh.rest.reactions.create_for_issue_comment("octo", "hello", comment.id, content="eyes"),
+        "post",
+        f"{one_t}/reactions",
+    )
     assert reaction.content == "eyes"
-    valid(gh.rest.reactions.create_for_issue("octo", "hello", number, content="+1"), "post",
-          f"{issue_t}/reactions")
+    valid(
+        gh.rest.reactions.create_for_issue("octo", "hello", number, content="+1"),
+        "post",
+        f"{issue_t}/reactions",
+    )
 
-    labels = valid(gh.rest.issues.add_labels("octo", "hello", number, labels=["bosun"]),
-                   "post", f"{issue_t}/labels")
+    labels = valid(
+        gh.rest.issues.add_labels("octo", "hello", number, labels=["bosun"]),
+        "post",
+        f"{issue_t}/labels",
+    )
     assert [label.name for label in labels] == ["bosun"]
-    remaining = valid(gh.rest.issues.remove_label("octo", "hello", number, "bosun"), "delete",
-                      f"{issue_t}/labels/{{name}}")
+    remaining = valid(
+        gh.rest.issues.remove_label("octo", "hello", number, "bosun"),
+        "delete",
+        f"{issue_t}/labels/{{name}}",
+    )
     assert remaining == []
-    refused(lambda: gh.rest.issues.remove_label("octo", "hello", number, "bosun"), 404,
-            "delete", f"{issue_t}/labels/{{name}}")
+    refused(
+        lambda: gh.rest.issues.remove_label("octo", "hello", number, "bosun"),
+        404,
+        "delete",
+        f"{issue_t}/labels/{{name}}",
+    )
 
     response = gh.rest.issues.delete_comment("octo", "hello", comment.id)
     assert response.status_code == 204
     refused(lambda: gh.rest.issues.get_comment("octo", "hello", comment.id), 404, "get", one_t)
 
-    closed = valid(gh.rest.issues.update("octo", "hello", number, state="closed"), "patch",
-                   issue_t)
+    closed = valid(gh.rest.issues.update("octo", "hello", number, state="closed"), "patch", issue_t)
     assert (closed.state, closed.state_reason) == ("closed", "completed")
-    created = valid(gh.rest.issues.create("octo", "hello", title="Follow-up"), "post",
-                    f"{REPO}/issues")
+    created = valid(
+        gh.rest.issues.create("octo", "hello", title="Follow-up"), "post", f"{REPO}/issues"
+    )
     assert created.number == number + 1
 
     state = em.state("octo", "hello")
@@ -171,42 +225,67 @@ def test_pull_requests_merge_and_reviews(github_world: World) -> None:
     em.push("octo/hello", "feature", {"feature.txt": "new\n"}, user="alice", message="Add")
     gh = github_world.installation_github()
     pulls_t = f"{REPO}/pulls"
-    pr = valid(gh.rest.pulls.create("octo", "hello", title="Add feature", head="feature",
-                                    base="main", body="Closes #1", draft=True),
-               "post", pulls_t)
+    pr = valid(
+        gh.rest.pulls.create(
+            "octo",
+            "hello",
+            title="Add feature",
+            head="feature",
+            base="main",
+            body="Closes #1",
+            draft=True,
+        ),
+        "post",
+        pulls_t,
+    )
     assert (pr.head.ref, pr.base.ref, pr.draft, pr.mergeable) == ("feature", "main", True, True)
-    refused(lambda: gh.rest.pulls.create("octo", "hello", title="again", head="feature",
-                                         base="main"), 422, "post", pulls_t)
-    listed = valid(gh.rest.pulls.list("octo", "hello", head="octo:feature", state="open"),
-                   "get", pulls_t)
+    refused(
+        lambda: gh.rest.pulls.create("octo", "hello", title="again", head="feature", base="main"),
+        422,
+        "post",
+        pulls_t,
+    )
+    listed = valid(
+        gh.rest.pulls.list("octo", "hello", head="octo:feature", state="open"), "get", pulls_t
+    )
     assert [p.number for p in listed] == [pr.number]
     assert valid(gh.rest.pulls.list("octo", "hello", base="other"), "get", pulls_t) == []
     one_t = f"{pulls_t}/{{pull_number}}"
     got = valid(gh.rest.pulls.get("octo", "hello", pr.number), "get", one_t)
     assert (got.commits, got.additions, got.changed_files) == (1, 1, 1)
-    updated = valid(gh.rest.pulls.update("octo", "hello", pr.number, title="Add the feature"),
-                    "patch", one_t)
+    updated = valid(
+        gh.rest.pulls.update("octo", "hello", pr.number, title="Add the feature"), "patch", one_t
+    )
     assert updated.title == "Add the feature"
 
     em.review("octo/hello", pr.number, "APPROVED", user="alice", body="LGTM")
-    reviews = valid(gh.rest.pulls.list_reviews("octo", "hello", pr.number), "get",
-                    f"{one_t}/reviews")
+    reviews = valid(
+        gh.rest.pulls.list_reviews("octo", "hello", pr.number), "get", f"{one_t}/reviews"
+    )
     assert [(r.state, r.user.login, r.commit_id) for r in reviews] == [
-        ("APPROVED", "alice", pr.head.sha)]
+        ("APPROVED", "alice", pr.head.sha)
+    ]
 
     merge_t = f"{one_t}/merge"
-    body = refused(lambda: gh.rest.pulls.merge("octo", "hello", pr.number, sha="0" * 40), 409,
-                   "put", merge_t)
+    body = refused(
+        lambda: gh.rest.pulls.merge("octo", "hello", pr.number, sha="0" * 40), 409, "put", merge_t
+    )
     assert body["message"] == "Head branch was modified. Review and try the merge again."
-    merged = valid(gh.rest.pulls.merge("octo", "hello", pr.number, sha=pr.head.sha,
-                                       merge_method="squash"), "put", merge_t)
+    merged = valid(
+        gh.rest.pulls.merge("octo", "hello", pr.number, sha=pr.head.sha, merge_method="squash"),
+        "put",
+        merge_t,
+    )
     assert merged.merged is True
     assert em.state("octo", "hello")["branches"]["main"] == merged.sha
     body = refused(lambda: gh.rest.pulls.merge("octo", "hello", pr.number), 405, "put", merge_t)
     assert body["message"] == "Pull Request is not mergeable"
     after = valid(gh.rest.pulls.get("octo", "hello", pr.number), "get", one_t)
     assert (after.state, after.merged, after.merged_by.login) == (
-        "closed", True, github_world.app.bot_login)
+        "closed",
+        True,
+        github_world.app.bot_login,
+    )
 
 
 def test_conflicting_pull_request_is_not_mergeable(github_world: World) -> None:
@@ -215,11 +294,18 @@ def test_conflicting_pull_request_is_not_mergeable(github_world: World) -> None:
     em.push("octo/hello", "main", {"README.md": "main\n"}, user="alice")
     gh = github_world.installation_github()
     pr = gh.rest.pulls.create("octo", "hello", title="Left", head="left", base="main")
-    got = valid(gh.rest.pulls.get("octo", "hello", pr.parsed_data.number), "get",
-                f"{REPO}/pulls/{{pull_number}}")
+    got = valid(
+        gh.rest.pulls.get("octo", "hello", pr.parsed_data.number),
+        "get",
+        f"{REPO}/pulls/{{pull_number}}",
+    )
     assert (got.mergeable, got.mergeable_state) == (False, "dirty")
-    body = refused(lambda: gh.rest.pulls.merge("octo", "hello", got.number), 405, "put",
-                   f"{REPO}/pulls/{{pull_number}}/merge")
+    body = refused(
+        lambda: gh.rest.pulls.merge("octo", "hello", got.number),
+        405,
+        "put",
+        f"{REPO}/pulls/{{pull_number}}/merge",
+    )
     assert body["message"] == "Pull Request is not mergeable"
 
 
@@ -227,47 +313,92 @@ def test_check_runs_and_their_limits(github_world: World) -> None:
     gh = github_world.installation_github()
     sha = github_world.emulator.state("octo", "hello")["branches"]["main"]
     create_t = f"{REPO}/check-runs"
-    run = valid(gh.rest.checks.create("octo", "hello", name="bosun", head_sha=sha,
-                                      status="queued", external_id="run-1"), "post", create_t)
+    run = valid(
+        gh.rest.checks.create(
+            "octo", "hello", name="bosun", head_sha=sha, status="queued", external_id="run-1"
+        ),
+        "post",
+        create_t,
+    )
     assert (run.status, run.conclusion, run.app.slug) == ("queued", None, github_world.app.slug)
     one_t = f"{create_t}/{{check_run_id}}"
     actions = [{"label": "Approve", "description": "Merge it", "identifier": "approve"}]
-    updated = valid(gh.rest.checks.update(
-        "octo", "hello", run.id, status="in_progress",
-        output={"title": "Running", "summary": "phase 1",
-                "annotations": [{"path": "README.md", "start_line": 1, "end_line": 1,
-                                 "annotation_level": "warning", "message": "hm"}]},
-        actions=actions), "patch", one_t)
+    updated = valid(
+        gh.rest.checks.update(
+            "octo",
+            "hello",
+            run.id,
+            status="in_progress",
+            output={
+                "title": "Running",
+                "summary": "phase 1",
+                "annotations": [
+                    {
+                        "path": "README.md",
+                        "start_line": 1,
+                        "end_line": 1,
+                        "annotation_level": "warning",
+                        "message": "hm",
+                    }
+                ],
+            },
+            actions=actions,
+        ),
+        "patch",
+        one_t,
+    )
     assert (updated.status, updated.output.annotations_count) == ("in_progress", 1)
-    done = valid(gh.rest.checks.update("octo", "hello", run.id, conclusion="success"), "patch",
-                 one_t)
+    done = valid(
+        gh.rest.checks.update("octo", "hello", run.id, conclusion="success"), "patch", one_t
+    )
     assert (done.status, done.conclusion) == ("completed", "success")
     assert done.completed_at is not None
     assert valid(gh.rest.checks.get("octo", "hello", run.id), "get", one_t).id == run.id
-    listed = valid(gh.rest.checks.list_for_ref("octo", "hello", "main"), "get",
-                   f"{REPO}/commits/{{ref}}/check-runs")
+    listed = valid(
+        gh.rest.checks.list_for_ref("octo", "hello", "main"),
+        "get",
+        f"{REPO}/commits/{{ref}}/check-runs",
+    )
     assert [c.id for c in listed.check_runs] == [run.id]
 
     # githubkit checks these limits client-side too, so the raw requests go around it.
     url = f"/repos/octo/hello/check-runs/{run.id}"
     too_long = {"title": "t", "summary": "x" * 65536}
-    body = refused(lambda: gh.request("PATCH", url, json={"output": too_long}), 422, "patch",
-                   one_t)
+    body = refused(lambda: gh.request("PATCH", url, json={"output": too_long}), 422, "patch", one_t)
     assert "Only 65535 characters are allowed; 65536 were supplied." in body["message"]
-    annotation = {"path": "a", "start_line": 1, "end_line": 1, "annotation_level": "notice",
-                  "message": "m"}
+    annotation = {
+        "path": "a",
+        "start_line": 1,
+        "end_line": 1,
+        "annotation_level": "notice",
+        "message": "m",
+    }
     many = {"title": "t", "summary": "s", "annotations": [annotation] * 51}
     body = refused(lambda: gh.request("PATCH", url, json={"output": many}), 422, "patch", one_t)
     assert "Only 50 annotations" in body["message"]
     four = [{"label": f"L{i}", "description": "d", "identifier": f"i{i}"} for i in range(4)]
-    body = refused(lambda: gh.request("POST", "/repos/octo/hello/check-runs",
-                                      json={"name": "x", "head_sha": sha, "actions": four}),
-                   422, "post", create_t)
+    body = refused(
+        lambda: gh.request(
+            "POST",
+            "/repos/octo/hello/check-runs",
+            json={"name": "x", "head_sha": sha, "actions": four},
+        ),
+        422,
+        "post",
+        create_t,
+    )
     assert "Only 3 actions" in body["message"]
     assert body["errors"][0]["field"] == "actions"
-    valid(gh.rest.checks.update("octo", "hello", run.id,
-                                output={"title": "t", "summary": "y" * 65535,
-                                        "annotations": [annotation] * 50}), "patch", one_t)
+    valid(
+        gh.rest.checks.update(
+            "octo",
+            "hello",
+            run.id,
+            output={"title": "t", "summary": "y" * 65535, "annotations": [annotation] * 50},
+        ),
+        "patch",
+        one_t,
+    )
     state = github_world.emulator.state("octo", "hello")["check_runs"]
     assert len(state) == 1
     assert len(state[0]["updates"]) == 4
@@ -283,21 +414,27 @@ def test_hook_deliveries_api(github_world: World) -> None:
     assert {i.guid for i in items} == {d["guid"] for d in sent}
     newest = items[0]
     assert (newest.event, newest.action, newest.status_code) == ("issues", "opened", 202)
-    detail = valid(gh.rest.apps.get_webhook_delivery(newest.id), "get",
-                   "/app/hook/deliveries/{delivery_id}")
+    detail = valid(
+        gh.rest.apps.get_webhook_delivery(newest.id), "get", "/app/hook/deliveries/{delivery_id}"
+    )
     assert detail.event == "issues"
     raw = gh.rest.apps.get_webhook_delivery(newest.id).json()
     assert raw["request"]["payload"]["issue"]["title"] == "Hi"
     assert raw["request"]["headers"]["X-GitHub-Delivery"] == newest.guid
     accepted = gh.rest.apps.redeliver_webhook_delivery(newest.id)
     assert accepted.status_code == 202
-    again = [d for d in em.deliveries() if d["guid"] == newest.guid][0]
+    again = next(d for d in em.deliveries() if d["guid"] == newest.guid)
     assert [a["redelivery"] for a in again["attempts"]] == [False, True]
 
 
 def test_manifest_conversion(emulator: Any) -> None:
-    code = emulator.manifest_code({"name": "Bosun Dev", "url": "http://127.0.0.1",
-                                   "hook_attributes": {"url": "http://127.0.0.1:9/hook"}})
+    code = emulator.manifest_code(
+        {
+            "name": "Bosun Dev",
+            "url": "http://127.0.0.1",
+            "hook_attributes": {"url": "http://127.0.0.1:9/hook"},
+        }
+    )
     from githubkit import GitHub, UnauthAuthStrategy
 
     gh = GitHub(UnauthAuthStrategy(), base_url=emulator.base_url)

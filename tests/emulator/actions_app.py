@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -12,7 +13,10 @@ from .context import Context
 from .state import App
 
 
+@functools.cache
 def _keypair() -> tuple[str, str]:
+    """One RSA key pair per process: key generation is the slowest step of a fresh emulator,
+    and each emulator's App id differs, so JWTs of one never verify against another."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(
         serialization.Encoding.PEM,

@@ -51,9 +51,9 @@ def validate(body: dict[str, Any]) -> None:
                     f"Only {MAX_TEXT} characters are allowed; {len(value)} were supplied.",
                     f"output.{key}",
                 )
-        if "title" in output or "text" in output or "annotations" in output:
-            if not output.get("summary") and "summary" not in output:
-                raise _invalid('"summary" wasn\'t supplied.', "output.summary")
+        detailed = "title" in output or "text" in output or "annotations" in output
+        if detailed and "summary" not in output:
+            raise _invalid('"summary" wasn\'t supplied.', "output.summary")
         annotations = output.get("annotations") or []
         if len(annotations) > MAX_ANNOTATIONS:
             raise _invalid(
