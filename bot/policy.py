@@ -229,6 +229,15 @@ def shannon_entropy(text: str) -> float:
     return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
 
 
+def _placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return (
+        value in _KNOWN_EXAMPLES
+        or any(p in lowered for p in _PLACEHOLDERS)
+        or shannon_entropy(value) < 2.5
+    )
+
+
 def looks_random(value: str) -> bool:
     """Whether a string assigned to a secret-sounding name looks like a real credential.
 
@@ -237,9 +246,9 @@ def looks_random(value: str) -> bool:
     version numbers); other strings need digits or symbols mixed with letters and 3.7
     bits/char, which ordinary words and camelCase names do not reach.
     """
-    lowered = value.lower()
-    if value in _KNOWN_EXAMPLES or any(p in lowered for p in _PLACEHOLDERS):
+    if _placeholder(value):
         return False
+    lowered = value.lower()
     if lowered.startswith(("http://", "https://", "file:", "/", "./", "../")):
         return False
     if _UUID.match(value):
@@ -271,8 +280,8 @@ def _scan_line(text: str) -> Iterator[tuple[str, str]]:
             secret = match.group(1)
             if any(s < end and start < e for s, e in claimed) or secret in _KNOWN_EXAMPLES:
                 continue
-            if kind != "private_key" and shannon_entropy(secret) < 2.5:
-                continue  # ghp_xxxxxxxx... placeholders
+            if kind != "private_key" and _placeholder(secret):
+                continue  # ghp_xxxxxxxx..., sk-your-key-here
             claimed.append((start, end))
             yield kind, secret
     for match in _ASSIGNMENT.finditer(text):
