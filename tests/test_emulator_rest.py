@@ -443,3 +443,37 @@ def test_manifest_conversion(emulator: Any) -> None:
     assert app.slug == "bosun-dev"
     assert "PRIVATE KEY" in app.pem
     refused(lambda: gh.rest.apps.create_from_manifest(code), 404, "post", template)
+
+
+def test_standalone_server_prints_its_base_url(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.emulator",
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base_url = proc.stdout.readline().strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        answer = httpx.get(f"{base_url}/rate_limit", trust_env=False)
+        assert answer.status_code == 200
+        assert answer.headers["x-ratelimit-limit"] == "60"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -37,6 +37,8 @@ REQUIRED = {
     ("check_run", "requested_action"),
     ("check_run", "rerequested"),
     ("push", None),
+    ("pull_request", "edited"),
+    ("pull_request", "labeled"),
 }
 
 
@@ -60,6 +62,8 @@ def drive_every_event(world: World) -> None:
     em.push(repo, "feature", {"f.txt": "1\n"}, user="alice")
     pr = em.open_pull(repo, "Feature", head="feature", user="alice")
     em.push(repo, "feature", {"f.txt": "2\n"}, user="alice")  # synchronize
+    em.edit_issue(repo, pr, user="alice", title="Feature!")  # pull_request.edited
+    em.add_labels(repo, pr, ["bosun"], user="alice")  # pull_request.labeled
     em.review(repo, pr, "APPROVED", user="alice", body="ok")
     em.review_comment(repo, pr, "nit", user="alice", path="f.txt")
     gh = world.installation_github()
