@@ -108,7 +108,8 @@ class EmulatorApp:
             headers.update(response.headers)
             response.headers = headers
             response.headers.setdefault("x-github-media-type", "github.v3; format=json")
-            response.headers.setdefault("x-github-api-version-selected", "2022-11-28")
+            version = request.headers.get("x-github-api-version", "2022-11-28")
+            response.headers.setdefault("x-github-api-version-selected", version)
         response.headers["x-github-request-id"] = request_id
         response.headers.setdefault("server", "github.com")
         with ctx.store.lock:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import render
+from . import render, render_pulls
 from .state import CheckRun, Comment, Installation, Issue, Repo, Review, ReviewComment, Store, User
 
 USER_KEYS = {
@@ -107,16 +107,16 @@ def _pull_repo_sides(s: Store, data: dict[str, Any], r: Repo) -> dict[str, Any]:
 
 
 def pull(s: Store, r: Repo, i: Issue) -> dict[str, Any]:
-    return _users(_pull_repo_sides(s, render.pull(s, r, i), r))
+    return _users(_pull_repo_sides(s, render_pulls.pull(s, r, i), r))
 
 
 def simple_pull(s: Store, r: Repo, i: Issue) -> dict[str, Any]:
-    data = render.pull(s, r, i, simple=True)
+    data = render_pulls.pull(s, r, i, simple=True)
     return _users(_pull_repo_sides(s, data, r))
 
 
 def review(s: Store, r: Repo, i: Issue, v: Review) -> dict[str, Any]:
-    data = render.review(s, r, i, v)
+    data = render_pulls.review(s, r, i, v)
     data["state"] = v.state.lower()
     return _users(data)
 
@@ -132,7 +132,7 @@ def installation(s: Store, inst: Installation) -> dict[str, Any]:
 
 
 def check_run(s: Store, r: Repo, c: CheckRun) -> dict[str, Any]:
-    data = render.check_run(s, r, c)
+    data = render_pulls.check_run(s, r, c)
     data["app"] = app(s)
     branch = next((b for b, sha in _branches(r).items() if sha == c.head_sha), None)
     all_done = c.status == "completed"

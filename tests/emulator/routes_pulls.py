@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import actions_checks, actions_code, actions_issues, render
+from . import actions_checks, actions_code, actions_issues, render_pulls
 from .context import Context
 from .http import HttpError, Request, Response, Router, not_found
 from .state import Repo
@@ -33,7 +33,7 @@ def register(router: Router, ctx: Context) -> None:
         )
         if issue.pull is not None:
             issue.pull.maintainer_can_modify = bool(body.get("maintainer_can_modify", False))
-        return Response(201, render.pull(s, r, issue))
+        return Response(201, render_pulls.pull(s, r, issue))
 
     def list_pulls(request: Request) -> Response:
         r: Repo = request.auth.repo
@@ -50,13 +50,13 @@ def register(router: Router, ctx: Context) -> None:
                 continue
             if base and p.base != base:
                 continue
-            items.append(render.pull(s, r, issue, simple=True))
+            items.append(render_pulls.pull(s, r, issue, simple=True))
         items.sort(key=lambda x: x["number"], reverse=request.arg("direction", "desc") == "desc")
         return Response(200, items)
 
     def get_pull(request: Request) -> Response:
         r: Repo = request.auth.repo
-        return Response(200, render.pull(s, r, ctx.pull(r, request.params["number"])))
+        return Response(200, render_pulls.pull(s, r, ctx.pull(r, request.params["number"])))
 
     def update_pull(request: Request) -> Response:
         r: Repo = request.auth.repo
@@ -77,7 +77,7 @@ def register(router: Router, ctx: Context) -> None:
         if "base" in body and issue.pull is not None:
             issue.pull.base = body["base"]
         actions_issues.edit_issue(ctx, r, issue, body, ctx.bot())
-        return Response(200, render.pull(s, r, issue))
+        return Response(200, render_pulls.pull(s, r, issue))
 
     def merge_pull(request: Request) -> Response:
         r: Repo = request.auth.repo
@@ -101,12 +101,12 @@ def register(router: Router, ctx: Context) -> None:
         r: Repo = request.auth.repo
         issue = ctx.pull(r, request.params["number"])
         assert issue.pull is not None
-        return Response(200, [render.review(s, r, issue, v) for v in issue.pull.reviews])
+        return Response(200, [render_pulls.review(s, r, issue, v) for v in issue.pull.reviews])
 
     def create_check(request: Request) -> Response:
         r: Repo = request.auth.repo
         check = actions_checks.create(ctx, r, request.json())
-        return Response(201, render.check_run(s, r, check))
+        return Response(201, render_pulls.check_run(s, r, check))
 
     def find_check(request: Request) -> actions_checks.CheckRun:
         r: Repo = request.auth.repo
@@ -119,13 +119,14 @@ def register(router: Router, ctx: Context) -> None:
         return check
 
     def get_check(request: Request) -> Response:
-        return Response(200, render.check_run(s, request.auth.repo, find_check(request)))
+        check = find_check(request)
+        return Response(200, render_pulls.check_run(s, request.auth.repo, check))
 
     def update_check(request: Request) -> Response:
         r: Repo = request.auth.repo
         check = find_check(request)
         actions_checks.update(ctx, r, check, request.json())
-        return Response(200, render.check_run(s, r, check))
+        return Response(200, render_pulls.check_run(s, r, check))
 
     def checks_for_ref(request: Request) -> Response:
         r: Repo = request.auth.repo
@@ -151,7 +152,11 @@ def register(router: Router, ctx: Context) -> None:
             runs = list(latest.values())
         runs.sort(key=lambda c: c.id, reverse=True)
         return Response(
-            200, {"total_count": len(runs), "check_runs": [render.check_run(s, r, c) for c in runs]}
+            200,
+            {
+                "total_count": len(runs),
+                "check_runs": [render_pulls.check_run(s, r, c) for c in runs],
+            },
         )
 
     base = "/repos/{owner}/{repo}"
