@@ -113,10 +113,10 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
                 .where(Delivery.id == delivery_id)
             )
         if status != DeliveryStatus.RECEIVED:
-            log.info("delivery_duplicate_ignored", event=event, status=str(status))
+            log.info("delivery_duplicate_ignored", gh_event=event, status=str(status))
             return Response({"delivery": delivery_id, "status": "duplicate"}, status_code=202)
     queued = await enqueue_delivery(services, delivery_id)
-    log.info("delivery_recorded", event=event, action=action, queued=queued, duplicate=duplicate)
+    log.info("delivery_recorded", gh_event=event, action=action, queued=queued, duplicate=duplicate)
     return Response(
         {"delivery": delivery_id, "status": "duplicate" if duplicate else "accepted"},
         status_code=202,

@@ -72,11 +72,15 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
             raise Retry(defer=min(60, 2**tries)) from exc
         await _finish(bosun, delivery_id, DeliveryStatus.FAILED, repr(exc)[:1000])
         raise
+    except Exception as exc:
+        log.exception("delivery_failed")
+        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, repr(exc)[:1000])
+        raise
     status = DeliveryStatus.IGNORED if outcome.startswith("ignored") else DeliveryStatus.PROCESSED
     await _finish(
         bosun, delivery_id, status, None if status is DeliveryStatus.PROCESSED else outcome
     )
-    log.info("delivery_processed", event=event_name, outcome=outcome)
+    log.info("delivery_processed", gh_event=event_name, outcome=outcome)
     return {"delivery": delivery_id, "outcome": outcome}
 
 
@@ -144,6 +148,10 @@ async def upsert_repository(
     if repo is None:
         repo = Repository(full_name=ref.full_name, github_id=ref.id)
         session.add(repo)
+    if installation_id is not None and await session.get(Installation, installation_id) is None:
+        # Installed before Bosun saw the installation event: record it from what we know.
+        session.add(Installation(id=installation_id, account_login=ref.owner))
+        await session.flush()
     repo.github_id = ref.id
     repo.installation_id = installation_id
     repo.private = ref.private

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.policy import ChangedFile, check_diff, scan_secrets
+from bot.policy import ChangedFile, check_diff
 from bot.repoconfig import RepoConfig
 from sandboxes.workspace import Changes
 
@@ -30,22 +30,16 @@ def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
         )
         for f in changes.files
     ]
-    result = check_diff(files, config)
-    findings = scan_secrets(changes.diff)
-    decisions: list[dict[str, Any]] = [
-        {"rule": v.rule, "path": v.path, "decision": "deny", "message": v.message}
-        for v in result.violations
-    ]
-    decisions += [
-        {
-            "rule": "secrets",
-            "path": f.path,
-            "line": f.line,
+    result = check_diff(files, config, diff_text=changes.diff)
+    decisions: list[dict[str, Any]] = []
+    for violation in result.violations:
+        decision: dict[str, Any] = {
+            "rule": violation.rule,
+            "path": violation.path,
             "decision": "deny",
-            "message": f"looks like a {f.kind}: remove it and use a secret store",
+            "message": violation.message,
         }
-        for f in findings
-    ]
+        decisions.append(decision)
     if not decisions:
         decisions.append(
             {

@@ -247,10 +247,9 @@ class RunExecution:
             )
         await self._commit_and_push(wip=False)
         await self._open_pull_request()
-        await self._finish_artifacts()
-        await self.move(RunState.REVIEW_READY, reason="")
         self.view.phase("pull request", "done", f"#{self.view.pr_number}")
-        await self._metrics()
+        await self._finish_artifacts(RunState.REVIEW_READY, "")
+        await self.move(RunState.REVIEW_READY, reason="")
 
     async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
         key = request_cancel_key(self.run.id)
@@ -351,7 +350,7 @@ class RunExecution:
             output_limit_bytes=sandbox.output_limit_bytes,
             runtime=sandbox.runtime,
             mounts=mounts,
-            labels={"bosun.repo": self.repository.full_name},
+            labels={"repo": self.repository.full_name.replace("/", "_")},
         )
 
     async def _agent(self) -> ExecResult:
@@ -597,15 +596,17 @@ class RunExecution:
         if self.policy:
             with contextlib.suppress(Exception):
                 await self._record_policy()
+        with contextlib.suppress(Exception):
+            await self._finish_artifacts(state, reason)
         try:
             await self.move(state, reason=reason)
         except BosunError as exc:
             log.warning("run_end_transition_refused", error=str(exc))
-        with contextlib.suppress(Exception):
-            await self._finish_artifacts()
         await self._metrics()
 
-    async def _finish_artifacts(self) -> None:
+    async def _finish_artifacts(self, state: RunState, reason: str) -> None:
+        """Summary and manifest as of the state the run is about to enter."""
+        self.view.state, self.view.reason = state, reason
         manifest = build_manifest(
             self.run, self.task, self.repository, self.view, self.timings, self.policy, self.profile
         )

@@ -52,7 +52,10 @@ print("agent: done")
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {"runner": "script", "command": ["python3", "-c", EDIT_AGENT]},
-    "fail": {"runner": "script", "command": ["python3", "-c", "print('boom'); raise SystemExit(3)"]},
+    "fail": {
+        "runner": "script",
+        "command": ["python3", "-c", "print('boom'); raise SystemExit(3)"],
+    },
     "noop": {"runner": "script", "command": ["python3", "-c", "print('nothing to do')"]},
     "workflow": {
         "runner": "script",
@@ -132,7 +135,9 @@ class BosunStack:
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-    def wait_run(self, states: set[str], timeout: float = 90, count: int = 1) -> list[dict[str, Any]]:
+    def wait_run(
+        self, states: set[str], timeout: float = 90, count: int = 1
+    ) -> list[dict[str, Any]]:
         def done() -> list[dict[str, Any]]:
             runs = [r for r in self.runs() if r["state"] in states]
             return runs if len(runs) >= count else []

@@ -25,22 +25,18 @@ def test_label_yields_branch_pr_check_run_and_manifest(stack: BosunStack) -> Non
     assert len(pulls) == 1
     pr = pulls[0]
     assert f"Closes #{number}" in pr["body"]
-    assert pr["head"]["ref"] == run["branch"] and run["branch"].startswith(f"bosun/{number}-")
+    assert pr["pull"]["head"] == run["branch"] and run["branch"].startswith(f"bosun/{number}-")
     # The branch holds the agent's change, pushed from outside the sandbox.
     branch_sha = state["branches"][run["branch"]]
-    assert branch_sha == run["head_sha"] == pr["head"]["sha"]
+    assert branch_sha == run["head_sha"] == pr["pull"]["head_sha"]
     assert run["base_sha"] == state["branches"]["main"]
 
     # The agent saw the issue text but never the hidden instruction.
-    files = stack.emulator.files(stack.repo, run["branch"]) if hasattr(
-        stack.emulator, "files"
-    ) else None
     artifacts = stack.artifacts(run["id"])
     diff = artifacts["diff"].read_text()
     assert "src/feature.py" in diff and "Edited by the agent." in diff
     assert "Please add a feature function." in diff  # prompt-seen.txt is part of the change
     assert "ignore all previous instructions" not in diff
-    del files
 
     manifest = json.loads(artifacts["manifest.json"].read_text())
     assert manifest["base_sha"] == run["base_sha"]
@@ -50,11 +46,18 @@ def test_label_yields_branch_pr_check_run_and_manifest(stack: BosunStack) -> Non
     for name in ("transcript", "summary", "diff-stats"):
         assert name in artifacts
 
-    # A completed check run named bosun on the PR head.
-    checks = [c for c in state["check_runs"] if c["name"] == "bosun"]
-    head_checks = [c for c in checks if c["head_sha"] == run["head_sha"]]
-    assert head_checks and head_checks[-1]["status"] == "completed"
-    assert head_checks[-1]["conclusion"] == "success"
+    # A completed check run named bosun on the PR head (GitHub status follows asynchronously).
+    def head_check() -> dict[str, object] | None:
+        checks = [c for c in stack.state()["check_runs"] if c["name"] == "bosun"]
+        done = [
+            c for c in checks if c["head_sha"] == run["head_sha"] and c["status"] == "completed"
+        ]
+        return done[-1] if done else None
+
+    check = stack.wait_for(head_check, 30, "a completed check run on the PR head")
+    assert check["conclusion"] == "success"
+    assert [a["identifier"] for a in check["actions"]] == ["approve", "retry", "cancel"]
+    state = stack.state()
 
     # One status comment, edited in place, with the hidden marker.
     issue = next(i for i in state["issues"] if i["number"] == number)
@@ -65,7 +68,9 @@ def test_label_yields_branch_pr_check_run_and_manifest(stack: BosunStack) -> Non
     # Commit carries the trailers; author is the App.
     log = subprocess.run(
         ["git", "--git-dir", state["git_dir"], "log", "-1", "--format=%an%n%B", run["head_sha"]],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert log.startswith(stack.settings.github.bot_login)
     assert f"Bosun-Run: {run['id']}" in log and "Requested-by: @alice" in log

@@ -340,7 +340,7 @@ class GitHubRepo:
         pushes made by Bosun itself (never handed to a sandbox)."""
         token = await self.app.token(self.installation_id, self.full_name, WRITE_CONTENTS)
         basic = base64.b64encode(f"x-access-token:{token.value}".encode()).decode()
-        return f"Basic {basic}"
+        return f"Authorization: Basic {basic}"
 
     def clone_url(self) -> str:
         return f"{self.app.settings.web_url.rstrip('/')}/{self.full_name}.git"
