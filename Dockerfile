@@ -13,6 +13,8 @@ ARG PACKAGES="ca-certificates git python3 python3-venv redis-server tini"
 
 FROM ${BASE_IMAGE} AS build
 ARG PACKAGES
+# Lets build_service_image.sh remove this throw-away stage after a build.
+LABEL bosun.image=service-build
 COPY . /tmp/ctx
 RUN set -eu; \
     export DEBIAN_FRONTEND=noninteractive; \
@@ -38,6 +40,7 @@ RUN set -eu; \
 
 FROM ${BASE_IMAGE}
 ARG PACKAGES
+LABEL bosun.image=service
 COPY --from=build /tmp/ctx/.bundle/debs /tmp/debs
 RUN set -eu; \
     export DEBIAN_FRONTEND=noninteractive; \

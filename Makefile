@@ -7,6 +7,9 @@ VENV := .venv/bin
 
 export BOSUN_TEST_POSTGRES_URL ?= postgresql+asyncpg://bosun:bosun@127.0.0.1:5432/bosun_test
 export BOSUN_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+# Browser tests drive the Debian Chromium the bootstrap installs (Playwright's own download
+# needs a CDN this kind of machine cannot reach).
+export BOSUN_TEST_CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
 PYTEST_ARGS ?=
 
 .PHONY: help run test bootstrap bootstrap-run bootstrap-test lint format typecheck pytest \

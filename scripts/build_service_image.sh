@@ -32,6 +32,7 @@ if [ "$online" = 1 ]; then
     say "docker build -t $tag . (online; log: $log)"
     docker build --force-rm --build-arg "BASE_IMAGE=$base" -t "$tag" . >"$log" 2>&1 ||
         { tail -n 30 "$log" >&2; die "building $tag failed (full log: $log)"; }
+    docker image prune -f --filter label=bosun.image=service-build >/dev/null
     say "built $tag"
     exit 0
 fi
@@ -72,10 +73,16 @@ PIP_CONFIG_FILE=/dev/null step wheels "$py/bin/pip" wheel --quiet --no-deps \
     -r "$bundle/requirements.txt" -w "$bundle/wheels"
 say "$(find "$bundle/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$bundle/wheels" | cut -f1)"
 
+old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
 say "docker build --network none -t $tag (log: $log)"
 if ! step docker-build docker build --network none --pull=false --force-rm --build-arg "BASE_IMAGE=$base" \
-    --label bosun.image=service -f Dockerfile -t "$tag" "$ctx" >"$log" 2>&1; then
+    -f Dockerfile -t "$tag" "$ctx" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "building $tag failed (full log: $log)"
+fi
+# The build stage is left behind as a dangling image; drop it (and any older ones).
+docker image prune -f --filter label=bosun.image=service-build >/dev/null
+if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true # kept while a container uses it
 fi
 say "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
