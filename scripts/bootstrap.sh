@@ -12,7 +12,7 @@
 # BOSUN_BOOTSTRAP_CHECK=1 only checks: it lists what it would do and exits 3 if anything is
 # missing (0 when all is in place), changing nothing. Step timings go to stderr.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 profile="${1:-run}"
@@ -48,6 +48,7 @@ wait_for() {
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.25
     done
+    warn "$what did not answer within $limit s"
     return 1
 }
 
@@ -85,7 +86,7 @@ pkg_wanted() {
 ensure_packages() {
     local pkgs=(ca-certificates curl git make debootstrap debian-archive-keyring docker.io python3 python3-pip)
     if [ "$profile" = test ]; then
-        pkgs+=(redis-server postgresql chromium fonts-liberation)
+        pkgs+=(redis-server postgresql chromium fonts-liberation shellcheck)
     fi
     local want=() p
     for p in "${pkgs[@]}"; do
@@ -229,7 +230,8 @@ ensure_python() {
         find_uv || die "uv was installed but is not on PATH"
     fi
     local args=(sync --frozen)
-    [ "$profile" = test ] && args+=(--extra dev)
+    # The run profile adds what `bosun` needs but keeps dev tools a test run installed.
+    if [ "$profile" = test ]; then args+=(--extra dev); else args+=(--inexact); fi
     if [ -n "$CHECK_ONLY" ]; then
         if ! (cd "$BOSUN_ROOT" && uv "${args[@]}" --check >/dev/null 2>&1); then
             todo "uv ${args[*]}" || true

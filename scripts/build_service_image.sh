@@ -8,7 +8,7 @@
 # own wheel into a staged context, then `docker build --network none`.
 # --online: plain `docker build` of the repository root (apt and PyPI inside the build).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 tag="${BOSUN_SERVICE_IMAGE:-bosun:latest}"

@@ -6,7 +6,7 @@
 # Tries `docker pull` first (short timeout); when that fails, builds a minimal bookworm root
 # filesystem with debootstrap from this host's Debian mirror and imports it as TAG.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source=SCRIPTDIR/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 tag="${1:-debian:bookworm-slim}"

@@ -49,6 +49,15 @@ def test_scripts_are_valid_bash_and_executable(script: str) -> None:
         assert path.read_text().startswith("#!/usr/bin/env bash\n")
 
 
+def test_scripts_pass_shellcheck() -> None:
+    if shutil.which("shellcheck") is None:
+        missing("shellcheck", "apt-get install shellcheck (scripts/bootstrap.sh test does)")
+    result = subprocess.run(
+        ["shellcheck", "-x", *SCRIPTS], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
 def test_rejects_unknown_profile() -> None:
     result = bootstrap("production")
     assert result.returncode != 0

@@ -9,7 +9,7 @@
 # --if-changed: do nothing when TAG exists and was built from the same context and base image
 # (the image carries the hash in its `bosun.context-hash` label).
 set -euo pipefail
-# shellcheck source=../../scripts/lib.sh
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 tag="${BOSUN_AGENT_IMAGE:-bosun-agent:latest}"

@@ -8,7 +8,7 @@
 # (sources: this host's Debian mirror, bookworm + updates + security), so the host's release and
 # its other apt sources do not matter. Needs apt-get and the Debian archive keyring.
 set -euo pipefail
-# shellcheck source=../../scripts/lib.sh
+# shellcheck source=SCRIPTDIR/../../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/lib.sh"
 
 [ $# -ge 3 ] || die "usage: $0 OUT_DIR BASE_IMAGE PACKAGE..."
