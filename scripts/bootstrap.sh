@@ -27,6 +27,8 @@ MISSING=()
 LOG_DIR=/var/log
 [ -w "$LOG_DIR" ] || LOG_DIR="$BOSUN_ROOT/var/log"
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+# uv trusts the system's CA store too (TLS-inspecting proxies install their CA there).
+export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
 
 # todo WHAT: in check mode, record WHAT and return false (so the caller skips the action).
 todo() {
@@ -115,6 +117,11 @@ ensure_docker() {
         local log="$LOG_DIR/bosun-dockerd.log"
         todo "starting dockerd (log: $log)" || return 0
         mkdir -p "$LOG_DIR"
+        if [ ! -e /sys/fs/cgroup/cgroup.controllers ] && [ -z "$(ls -A /sys/fs/cgroup 2>/dev/null)" ]; then
+            say "mounting cgroups (no init system did)"
+            have cgroupfs-mount || as_root apt-get install -y -qq --no-install-recommends cgroupfs-mount >/dev/null
+            as_root cgroupfs-mount
+        fi
         as_root nohup dockerd --bridge=none --iptables=false --ip-masq=false \
             --userns-remap=default >>"$log" 2>&1 </dev/null &
     fi
@@ -225,7 +232,7 @@ ensure_python() {
         if compgen -G "$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" >/dev/null; then
             extra=(--break-system-packages)
         fi
-        as_root python3 -m pip install -q "${extra[@]}" uv
+        as_root env PIP_NO_CACHE_DIR=1 python3 -m pip install -q --root-user-action=ignore "${extra[@]}" uv
         hash -r
         find_uv || die "uv was installed but is not on PATH"
     fi
