@@ -37,7 +37,9 @@ def need_image(engine: Any, ref: str, hint: str) -> Any:
         missing(ref, hint)
 
 
-def run(engine: Any, image: str, command: list[str], **kwargs: Any) -> tuple[int, str, dict]:  # type: ignore[type-arg]
+def run(
+    engine: Any, image: str, command: list[str], **kwargs: Any
+) -> tuple[int, str, dict[str, Any]]:
     """Run COMMAND in a fresh container with no network; return exit code, output, inspect data."""
     container = engine.containers.create(
         image, command, network_mode="none", labels={"bosun.test": "images"}, **kwargs
