@@ -28,11 +28,16 @@ help:
 run: bootstrap-run
 	$(VENV)/bosun migrate && exec $(VENV)/bosun up
 
+# Every check runs even when an earlier one fails, so one CI run reports all of them.
 test: bootstrap-test
-	$(VENV)/ruff check .
-	$(VENV)/ruff format --check .
-	$(VENV)/mypy
-	$(VENV)/pytest -q $(PYTEST_ARGS)
+	@failed=""; \
+	run() { echo "==> $$*"; "$$@" || failed="$$failed\n  - $$*"; }; \
+	run $(VENV)/ruff check .; \
+	run $(VENV)/ruff format --check .; \
+	run $(VENV)/mypy; \
+	run $(VENV)/pytest -q $(PYTEST_ARGS); \
+	if [ -n "$$failed" ]; then printf "==> failed:$$failed\n"; exit 1; fi; \
+	echo "==> all checks passed"
 
 bootstrap: bootstrap-test
 
