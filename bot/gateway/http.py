@@ -1,0 +1,119 @@
+"""HTTP details of the gateway: which headers cross it, request bodies it must adjust, and the
+JSON errors it answers with (shaped so both the Anthropic and the OpenAI SDKs show the message)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "cookie",
+        "openai-organization",
+        "openai-project",
+    }
+)
+"""Request headers the container may send but never pass the gateway."""
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    }
+)
+
+RESPONSE_DROPPED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "content-encoding",
+        "set-cookie",
+        "alt-svc",
+        "trailer",
+        "upgrade",
+    }
+)
+"""Response headers not relayed: the body is re-framed (chunked) and already decoded."""
+
+
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]], auth: tuple[str, str] | None
+) -> list[tuple[str, str]]:
+    """The container's headers minus credentials and hop-by-hop ones, plus the real key."""
+    headers = [
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, value in raw
+        if name.decode("latin-1").lower() not in CREDENTIAL_HEADERS | HOP_BY_HOP
+        and name.decode("latin-1").lower() != "accept-encoding"
+    ]
+    headers.append(("accept-encoding", "identity"))
+    if auth is not None:
+        headers.append(auth)
+    return headers
+
+
+def response_headers(raw: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in raw if name.lower() not in RESPONSE_DROPPED]
+
+
+def auth_header(style: str, key: str) -> tuple[str, str] | None:
+    if style == "x-api-key":
+        return ("x-api-key", key)
+    if style == "bearer":
+        return ("authorization", f"Bearer {key}")
+    return None
+
+
+def error_body(kind: str, message: str) -> bytes:
+    """``{"type": "error", "error": {"type", "code", "message"}}``: Anthropic's error shape, with
+    OpenAI's ``code`` alongside, so either SDK surfaces the message to the agent."""
+    return json.dumps(
+        {"type": "error", "error": {"type": kind, "code": kind, "message": message}}
+    ).encode()
+
+
+class BodyRefused(ValueError):
+    """The request body asks for something the gateway cannot meter."""
+
+
+def adjust_body(endpoint: str, body: bytes) -> tuple[bytes, str | None]:
+    """The body to forward and the model it names.
+
+    Streamed Chat Completions get ``stream_options.include_usage = true`` (otherwise the stream
+    carries no usage and the request could not be metered); background Responses are refused
+    (their usage arrives later, on a request the gateway does not allow)."""
+    try:
+        payload: Any = json.loads(body) if body else None
+    except ValueError:
+        return body, None
+    if not isinstance(payload, dict):
+        return body, None
+    model = payload.get("model") if isinstance(payload.get("model"), str) else None
+    if endpoint == "POST /v1/chat/completions" and payload.get("stream") is True:
+        options = payload.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        if options.get("include_usage") is not True:
+            options["include_usage"] = True
+            payload["stream_options"] = options
+            return json.dumps(payload).encode(), model
+    if endpoint == "POST /v1/responses" and payload.get("background") is True:
+        raise BodyRefused(
+            "background responses cannot be metered by the gateway; run in the foreground"
+        )
+    return body, model
