@@ -1,0 +1,97 @@
+"""The review loop's decisions (SPEC §8, §3.3 buttons), made purely from arguments.
+
+``model`` holds the inputs and decision types, ``approvals`` the approval rules, ``decide``
+the permission and state rules. Import everything from ``bot.review``.
+
+The jobs layer reads the run, the commenter's collaborator permission and the PR head, builds a
+:class:`RunSnapshot`, and applies the returned decision. Nothing here does I/O.
+
+* ``authorize`` — may this actor use this command at all (permission rules).
+* ``decide_command`` — permission plus the run's state: what to do (``Approve``, ``Retry``,
+  ``Refuse``...). Every decision carries ``rule`` for the run's ``policy`` event and
+  ``outcome`` (``accepted``, ``refused``, ``ignored``) for the command audit row.
+* ``approval_status`` — are the approvals bound to the head enough to merge, which paths are
+  kept, which path approvers are still missing.
+* ``invalidate_on_push`` — approvals after a push; ``partial_paths`` — the keep/revert split.
+* ``button_command`` / ``decide_review`` — check-run buttons and GitHub reviews as commands.
+
+Approvers: ``approval.approvers`` is either a minimum permission or an exclusive list of logins;
+``approval.path_approvers`` owners may also approve, but their approval only satisfies their
+paths and does not count towards ``required_approvals`` (``general=False``).
+"""
+
+from bot.review.approvals import (
+    approval_status,
+    invalidate_on_push,
+    owned_globs,
+    partial_paths,
+    same_login,
+    sha_matches,
+    status_text,
+)
+from bot.review.decide import (
+    BUTTONS,
+    authorize,
+    button_command,
+    decide_command,
+    decide_review,
+)
+from bot.review.model import (
+    RETRYABLE,
+    REVIEWABLE,
+    ApprovalSnapshot,
+    ApprovalStatus,
+    Approve,
+    Authorization,
+    Cancel,
+    FoldFeedback,
+    Hold,
+    Ignore,
+    RaiseBudget,
+    Refuse,
+    Reject,
+    ReplyHelp,
+    ReplyStatus,
+    Resume,
+    Retry,
+    ReviewDecision,
+    RevokeApproval,
+    RunSnapshot,
+    Unhold,
+)
+
+__all__ = [
+    "BUTTONS",
+    "RETRYABLE",
+    "REVIEWABLE",
+    "ApprovalSnapshot",
+    "ApprovalStatus",
+    "Approve",
+    "Authorization",
+    "Cancel",
+    "FoldFeedback",
+    "Hold",
+    "Ignore",
+    "RaiseBudget",
+    "Refuse",
+    "Reject",
+    "ReplyHelp",
+    "ReplyStatus",
+    "Resume",
+    "Retry",
+    "ReviewDecision",
+    "RevokeApproval",
+    "RunSnapshot",
+    "Unhold",
+    "approval_status",
+    "authorize",
+    "button_command",
+    "decide_command",
+    "decide_review",
+    "invalidate_on_push",
+    "owned_globs",
+    "partial_paths",
+    "same_login",
+    "sha_matches",
+    "status_text",
+]
