@@ -277,6 +277,7 @@ class ModelGateway:
         meter = UsageMeter(
             streaming=content_type.startswith("text/event-stream"), request_model=model
         )
+        accounted = False
         try:
             writer.write(
                 conn.send(
@@ -290,6 +291,10 @@ class ModelGateway:
                 meter.feed(chunk)
                 writer.write(conn.send(h11.Data(data=chunk)))
                 await writer.drain()
+            # Account before the last byte: the agent's next request sees the new total.
+            meter.finish()
+            accounted = True
+            await self._account(upstream, endpoint, response.status_code, meter, started)
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
         except httpx.HTTPError as exc:
@@ -302,8 +307,9 @@ class ModelGateway:
             raise ConnectionError("upstream response ended early") from exc
         finally:
             await response.aclose()
-            meter.finish()
-            await self._account(upstream, endpoint, response.status_code, meter, started)
+            if not accounted:
+                meter.finish()
+                await self._account(upstream, endpoint, response.status_code, meter, started)
 
     async def _account(
         self, upstream: Upstream, endpoint: str, status: int, meter: UsageMeter, started: float
