@@ -173,8 +173,9 @@ def _decide_approve(
     )
 
 
-def _decide_state(command: Command, run: RunSnapshot, actor: str) -> ReviewDecision:
-    verb, state, rule = command.verb, run.state, f"state.{command.verb}"
+def _decide_state(command: Command, run: RunSnapshot, actor: str, rule: str) -> ReviewDecision:
+    """``rule`` is the authorization rule; accepted decisions carry it."""
+    verb, state = command.verb, run.state
     if verb == "reject":
         if state in REVIEWABLE:
             return Reject(rule=rule, reason=command.args)
@@ -184,7 +185,7 @@ def _decide_state(command: Command, run: RunSnapshot, actor: str) -> ReviewDecis
         if state in RETRYABLE:
             return Retry(rule=rule, feedback=command.args)
         if state in ACTIVE and command.args:
-            return FoldFeedback(rule="state.retry_folded", feedback=command.args)
+            return FoldFeedback(rule=rule, feedback=command.args)
         if state in ACTIVE:
             hint = "add feedback (`/retry <feedback>`) to fold it into the next run, or `/cancel`."
         elif state is S.APPROVED:
@@ -257,7 +258,7 @@ def decide_command(
         return ReplyHelp(rule=auth.rule, text=text)
     if command.verb == "approve":
         return _decide_approve(command, run, actor, config, auth.rule, now_sha)
-    return _decide_state(command, run, actor)
+    return _decide_state(command, run, actor, auth.rule)
 
 
 # --- buttons and reviews ------------------------------------------------------------------
