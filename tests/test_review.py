@@ -326,7 +326,7 @@ def test_partial_approval_reverts_the_rest() -> None:
 def test_partial_approval_of_nothing_changed_is_refused() -> None:
     decision = decide("/approve looks good")
     assert isinstance(decision, Refuse)
-    assert "`looks`, `good` matches no changed file" in decision.reply
+    assert "`looks`, `good` match no changed file" in decision.reply
 
 
 PATHS = parse_repo_config(

@@ -157,8 +157,9 @@ def _decide_approve(
     unmatched = [g for g in command.paths if not any(matches(p, [g]) for p in run.changed_paths)]
     if unmatched:
         names = ", ".join(f"`{g}`" for g in unmatched)
+        match = "matches" if len(unmatched) == 1 else "match"
         reply = (
-            f"@{actor}, {names} matches no changed file; `/approve` alone approves the whole "
+            f"@{actor}, {names} {match} no changed file; `/approve` alone approves the whole "
             "change, `/approve <path>…` keeps only the matching files."
         )
         return Refuse(rule="approval.partial_paths", reply=reply)
