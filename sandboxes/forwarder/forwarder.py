@@ -135,12 +135,11 @@ def run_child(command: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def wait_for_parent() -> int:
-    def leave(_signum: int, _frame: object) -> None:
-        raise SystemExit(0)
+def leave(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, leave)
+
+def wait_for_parent() -> int:
     parent = os.getppid()
     while os.getppid() == parent:
         time.sleep(0.5)
@@ -176,6 +175,9 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
     port, socket_path, command = parsed
+    if not command:  # before listening: a client may signal as soon as it can connect
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, leave)
     try:
         listener = listen(port)
     except OSError as exc:
