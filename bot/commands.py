@@ -73,6 +73,8 @@ VERBS: dict[str, VerbSpec] = {
 }
 
 STATE_CHANGING: frozenset[str] = frozenset(v for v, s in VERBS.items() if s.changes_state)
+MAX_COMMANDS = 20
+"""Command lines read from one comment; more is an error (and bounds the work per comment)."""
 TEXT_VERBS: frozenset[str] = frozenset({"retry", "reject"})
 """Verbs whose argument runs to the end of the comment."""
 
@@ -284,12 +286,17 @@ def parse_commands(body: str) -> ParsedComment:
     command_rows = {index for index, *_ in found}
     commands: list[Command] = []
     errors: list[CommandError] = []
-    for index, verb, rest, line in found:
-        tail = "\n".join(
-            text_line
-            for offset, text_line in enumerate(lines[index + 1 :], start=index + 1)
-            if offset not in command_rows
-        )
+    if len(found) > MAX_COMMANDS:
+        message = f"more than {MAX_COMMANDS} commands in one comment; only the first were read."
+        errors.append(CommandError(message, found[MAX_COMMANDS][0] + 1))
+    for index, verb, rest, line in found[:MAX_COMMANDS]:
+        tail = ""
+        if verb in TEXT_VERBS:
+            tail = "\n".join(
+                text_line
+                for offset, text_line in enumerate(lines[index + 1 :], start=index + 1)
+                if offset not in command_rows
+            )
         parsed = _command(verb, line.strip(), index + 1, rest, tail)
         if isinstance(parsed, CommandError):
             errors.append(parsed)

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.commands import STATE_CHANGING, VERBS, help_text, parse_amount, parse_commands, suggest
+from bot.commands import (
+    MAX_COMMANDS,
+    STATE_CHANGING,
+    VERBS,
+    help_text,
+    parse_amount,
+    parse_commands,
+    suggest,
+)
 
 CORPUS_PATH = Path(__file__).parent / "fixtures" / "comments" / "corpus.yml"
 CORPUS: list[dict[str, Any]] = yaml.safe_load(CORPUS_PATH.read_text(encoding="utf-8"))
@@ -142,3 +150,10 @@ def test_help_marks_what_the_caller_may_use() -> None:
     listed_out = usable(help_text("admin", is_requester=False, may_approve=False))
     assert "/approve" not in listed_out and "/reject" not in listed_out
     assert "/hold" in listed_out
+
+
+def test_a_flood_of_commands_is_bounded_and_does_nothing() -> None:
+    parsed = parse_commands("/retry again\n" * 5000)
+    assert len(parsed.commands) == MAX_COMMANDS
+    assert parsed.action is None
+    assert any(f"more than {MAX_COMMANDS} commands" in e.message for e in parsed.errors)
