@@ -21,6 +21,7 @@ from bot.gateway import (
     ModelGateway,
     Price,
     PricingTable,
+    SocketSetupError,
     Upstream,
     Usage,
     UsageRecord,
@@ -336,3 +337,9 @@ async def _settle() -> None:
 
     for _ in range(20):
         await asyncio.sleep(0.005)
+
+
+async def test_a_socket_path_too_long_for_unix_sockets_is_refused_clearly() -> None:
+    gateway = ModelGateway("run-1", ROOT / ("d" * 120), {}, environ=KEYS)
+    with pytest.raises(SocketSetupError, match=r"shorter sandbox\.workdir"):
+        await gateway.start()

@@ -23,7 +23,7 @@ import httpx
 import structlog
 
 from bot.gateway import http
-from bot.gateway.errors import MissingKey
+from bot.gateway.errors import MissingKey, SocketSetupError
 from bot.gateway.layout import SOCKET_NAME, prepare_dir, share_socket
 from bot.gateway.metering import UsageMeter, UsageRecord
 from bot.gateway.pricing import PricingTable
@@ -37,6 +37,7 @@ OnExhausted = Callable[[], Awaitable[None] | None]
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 READ_SIZE = 64 * 1024
+MAX_SOCKET_PATH = 107
 
 
 class _Refused(Exception):
@@ -65,8 +66,8 @@ class ModelGateway:
         timeout: httpx.Timeout | None = None,
     ) -> None:
         self.run_id = run_id
-        self.socket_dir = socket_dir
-        self.socket_path = socket_dir / SOCKET_NAME
+        self.socket_dir = socket_dir.absolute()
+        self.socket_path = self.socket_dir / SOCKET_NAME
         self.routes = dict(routes)
         self.budget_usd = budget_usd
         self.pricing = pricing or PricingTable()
@@ -88,6 +89,11 @@ class ModelGateway:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Resolve every route's key, create the socket and start serving."""
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            raise SocketSetupError(
+                f"the gateway socket path {self.socket_path} is longer than the "
+                f"{MAX_SOCKET_PATH} bytes a Unix socket allows; use a shorter sandbox.workdir"
+            )
         for prefix, upstream in self.routes.items():
             if upstream.auth_style == "none" or not upstream.key_env:
                 continue
