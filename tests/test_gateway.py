@@ -343,3 +343,17 @@ async def test_a_socket_path_too_long_for_unix_sockets_is_refused_clearly() -> N
     gateway = ModelGateway("run-1", ROOT / ("d" * 120), {}, environ=KEYS)
     with pytest.raises(SocketSetupError, match=r"shorter sandbox\.workdir"):
         await gateway.start()
+
+
+async def test_unprefixed_paths_go_to_the_default_route(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    records: list[UsageRecord] = []
+    gateway = await make_gateway(default_route="anthropic", on_usage=records.append)
+    async with sandbox_client(gateway) as client:
+        plain = await client.post("/v1/messages", json={"model": "claude", "messages": [MESSAGE]})
+        other = await client.post("/openai/v1/responses", json={"model": "gpt-5", "input": "x"})
+        refused = await client.post("/v1/responses", json={"model": "gpt-5", "input": "x"})
+    assert (plain.status_code, other.status_code, refused.status_code) == (200, 200, 403)
+    assert [r.upstream for r in records] == ["anthropic", "openai"]
+    assert stub.requests()[-1].headers["authorization"] == f"Bearer {REAL_OPENAI}"

@@ -16,6 +16,7 @@ from bot.gateway import (
     Usage,
     UsageMeter,
     agent_env,
+    default_route,
     routes_for_profile,
 )
 from bot.gateway.pricing import DEFAULT_PRICES
@@ -178,3 +179,15 @@ def test_keyless_upstream_sends_no_auth() -> None:
     assert upstream.auth_style == "none"
     with pytest.raises(ValueError, match="http"):
         Upstream(api="openai", base_url="file:///etc/passwd")
+
+
+def test_default_route_follows_the_runner_api() -> None:
+    both = routes_for_profile(
+        ProfileConfig(upstreams=["https://api.anthropic.com", "https://api.openai.com"])
+    )
+    assert default_route("claude-code", both) == "anthropic"
+    assert default_route("codex", both) == "openai"
+    assert default_route("aider", both) is None
+    only = {"openai": both["openai"]}
+    assert default_route("aider", only) == "openai"
+    assert default_route("claude-code", {}) is None

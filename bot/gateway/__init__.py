@@ -13,7 +13,14 @@ from bot.gateway.layout import (
 )
 from bot.gateway.metering import Usage, UsageMeter, UsageRecord
 from bot.gateway.pricing import DEFAULT_PRICES, UNKNOWN_MODEL_PRICE, Price, PricingTable
-from bot.gateway.routes import DUMMY_KEY, KNOWN_UPSTREAMS, Upstream, agent_env, routes_for_profile
+from bot.gateway.routes import (
+    DUMMY_KEY,
+    KNOWN_UPSTREAMS,
+    Upstream,
+    agent_env,
+    default_route,
+    routes_for_profile,
+)
 from bot.gateway.server import ModelGateway
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "UsageMeter",
     "UsageRecord",
     "agent_env",
+    "default_route",
     "forwarder_argv",
     "routes_for_profile",
     "sandbox_mount",

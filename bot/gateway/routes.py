@@ -127,6 +127,22 @@ def routes_for_profile(
     return routes
 
 
+RUNNER_APIS: dict[str, ApiKind] = {"claude-code": "anthropic", "codex": "openai"}
+"""The API each runner's CLI speaks, for runners that speak exactly one."""
+
+
+def default_route(runner: str, routes: Mapping[str, Upstream]) -> str | None:
+    """The route un-prefixed paths go to: the one speaking the runner's API, else the only one.
+
+    With it a runner can point its SDK at the bare forwarder URL (``http://127.0.0.1:8788``);
+    prefixed paths (``/openai/v1/...``) keep reaching the other routes."""
+    api = RUNNER_APIS.get(runner)
+    matching = [prefix for prefix, up in routes.items() if up.api == api]
+    if len(matching) == 1:
+        return matching[0]
+    return next(iter(routes)) if len(routes) == 1 else None
+
+
 def agent_env(routes: Mapping[str, Upstream], port: int) -> dict[str, str]:
     """Environment for the agent: each SDK's base URL pointing at the in-sandbox forwarder,
     and a placeholder key so the SDK starts (the gateway replaces it)."""

@@ -62,6 +62,7 @@ class ModelGateway:
         pricing: PricingTable | None = None,
         environ: Mapping[str, str] | None = None,
         sandbox_gid: int | None = None,
+        default_route: str | None = None,
         max_concurrent: int = 8,
         timeout: httpx.Timeout | None = None,
     ) -> None:
@@ -69,6 +70,10 @@ class ModelGateway:
         self.socket_dir = socket_dir.absolute()
         self.socket_path = self.socket_dir / SOCKET_NAME
         self.routes = dict(routes)
+        if default_route is not None and default_route not in self.routes:
+            raise ValueError(f"default route {default_route!r} is not one of {sorted(routes)}")
+        self.default_route = default_route
+        """Route for paths without a route prefix (``ANTHROPIC_BASE_URL=http://127.0.0.1:8788``)."""
         self.budget_usd = budget_usd
         self.pricing = pricing or PricingTable()
         self.spent_usd = 0.0
@@ -223,6 +228,8 @@ class ModelGateway:
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         prefix, _, rest = path.lstrip("/").partition("/")
+        if prefix not in self.routes and self.default_route is not None:
+            prefix, rest = self.default_route, path.lstrip("/")
         endpoint = f"{method} /{rest}"
         body = await _read_body(conn, reader, writer)
         upstream = self.routes.get(prefix)
