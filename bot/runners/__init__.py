@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from bot.runners.aider import AiderRunner
 from bot.runners.base import Capabilities, Invocation, Runner, RunnerEvent, RunnerOutcome
+from bot.runners.claude_code import ClaudeCodeRunner
+from bot.runners.codex import CodexRunner
+from bot.runners.gemini import GeminiRunner
+from bot.runners.opencode import OpenCodeRunner
 from bot.runners.script import ScriptRunner
 
-RUNNERS: dict[str, type[Runner]] = {"script": ScriptRunner}
+RUNNERS: dict[str, type[Runner]] = {
+    "claude-code": ClaudeCodeRunner,
+    "codex": CodexRunner,
+    "aider": AiderRunner,
+    "opencode": OpenCodeRunner,
+    "gemini": GeminiRunner,
+    "script": ScriptRunner,
+}
 
 
 def get_runner(name: str) -> Runner:
@@ -19,8 +31,13 @@ def get_runner(name: str) -> Runner:
 
 __all__ = [
     "RUNNERS",
+    "AiderRunner",
     "Capabilities",
+    "ClaudeCodeRunner",
+    "CodexRunner",
+    "GeminiRunner",
     "Invocation",
+    "OpenCodeRunner",
     "Runner",
     "RunnerEvent",
     "RunnerOutcome",

@@ -14,6 +14,19 @@ EventKind = Literal["message", "tool", "error", "cost", "log"]
 PROMPT_PATH = "/bosun/prompt.md"
 """Where the prompt file is mounted (read-only) inside the sandbox."""
 
+GATEWAY_KEY = "bosun-gateway"
+"""The dummy API key agents hold; the model gateway swaps in the real one (SPEC §5.3)."""
+
+LAUNCHER = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do '
+    'case $1 in "~/"*) f="$HOME/${1#"~/"}" ;; *) f=$1 ;; esac; '
+    'mkdir -p "${f%/*}" && printf %s "$2" >"$f" || exit 125; shift 2; n=$((n - 1)); done; '
+    'in=$1; shift; if [ -n "$in" ]; then exec "$@" <"$in"; fi; exec "$@" </dev/null'
+)
+"""Fixed ``sh -c`` script run by ``Invocation.command()``: writes the invocation's files, then
+execs the agent with its prompt on stdin. Every value arrives as a positional argument, never
+inside the script text."""
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -25,8 +38,34 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class Invocation:
+    """How to start a runner in the sandbox.
+
+    ``files``: path → content to write before the agent starts (config a CLI needs; ``~/``
+    means the sandbox's home, a tmpfs, since the root filesystem is read-only). ``stdin``: a
+    path inside the sandbox fed to the agent's standard input (the prompt, so it never sits in
+    argv). Run ``command()``, not ``argv``, whenever either is set."""
+
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    stdin: str | None = None
+
+    def command(self) -> list[str]:
+        """The argv to exec: ``argv`` itself, or ``/bin/sh -c LAUNCHER`` with the files, the
+        stdin path and ``argv`` as positional arguments."""
+        if not self.files and self.stdin is None:
+            return list(self.argv)
+        pairs = [part for path, content in self.files.items() for part in (path, content)]
+        return [
+            "/bin/sh",
+            "-c",
+            LAUNCHER,
+            "bosun-launch",
+            str(len(self.files)),
+            *pairs,
+            self.stdin or "",
+            *self.argv,
+        ]
 
 
 @dataclass(frozen=True)
@@ -56,8 +95,11 @@ class Runner(abc.ABC):
         *,
         prompt_path: str = PROMPT_PATH,
         session_id: str | None = None,
+        gateway_url: str | None = None,
     ) -> Invocation:
-        """argv and non-secret environment for the sandbox."""
+        """argv, non-secret environment and config files for the sandbox. ``session_id``
+        resumes an earlier session where the runner can; ``gateway_url`` is the model gateway's
+        forwarder inside the sandbox (``http://127.0.0.1:PORT``), ``None`` for no model access."""
 
     @abc.abstractmethod
     def parse_line(self, stream: str, line: str) -> list[RunnerEvent]:

@@ -27,6 +27,7 @@ class ScriptRunner(Runner):
         *,
         prompt_path: str = PROMPT_PATH,
         session_id: str | None = None,
+        gateway_url: str | None = None,
     ) -> Invocation:
         if not profile.command:
             raise ConfigError("a `script` profile needs `command` (an argv list)")
