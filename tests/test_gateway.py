@@ -357,3 +357,21 @@ async def test_unprefixed_paths_go_to_the_default_route(
     assert (plain.status_code, other.status_code, refused.status_code) == (200, 200, 403)
     assert [r.upstream for r in records] == ["anthropic", "openai"]
     assert stub.requests()[-1].headers["authorization"] == f"Bearer {REAL_OPENAI}"
+
+
+async def test_requests_waiting_for_a_slot_are_refused_once_the_budget_is_spent(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    import asyncio
+
+    gateway = await make_gateway(budget_usd=0.001, max_concurrent=1)
+    body = {"model": "claude-sonnet-4-5", "stream": True, "messages": [MESSAGE]}
+    async with sandbox_client(gateway) as client:
+        responses = await asyncio.gather(
+            *[
+                client.post("/anthropic/v1/messages", json=body, headers={"x-stub-pause": "0.3"})
+                for _ in range(3)
+            ]
+        )
+    assert sorted(r.status_code for r in responses) == [200, 402, 402]
+    assert gateway.requests == 1

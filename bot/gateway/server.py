@@ -158,6 +158,16 @@ class ModelGateway:
         log.info("gateway_budget_raised", run_id=self.run_id, budget_usd=self.budget_usd)
         return self.budget_usd
 
+    def _refuse_if_exhausted(self) -> None:
+        if self.exhausted:
+            self._check_exhausted()
+            raise _Refused(
+                402,
+                "budget_exhausted",
+                f"this run's model budget of ${self.budget_usd:.2f} is spent "
+                f"(${self.spent_usd:.4f}); a maintainer can raise it with /budget +N",
+            )
+
     def _check_exhausted(self) -> None:
         if self.exhausted and not self._exhausted_fired:
             self._exhausted_fired = True
@@ -237,14 +247,6 @@ class ModelGateway:
             raise _Refused(403, "forbidden", f"/{prefix} is not an upstream this run may use")
         if not upstream.allows(method, f"/{rest}"):
             raise _Refused(403, "forbidden", f"{endpoint} is not an allowed endpoint of /{prefix}")
-        if self.exhausted:
-            self._check_exhausted()
-            raise _Refused(
-                402,
-                "budget_exhausted",
-                f"this run's model budget of ${self.budget_usd:.2f} is spent "
-                f"(${self.spent_usd:.4f}); a maintainer can raise it with /budget +N",
-            )
         try:
             body, model = http.adjust_body(endpoint, body)
         except http.BodyRefused as exc:
@@ -252,7 +254,8 @@ class ModelGateway:
         key = self._keys.get(prefix)
         auth = http.auth_header(upstream.auth_style or "none", key) if key else None
         url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
-        async with self._limit:
+        async with self._limit:  # checked after the wait: others may have spent the rest
+            self._refuse_if_exhausted()
             await self._forward(
                 conn, writer, upstream, endpoint, method, url, body, model, auth, request.headers
             )
