@@ -375,3 +375,19 @@ async def test_requests_waiting_for_a_slot_are_refused_once_the_budget_is_spent(
         )
     assert sorted(r.status_code for r in responses) == [200, 402, 402]
     assert gateway.requests == 1
+
+
+async def test_keys_never_reach_the_logs(make_gateway: Factory) -> None:
+    import structlog
+
+    gateway = await make_gateway(budget_usd=0.0001)
+    with structlog.testing.capture_logs() as logs:
+        async with sandbox_client(gateway) as client:
+            await client.post("/anthropic/v1/messages", json={"model": "c", "messages": []})
+            await client.post("/openai/v1/responses", json={"model": "gpt-5", "input": "x"})
+            await client.post("/openai/v1/files", json={})
+        await gateway.stop()
+    text = repr(logs)
+    names = {entry["event"] for entry in logs}
+    assert {"gateway_request_metered", "gateway_request_refused", "gateway_stopped"} <= names
+    assert REAL_ANTHROPIC not in text and REAL_OPENAI not in text

@@ -350,7 +350,19 @@ class ModelGateway:
             known_model=known,
             duration_s=time.monotonic() - started,
         )
-        log.info("gateway_request_metered", run_id=self.run_id, **record.event_data())
+        log.info(  # field names avoid "token": the log redactor would blank them
+            "gateway_request_metered",
+            run_id=self.run_id,
+            upstream=upstream.prefix,
+            endpoint=endpoint,
+            status=status,
+            model=meter.model,
+            input_count=usage.total_input_tokens,
+            output_count=usage.output_tokens,
+            usd=round(cost, 6),
+            spent_usd=round(self.spent_usd, 6),
+            metered=meter.seen_usage,
+        )
         if self._on_usage is not None:
             await self._call(self._on_usage, record)
         self._check_exhausted()
