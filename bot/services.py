@@ -19,13 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.db.engine import SessionFactory, create_engine, session_factory
 from bot.settings import Settings
 
-QUEUE_NAME = "bosun:queue"
 
-
-def redis_pool(url: str, *, timeout: float = 5.0) -> ArqRedis:
+def redis_pool(url: str, queue_name: str, *, timeout: float = 5.0) -> ArqRedis:
     """An arq client on a lazily connecting pool (no ping at construction)."""
     pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    return ArqRedis(pool, default_queue_name=QUEUE_NAME)
+    return ArqRedis(pool, default_queue_name=queue_name)
 
 
 def docker_client(settings: Settings, *, timeout: int = 10) -> Any:
@@ -53,7 +51,7 @@ class Services:
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            redis=redis_pool(settings.redis.url),
+            redis=redis_pool(settings.redis.url, settings.redis.queue_name),
         )
 
     def webhook_secret(self) -> bytes | None:

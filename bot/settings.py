@@ -38,6 +38,11 @@ class RedisSettings(_Group):
     """The job transport. Losing it loses nothing: the database is the source of truth."""
 
     url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis DSN for the arq queue.")
+    namespace: str = Field(
+        default="bosun",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every Redis key and of the queue name (one Redis, many Bosuns).",
+    )
     spawn_local: bool = Field(
         default=True,
         description=(
@@ -45,6 +50,14 @@ class RedisSettings(_Group):
             "(loopback URLs only)."
         ),
     )
+
+    @property
+    def queue_name(self) -> str:
+        return f"{self.namespace}:queue"
+
+    def key(self, *parts: str) -> str:
+        """A namespaced Redis key: ``key("cancel", run_id)`` → ``bosun:cancel:<run_id>``."""
+        return ":".join((self.namespace, *parts))
 
 
 class GitHubSettings(_Group):

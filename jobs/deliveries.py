@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Delivery, DeliveryStatus, Installation, Repository, Run, Task
+from bot.db.upsert import insert_ignore
 from bot.events import EventParseError, IgnoredEvent, ParsedEvent, RepositoryRef, parse_event
 from bot.github.repo import RepoPort
 from bot.prompt import PromptComment, branch_name, build_prompt
@@ -142,16 +143,17 @@ async def sync_installation(bosun: JobContext, event: ParsedEvent) -> str:
 async def upsert_repository(
     session: AsyncSession, ref: RepositoryRef, installation_id: int | None
 ) -> Repository:
+    if installation_id is not None:
+        # Installed before Bosun saw the installation event: record it from what we know.
+        await insert_ignore(
+            session, Installation, {"id": installation_id, "account_login": ref.owner}, ["id"]
+        )
+    await insert_ignore(
+        session, Repository, {"full_name": ref.full_name, "github_id": ref.id}, ["full_name"]
+    )
     repo = (
         await session.execute(select(Repository).where(Repository.full_name == ref.full_name))
-    ).scalar_one_or_none()
-    if repo is None:
-        repo = Repository(full_name=ref.full_name, github_id=ref.id)
-        session.add(repo)
-    if installation_id is not None and await session.get(Installation, installation_id) is None:
-        # Installed before Bosun saw the installation event: record it from what we know.
-        session.add(Installation(id=installation_id, account_login=ref.owner))
-        await session.flush()
+    ).scalar_one()
     repo.github_id = ref.id
     repo.installation_id = installation_id
     repo.private = ref.private
@@ -167,7 +169,7 @@ async def upsert_repository(
 
 async def permission_of(bosun: JobContext, port: RepoPort, login: str) -> str:
     """The requester's collaborator permission, checked live and cached briefly."""
-    key = f"bosun:perm:{port.full_name}:{login.lower()}"
+    key = bosun.settings.redis.key("perm", port.full_name, login.lower())
     try:
         cached = await bosun.services.redis.get(key)
     except Exception:  # noqa: BLE001 -- the cache is optional
@@ -211,6 +213,7 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
         return f"ignored: {event.key} asks nothing of Bosun"
     if config_error is not None and request.kind == "start":
         await _reply_once(
+            bosun,
             port,
             event.issue.number,
             CONFIG_ERROR_MARKER,
@@ -233,8 +236,19 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
     return await apply_decision(bosun, port, delivery_id, event, config, decision, permission)
 
 
-async def _reply_once(port: RepoPort, number: int, marker: str, body: str) -> bool:
-    if await port.find_comment(number, marker) is not None:
+async def _reply_once(
+    bosun: JobContext, port: RepoPort, number: int, marker: str, body: str
+) -> bool:
+    """Post ``body`` on ``number`` unless a comment with ``marker`` is there already.
+
+    A Redis claim closes the race between two deliveries processed at the same moment; the
+    marker search keeps the rule when Redis forgets."""
+    claim = bosun.settings.redis.key("reply", port.full_name, str(number), marker)
+    try:
+        first = await bosun.services.redis.set(claim, "1", nx=True, ex=7 * 86400)
+    except Exception:  # noqa: BLE001 -- fall back to the marker search alone
+        first = True
+    if not first or await port.find_comment(number, marker) is not None:
         return False
     await port.create_comment(number, f"{marker}\n{body}")
     return True
@@ -259,7 +273,7 @@ async def apply_decision(
             marker = REFUSED_MARKER.format(login=decision.requester.lower())
             if isinstance(decision, UnknownProfile):
                 marker = f"<!-- bosun:unknown-profile delivery={delivery_id} -->"
-            replied = await _reply_once(port, number, marker, decision.reply)
+            replied = await _reply_once(bosun, port, number, marker, decision.reply)
             if comment_id:
                 await port.react("-1", comment_id=comment_id, issue=None)
             return f"processed: refused ({decision.rule}){'' if replied else ', already told'}"
@@ -299,7 +313,7 @@ async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason:
                 session, run.id, "command", {"command": "cancel", "actor": actor, "reason": reason}
             )
     for run in runs:
-        await bosun.services.redis.set(request_cancel_key(run.id), actor, ex=86400)
+        await bosun.services.redis.set(request_cancel_key(bosun.settings, run.id), actor, ex=86400)
     return len(runs)
 
 
@@ -338,14 +352,17 @@ async def start_run(
     comments = await _trusted_comments(bosun, port, issue.number, config)
     async with bosun.services.sessions.begin() as session:
         repo = await upsert_repository(session, event.repository, event.installation_id)
+        await insert_ignore(
+            session,
+            Task,
+            {"repository_id": repo.id, "issue_number": issue.number},
+            ["repository_id", "issue_number"],
+        )
         task = (
             await session.execute(
                 select(Task).where(Task.repository_id == repo.id, Task.issue_number == issue.number)
             )
-        ).scalar_one_or_none()
-        if task is None:
-            task = Task(repository_id=repo.id, issue_number=issue.number)
-            session.add(task)
+        ).scalar_one()
         task.title, task.body = issue.title, issue.body
         await session.flush()
         active = (

@@ -30,6 +30,7 @@ from bot.repoconfig import RepoConfig
 from bot.runners import RunnerEvent, get_runner
 from bot.runners.base import PROMPT_PATH
 from bot.runs import TERMINAL, transition
+from bot.settings import Settings
 from bot.status import GateView, RunView, gates_passed, pr_body
 from jobs.context import JobContext, job_context
 from jobs.diffcheck import DiffVerdict, evaluate_diff
@@ -44,7 +45,6 @@ from sandboxes.workspace import Changes, Workspace
 
 log = structlog.get_logger("jobs.pipeline")
 
-CANCEL_KEY = "bosun:cancel:{run_id}"
 INPUT_MOUNT = "/bosun"
 
 
@@ -90,8 +90,8 @@ async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
         return Loaded(run, task, repository)
 
 
-def request_cancel_key(run_id: str) -> str:
-    return CANCEL_KEY.format(run_id=run_id)
+def request_cancel_key(settings: Settings, run_id: str) -> str:
+    return settings.redis.key("cancel", run_id)
 
 
 class RunExecution:
@@ -252,7 +252,7 @@ class RunExecution:
         await self.move(RunState.REVIEW_READY, reason="")
 
     async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
-        key = request_cancel_key(self.run.id)
+        key = request_cancel_key(self.settings, self.run.id)
         ticks = 0
         while True:
             await asyncio.sleep(0.2)
@@ -323,6 +323,7 @@ class RunExecution:
             {
                 "phase": "prepare",
                 "base_sha": self.workspace.base_sha,
+                "workspace": str(self.workspace.path),
                 "timings": dict(self.timings),
             },
         )
@@ -636,7 +637,7 @@ class RunExecution:
             await self.bosun.workspaces.cleanup(self.run.id)
         await self.reporter.close()
         with contextlib.suppress(Exception):
-            await self.bosun.services.redis.delete(request_cancel_key(self.run.id))
+            await self.bosun.services.redis.delete(request_cancel_key(self.settings, self.run.id))
 
 
 def _write_input(folder: Path, prompt: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from arq.worker import Worker, func
 
-from bot.services import QUEUE_NAME, Services, redis_pool
+from bot.services import Services, redis_pool
 from bot.settings import Settings
 from jobs.context import JobContext
 from jobs.deliveries import process_delivery
@@ -36,7 +36,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
     async def on_startup(ctx: dict[str, Any]) -> None:
         services = Services.build(settings)
         ctx["bosun"] = JobContext(settings=settings, services=services)
-        log.info("worker_started", worker=ctx["bosun"].worker_id, queue=QUEUE_NAME)
+        log.info("worker_started", worker=ctx["bosun"].worker_id, queue=settings.redis.queue_name)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         bosun: JobContext | None = ctx.get("bosun")
@@ -51,8 +51,8 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
     return Worker(
         functions=job_functions(),
         cron_jobs=cron_jobs(),
-        queue_name=QUEUE_NAME,
-        redis_pool=redis_pool(settings.redis.url),
+        queue_name=settings.redis.queue_name,
+        redis_pool=redis_pool(settings.redis.url, settings.redis.queue_name),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         on_job_start=on_job_start,

@@ -46,7 +46,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
         await _pg_admin(f'CREATE SCHEMA "{schema}"')
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 -- any failure means PostgreSQL is unusable
         missing("PostgreSQL", f"{POSTGRES_URL}: {exc} (run scripts/bootstrap.sh test)")
     url = make_url(POSTGRES_URL).update_query_dict({"search_path": schema})
     try:
@@ -56,25 +56,36 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """The test Redis database, emptied before and after the test."""
+def redis_namespace() -> Iterator[str]:
+    """A Redis key namespace of this test's own (tests may run in parallel on one Redis);
+    its keys are deleted afterwards."""
     import redis
 
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
-        client.flushdb()
+        client.ping()
     except redis.RedisError as exc:
         missing("Redis", f"{REDIS_URL}: {exc} (run scripts/bootstrap.sh test)")
-    yield REDIS_URL
-    client.flushdb()
+    yield namespace
+    keys = list(client.scan_iter(f"{namespace}:*")) + list(client.scan_iter(f"arq:*{namespace}*"))
+    if keys:
+        client.delete(*keys)
     client.close()
 
 
-def make_settings(tmp_path: Path, db_url: str, redis_url: str, **overrides: object) -> Settings:
+@pytest.fixture
+def redis_url(redis_namespace: str) -> str:
+    return REDIS_URL
+
+
+def make_settings(
+    tmp_path: Path, db_url: str, redis_url: str, namespace: str = "bosun", **overrides: object
+) -> Settings:
     values: dict[str, object] = {
         "data_dir": tmp_path / "data",
         "database": {"url": db_url},
-        "redis": {"url": redis_url, "spawn_local": False},
+        "redis": {"url": redis_url, "spawn_local": False, "namespace": namespace},
         "sandbox": {"workdir": tmp_path / "work"},
     }
     values.update(overrides)
@@ -82,6 +93,7 @@ def make_settings(tmp_path: Path, db_url: str, redis_url: str, **overrides: obje
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str) -> Settings:
+def settings(tmp_path: Path, redis_url: str, redis_namespace: str) -> Settings:
     """Settings on SQLite and the test Redis (for tests that need one backend only)."""
-    return make_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}", redis_url)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    return make_settings(tmp_path, db, redis_url, redis_namespace)

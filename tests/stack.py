@@ -198,14 +198,20 @@ def work_root() -> Iterator[Path]:
 
 
 def make_stack_settings(
-    tmp_path: Path, world: World, redis_url: str, work_root: Path, port: int, **extra: Any
+    tmp_path: Path,
+    world: World,
+    redis_url: str,
+    namespace: str,
+    work_root: Path,
+    port: int,
+    **extra: Any,
 ) -> Settings:
     values: dict[str, Any] = {
         "public_url": f"http://127.0.0.1:{port}",
         "data_dir": tmp_path / "data",
         "log_format": "json",
         "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"},
-        "redis": {"url": redis_url, "spawn_local": False},
+        "redis": {"url": redis_url, "spawn_local": False, "namespace": namespace},
         "github": {
             "app_id": world.app.app_id,
             "private_key": world.app.private_key_pem,
@@ -249,7 +255,7 @@ def running_stack(settings: Settings, world: World, port: int) -> Iterator[Bosun
 
 @pytest.fixture
 def stack(
-    github_world: World, tmp_path: Path, redis_url: str, work_root: Path
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
 ) -> Iterator[BosunStack]:
     """Bosun (web + worker) wired to a fresh emulator world whose webhooks it receives."""
     client = docker_client()
@@ -262,6 +268,6 @@ def stack(
     port = free_port()
     world = github_world
     world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
-    settings = make_stack_settings(tmp_path, world, redis_url, work_root, port)
+    settings = make_stack_settings(tmp_path, world, redis_url, redis_namespace, work_root, port)
     with running_stack(settings, world, port) as running:
         yield running

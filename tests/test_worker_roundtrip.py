@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from arq.jobs import JobStatus
 
 from bot.services import Services
@@ -12,10 +14,11 @@ from jobs.worker import build_worker
 async def test_ping_job_round_trip(settings: Settings) -> None:
     services = Services.build(settings)
     try:
-        job = await services.redis.enqueue_job("ping", payload="hello", _job_id="ping-1")
+        job_id = f"ping-{uuid.uuid4().hex}"
+        job = await services.redis.enqueue_job("ping", payload="hello", _job_id=job_id)
         assert job is not None
         # The same job id is not enqueued twice (idempotent enqueue).
-        assert await services.redis.enqueue_job("ping", payload="again", _job_id="ping-1") is None
+        assert await services.redis.enqueue_job("ping", payload="again", _job_id=job_id) is None
 
         worker = build_worker(settings, burst=True, handle_signals=False)
         try:
