@@ -188,6 +188,8 @@ def _result(obj: dict[str, Any]) -> list[RunnerEvent]:
         )
     ]
     if not success:
-        detail = obj.get("result") or obj.get("errors") or obj.get("subtype")
-        events.append(RunnerEvent("error", {"message": jsonl.clip(detail or "claude failed")}))
+        errors = obj.get("errors")
+        detail = "; ".join(map(str, errors)) if isinstance(errors, list) else obj.get("result")
+        message = f"{obj.get('subtype') or 'error'}: {detail or 'claude failed'}"
+        events.append(RunnerEvent("error", {"message": jsonl.clip(message)}))
     return events
