@@ -19,7 +19,7 @@ from bot.profiles import ProfileConfig
 from bot.runners import RunnerEvent, get_runner
 from sandboxes.base import Sandbox, open_sandbox
 from sandboxes.docker import DockerBackend
-from sandboxes.output import LineSplitter
+from sandboxes.output import LineSplitter, OutputChunk
 from sandboxes.spec import BindMount, SandboxSpec
 from tests.services import docker_client, missing
 
@@ -119,6 +119,12 @@ async def test_adapter_runs_the_real_cli_against_a_model_stub(
     api, turns, model = CASES[name]
     (inputs / "turns.json").write_text(json.dumps(turns))
     (inputs / "turns.json").chmod(0o644)
+    stub_log = bytearray()
+
+    async def on_stub_output(chunk: OutputChunk) -> None:
+        if chunk.stream == "stderr":
+            stub_log.extend(chunk.data)
+
     stub = asyncio.create_task(
         backend.exec(
             box,
@@ -134,6 +140,7 @@ async def test_adapter_runs_the_real_cli_against_a_model_stub(
             ],
             env={"PYTHONPATH": "/bosun", "PYTHONDONTWRITEBYTECODE": "1"},
             timeout=110,
+            on_output=on_stub_output,
         )
     )
     try:
@@ -163,6 +170,9 @@ async def test_adapter_runs_the_real_cli_against_a_model_stub(
         stub.cancel()
         await asyncio.gather(stub, return_exceptions=True)
     outcome = runner.outcome(result.exit_code, events)
+    # The model API saw only the dummy key, on every request.
+    seen = [json.loads(line) for line in stub_log.decode().splitlines() if line.startswith("{")]
+    assert seen and {entry["key"].removeprefix("Bearer ") for entry in seen} == {"bosun-gateway"}
     assert outcome.success, result.text()[-2000:]
     assert (workspace / "hello.txt").read_text() == "hello\n"
     assert outcome.summary == "Wrote hello.txt."

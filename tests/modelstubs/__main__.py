@@ -18,9 +18,12 @@ from .server import serve_forever
 
 
 class _Logged(ModelScript):
-    def answer(self, path: str, body: dict[str, Any]):  # type: ignore[no-untyped-def]
-        turn = super().answer(path, body)
-        print(json.dumps({"path": path, "tools": len(body.get("tools") or [])}), file=sys.stderr)
+    def answer(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        turn = super().answer(path, body, headers)
+        seen = headers or {}
+        key = seen.get("x-api-key") or seen.get("authorization", "")
+        line = {"path": path, "tools": len(body.get("tools") or []), "key": key}
+        print(json.dumps(line), file=sys.stderr, flush=True)
         return turn
 
 

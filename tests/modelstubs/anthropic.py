@@ -115,7 +115,8 @@ class AnthropicStub:
         body = await read_json(receive) if scope["method"] == "POST" else {}
         if path == "/v1/messages" and scope["method"] == "POST":
             model = str(body.get("model", "claude-stub"))
-            turn = self.script.answer(path, body)
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            turn = self.script.answer(path, body, headers)
             if isinstance(turn, ErrorTurn):
                 error = {"type": "invalid_request_error", "message": turn.message}
                 await send_json(send, turn.status, {"type": "error", "error": error})

@@ -155,7 +155,8 @@ class OpenAIResponsesStub:
         body = await read_json(receive) if scope["method"] == "POST" else {}
         if path in ("/v1/responses", "/responses") and scope["method"] == "POST":
             model = str(body.get("model", "gpt-stub"))
-            turn = self.script.answer(path, body)
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            turn = self.script.answer(path, body, headers)
             if isinstance(turn, ErrorTurn):
                 error = {"message": turn.message, "type": "invalid_request_error", "code": None}
                 await send_json(send, turn.status, {"error": error})

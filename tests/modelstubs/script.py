@@ -58,9 +58,11 @@ class ModelScript:
     _next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self, path: str, body: dict[str, Any]) -> Turn:
+    def answer(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Turn:
         with self._lock:
-            self.requests.append({"path": path, "body": body})
+            self.requests.append({"path": path, "body": body, "headers": headers or {}})
             if not body.get("tools"):
                 return TextTurn(self.side_text, input_tokens=20, output_tokens=2)
             if self._next >= len(self.turns):
