@@ -31,6 +31,12 @@ def exit_code(runner_name: str, scenario: str) -> int:
     return int(captured[scenario]["exit_code"])
 
 
+def first(runner_name: str, name: str, key: str) -> object:
+    """``key`` of the fixture's first line (the session id the CLI announced)."""
+    line = (FIXTURES / runner_name / name).read_text().splitlines()[0]
+    return json.loads(line)[key]
+
+
 def of(events: list[RunnerEvent], kind: str) -> list[dict[str, object]]:
     return [e.data for e in events if e.kind == kind]
 
@@ -65,7 +71,7 @@ def test_claude_edit_run_yields_messages_tools_cost_and_session() -> None:
     assert outcome.success
     assert outcome.cost_usd == pytest.approx(0.00441)
     assert (outcome.tokens_in, outcome.tokens_out) == (720, 150)
-    assert outcome.session_id == "e90a1f0e-e32c-44db-9083-9099167d0c8f"
+    assert outcome.session_id == first("claude-code", "edit_file.jsonl", "session_id")
     assert outcome.summary == messages[-1]
     assert not of(events, "error")
 
@@ -86,7 +92,7 @@ def test_claude_success_needs_the_result_line_not_only_exit_zero() -> None:
     events = [e for line in lines for e in runner.parse_line("stdout", line)]
     outcome = runner.outcome(0, events)
     assert not outcome.success
-    assert outcome.session_id == "e90a1f0e-e32c-44db-9083-9099167d0c8f"
+    assert outcome.session_id == first("claude-code", "edit_file.jsonl", "session_id")
 
 
 def test_codex_run_yields_messages_shell_calls_and_tokens() -> None:
@@ -104,7 +110,7 @@ def test_codex_run_yields_messages_shell_calls_and_tokens() -> None:
     assert outcome.success
     assert (outcome.tokens_in, outcome.tokens_out) == (520, 110)
     assert outcome.cost_usd is None
-    assert outcome.session_id == "01a20098-a4a3-7b81-8ac8-fc8fe2b72ac5"
+    assert outcome.session_id == first("codex", "shell_edit.jsonl", "thread_id")
 
 
 def test_codex_api_error_fails_with_the_message() -> None:
