@@ -33,9 +33,10 @@ def config(gateway_url: str | None) -> dict[str, Any]:
     }
     if gateway_url:
         base = gateway_url.rstrip("/")
+        # The gateway's per-upstream prefixes: OpenCode may talk to either provider.
         cfg["provider"] = {
-            "anthropic": {"options": {"baseURL": f"{base}/v1", "apiKey": GATEWAY_KEY}},
-            "openai": {"options": {"baseURL": f"{base}/v1", "apiKey": GATEWAY_KEY}},
+            "anthropic": {"options": {"baseURL": f"{base}/anthropic/v1", "apiKey": GATEWAY_KEY}},
+            "openai": {"options": {"baseURL": f"{base}/openai/v1", "apiKey": GATEWAY_KEY}},
         }
     return cfg
 
