@@ -1,0 +1,152 @@
+"""Where the time goes between a label and the agent process: one run's stage breakdown.
+
+Sources, all on the host clock: the label request (client side), the delivery's
+``received_at``, arq's own ``enqueue_time``/``start_time`` of the ``d:<delivery>`` and
+``run:<run>`` jobs, the run's ``status`` events, the probes of ``bench.probes`` and the
+timestamp the agent prints as its first action inside the container.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.probes import Recorder
+    from tests.stack import BosunStack
+
+# (key, title) in pipeline order; the last three are totals.
+STAGES: list[tuple[str, str]] = [
+    ("webhook_delivery", "label call → webhook received (emulator sends)"),
+    ("ingest", "received → delivery job enqueued (in request)"),
+    ("delivery_pickup", "queue pickup: process_delivery"),
+    ("delivery_processing", "process_delivery: config, permission, comments, run row"),
+    ("run_pickup", "queue pickup: execute_run"),
+    ("run_setup", "execute_run start → preparing"),
+    ("ids_token", "docker info + installation token"),
+    ("mirror_fetch", "mirror fetch"),
+    ("worktree", "worktree: local clone, checkout, chown"),
+    ("input", "base SHA saved, prompt written"),
+    ("container_create", "container create"),
+    ("container_start", "container start"),
+    ("to_exec", "progress event, → running, exec prepared"),
+    ("exec_to_agent", "docker exec → agent's first instruction"),
+    ("received_to_agent", "TOTAL webhook received → agent started"),
+    ("label_to_agent", "TOTAL label call → agent started"),
+    ("queued_to_agent", "run queued → agent started"),
+]
+
+
+@dataclass
+class Sample:
+    run_id: str
+    delivery_id: str
+    state: str
+    stages: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ts(text: str) -> float:
+    """A stored UTC datetime (SQLite text, naive) as a POSIX timestamp."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+async def _job(redis: Any, job_id: str) -> tuple[float, float]:
+    from arq.jobs import Job
+
+    info = await Job(job_id, redis, _queue_name="").result_info()
+    if info is None:
+        return math.nan, math.nan
+    return info.enqueue_time.timestamp(), info.start_time.timestamp()
+
+
+def _agent_started(stack: BosunStack, run_id: str) -> float:
+    rows = stack.db(
+        "SELECT data FROM run_events WHERE run_id=? AND kind='log' ORDER BY seq", run_id
+    )
+    for (data,) in rows:
+        line = str(json.loads(data).get("line", "")).strip()
+        try:
+            return float(line)
+        except ValueError:
+            continue
+    return math.nan
+
+
+async def measure(
+    stack: BosunStack,
+    redis: Any,
+    recorder: Recorder,
+    run_id: str,
+    delivery_id: str,
+    t_label: float,
+    state: str,
+) -> Sample:
+    marks: dict[str, float] = {"label": t_label}
+    (received,) = stack.db("SELECT received_at FROM deliveries WHERE id=?", delivery_id)
+    marks["received"] = _ts(received[0])
+    marks["d_enqueue"], marks["d_start"] = await _job(redis, f"d:{delivery_id}")
+    marks["run_enqueue"], marks["run_start"] = await _job(redis, f"run:{run_id}")
+    timings: dict[str, float] = {}
+    for kind, data, created in stack.db(
+        "SELECT kind, data, created_at FROM run_events WHERE run_id=? ORDER BY seq", run_id
+    ):
+        payload = json.loads(data)
+        if kind == "status":
+            marks.setdefault(str(payload.get("to")), _ts(created))
+        elif kind == "progress" and payload.get("phase") == "prepare":
+            timings = dict(payload.get("timings") or {})
+    calls = recorder.for_run(run_id)
+
+    def first(stage: str, end: bool = False) -> float:
+        found = calls.get(stage)
+        if not found:
+            return math.nan
+        return found[0].end if end else found[0].start
+
+    marks["ids_start"] = first("host_ids")
+    marks["mirror_start"], marks["mirror_end"] = first("mirror_fetch"), first("mirror_fetch", True)
+    marks["workspace_end"] = first("workspace_prepare", True)
+    marks["create_start"], marks["create_end"] = (
+        first("container_create"),
+        first("container_create", True),
+    )
+    marks["start_start"], marks["start_end"] = (
+        first("container_start"),
+        first("container_start", True),
+    )
+    marks["exec_start"] = first("exec_open")
+    marks["agent"] = _agent_started(stack, run_id)
+
+    m = marks
+    stages = {
+        "webhook_delivery": m["received"] - m["label"],
+        "ingest": m["d_enqueue"] - m["received"],
+        "delivery_pickup": m["d_start"] - m["d_enqueue"],
+        "delivery_processing": m["run_enqueue"] - m["d_start"],
+        "run_pickup": m["run_start"] - m["run_enqueue"],
+        "run_setup": m.get("preparing", math.nan) - m["run_start"],
+        "ids_token": m["mirror_start"] - m.get("preparing", math.nan),
+        "mirror_fetch": m["mirror_end"] - m["mirror_start"],
+        "worktree": m["workspace_end"] - m["mirror_end"],
+        "input": m["create_start"] - m["workspace_end"],
+        "container_create": m["create_end"] - m["create_start"],
+        "container_start": m["start_end"] - m["start_start"],
+        "to_exec": m["exec_start"] - m["start_end"],
+        "exec_to_agent": m["agent"] - m["exec_start"],
+        "received_to_agent": m["agent"] - m["received"],
+        "label_to_agent": m["agent"] - m["label"],
+        "queued_to_agent": m["agent"] - m.get("queued", math.nan),
+    }
+    rounded = {k: round(v, 4) for k, v in stages.items() if not math.isnan(v)}
+    return Sample(run_id, delivery_id, state, rounded, timings, marks)
