@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.gateway.routes import Upstream
 from bot.profiles import ProfileConfig, load_profiles
 
 DEFAULT_DATA_DIR = Path("var")
@@ -153,6 +154,19 @@ class WorkerSettings(_Group):
     max_concurrent_runs: int = Field(default=8, gt=0, description="Global cap on running agents.")
 
 
+class GatewaySettings(_Group):
+    """The model gateway: how sandboxes reach model APIs without ever holding a key."""
+
+    upstreams: dict[str, Upstream] = Field(
+        default_factory=dict,
+        description=(
+            "Model APIs beyond api.anthropic.com / api.openai.com, by base URL "
+            '(JSON: `{"http://llm:8080": {"api": "openai", "key_env": ""}}`).'
+        ),
+    )
+    max_concurrent: int = Field(default=8, gt=0, description="Model requests in flight per run.")
+
+
 class Settings(BaseSettings):
     """Everything Bosun reads from its environment."""
 
@@ -194,6 +208,7 @@ class Settings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     def agent_profiles(self) -> dict[str, ProfileConfig]:
         return load_profiles(self.profiles, self.profiles_file)

@@ -24,6 +24,18 @@ from sqlalchemy import update
 from bot.artifacts import store_artifact
 from bot.db.models import Repository, Run, RunState, Task
 from bot.errors import BosunError
+from bot.gateway import (
+    FORWARDER_PORT,
+    MissingKey,
+    ModelGateway,
+    UsageRecord,
+    agent_env,
+    default_route,
+    forwarder_argv,
+    routes_for_profile,
+    sandbox_mount,
+    socket_dir,
+)
 from bot.github.repo import RepoPort
 from bot.profiles import ProfileConfig
 from bot.repoconfig import RepoConfig
@@ -137,6 +149,10 @@ class RunExecution:
         self.timings: dict[str, float] = {}
         self.policy: list[dict[str, Any]] = []
         self.cancelled_by: str | None = None
+        self.gateway: ModelGateway | None = None
+        self.budget_exhausted = False
+        self.agent_task: asyncio.Task[ExecResult] | None = None
+        self.agent_summary = ""
         timeout = self.profile.timeout or self.settings.sandbox.timeout_seconds
         self.deadline = time.monotonic() + timeout
 
@@ -235,6 +251,9 @@ class RunExecution:
         if result.timed_out:
             await self._save_before_timeout()
             return
+        if self.budget_exhausted:
+            await self._save_partial_work_at_budget()
+            return
         if not (result.ok and self._agent_succeeded(result)):
             raise StepFailed(f"the agent failed (exit code {result.exit_code}); see the transcript")
         assert self.changes is not None
@@ -309,6 +328,7 @@ class RunExecution:
         await self._save(base_sha=self.workspace.base_sha, worker=self.bosun.worker_id)
         input_dir = self.workspace.run_dir / "input"
         await asyncio.to_thread(_write_input, input_dir, self.run.prompt)
+        await self._start_gateway(owner[1])
         t1 = time.monotonic()
         try:
             spec = self._spec(self.workspace.path, input_dir)
@@ -328,6 +348,68 @@ class RunExecution:
             },
         )
 
+    async def _start_gateway(self, sandbox_gid: int) -> None:
+        """Start the run's model gateway when the profile may reach a model API."""
+        assert self.workspace is not None
+        try:
+            routes = routes_for_profile(self.profile, self.settings.gateway.upstreams)
+        except BosunError as exc:
+            raise StepFailed(f"profile {self.run.profile!r} is misconfigured: {exc}") from exc
+        if not routes:
+            return
+        budget = self.run.budget_usd if self.run.budget_usd is not None else self.profile.budget_usd
+        self.gateway = ModelGateway(
+            self.run.id,
+            socket_dir(self.workspace.run_dir),
+            routes,
+            budget_usd=budget,
+            on_usage=self._on_usage,
+            on_budget_exhausted=self._on_budget_exhausted,
+            sandbox_gid=sandbox_gid,
+            default_route=default_route(self.profile.runner, routes),
+            max_concurrent=self.settings.gateway.max_concurrent,
+        )
+        try:
+            await self.gateway.start()
+        except MissingKey as exc:
+            self.gateway = None
+            raise StepFailed(f"the model gateway cannot start: {exc}") from exc
+        await self.events.emit(
+            "progress", {"phase": "prepare", "gateway": sorted(routes), "budget_usd": budget}
+        )
+
+    def _on_usage(self, record: UsageRecord) -> None:
+        self.events.buffer("cost", record.event_data())
+        self.view.cost_usd = record.spent_usd
+        self.view.tokens_in += record.usage.total_input_tokens
+        self.view.tokens_out += record.usage.output_tokens
+        self.reporter.changed()
+
+    async def _on_budget_exhausted(self) -> None:
+        self.budget_exhausted = True
+        log.info("run_budget_exhausted", spent_usd=self.view.cost_usd)
+        if self.agent_task is not None and not self.agent_task.done():
+            self.agent_task.cancel()
+
+    async def _save_partial_work_at_budget(self) -> None:
+        """The budget ran out: keep the work so far on the branch and say how to go on."""
+        assert self.changes is not None and self.gateway is not None
+        spent, cap = self.gateway.spent_usd, self.gateway.budget_usd or 0.0
+        message = f"the run's budget of ${cap:.2f} is spent (${spent:.2f}); the agent was stopped"
+        if self.changes.empty:
+            raise StepFailed(message + " before it changed anything")
+        verdict = self._check_policy()
+        if not verdict.allowed:
+            raise StepFailed(
+                f"{message}; its work breaks policy and was not pushed: {verdict.summary}"
+            )
+        await self._commit_and_push(wip=True)
+        branch = self.workspace.branch if self.workspace else ""
+        raise StepFailed(
+            f"{message}; the work so far is on `{branch}`: raise the budget with `/budget +N` "
+            "and comment `/retry` to continue"
+        )
+
     def _remote_url(self) -> str:
         if self.repository.local_path:
             return self.repository.local_path
@@ -335,9 +417,11 @@ class RunExecution:
 
     def _spec(self, workspace: Path, input_dir: Path | None = None) -> SandboxSpec:
         sandbox = self.settings.sandbox
-        mounts = (
-            (BindMount(source=input_dir, target=INPUT_MOUNT, read_only=True),) if input_dir else ()
-        )
+        mounts: tuple[BindMount, ...] = ()
+        if input_dir is not None:
+            mounts = (BindMount(source=input_dir, target=INPUT_MOUNT, read_only=True),)
+            if self.gateway is not None:
+                mounts += (sandbox_mount(self.gateway.socket_dir),)
         return SandboxSpec(
             run_id=self.run.id,
             image=self.profile.image or sandbox.image,
@@ -358,9 +442,16 @@ class RunExecution:
         assert self.sandbox is not None
         runner = get_runner(self.profile.runner)
         try:
-            invocation = runner.invocation(self.profile, prompt_path=PROMPT_PATH)
+            gateway_url = f"http://127.0.0.1:{FORWARDER_PORT}" if self.gateway else None
+            invocation = runner.invocation(
+                self.profile, prompt_path=PROMPT_PATH, gateway_url=gateway_url
+            )
         except BosunError as exc:
             raise StepFailed(f"profile {self.run.profile!r} is misconfigured: {exc}") from exc
+        argv, env = invocation.command(), dict(invocation.env)
+        if self.gateway is not None:
+            argv = forwarder_argv(argv)
+            env = {**agent_env(self.gateway.routes, FORWARDER_PORT), **env}
         self.view.phase("agent", "running", f"{runner.name} started")
         self.reporter.changed()
         await self.events.emit("progress", {"phase": "agent", "argv": invocation.argv[:1]})
@@ -378,17 +469,41 @@ class RunExecution:
                 self.transcript.extend(chunk.data)
             await splitter(chunk)
 
-        result = await self.bosun.backend.exec(
-            self.sandbox,
-            invocation.argv,
-            env=invocation.env,
-            workdir="/workspace",
-            timeout=max(1.0, self.remaining()),
-            on_output=on_output,
+        self.agent_task = asyncio.create_task(
+            self.bosun.backend.exec(
+                self.sandbox,
+                argv,
+                env=env,
+                workdir="/workspace",
+                timeout=max(1.0, self.remaining()),
+                on_output=on_output,
+            )
         )
+        try:
+            result = await self.agent_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self.budget_exhausted or (current is not None and current.cancelling()):
+                raise
+            result = ExecResult(
+                argv=tuple(argv),
+                exit_code=None,
+                duration=time.monotonic() - t0,
+                chunks=(),
+                truncated_bytes=0,
+                timed_out=False,
+                oom_killed=False,
+                cancelled=True,
+            )
         await splitter.flush()
         await self.events.flush()
         self.timings["agent"] = round(time.monotonic() - t0, 3)
+        if self.gateway is not None:
+            await self._save(
+                cost_usd=self.gateway.spent_usd,
+                tokens_in=self.view.tokens_in,
+                tokens_out=self.view.tokens_out,
+            )
         outcome = runner.outcome(result.exit_code, self.runner_events)
         self.agent_summary = outcome.summary
         if result.truncated:
@@ -633,6 +748,15 @@ class RunExecution:
         if self.sandbox is not None:
             with contextlib.suppress(SandboxError):
                 await self.bosun.backend.remove(self.sandbox)
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await self.gateway.stop()
+            with contextlib.suppress(Exception):
+                await self._save(
+                    cost_usd=self.gateway.spent_usd,
+                    tokens_in=self.view.tokens_in,
+                    tokens_out=self.view.tokens_out,
+                )
         with contextlib.suppress(Exception):
             await self.bosun.workspaces.cleanup(self.run.id)
         await self.reporter.close()

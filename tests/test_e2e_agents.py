@@ -1,0 +1,181 @@
+"""End to end with real agent CLIs: the real Claude Code CLI runs in the hardened sandbox
+(network none) against a scripted stub of the Anthropic Messages API reached only through the
+model gateway, which holds the real key; Bosun opens the PR with the cost in it. And a run
+that exceeds its budget is stopped, its partial work pushed, and the check run says why."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.emulator.world import World
+from tests.modelstubs import ModelScript, TextTurn, ToolTurn
+from tests.modelstubs.anthropic import AnthropicStub
+from tests.modelstubs.server import running
+from tests.services import docker_client
+from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
+
+REAL_KEY = "sk-ant-api03-REAL-KEY-never-in-the-sandbox-0123456789abcdef"
+KEY_ENV = "BOSUN_TEST_ANTHROPIC_KEY"
+
+
+def claude_stack(
+    world: World,
+    tmp_path: Path,
+    redis_url: str,
+    namespace: str,
+    work_root: Path,
+    stub_url: str,
+    budget: float,
+) -> Any:
+    docker_client().close()
+    port = free_port()
+    world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    profiles = {
+        **PROFILES,
+        "claude": {
+            "runner": "claude-code",
+            "model": "claude-sonnet-4-5",
+            "upstreams": [stub_url],
+            "budget_usd": budget,
+            "max_turns": 8,
+        },
+    }
+    settings = make_stack_settings(
+        tmp_path,
+        world,
+        redis_url,
+        namespace,
+        work_root,
+        port,
+        profiles=profiles,
+        gateway={
+            "upstreams": {stub_url: {"api": "anthropic", "base_url": stub_url, "key_env": KEY_ENV}}
+        },
+    )
+    return running_stack(settings, world, port)
+
+
+@pytest.fixture
+def real_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv(KEY_ENV, REAL_KEY)
+    yield REAL_KEY
+
+
+def _git(stack: BosunStack, *args: str) -> str:
+    git_dir = stack.state()["git_dir"]
+    return subprocess.run(
+        ["git", "--git-dir", git_dir, *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_claude_code_edits_through_the_gateway_and_pr_shows_cost(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    real_key: str,
+) -> None:
+    script = ModelScript(
+        [
+            ToolTurn(
+                "Write", {"file_path": "/workspace/hello.txt", "content": "hello from claude\n"}
+            ),
+            TextTurn("I created hello.txt."),
+        ]
+    )
+    with (
+        running(AnthropicStub(script)) as stub_url,
+        claude_stack(
+            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
+        ) as stack,
+    ):
+        number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
+        stack.label(number, "bosun:claude")
+        (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
+        assert run["state"] == "review_ready", run
+        assert _git(stack, "show", f"{run['head_sha']}:hello.txt") == "hello from claude\n"
+
+        # The stub saw the real key on every model request; the sandbox only a dummy.
+        model_calls = [r for r in script.requests if r["path"] == "/v1/messages"]
+        assert model_calls
+        for call in model_calls:
+            headers = {k.lower(): v for k, v in call["headers"].items()}
+            assert headers.get("x-api-key") == real_key
+
+        cost = stack.events(run["id"], "cost")
+        metered = [e["data"] for e in cost if e["data"].get("source") == "gateway"]
+        assert metered and all(d["upstream"] for d in metered)
+        assert sum(d["tokens_in"] for d in metered) >= 320  # the stub's two model turns
+        spent = stack.db("SELECT cost_usd FROM runs WHERE id=?", run["id"])[0][0]
+        assert spent > 0
+        pr = stack.wait_for(lambda: stack.state()["pulls"], 10, "a PR")[0]
+        assert "$" in pr["body"] and "tokens in" in pr["body"]
+        transcript = stack.artifacts(run["id"])["transcript"].read_bytes()
+        assert real_key.encode() not in transcript
+        for event in stack.events(run["id"]):
+            assert real_key not in str(event["data"])
+
+
+def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    real_key: str,
+) -> None:
+    big = 2000  # tokens per turn: with the price table, two turns cross the budget
+    script = ModelScript(
+        [
+            ToolTurn(
+                "Write",
+                {"file_path": "/workspace/part1.txt", "content": "first part\n"},
+                input_tokens=big,
+                output_tokens=big,
+            ),
+            ToolTurn(
+                "Write",
+                {"file_path": "/workspace/part2.txt", "content": "second part\n"},
+                input_tokens=big * 20,
+                output_tokens=big * 20,
+            ),
+            ToolTurn(
+                "Write",
+                {"file_path": "/workspace/part3.txt", "content": "never\n"},
+                input_tokens=big,
+                output_tokens=big,
+            ),
+            TextTurn("done"),
+        ]
+    )
+    with (
+        running(AnthropicStub(script)) as stub_url,
+        claude_stack(
+            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 0.1
+        ) as stack,
+    ):
+        number = stack.emulator.create_issue(stack.repo, "Expensive", "Do a lot", "alice")
+        stack.label(number, "bosun:claude")
+        (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
+        assert run["state"] == "failed", run
+        assert "budget" in run["reason"] and "/budget +" in run["reason"]
+        assert run["branch"] in stack.state()["branches"]
+        tree = _git(stack, "ls-tree", "-r", "--name-only", run["branch"])
+        assert "part1.txt" in tree and "part3.txt" not in tree
+
+        def failed_check() -> dict[str, Any] | None:
+            checks = [
+                c
+                for c in stack.state()["check_runs"]
+                if c["status"] == "completed" and c["conclusion"] == "failure"
+            ]
+            return checks[-1] if checks else None
+
+        check = stack.wait_for(failed_check, 30, "a failed check run")
+        assert "budget" in check["output"]["summary"]
