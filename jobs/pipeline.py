@@ -280,6 +280,9 @@ class RunExecution:
             with contextlib.suppress(Exception):
                 value = await self.bosun.services.redis.get(key)
                 actor = value.decode() if value else None
+            if ticks % 50 == 0:  # every 10 s: tell the reconciler this run's worker lives
+                with contextlib.suppress(Exception):
+                    await self._save(heartbeat_at=utc_now())
             if actor is None and ticks % 10 == 0 and await self._cancel_requested():
                 actor = self.cancelled_by or "request"
             if actor is not None and main is not None:
@@ -325,7 +328,9 @@ class RunExecution:
             raise StepFailed(f"could not fetch the repository: {exc}") from exc
         self.timings["workspace"] = round(time.monotonic() - t0, 3)
         self.view.base_sha = self.workspace.base_sha
-        await self._save(base_sha=self.workspace.base_sha, worker=self.bosun.worker_id)
+        await self._save(
+            base_sha=self.workspace.base_sha, worker=self.bosun.worker_id, heartbeat_at=utc_now()
+        )
         input_dir = self.workspace.run_dir / "input"
         await asyncio.to_thread(_write_input, input_dir, self.run.prompt)
         await self._start_gateway(owner[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from bot.services import Services, redis_pool
@@ -13,6 +14,7 @@ from jobs.context import JobContext
 from jobs.deliveries import process_delivery
 from jobs.ping import ping
 from jobs.pipeline import execute_run
+from jobs.reconcile import reconcile
 
 log = structlog.get_logger("jobs.worker")
 
@@ -27,7 +29,7 @@ def job_functions() -> list[Any]:
 
 
 def cron_jobs() -> list[Any]:
-    return []
+    return [cron(reconcile, name="reconcile", second=0, run_at_startup=True, unique=True)]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:

@@ -1,0 +1,59 @@
+"""Losing Redis loses nothing: a recorded delivery whose job vanished is enqueued again by the
+reconciler at worker start and processed exactly once."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from bot.db.engine import create_engine
+from bot.db.migrate import upgrade
+from bot.db.models import Delivery, DeliveryStatus
+from bot.services import Services
+from bot.settings import Settings
+from jobs.worker import build_worker
+from tests.services import docker_client
+
+
+async def test_recorded_delivery_without_job_is_processed_after_restart(
+    settings: Settings,
+) -> None:
+    docker_client().close()  # the reconciler also reaps containers
+    engine = create_engine(settings.database.url)
+    await upgrade(engine)
+    await engine.dispose()
+    services = Services.build(settings)
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    try:
+        async with services.sessions.begin() as session:
+            session.add(
+                Delivery(
+                    id="lost-1",
+                    event="ping",
+                    payload=json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}),
+                    received_at=old,
+                )
+            )
+            session.add(
+                Delivery(
+                    id="fresh-1",
+                    event="ping",
+                    payload=json.dumps({"zen": "x", "hook_id": 1}),
+                )
+            )
+        # Redis lost the jobs: nothing is queued for either delivery.
+        worker = build_worker(settings, burst=True, handle_signals=False)
+        try:
+            await worker.main()
+        finally:
+            await worker.close()
+        async with services.sessions() as session:
+            lost = await session.get(Delivery, "lost-1")
+            fresh = await session.get(Delivery, "fresh-1")
+            assert lost is not None and fresh is not None
+            assert lost.status is DeliveryStatus.PROCESSED
+            assert lost.attempts == 1
+            # Within the grace period a delivery is left to its own job.
+            assert fresh.status is DeliveryStatus.RECEIVED
+    finally:
+        await services.close()
