@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,15 @@ from bot.errors import ConfigError
 log = structlog.get_logger("bot.localredis")
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when Bosun exits, however it exits (Linux prctl)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 async def redis_answers(url: str, wait: float = 1.0) -> bool:
@@ -47,8 +57,11 @@ async def ensure_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | No
     folder.mkdir(parents=True, exist_ok=True)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder.resolve())]
     argv += ["--save", "", "--appendonly", "no", "--protected-mode", "yes"]
-    process = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, started once
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = subprocess.Popen(  # noqa: ASYNC220 -- a long-lived child, started once
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
     )
     for _ in range(100):
         if await redis_answers(url, wait=0.2):

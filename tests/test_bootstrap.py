@@ -22,6 +22,8 @@ SCRIPTS = [
     "sandboxes/images/build.sh",
     "sandboxes/images/fetch_debs.sh",
     ".ci/run",
+    "scripts/run",
+    "scripts/test",
 ]
 # Lines bootstrap.sh prints only when it changes something.
 ACTIONS = ("apt-get install", "starting", "creating", "making", "pip install uv", "docker build")
