@@ -36,6 +36,7 @@ from bot.triggers import (
 )
 from jobs.context import JobContext, job_context
 from jobs.pipeline import request_cancel_key
+from jobs.review import handle_button, handle_commands, handle_review
 
 log = structlog.get_logger("jobs.deliveries")
 
@@ -103,8 +104,27 @@ async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | Ignor
         return await sync_installation(bosun, parsed)
     if parsed.event == "ping":
         return "processed: ping"
-    if parsed.event in TRIGGER_EVENTS and parsed.issue and not parsed.issue.is_pull_request:
+    if parsed.installation_id is None or parsed.repository is None:
+        return f"ignored: {parsed.key} without an installation"
+    port = bosun.repo(parsed.installation_id, parsed.repository.full_name)
+
+    async def permission(login: str) -> str:
+        return await permission_of(bosun, port, login)
+
+    if parsed.key == "issue_comment.created" and parsed.comment and parsed.issue:
+        if parsed.comment.user.is_bot:
+            return "ignored: comments by bots are never commands"
+        if not parsed.issue.is_pull_request and "/bosun" in parsed.comment.body.lower():
+            outcome = await handle_trigger(bosun, delivery_id, parsed)
+            if not outcome.startswith("ignored"):
+                return outcome
+        return await handle_commands(bosun, port, delivery_id, parsed, permission)
+    if parsed.event == "issues" and parsed.issue and not parsed.issue.is_pull_request:
         return await handle_trigger(bosun, delivery_id, parsed)
+    if parsed.key == "pull_request_review.submitted" and parsed.review:
+        return await handle_review(bosun, port, delivery_id, parsed, permission)
+    if parsed.event == "check_run" and parsed.check_run:
+        return await handle_button(bosun, port, delivery_id, parsed, permission)
     return f"ignored: {parsed.key} is not acted on"
 
 

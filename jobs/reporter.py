@@ -25,9 +25,8 @@ Persist = Callable[[dict[str, int]], Awaitable[None]]
 ACTIONS_REVIEW = [
     {"label": "Approve", "description": "Approve this change", "identifier": "approve"},
     {"label": "Retry", "description": "Run the agent again", "identifier": "retry"},
-    {"label": "Cancel", "description": "Cancel this run", "identifier": "cancel"},
 ]
-ACTIONS_ACTIVE = [ACTIONS_REVIEW[2]]
+ACTIONS_ACTIVE = [{"label": "Cancel", "description": "Cancel this run", "identifier": "cancel"}]
 
 
 class StatusReporter:

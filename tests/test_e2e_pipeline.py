@@ -56,7 +56,7 @@ def test_label_yields_branch_pr_check_run_and_manifest(stack: BosunStack) -> Non
 
     check = stack.wait_for(head_check, 30, "a completed check run on the PR head")
     assert check["conclusion"] == "success"
-    assert [a["identifier"] for a in check["actions"]] == ["approve", "retry", "cancel"]
+    assert [a["identifier"] for a in check["actions"]] == ["approve", "retry"]
     state = stack.state()
 
     # One status comment, edited in place, with the hidden marker.

@@ -231,6 +231,7 @@ class Approval(Base):
     actor: Mapped[str] = mapped_column(String(255))
     sha: Mapped[str] = mapped_column(String(64))
     paths: Mapped[list[Any]] = mapped_column(default=list)
+    general: Mapped[bool] = mapped_column(Boolean, default=True)
     source: Mapped[str] = mapped_column(String(32), default="comment")
     invalidated_at: Mapped[datetime | None] = mapped_column()
     invalidated_reason: Mapped[str | None] = mapped_column(Text)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 23:34:18.880211
+Create Date: 2026-11-22 00:43:15.348082
 """
 
 from __future__ import annotations
@@ -234,6 +234,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=255), nullable=False),
         sa.Column("sha", sa.String(length=64), nullable=False),
         sa.Column("paths", sa.JSON(), nullable=False),
+        sa.Column("general", sa.Boolean(), nullable=False),
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("invalidated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("invalidated_reason", sa.Text(), nullable=True),
