@@ -52,7 +52,7 @@ def test_approve_by_another_writer_merges_and_refusals_are_polite(stack: BosunSt
 
 
 def test_commands_in_code_blocks_quotes_or_edits_do_nothing(stack: BosunStack) -> None:
-    run, pr = _ready_pr(stack, "Quiet")
+    _run, pr = _ready_pr(stack, "Quiet")
     stack.emulator.comment(stack.repo, pr, "```\n/approve\n```\n> /approve\n", "bob")
     comment = stack.emulator.comment(stack.repo, pr, "nothing yet", "bob")
     stack.emulator.edit_comment(stack.repo, comment, "/approve", "bob")
