@@ -27,7 +27,7 @@ from typing import Any
 
 from bench import probes
 from bench.stages import STAGES, Sample, measure
-from bench.stats import summary, table, write_result
+from bench.stats import loadavg, summary, table, write_result
 from bot.logs import configure_logging
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
@@ -118,12 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
     )
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database)")
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 200:
         parser.error("--runs must be 1..200")
     configure_logging(args.log_level, "json")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
+    load_before = loadavg()
     root = Path(tempfile.mkdtemp(prefix="bosun-bench-"))
     root.chmod(0o755)  # the remapped sandbox uid must traverse it to the workspaces
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -165,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         emulator.close()
         emulator_proc.terminate()
         emulator_proc.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
     cold, warm = samples[0], samples[1:]
     text, data = render(cold, warm)
@@ -174,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         args.out,
         {
+            "load_average_at_start": load_before,
             "benchmark": "label_to_agent",
             "runs": len(warm),
             "agent": AGENT,

@@ -1,9 +1,10 @@
 """Wall-clock probes around the worker's preparation steps, installed from outside.
 
 The product records ``timings.workspace`` and ``timings.sandbox_start`` for a run; these probes
-split them further (token, mirror fetch, worktree, container create, container start, exec
-open) by wrapping the methods that do the work, for the duration of a benchmark only. Each
-call is recorded with the ``run_id`` bound in structlog's context by ``execute_run``.
+split them further (docker info, token, mirror fetch, worktree, container create, container
+start, state moves, exec open) by wrapping the methods that do the work, for the duration of a
+benchmark only. Each call is recorded with the ``run_id`` that ``execute_run`` binds in
+structlog's context.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 import structlog
 
 from bot.github.repo import GitHubRepo
+from jobs.events import EventWriter
+from jobs.pipeline import RunExecution
+from jobs.reporter import StatusReporter
 from sandboxes.docker import DockerBackend
 from sandboxes.mirror import MirrorCache
 from sandboxes.workspace import WorkspaceManager
@@ -32,6 +36,9 @@ TARGETS: list[tuple[type[Any], str, str]] = [
     (DockerBackend, "create", "container_create"),
     (DockerBackend, "start", "container_start"),
     (DockerBackend, "_open_exec", "exec_open"),
+    (RunExecution, "move", "move"),
+    (EventWriter, "emit", "event_emit"),
+    (StatusReporter, "_apply", "status_report"),
 ]
 
 

@@ -69,19 +69,26 @@ class Receiver:
 
 
 class BosunServe(Receiver):
-    """``bosun migrate`` then ``bosun serve`` on a fresh SQLite file and a Redis namespace."""
+    """``bosun migrate`` then ``bosun serve`` on a fresh database (a temporary SQLite file by
+    default) and a Redis namespace."""
 
     name = "bosun-serve"
     ok_status = 202
 
     def __init__(
-        self, root: Path, secret: str, redis_url: str, namespace: str, log_level: str
+        self,
+        root: Path,
+        secret: str,
+        redis_url: str,
+        namespace: str,
+        log_level: str,
+        database_url: str | None = None,
     ) -> None:
         super().__init__(root)
-        self.db_path = root / "bosun.db"
+        self.database_url = database_url or f"sqlite+aiosqlite:///{root / 'bosun.db'}"
         self.settings_env = {
             "BOSUN_GITHUB__WEBHOOK_SECRET": secret,
-            "BOSUN_DATABASE__URL": f"sqlite+aiosqlite:///{self.db_path}",
+            "BOSUN_DATABASE__URL": self.database_url,
             "BOSUN_REDIS__URL": redis_url,
             "BOSUN_REDIS__NAMESPACE": namespace,
             "BOSUN_DATA_DIR": str(root / "data"),

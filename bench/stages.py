@@ -26,13 +26,17 @@ STAGES: list[tuple[str, str]] = [
     ("delivery_processing", "process_delivery: config, permission, comments, run row"),
     ("run_pickup", "queue pickup: execute_run"),
     ("run_setup", "execute_run start → preparing"),
-    ("ids_token", "docker info + installation token"),
+    ("prepare_entry", "preparing → prepare step entered"),
+    ("docker_info", "docker info (userns check for the workspace owner)"),
+    ("git_token", "installation token for git"),
     ("mirror_fetch", "mirror fetch"),
     ("worktree", "worktree: local clone, checkout, chown"),
     ("input", "base SHA saved, prompt written"),
     ("container_create", "container create"),
     ("container_start", "container start"),
-    ("to_exec", "progress event, → running, exec prepared"),
+    ("progress_event", "prepare progress event written"),
+    ("to_running", "→ running (status event, check run update queued)"),
+    ("exec_prep", "agent progress event, invocation built"),
     ("exec_to_agent", "docker exec → agent's first instruction"),
     ("received_to_agent", "TOTAL webhook received → agent started"),
     ("label_to_agent", "TOTAL label call → agent started"),
@@ -48,6 +52,8 @@ class Sample:
     stages: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
+    calls: list[tuple[str, float, float]] = field(default_factory=list)
+    """Probed calls before the agent started: (stage, start after received, duration)."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,13 +114,16 @@ async def measure(
             timings = dict(payload.get("timings") or {})
     calls = recorder.for_run(run_id)
 
-    def first(stage: str, end: bool = False) -> float:
+    def first(stage: str, end: bool = False, index: int = 0) -> float:
         found = calls.get(stage)
-        if not found:
+        if not found or len(found) <= index:
             return math.nan
-        return found[0].end if end else found[0].start
+        return found[index].end if end else found[index].start
 
-    marks["ids_start"] = first("host_ids")
+    marks["ids_start"], marks["ids_end"] = first("host_ids"), first("host_ids", True)
+    # moves: [0] → preparing, [1] → running
+    marks["running_start"] = first("move", index=1)
+    marks["running_end"] = first("move", True, index=1)
     marks["mirror_start"], marks["mirror_end"] = first("mirror_fetch"), first("mirror_fetch", True)
     marks["workspace_end"] = first("workspace_prepare", True)
     marks["create_start"], marks["create_end"] = (
@@ -136,17 +145,29 @@ async def measure(
         "delivery_processing": m["run_enqueue"] - m["d_start"],
         "run_pickup": m["run_start"] - m["run_enqueue"],
         "run_setup": m.get("preparing", math.nan) - m["run_start"],
-        "ids_token": m["mirror_start"] - m.get("preparing", math.nan),
+        "prepare_entry": m["ids_start"] - m.get("preparing", math.nan),
+        "docker_info": m["ids_end"] - m["ids_start"],
+        "git_token": m["mirror_start"] - m["ids_end"],
         "mirror_fetch": m["mirror_end"] - m["mirror_start"],
         "worktree": m["workspace_end"] - m["mirror_end"],
         "input": m["create_start"] - m["workspace_end"],
         "container_create": m["create_end"] - m["create_start"],
         "container_start": m["start_end"] - m["start_start"],
-        "to_exec": m["exec_start"] - m["start_end"],
+        "progress_event": m["running_start"] - m["start_end"],
+        "to_running": m["running_end"] - m["running_start"],
+        "exec_prep": m["exec_start"] - m["running_end"],
         "exec_to_agent": m["agent"] - m["exec_start"],
         "received_to_agent": m["agent"] - m["received"],
         "label_to_agent": m["agent"] - m["label"],
         "queued_to_agent": m["agent"] - m.get("queued", math.nan),
     }
     rounded = {k: round(v, 4) for k, v in stages.items() if not math.isnan(v)}
-    return Sample(run_id, delivery_id, state, rounded, timings, marks)
+    sample = Sample(run_id, delivery_id, state, rounded, timings, marks)
+    sample.calls = [
+        (c.stage, round(c.start - m["received"], 4), round(c.end - c.start, 4))
+        for stage in calls.values()
+        for c in stage
+        if c.start <= m["agent"]
+    ]
+    sample.calls.sort(key=lambda c: c[1])
+    return sample

@@ -76,8 +76,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def loadavg() -> list[float]:
+    """The host's 1, 5 and 15 minute load averages (other work on the machine skews results)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
 def write_result(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` with the date and machine as pretty JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamped = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    stamped = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_at_end": loadavg(),
+    }
     path.write_text(json.dumps({**stamped, **data}, indent=2, default=str) + "\n")

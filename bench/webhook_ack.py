@@ -15,20 +15,21 @@ import argparse
 import asyncio
 import os
 import shutil
-import sqlite3
 import subprocess
 import tempfile
 import time
 import uuid
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy import text
 
 from bench.loadgen import Outcome, Target, fixed_rate, saturate
 from bench.servers import BosunServe, ProbotApp, Receiver
-from bench.stats import summary, table, write_result
+from bench.stats import loadavg, summary, table, write_result
+from bot.db.engine import create_engine
+from tests.services import POSTGRES_URL
 
 RESULTS = Path(__file__).parent / "results"
 SECRET = "bench-webhook-secret"
@@ -121,14 +122,23 @@ async def run_phases(
     return rows, sent, acked
 
 
+async def stored_deliveries(url: str) -> tuple[list[str], dict[str, int]]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = [r[0] for r in await conn.execute(text("SELECT id FROM deliveries"))]
+            grouped = await conn.execute(
+                text("SELECT status, count(*) FROM deliveries GROUP BY status")
+            )
+            return rows, {str(k): int(v) for k, v in grouped}
+    finally:
+        await engine.dispose()
+
+
 def verify(
     server: BosunServe, redis_url: str, namespace: str, sent: list[str], acked: list[str]
 ) -> dict[str, Any]:
-    with closing(sqlite3.connect(server.db_path)) as conn:
-        rows = [r[0] for r in conn.execute("SELECT id FROM deliveries")]
-        statuses = dict(
-            conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
-        )
+    rows, statuses = asyncio.run(stored_deliveries(server.database_url))
     stored = set(rows)
     client = redis.Redis.from_url(redis_url)
     queued = client.zcard(f"{namespace}:queue")
@@ -195,6 +205,15 @@ def render(rows: list[dict[str, Any]]) -> str:
     )
 
 
+async def _schema(url: str, statement: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.webhook_ack")
     parser.add_argument("--rate", type=float, default=200, help="fixed-rate phase, deliveries/s")
@@ -204,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
     )
     parser.add_argument("--log-level", default="info", help="bosun serve's log level")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=os.environ.get("BOSUN_BENCH_POSTGRES_URL", POSTGRES_URL),
+        help="use PostgreSQL (a temporary schema in this database) instead of SQLite",
+    )
     parser.add_argument(
         "--probot", action="store_true", help="measure the no-op Probot app instead"
     )
@@ -215,15 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (1 <= args.rate <= 20_000 and 1 <= args.seconds <= 120 and 1 <= args.ramp_seconds <= 60):
         parser.error("rate 1..20000/s, seconds 1..120, ramp-seconds 1..60")
-    out_path = args.out or RESULTS / ("probot_intake.json" if args.probot else "webhook_ack.json")
+    name = "probot_intake" if args.probot else "webhook_ack_pg" if args.postgres else "webhook_ack"
+    out_path = args.out or RESULTS / f"{name}.json"
 
+    load_before = loadavg()
     root = Path(tempfile.mkdtemp(prefix="bosun-bench-ack-"))
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     server: Receiver
     if args.probot:
         server = ProbotApp(root, SECRET)
     else:
-        server = BosunServe(root, SECRET, args.redis, namespace, args.log_level)
+        database_url = None
+        if args.postgres:
+            schema = namespace.replace("-", "_")
+            asyncio.run(_schema(args.postgres, f"CREATE SCHEMA {schema}"))
+            database_url = f"{args.postgres}?search_path={schema}"
+        server = BosunServe(root, SECRET, args.redis, namespace, args.log_level, database_url)
     sent: list[str] = []
     check: dict[str, Any] = {}
     try:
@@ -238,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         removed = purge(args.redis, namespace, sent) if sent and not args.probot else 0
+        if args.postgres:
+            asyncio.run(_schema(args.postgres, f"DROP SCHEMA {schema} CASCADE"))
         shutil.rmtree(root, ignore_errors=True)
     text = render(rows)
     print("\n" + text)
@@ -246,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     write_result(
         out_path,
         {
-            "benchmark": "probot_intake" if args.probot else "webhook_ack",
+            "load_average_at_start": load_before,
+            "benchmark": name,
             "receiver": server.name,
             "log_level": None if args.probot else args.log_level,
+            "database": None if args.probot else ("postgresql" if args.postgres else "sqlite"),
             "body_bytes": len(target.body),
             "phases": rows,
             "integrity": check or None,
