@@ -53,7 +53,8 @@ class EventWriter:
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            # Let the pending batch finish (≤ FLUSH_SECONDS): cancelling it mid-write could
+            # strand a database connection.
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()

@@ -150,6 +150,7 @@ class RunExecution:
         self.policy: list[dict[str, Any]] = []
         self.cancelled_by: str | None = None
         self.gateway: ModelGateway | None = None
+        self._stop_watch = asyncio.Event()
         self.budget_exhausted = False
         self.agent_task: asyncio.Task[ExecResult] | None = None
         self.agent_summary = ""
@@ -233,7 +234,7 @@ class RunExecution:
             log.exception("run_crashed")
             await self._end(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}"[:500])
         finally:
-            watcher.cancel()
+            self._stop_watch.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await asyncio.shield(self._cleanup())
@@ -271,15 +272,27 @@ class RunExecution:
         await self.move(RunState.REVIEW_READY, reason="")
 
     async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
+        """Poll for ``/cancel`` (Redis, then the database every 2 s), budget raises, and
+        write the heartbeat. Stopped through ``_stop_watch`` rather than cancelled, so no
+        database or Redis call is ever interrupted half-way."""
         key = request_cancel_key(self.settings, self.run.id)
+        budget_key = self.settings.redis.key("budget", self.run.id)
         ticks = 0
         while True:
-            await asyncio.sleep(0.2)
-            ticks += 1
+            try:
+                async with asyncio.timeout(0.2):
+                    await self._stop_watch.wait()
+                return
+            except TimeoutError:
+                ticks += 1
             actor: str | None = None
             with contextlib.suppress(Exception):
                 value = await self.bosun.services.redis.get(key)
                 actor = value.decode() if value else None
+                raised = await self.bosun.services.redis.getdel(budget_key)
+                if raised and self.gateway is not None:
+                    cap = self.gateway.raise_budget(float(raised))
+                    await self.events.emit("cost", {"source": "budget", "budget_usd": cap})
             if ticks % 50 == 0:  # every 10 s: tell the reconciler this run's worker lives
                 with contextlib.suppress(Exception):
                     await self._save(heartbeat_at=utc_now())

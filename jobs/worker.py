@@ -28,8 +28,10 @@ def job_functions() -> list[Any]:
     ]
 
 
-def cron_jobs() -> list[Any]:
-    return [cron(reconcile, name="reconcile", second=0, run_at_startup=True, unique=True)]
+def cron_jobs(settings: Settings) -> list[Any]:
+    # arq's cron job ids are global: the namespace keeps two Bosuns on one Redis apart.
+    name = f"{settings.redis.namespace}:reconcile"
+    return [cron(reconcile, name=name, second=0, run_at_startup=True, unique=True)]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
@@ -52,7 +54,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
 
     return Worker(
         functions=job_functions(),
-        cron_jobs=cron_jobs(),
+        cron_jobs=cron_jobs(settings),
         queue_name=settings.redis.queue_name,
         redis_pool=redis_pool(settings.redis.url, settings.redis.queue_name),
         on_startup=on_startup,

@@ -4,6 +4,7 @@ reconciler at worker start and processed exactly once."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from bot.db.engine import create_engine
@@ -24,11 +25,12 @@ async def test_recorded_delivery_without_job_is_processed_after_restart(
     await engine.dispose()
     services = Services.build(settings)
     old = datetime.now(UTC) - timedelta(minutes=5)
+    lost_id, fresh_id = f"lost-{uuid.uuid4()}", f"fresh-{uuid.uuid4()}"
     try:
         async with services.sessions.begin() as session:
             session.add(
                 Delivery(
-                    id="lost-1",
+                    id=lost_id,
                     event="ping",
                     payload=json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}),
                     received_at=old,
@@ -36,7 +38,7 @@ async def test_recorded_delivery_without_job_is_processed_after_restart(
             )
             session.add(
                 Delivery(
-                    id="fresh-1",
+                    id=fresh_id,
                     event="ping",
                     payload=json.dumps({"zen": "x", "hook_id": 1}),
                 )
@@ -48,8 +50,8 @@ async def test_recorded_delivery_without_job_is_processed_after_restart(
         finally:
             await worker.close()
         async with services.sessions() as session:
-            lost = await session.get(Delivery, "lost-1")
-            fresh = await session.get(Delivery, "fresh-1")
+            lost = await session.get(Delivery, lost_id)
+            fresh = await session.get(Delivery, fresh_id)
             assert lost is not None and fresh is not None
             assert lost.status is DeliveryStatus.PROCESSED
             assert lost.attempts == 1
