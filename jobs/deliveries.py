@@ -36,7 +36,7 @@ from bot.triggers import (
 )
 from jobs.context import JobContext, job_context
 from jobs.pipeline import request_cancel_key
-from jobs.review import handle_button, handle_commands, handle_review
+from jobs.review import handle_button, handle_commands, handle_push, handle_review
 
 log = structlog.get_logger("jobs.deliveries")
 
@@ -123,6 +123,8 @@ async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | Ignor
         return await handle_trigger(bosun, delivery_id, parsed)
     if parsed.key == "pull_request_review.submitted" and parsed.review:
         return await handle_review(bosun, port, delivery_id, parsed, permission)
+    if parsed.key == "pull_request.synchronize" and parsed.pull_request:
+        return await handle_push(bosun, port, parsed)
     if parsed.event == "check_run" and parsed.check_run:
         return await handle_button(bosun, port, delivery_id, parsed, permission)
     return f"ignored: {parsed.key} is not acted on"

@@ -487,3 +487,56 @@ async def start_follow_up(
 
 
 __all__ = ["ACTIVE", "handle_button", "handle_commands", "handle_review"]
+
+
+async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> str:
+    """A push to a run's PR branch by someone else: approvals bound to the old head no longer
+    hold (SPEC §8), and an approved run goes back to review."""
+    assert event.pull_request is not None
+    found = await find_run(bosun, port.full_name, event.pull_request.number)
+    if found is None:
+        return "ignored: no Bosun run on this PR"
+    run, _task = found
+    new_head = event.pull_request.head_sha
+    if new_head == run.head_sha:
+        return "ignored: Bosun's own push"
+    async with bosun.services.sessions.begin() as session:
+        invalidated = (
+            await session.execute(
+                update(Approval)
+                .where(Approval.run_id == run.id, Approval.invalidated_at.is_(None))
+                .values(
+                    invalidated_at=datetime.now(UTC),
+                    invalidated_reason=f"the branch moved to {new_head[:12]}",
+                )
+            )
+        ).rowcount  # type: ignore[attr-defined]
+        row = await session.get(Run, run.id)
+        assert row is not None
+        row.head_sha = new_head
+        await append_event(
+            session,
+            run.id,
+            "policy",
+            {
+                "rule": "approval.bound_to_head",
+                "decision": "invalidate",
+                "head_sha": new_head,
+                "invalidated": invalidated,
+            },
+        )
+        if row.state is RunState.APPROVED:
+            await transition(
+                session,
+                row,
+                RunState.REVIEW_READY,
+                actor="bosun",
+                reason="a push changed the branch; approvals must be given again",
+            )
+    if invalidated:
+        await port.create_comment(
+            event.pull_request.number,
+            f"The branch moved to `{new_head[:12]}`: {invalidated} approval(s) given on the "
+            "previous head no longer count. Review the new changes and `/approve` again.",
+        )
+    return f"processed: head moved, {invalidated} approval(s) invalidated"

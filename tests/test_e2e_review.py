@@ -87,3 +87,18 @@ def test_retry_carries_feedback_and_lineage(stack: BosunStack) -> None:
     assert child["branch"] == run["branch"]
     assert stack.db("SELECT state FROM runs WHERE id=?", run["id"])[0][0] == "rejected"
     assert len(stack.state()["pulls"]) == 1  # same PR
+
+
+def test_a_push_after_approval_invalidates_it(stack: BosunStack) -> None:
+    run, pr = _ready_pr(stack, "Bound to the head")
+    stack.emulator.comment(stack.repo, pr, "/approve", "bob")
+    stack.wait_run({"approved"}, timeout=60)  # auto_merge is off by default
+    stack.emulator.push(stack.repo, run["branch"], {"extra.txt": "human change\n"}, user="alice")
+    stack.wait_run({"review_ready"}, timeout=60)
+    rows = stack.db("SELECT invalidated_at, invalidated_reason FROM approvals")
+    assert len(rows) == 1 and rows[0][0] is not None and "moved" in rows[0][1]
+    stack.wait_for(
+        lambda: any("no longer count" in c["body"] for c in _comments(stack, pr)),
+        30,
+        "the invalidation comment",
+    )
