@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import os
 import re
@@ -163,13 +164,15 @@ async def run_git(
         async with asyncio.timeout(timeout):
             out, err = await process.communicate(stdin)
     except TimeoutError:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            process.kill()
         await process.wait()
         raise GitError(
             f"`{shown}` timed out after {timeout:.0f}s", argv=argv, returncode=-9, stderr=""
         ) from None
     except asyncio.CancelledError:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):  # else it would replace the cancellation
+            process.kill()
         raise
     stderr = redact(err.decode("utf-8", "replace"))
     returncode = process.returncode if process.returncode is not None else -1
