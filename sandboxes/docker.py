@@ -58,6 +58,12 @@ _OOM_SCRIPT = (
 )
 
 
+def _runtime_hint(spec: SandboxSpec, exc: Exception) -> str:
+    if spec.runtime and "runtime" in str(exc).lower():
+        return f" (is the '{spec.runtime}' runtime registered with dockerd? see docs/security.md)"
+    return ""
+
+
 class DockerConfig(BaseModel):
     """How the Docker backend reaches and treats its engine."""
 
@@ -180,7 +186,9 @@ class DockerBackend(SandboxBackend):
                 "(or docker pull/load it on this worker host)"
             ) from exc
         except docker.errors.APIError as exc:
-            raise SandboxStartError(f"cannot create sandbox for run {spec.run_id}: {exc}") from exc
+            raise SandboxStartError(
+                f"cannot create sandbox for run {spec.run_id}: {exc}{_runtime_hint(spec, exc)}"
+            ) from exc
         return Sandbox(id=container.id, name=name, spec=spec)
 
     async def start(self, sandbox: Sandbox) -> None:
@@ -189,9 +197,7 @@ class DockerBackend(SandboxBackend):
         except docker.errors.NotFound as exc:
             raise SandboxNotFound(f"sandbox {sandbox.name} is gone") from exc
         except docker.errors.APIError as exc:
-            hint = ""
-            if sandbox.spec.runtime and "runtime" in str(exc):
-                hint = f" (is the '{sandbox.spec.runtime}' runtime registered with dockerd?)"
+            hint = _runtime_hint(sandbox.spec, exc)
             raise SandboxStartError(f"cannot start sandbox {sandbox.name}: {exc}{hint}") from exc
         self._oom_seen[sandbox.id] = 0
         self._stopping.discard(sandbox.id)

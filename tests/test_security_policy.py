@@ -1,0 +1,65 @@
+"""Secret scanning of the diff before push (issue 7, SPEC §7): an agent that writes a private
+key or a high-entropy secret gets its run failed with the file and line, a ``policy`` event per
+finding, the secret itself nowhere in the report, and nothing pushed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.security_agents import SecurityStack, security_stack
+
+pytestmark = pytest.mark.docker
+
+KEY_BODY = "MIIEpAIBAAKCAQEA3Tz2mr7SZiAMfQyuvBjM9Oi8pf4"
+SECRET_VALUE = "q8Zr2Lx9Vw4Tn7Kp3Hs6Jd1Fb5Gm0YcR2"
+
+
+@pytest.fixture(scope="module")
+def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityStack]:
+    with security_stack(tmp_path_factory.mktemp("security-policy")) as running:
+        yield running
+
+
+def test_private_key_and_high_entropy_secret_are_refused_before_push(sec: SecurityStack) -> None:
+    run = sec.probe("sec-secret-files")
+    assert run["state"] == "failed", run
+    reason = run["reason"]
+    assert reason.startswith("the diff breaks repository policy, nothing was pushed")
+    assert (
+        "deploy/id_rsa (secrets.private_key): line 1 adds what looks like a private key" in reason
+    )
+    assert (
+        "src/settings.py (secrets.secret_assignment): line 3 adds what looks like a hard-coded "
+        "secret" in reason
+    )
+    policy = {
+        (e["data"]["rule"], e["data"].get("path")): e["data"]
+        for e in sec.stack.events(run["id"], "policy")
+    }
+    assert policy[("secrets.private_key", "deploy/id_rsa")]["decision"] == "deny"
+    assert policy[("secrets.secret_assignment", "src/settings.py")]["decision"] == "deny"
+    assert "line 3" in policy[("secrets.secret_assignment", "src/settings.py")]["message"]
+    reported = reason + repr(sec.stack.events(run["id"]))
+    assert KEY_BODY not in reported and SECRET_VALUE not in reported  # reported, never repeated
+    assert run["branch"] not in sec.branches() and run["pr_number"] is None
+    assert run["head_sha"] is None
+    diff = sec.stack.artifacts(run["id"])["diff"].read_text()
+    assert "deploy/id_rsa" in diff  # the evidence stays with the run, for the maintainer only
+
+
+def test_the_refusal_is_explained_on_github(sec: SecurityStack) -> None:
+    run = sec.probe("sec-secret-files")
+    number = int(str(run["branch"]).split("/")[1].split("-")[0])
+
+    def comment() -> str | None:
+        issue = next(i for i in sec.stack.state()["issues"] if i["number"] == number)
+        for body in (c["body"] for c in issue["comments"]):
+            if "<!-- bosun:status -->" in body and "deploy/id_rsa" in body:
+                return str(body)
+        return None
+
+    body = sec.stack.wait_for(comment, 30, "a status comment naming the file")
+    assert "src/settings.py" in body and "failed" in body
+    assert KEY_BODY not in body and SECRET_VALUE not in body
