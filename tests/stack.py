@@ -173,9 +173,15 @@ def _run_stack(settings: Settings, port: int, ready: threading.Event, box: dict[
         ready.set()
         await stop.wait()
         server.should_exit = True
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
+        # Stop the worker between polls (arq's burst exit), never in the middle of a Redis
+        # call: cancelling its loop mid-command would abandon a connection.
+        worker.burst, worker.max_burst_jobs = True, 0
+        try:
+            await asyncio.wait_for(asyncio.shield(work), 30)
+        except TimeoutError:
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
         await worker.close()
         await serve
 
