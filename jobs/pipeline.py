@@ -248,6 +248,7 @@ class RunExecution:
         result = await self._agent()
         await self.move(RunState.GATES)
         await self._gates()
+        await self._freeze()
         await self._collect_changes()
         if result.timed_out:
             await self._save_before_timeout()
@@ -600,6 +601,15 @@ class RunExecution:
             "done" if passed_all else "failed",
             f"{sum(g.passed for g in self.view.gates)}/{len(gates)} passed",
         )
+
+    async def _freeze(self) -> None:
+        """Stop the sandbox before the diff is read, so no process the agent left behind can
+        change the tree between the policy check and the push (docs/security.md)."""
+        assert self.sandbox is not None
+        try:
+            await self.bosun.backend.stop(self.sandbox, timeout=0)
+        except SandboxError as exc:
+            raise StepFailed(f"could not stop the sandbox before reading the diff: {exc}") from exc
 
     async def _collect_changes(self) -> None:
         assert self.workspace is not None

@@ -275,6 +275,30 @@ while True:
     pass
 """
 
+LINGER = r"""
+import os, time
+open("/workspace/innocent.txt", "w").write("an innocent change\n")
+if os.fork() == 0:  # a detached process that outlives the agent and waits for the diff check
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    scratch, seen, deadline = "/workspace/.git/bosun-scratch.index", False, time.time() + 120
+    while time.time() < deadline:
+        if os.path.exists(scratch):
+            seen = True
+        elif seen:
+            break
+        time.sleep(0.0005)
+    os.makedirs("/workspace/.github/workflows", exist_ok=True)
+    with open("/workspace/.github/workflows/late.yml", "w") as handle:
+        handle.write("on: push\njobs: {}\n")
+    with open("/workspace/late-secret.py", "w") as handle:
+        handle.write('TOKEN = "ghp_' + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8" + '"\n')
+    os._exit(0)
+print("agent: done, one process left behind", flush=True)
+"""
+
 SLEEPER = ["sh", "-c", "echo sandbox-ready; sleep 300"]
 
 SECRET_FILES = r"""
@@ -322,6 +346,7 @@ def security_profiles(ports: list[int], marker: str) -> dict[str, dict[str, Any]
         "sec-output": _probe(OUTPUT_FLOOD),
         "sec-loop": _probe(ENDLESS_LOOP, timeout=LOOP_TIMEOUT),
         "sec-secret-files": {"runner": "script", "command": ["python3", "-c", SECRET_FILES]},
+        "sec-linger": {"runner": "script", "command": ["python3", "-c", LINGER]},
     }
 
 

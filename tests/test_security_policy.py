@@ -4,6 +4,7 @@ finding, the secret itself nowhere in the report, and nothing pushed."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -63,3 +64,22 @@ def test_the_refusal_is_explained_on_github(sec: SecurityStack) -> None:
     body = sec.stack.wait_for(comment, 30, "a status comment naming the file")
     assert "src/settings.py" in body and "failed" in body
     assert KEY_BODY not in body and SECRET_VALUE not in body
+
+
+def test_a_process_left_behind_cannot_change_the_tree_after_the_policy_check(
+    sec: SecurityStack,
+) -> None:
+    """The agent leaves a detached process that waits until Bosun has checked the diff, then
+    writes a workflow and a token: neither may reach the pushed branch unchecked."""
+    run = sec.probe("sec-linger")
+    assert run["state"] == "review_ready", run
+    pushed = sec.stack.state()
+    tree = subprocess.run(
+        ["git", "-C", pushed["git_dir"], "ls-tree", "-r", "--name-only", run["branch"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "innocent.txt" in tree
+    assert ".github/workflows/late.yml" not in tree, tree
+    assert "late-secret.py" not in tree, tree
