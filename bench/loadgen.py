@@ -25,6 +25,7 @@ from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "webhooks" / "issues.json"
 MAX_CONNECTIONS = 512
+IDLE_REUSE_SECONDS = 2.0  # servers close idle keep-alive connections (uvicorn, Node: 5 s)
 
 
 def labeled_body() -> bytes:
@@ -69,7 +70,8 @@ class Outcome:
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
-    connections: int = 0
+    connections: int = 0  # open now
+    peak_connections: int = 0
 
     @property
     def seconds(self) -> float:
@@ -83,6 +85,7 @@ class Outcome:
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.last_used = time.perf_counter()
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
@@ -100,6 +103,7 @@ class Connection:
                 length = int(value)
         if length:
             await self.reader.readexactly(length)
+        self.last_used = time.perf_counter()
         return status
 
     def close(self) -> None:
@@ -130,16 +134,22 @@ async def fixed_rate(target: Target, rate: float, seconds: float) -> Outcome:
 
     async def one(scheduled: float) -> None:
         conn = idle.pop() if idle else None
+        if conn is not None and time.perf_counter() - conn.last_used > IDLE_REUSE_SECONDS:
+            conn.close()  # the server may be closing it right now: never race that
+            out.connections -= 1
+            conn = None
         if conn is None:
             if out.connections >= MAX_CONNECTIONS:
                 out.errors += 1
                 return
             out.connections += 1
+            out.peak_connections = max(out.peak_connections, out.connections)
             conn = await Connection.open(target)
         if await _send(target, conn, out, scheduled):
             idle.append(conn)
         else:
             conn.close()
+            out.connections -= 1
 
     out.started = start = time.perf_counter()
     for i in range(total):
@@ -160,7 +170,7 @@ async def fixed_rate(target: Target, rate: float, seconds: float) -> Outcome:
 
 async def saturate(target: Target, concurrency: int, seconds: float) -> Outcome:
     """Closed loop: ``concurrency`` connections, each sending back to back for ``seconds``."""
-    out = Outcome(connections=concurrency)
+    out = Outcome(connections=concurrency, peak_connections=concurrency)
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:

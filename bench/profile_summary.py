@@ -1,6 +1,6 @@
 """Summarise a py-spy ``--format raw --threads`` profile (collapsed stacks): where time goes.
 
-    .venv/bin/python -m bench.profile_summary bench/results/webhook_ack.pyspy.txt
+    .venv/bin/python -m bench.profile_summary bench/results/webhook_ack.pyspy.txt.gz
 
 Prints the top frames by inclusive share (a frame counted once per sample) and by self share,
 grouped by thread, plus the share of a few named buckets (SQLAlchemy, aiosqlite, arq/redis,
@@ -10,6 +10,7 @@ logging, Litestar, uvicorn) of the event-loop thread's samples.
 from __future__ import annotations
 
 import argparse
+import gzip
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,8 @@ BUCKETS = {
 
 def parse(path: Path) -> list[tuple[list[str], int]]:
     stacks = []
-    for line in path.read_text().splitlines():
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in raw.decode().splitlines():
         frames, _, count = line.rpartition(" ")
         if frames and count.isdigit():
             stacks.append((frames.split(";"), int(count)))

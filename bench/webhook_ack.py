@@ -59,7 +59,7 @@ def phase_row(name: str, out: Outcome, cpu: float) -> dict[str, Any]:
         "statuses": out.statuses,
         "seconds": round(out.seconds, 2),
         "rate_per_s": round(out.rate, 1),
-        "connections": out.connections,
+        "peak_connections": out.peak_connections,
         "latency_ms": {k: round(v, 2) for k, v in lat.items()},
         "server_cpu_cores": round(cpu / out.seconds, 2) if out.seconds else 0,
     }
