@@ -22,10 +22,12 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from bench import probes
+from bench.experiments import shared_ssl_context
 from bench.stages import STAGES, Sample, measure
 from bench.stats import loadavg, summary, table, write_result
 from bot.logs import configure_logging
@@ -119,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database)")
+    parser.add_argument(
+        "--experiment-shared-ssl",
+        action="store_true",
+        help="preview a fix: all httpx clients share one SSL context (bench/experiments.py)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 200:
         parser.error("--runs must be 1..200")
@@ -150,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             profiles={"bench": {"runner": "script", "command": ["sh", "-c", AGENT]}},
             default_profile="bench",
         )
-        with probes.installed() as recorder, running_stack(settings, world, port) as stack:
+        experiment = shared_ssl_context() if args.experiment_shared_ssl else nullcontext()
+        with (
+            experiment,
+            probes.installed() as recorder,
+            running_stack(settings, world, port) as stack,
+        ):
             world.repo = emulator.create_repo("octo", "hello", str(source))
             emulator.add_user("alice", "octo/hello", "write")
             redis = stack.call(_arq(args.redis))
@@ -183,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "label_to_agent",
             "runs": len(warm),
             "agent": AGENT,
+            "experiment_shared_ssl": args.experiment_shared_ssl,
             "stages": data,
             "samples": [s.as_json() for s in samples],
             "table": text,
