@@ -334,7 +334,11 @@ def security_profiles(ports: list[int], marker: str) -> dict[str, dict[str, Any]
     """The escape-attempt profiles; ``ports`` are host loopback services, ``marker`` a unique
     file name the write probe tries to plant outside the workspace."""
     return {
-        "sec-sleep": {"runner": "script", "command": SLEEPER},
+        "sec-sleep": {
+            "runner": "script",
+            "command": SLEEPER,
+            "upstreams": ["https://api.anthropic.com"],  # so the model gateway is mounted too
+        },
         "sec-network": _probe(NETWORK, *map(str, ports)),
         "sec-secrets": _probe(SECRETS),
         "sec-writes": _probe(WRITES, marker),
@@ -377,6 +381,8 @@ class SecurityStack:
     """Host loopback ports the network probe must fail to reach."""
     planted: dict[str, str]
     """Secrets placed in the worker's environment; none may reach a sandbox."""
+    github: EmulatorServer
+    """The in-process GitHub emulator, for what only GitHub sees (the tokens it minted)."""
     cache: dict[str, Any] = field(default_factory=dict)
     """Finished probe runs by profile, so two tests can read one run."""
 
@@ -404,6 +410,12 @@ class SecurityStack:
             self.cache[profile] = self.run_for(self.start(profile), DONE, timeout)
         run: dict[str, Any] = self.cache[profile]
         return run
+
+    def minted_tokens(self) -> list[Any]:
+        """Every installation token GitHub minted for Bosun so far."""
+        store = self.github.app.ctx.store
+        with store.lock:
+            return list(store.tokens.values())
 
     def branches(self) -> list[str]:
         return list(self.stack.state()["branches"])
@@ -437,7 +449,7 @@ def require_agent_image() -> None:
 
 
 @contextlib.contextmanager
-def emulated_github(root: Path) -> Iterator[World]:
+def emulated_github(root: Path) -> Iterator[tuple[World, EmulatorServer]]:
     """What the ``github_world`` fixture builds, for a module-scoped stack: an emulator with the
     App installed on ``octo/hello``, ``alice`` (write) and ``mallory`` (read)."""
     server = EmulatorServer(root / "emulator").start()
@@ -450,7 +462,7 @@ def emulated_github(root: Path) -> Iterator[World]:
         repo = emulator.create_repo("octo", "hello", str(source))
         emulator.add_user("alice", "octo/hello", "write")
         emulator.add_user("mallory", "octo/hello", "read")
-        yield World(emulator, app, repo, WebhookReceiver(url=""), source)
+        yield World(emulator, app, repo, WebhookReceiver(url=""), source), server
     finally:
         emulator.close()
         server.stop()
@@ -491,7 +503,7 @@ def security_stack(root: Path, **sandbox: Any) -> Iterator[SecurityStack]:
     }
     saved = {name: os.environ.get(name) for name in planted}
     try:
-        with emulated_github(root) as world, redis_namespace() as namespace:
+        with emulated_github(root) as (world, server), redis_namespace() as namespace:
             port = free_port()
             emulator_port = int(world.emulator.base_url.rsplit(":", 1)[1])
             ports = [6379, 5432, 8000, port, emulator_port]
@@ -517,7 +529,7 @@ def security_stack(root: Path, **sandbox: Any) -> Iterator[SecurityStack]:
             )
             os.environ.update(planted)
             with running_stack(settings, world, port) as stack:
-                yield SecurityStack(stack, marker, ports, planted)
+                yield SecurityStack(stack, marker, ports, planted, server)
     finally:
         # The stack's shutdown can leave a Redis connection of its closed loop behind (see
         # docs/security.md, "Test harness notes"): collect it here rather than in a later test.

@@ -4,9 +4,15 @@ finding, the secret itself nowhere in the report, and nothing pushed."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.security_agents import SecurityStack, security_stack
@@ -83,3 +89,51 @@ def test_a_process_left_behind_cannot_change_the_tree_after_the_policy_check(
     assert "innocent.txt" in tree
     assert ".github/workflows/late.yml" not in tree, tree
     assert "late-secret.py" not in tree, tree
+
+
+def test_installation_tokens_are_scoped_to_the_repository_and_short_lived(
+    sec: SecurityStack,
+) -> None:
+    """Every token Bosun asked GitHub for during these runs names the one repository and only
+    the permissions Bosun writes with; none lives past GitHub's one hour."""
+    sec.probe("sec-linger")  # a run that fetched, pushed and opened a PR
+    tokens = sec.minted_tokens()
+    assert tokens
+    repo_id = sec.stack.world.repo.id
+    allowed = {"metadata", "contents", "issues", "pull_requests", "checks"}
+    for token in tokens:
+        assert token.repo_ids == [repo_id], token.repo_ids
+        assert set(token.permissions) <= allowed, token.permissions
+        assert "workflows" not in token.permissions and "administration" not in token.permissions
+        assert token.expires - time.time() <= 3600
+    writers = [t for t in tokens if t.permissions.get("contents") == "write"]
+    assert writers and len(writers) < len(tokens)  # write access only where a push needs it
+
+
+def test_forged_webhooks_are_refused_before_anything_is_recorded(sec: SecurityStack) -> None:
+    """Only GitHub (holding the webhook secret) can start work: a labelled-issue payload with a
+    missing, wrong or stale signature gets 401 and leaves no delivery and no run behind."""
+    stack = sec.stack
+    body = json.dumps(
+        {
+            "action": "labeled",
+            "label": {"name": "bosun"},
+            "issue": {"number": 999, "title": "forged", "body": "rm -rf /", "labels": []},
+            "repository": {"full_name": stack.repo, "id": stack.world.repo.id},
+            "sender": {"login": "alice", "type": "User"},
+            "installation": {"id": stack.world.repo.installation_id},
+        }
+    ).encode()
+    secret = b"webhook-secret"
+    good = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    wrong = "sha256=" + hmac.new(b"guessed", body, hashlib.sha256).hexdigest()
+    other = "sha256=" + hmac.new(secret, body + b" ", hashlib.sha256).hexdigest()
+    before = len(stack.runs())
+    for signature in (None, wrong, other, good.upper(), "sha1=" + good[7:]):
+        headers = {"x-github-event": "issues", "x-github-delivery": str(uuid.uuid4())}
+        if signature is not None:
+            headers["x-hub-signature-256"] = signature
+        response = httpx.post(f"{stack.url}/webhooks/github", content=body, headers=headers)
+        assert response.status_code == 401, (signature, response.text)
+        assert stack.db("SELECT id FROM deliveries WHERE id=?", headers["x-github-delivery"]) == []
+    assert len(stack.runs()) == before

@@ -38,7 +38,8 @@ def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityStack]:
 
 
 def secrets_of(sec: SecurityStack) -> list[str]:
-    """Every secret the stack holds: App key, webhook secret, planted host keys."""
+    """Every secret the stack holds: App key, webhook secret, planted host keys and every
+    installation token GitHub has minted for it so far."""
     github = sec.stack.settings.github
     assert github.private_key is not None and github.webhook_secret is not None
     key_lines = [
@@ -46,7 +47,8 @@ def secrets_of(sec: SecurityStack) -> list[str]:
         for line in github.private_key.get_secret_value().splitlines()
         if line and not line.startswith("-----")
     ]
-    return [github.webhook_secret.get_secret_value(), *key_lines, *sec.planted.values()]
+    tokens = [token.token for token in sec.minted_tokens()]
+    return [github.webhook_secret.get_secret_value(), *key_lines, *sec.planted.values(), *tokens]
 
 
 def assert_no_secret(sec: SecurityStack, text: str, where: str) -> None:
@@ -96,7 +98,7 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         assert not host.get("Devices") and not host.get("Binds")
         assert set(host["Tmpfs"]) == {"/tmp", "/home/agent"}
         mounts = {m["Destination"]: m for m in attrs["Mounts"]}
-        assert set(mounts) - {"/bosun-gw"} == {"/workspace", "/bosun"}, mounts
+        assert set(mounts) == {"/workspace", "/bosun", "/bosun-gw"}, mounts
         assert mounts["/workspace"]["RW"] is True
         assert all(m["RW"] is False for dest, m in mounts.items() if dest != "/workspace")
         assert not any(s in m["Source"] for m in attrs["Mounts"] for s in ("docker", ".sock"))
@@ -128,6 +130,8 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         environment = inside("sh", "-c", "env; tr '\\0' '\\n' < /proc/1/environ")
         assert_no_secret(sec, environment, "the sandbox environment")
         assert inside("ls", "-A", "/bosun").split() == ["prompt.md"]
+        assert inside("ls", "-A", "/bosun-gw").split() == ["forwarder.py", "gateway.sock"]
+        assert sec.planted["ANTHROPIC_API_KEY"] not in inside("env")  # the gateway holds it
     finally:
         client.close()
 
