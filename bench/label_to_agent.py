@@ -14,9 +14,12 @@ One cold run first (fresh mirror, no cached token or permission, first Docker cl
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,11 @@ def one_run(stack: BosunStack, redis: Any, recorder: probes.Recorder, index: int
     number = stack.emulator.create_issue(
         stack.repo, f"Benchmark issue {index}", "Write bench.txt.", "alice"
     )
-    wait(lambda: len(stack.emulator.deliveries(wait=True)) and deliveries_settled(stack), 30, "")
+    wait(
+        lambda: len(stack.emulator.deliveries(wait=True)) and deliveries_settled(stack),
+        30,
+        "the issues.opened delivery to be processed",
+    )
     time.sleep(0.2)  # idle host before the label
     t_label = time.time()
     stack.label(number)
@@ -172,13 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append(sample)
                 total = sample.stages.get("received_to_agent", float("nan"))
                 print(f"run {index:2d} {sample.state:12s} webhook→agent {total:.3f}s", flush=True)
-            deliveries = [str(row[0]) for row in stack.db("SELECT id FROM deliveries")]
-            runs = [str(row[0]) for row in stack.db("SELECT id FROM runs")]
-            stack.call(_purge(redis, namespace, deliveries, runs))
+            stack.call(redis.aclose())
     finally:
         emulator.close()
         emulator_proc.terminate()
         emulator_proc.wait(10)
+        asyncio.run(_purge(args.redis, namespace, root / "bosun.db"))
         if args.keep:
             print(f"kept {root}")
         else:
@@ -211,14 +217,23 @@ async def _arq(url: str) -> Any:
     return redis_pool(url, "unused")
 
 
-async def _purge(redis: Any, namespace: str, deliveries: list[str], runs: list[str]) -> None:
-    """Delete this benchmark's keys: its namespace and arq's per-job keys."""
-    keys = [k async for k in redis.scan_iter(match=f"{namespace}:*", count=1000)]
-    for job in [f"d:{d}" for d in deliveries] + [f"run:{r}" for r in runs]:
-        keys += [f"arq:result:{job}", f"arq:job:{job}", f"arq:retry:{job}"]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
+async def _purge(url: str, namespace: str, database: Path) -> None:
+    """Once Bosun has stopped: delete every key naming this run's namespace and arq's keys for
+    each delivery and run the database knows."""
+    jobs: list[str] = []
+    if database.exists():
+        with contextlib.closing(sqlite3.connect(database)) as conn:
+            jobs += [f"d:{row[0]}" for row in conn.execute("SELECT id FROM deliveries")]
+            jobs += [f"run:{row[0]}" for row in conn.execute("SELECT id FROM runs")]
+    redis = await _arq(url)
+    try:
+        keys = [k async for k in redis.scan_iter(match=f"*{namespace}*", count=1000)]
+        for job in jobs:
+            keys += [f"arq:result:{job}", f"arq:job:{job}", f"arq:retry:{job}"]
+        for start in range(0, len(keys), 1000):
+            await redis.delete(*keys[start : start + 1000])
+    finally:
+        await redis.aclose()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import text
@@ -170,10 +170,10 @@ def verify(
 def purge(redis_url: str, namespace: str, sent: list[str]) -> int:
     client = redis.Redis.from_url(redis_url)
     keys = [f"arq:job:d:{d}" for d in sent] + [f"arq:retry:d:{d}" for d in sent]
-    keys += list(client.scan_iter(match=f"{namespace}:*", count=1000))
+    keys += list(client.scan_iter(match=f"*{namespace}*", count=1000))
     removed = 0
     for start in range(0, len(keys), 1000):
-        removed += int(client.delete(*keys[start : start + 1000]))
+        removed += cast(int, client.delete(*keys[start : start + 1000]))
     return removed
 
 
