@@ -120,6 +120,7 @@ class GitHubRepo:
             auto_retry=self.app.retry,
             http_cache=False,
             user_agent="Bosun",
+            ssl_verify=self.app.ssl_context,
         )
 
     async def _call(

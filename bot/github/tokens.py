@@ -4,6 +4,7 @@ cached and refreshed well before their one-hour expiry (SPEC §3.4)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -57,12 +58,16 @@ class GitHubApp:
             )
         self.settings = settings
         self.retry = retry or RetryPolicy()
+        # One SSL context for every client: building one loads the CA bundle (≈ 50 ms of CPU
+        # on the event loop), and githubkit builds a client per call (docs/benchmarks.md).
+        self.ssl_context = ssl.create_default_context()
         self._app = GitHub(
             AppAuthStrategy(app_id=settings.app_id, private_key=pem),
             base_url=settings.api_url,
             auto_retry=self.retry,
             http_cache=False,
             user_agent="Bosun",
+            ssl_verify=self.ssl_context,
         )
         self._tokens: dict[tuple[Any, ...], Token] = {}
         self._lock = asyncio.Lock()
