@@ -525,11 +525,11 @@ class RunExecution:
             )
         outcome = runner.outcome(result.exit_code, self.runner_events)
         self.agent_summary = outcome.summary
-        if result.truncated:
-            await self.events.emit(
-                "log",
-                {"stream": "bosun", "line": f"[output truncated after {len(result.output)} bytes]"},
-            )
+        note = f"[output truncated after {self.settings.sandbox.output_limit_bytes} bytes]"
+        if result.truncated and not any(
+            e.kind == "log" and e.data.get("line") == note for e in self.runner_events[-5:]
+        ):
+            await self.events.emit("log", {"stream": "bosun", "line": note})
         await self.artifact("transcript", bytes(self.transcript))
         self.view.transcript_tail = bytes(self.transcript[-4000:]).decode(errors="replace")
         note = "timed out" if result.timed_out else f"exit {result.exit_code}"
