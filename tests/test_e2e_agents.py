@@ -15,6 +15,7 @@ import pytest
 from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
+from tests.modelstubs.openai import OpenAIResponsesStub
 from tests.modelstubs.server import running
 from tests.services import docker_client
 from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
@@ -23,7 +24,7 @@ REAL_KEY = "sk-ant-api03-REAL-KEY-never-in-the-sandbox-0123456789abcdef"
 KEY_ENV = "BOSUN_TEST_ANTHROPIC_KEY"
 
 
-def claude_stack(
+def agent_stack(
     world: World,
     tmp_path: Path,
     redis_url: str,
@@ -31,15 +32,20 @@ def claude_stack(
     work_root: Path,
     stub_url: str,
     budget: float,
+    *,
+    runner: str = "claude-code",
+    api: str = "anthropic",
+    model: str = "claude-sonnet-4-5",
+    key_env: str = KEY_ENV,
 ) -> Any:
     docker_client().close()
     port = free_port()
     world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     profiles = {
         **PROFILES,
-        "claude": {
-            "runner": "claude-code",
-            "model": "claude-sonnet-4-5",
+        "agent": {
+            "runner": runner,
+            "model": model,
             "upstreams": [stub_url],
             "budget_usd": budget,
             "max_turns": 8,
@@ -53,9 +59,7 @@ def claude_stack(
         work_root,
         port,
         profiles=profiles,
-        gateway={
-            "upstreams": {stub_url: {"api": "anthropic", "base_url": stub_url, "key_env": KEY_ENV}}
-        },
+        gateway={"upstreams": {stub_url: {"api": api, "base_url": stub_url, "key_env": key_env}}},
     )
     return running_stack(settings, world, port)
 
@@ -91,12 +95,12 @@ def test_claude_code_edits_through_the_gateway_and_pr_shows_cost(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        claude_stack(
+        agent_stack(
             github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
         ) as stack,
     ):
         number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
-        stack.label(number, "bosun:claude")
+        stack.label(number, "bosun:agent")
         (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
         assert run["state"] == "review_ready", run
         assert _git(stack, "show", f"{run['head_sha']}:hello.txt") == "hello from claude\n"
@@ -156,12 +160,12 @@ def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        claude_stack(
+        agent_stack(
             github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 0.1
         ) as stack,
     ):
         number = stack.emulator.create_issue(stack.repo, "Expensive", "Do a lot", "alice")
-        stack.label(number, "bosun:claude")
+        stack.label(number, "bosun:agent")
         (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
         assert run["state"] == "failed", run
         assert "budget" in run["reason"] and "/budget +" in run["reason"]
@@ -179,3 +183,55 @@ def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
 
         check = stack.wait_for(failed_check, 30, "a failed check run")
         assert "budget" in check["output"]["summary"]
+
+
+def test_codex_edits_through_the_gateway(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    openai_key = "sk-proj-REAL-OPENAI-KEY-never-in-the-sandbox-0123456789"
+    monkeypatch.setenv("BOSUN_TEST_OPENAI_KEY", openai_key)
+    script = ModelScript(
+        [
+            ToolTurn("exec_command", {"cmd": "printf 'hello from codex\\n' > hello.txt"}),
+            TextTurn("Wrote hello.txt."),
+        ]
+    )
+    with (
+        running(OpenAIResponsesStub(script)) as stub_url,
+        agent_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            stub_url,
+            5.0,
+            runner="codex",
+            api="openai",
+            model="gpt-5-codex",
+            key_env="BOSUN_TEST_OPENAI_KEY",
+        ) as stack,
+    ):
+        number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
+        stack.label(number, "bosun:agent")
+        (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
+        assert run["state"] == "review_ready", run
+        assert _git(stack, "show", f"{run['head_sha']}:hello.txt") == "hello from codex\n"
+        calls = [r for r in script.requests if r["path"].endswith("/responses")]
+        assert calls
+        for call in calls:
+            headers = {k.lower(): v for k, v in call["headers"].items()}
+            assert headers.get("authorization") == f"Bearer {openai_key}"
+        metered = [
+            e["data"]
+            for e in stack.events(run["id"], "cost")
+            if e["data"].get("source") == "gateway"
+        ]
+        assert metered and sum(d["tokens_in"] for d in metered) > 0
+        transcript = stack.artifacts(run["id"])["transcript"].read_bytes()
+        assert openai_key.encode() not in transcript
