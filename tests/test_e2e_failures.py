@@ -219,3 +219,19 @@ def test_parallel_runs_never_share_a_worktree(stack: BosunStack) -> None:
         if "workspace" in e["data"]
     }
     assert len(workspaces) == 2
+
+
+def test_broken_repo_config_gets_one_comment_naming_the_key(stack: BosunStack) -> None:
+    broken = "limits:\n  max_files_chnged: 3\ngates: nope\n"
+    stack.emulator.push(stack.repo, "main", {".github/bosun.yml": broken}, user="alice")
+    number = stack.emulator.create_issue(stack.repo, "Configured badly", "x", "alice")
+    stack.label(number)
+
+    def config_comments() -> list[str]:
+        comments = _issue(stack, number)["comments"]  # type: ignore[attr-defined]
+        return [c["body"] for c in comments if "bosun:config-error" in c["body"]]
+
+    (body,) = stack.wait_for(config_comments, 30, "the config error comment")
+    assert "limits.max_files_chnged" in body and "gates" in body
+    assert "max_files_changed" in body  # the fix: did you mean
+    assert stack.runs() == []
