@@ -35,7 +35,14 @@ class EmulatorError(Exception):
 class EmulatorClient:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.http = httpx.Client(base_url=base_url, timeout=30.0, trust_env=False)
+        # No keep-alive: a connection idle past the server's keep-alive timeout can be closed
+        # just as the next call reuses it ("Server disconnected without sending a response").
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=30.0,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def close(self) -> None:
         self.http.close()
