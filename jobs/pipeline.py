@@ -412,21 +412,39 @@ class RunExecution:
 
     async def _save_partial_work_at_budget(self) -> None:
         """The budget ran out: keep the work so far on the branch and say how to go on."""
-        assert self.changes is not None and self.gateway is not None
+        assert self.gateway is not None
         spent, cap = self.gateway.spent_usd, self.gateway.budget_usd or 0.0
         message = f"the run's budget of ${cap:.2f} is spent (${spent:.2f}); the agent was stopped"
+        await self._keep_partial_work(
+            RunState.FAILED,
+            message,
+            empty=message + " before it changed anything",
+            next_step=": raise the budget with `/budget +N` and comment `/retry` to continue",
+        )
+
+    async def _keep_partial_work(
+        self, state: RunState, message: str, *, empty: str, next_step: str
+    ) -> None:
+        """The agent was stopped early: push its work so far as a WIP commit (when there is
+        any and it passes policy) and end the run in ``state``, saying how to go on."""
+        assert self.changes is not None
         if self.changes.empty:
-            raise StepFailed(message + " before it changed anything")
+            raise StepFailed(empty, state)
         verdict = self._check_policy()
         if not verdict.allowed:
             raise StepFailed(
-                f"{message}; its work breaks policy and was not pushed: {verdict.summary}"
+                f"{message}; its work breaks policy and was not pushed: {verdict.summary}", state
             )
         await self._commit_and_push(wip=True)
         branch = self.workspace.branch if self.workspace else ""
-        raise StepFailed(
-            f"{message}; the work so far is on `{branch}`: raise the budget with `/budget +N` "
-            "and comment `/retry` to continue"
+        raise StepFailed(f"{message}; the work so far is on `{branch}`{next_step}", state)
+
+    async def _save_cost(self) -> None:
+        assert self.gateway is not None
+        await self._save(
+            cost_usd=self.gateway.spent_usd,
+            tokens_in=self.view.tokens_in,
+            tokens_out=self.view.tokens_out,
         )
 
     def _remote_url(self) -> str:
@@ -518,11 +536,7 @@ class RunExecution:
         await self.events.flush()
         self.timings["agent"] = round(time.monotonic() - t0, 3)
         if self.gateway is not None:
-            await self._save(
-                cost_usd=self.gateway.spent_usd,
-                tokens_in=self.view.tokens_in,
-                tokens_out=self.view.tokens_out,
-            )
+            await self._save_cost()
         outcome = runner.outcome(result.exit_code, self.runner_events)
         self.agent_summary = outcome.summary
         note = f"[output truncated after {self.settings.sandbox.output_limit_bytes} bytes]"
@@ -707,22 +721,11 @@ class RunExecution:
 
     async def _save_before_timeout(self) -> None:
         """The time limit hit: keep the work so far on the branch and offer ``/resume``."""
-        assert self.changes is not None
-        if self.changes.empty:
-            raise StepFailed("the run reached its time limit with no changes", RunState.TIMED_OUT)
-        verdict = self._check_policy()
-        if not verdict.allowed:
-            raise StepFailed(
-                "the run reached its time limit; its work breaks policy and was not pushed: "
-                + verdict.summary,
-                RunState.TIMED_OUT,
-            )
-        await self._commit_and_push(wip=True)
-        branch = self.workspace.branch if self.workspace else ""
-        raise StepFailed(
-            f"the run reached its time limit; the work so far is on `{branch}`"
-            " — comment `/resume` to continue",
+        await self._keep_partial_work(
             RunState.TIMED_OUT,
+            "the run reached its time limit",
+            empty="the run reached its time limit with no changes",
+            next_step=" — comment `/resume` to continue",
         )
 
     # -- endings ------------------------------------------------------------------------
@@ -780,11 +783,7 @@ class RunExecution:
             with contextlib.suppress(Exception):
                 await self.gateway.stop()
             with contextlib.suppress(Exception):
-                await self._save(
-                    cost_usd=self.gateway.spent_usd,
-                    tokens_in=self.view.tokens_in,
-                    tokens_out=self.view.tokens_out,
-                )
+                await self._save_cost()
         with contextlib.suppress(Exception):
             await self.bosun.workspaces.cleanup(self.run.id)
         await self.reporter.close()
