@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +16,7 @@ from bot.db.migrate import upgrade
 from bot.web.app import create_app
 from tests.conftest import make_settings
 from tests.services import docker_client, missing
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.stack import free_port
 
 
 class RedisProcess:
