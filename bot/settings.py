@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.gateway.routes import Upstream
 from bot.profiles import ProfileConfig, load_profiles
+from sandboxes.seccomp import check_profile_name
 
 DEFAULT_DATA_DIR = Path("var")
 
@@ -141,6 +142,27 @@ class SandboxSettings(_Group):
         default=DEFAULT_DATA_DIR / "workspaces",
         description="Host folder for repository mirrors and per-run workspaces.",
     )
+    seccomp_profile: str = Field(
+        default="bosun",
+        description=(
+            "Syscall filter: `bosun` (Bosun's profile, `sandboxes/seccomp/sandbox.json`: the "
+            "engine default without `ptrace`, `process_vm_*` and `io_uring`), `default` (the "
+            "engine's own) or an absolute path to a JSON profile. `unconfined` is refused."
+        ),
+    )
+    workspace_limit_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description=(
+            "Disk the workspace may use while the agent runs (blocks on disk, checked every few "
+            "seconds); past it the agent is stopped and the run fails."
+        ),
+    )
+
+    @field_validator("seccomp_profile")
+    @classmethod
+    def _seccomp_profile(cls, value: str) -> str:
+        return check_profile_name(value)
 
 
 class WorkerSettings(_Group):

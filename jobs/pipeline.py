@@ -471,6 +471,7 @@ class RunExecution:
             timeout_seconds=self.profile.timeout or sandbox.timeout_seconds,
             output_limit_bytes=sandbox.output_limit_bytes,
             runtime=sandbox.runtime,
+            seccomp_profile=sandbox.seccomp_profile,
             mounts=mounts,
             labels={"repo": self.repository.full_name.replace("/", "_")},
         )

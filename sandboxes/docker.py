@@ -48,6 +48,7 @@ from sandboxes.errors import (
     SandboxStartError,
 )
 from sandboxes.output import OnOutput, OutputCollector
+from sandboxes.seccomp import profile_json
 from sandboxes.spec import WORKSPACE_MOUNT, SandboxSpec
 from sandboxes.userns import DEFAULT_REMAP_USER, host_ids
 
@@ -139,6 +140,10 @@ class DockerBackend(SandboxBackend):
         mounts += [
             Mount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
         ]
+        security_opt = ["no-new-privileges:true"]
+        seccomp = profile_json(spec.seccomp_profile)
+        if seccomp is not None:
+            security_opt.append(f"seccomp={seccomp}")
         return {
             "image": spec.image,
             "command": ["sleep", "infinity"],
@@ -155,7 +160,7 @@ class DockerBackend(SandboxBackend):
             },
             "init": True,
             "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
+            "security_opt": security_opt,
             "read_only": True,
             "tmpfs": {
                 "/tmp": f"{tmpfs_opts},mode=1777",  # noqa: S108 - a private tmpfs

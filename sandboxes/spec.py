@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sandboxes.seccomp import BUNDLED, check_profile_name
+
 WORKSPACE_MOUNT = "/workspace"
 """Where the run's workspace is mounted inside every sandbox."""
 
@@ -87,6 +89,9 @@ class SandboxSpec(BaseModel):
     """OCI runtime, for example ``runsc`` (gVisor); ``None`` uses the engine default."""
     network: Literal["none"] = "none"
     """Network mode. Always ``none``: the model gateway arrives through a mounted socket."""
+    seccomp_profile: str = BUNDLED
+    """Syscall filter: ``bosun`` (Bosun's profile, no ``ptrace``), ``default`` (the engine's) or
+    an absolute path to a JSON profile. Never ``unconfined``."""
 
     @field_validator("user")
     @classmethod
@@ -97,6 +102,11 @@ class SandboxSpec(BaseModel):
         if int(match.group(1)) == 0 or int(match.group(2)) == 0:
             raise ValueError("sandboxes never run as root: uid and gid must not be 0")
         return value
+
+    @field_validator("seccomp_profile")
+    @classmethod
+    def _seccomp(cls, value: str) -> str:
+        return check_profile_name(value)
 
     @field_validator("workspace")
     @classmethod

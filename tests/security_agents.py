@@ -193,6 +193,37 @@ record("setpriv_root", run(["setpriv", "--reuid=0", "--regid=0", "--clear-groups
 record("su_root", run(["su", "-c", "id -u", "root"]))
 record("nsenter_pid1", run(["nsenter", "-t", "1", "-m", "-u", "-n", "true"]))
 record("ptrace_pid1", outcome(lambda: ptrace_attach(1)))
+
+class IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+def vm_read(pid, address):
+    into = ctypes.create_string_buffer(11)
+    local, remote = IOVec(ctypes.addressof(into), 11), IOVec(address, 11)
+    if libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return into.raw.decode()
+
+def mem_read(pid, address):
+    with open(f"/proc/{pid}/mem", "rb") as handle:
+        handle.seek(address)
+        return handle.read(11).decode()
+
+# A process of the same user holding a secret, as a gate would be to a process left behind.
+ready, report = os.pipe()
+sibling = os.fork()
+if sibling == 0:
+    held = ctypes.create_string_buffer(b"gate-secret")
+    os.write(report, str(ctypes.addressof(held)).encode())
+    __import__("time").sleep(60)
+    os._exit(0)
+address = int(os.read(ready, 64))
+record("ptrace_sibling", outcome(lambda: ptrace_attach(sibling)))
+record("process_vm_readv_sibling", outcome(lambda: vm_read(sibling, address)))
+record("proc_mem_sibling", outcome(lambda: mem_read(sibling, address)))
+os.kill(sibling, 9)
+os.waitpid(sibling, 0)
 record("mknod", outcome(lambda: os.mknod("/tmp/sda", 0o600 | 0o060000, os.makedev(8, 0))))
 record("dmesg", run(["dmesg"]))
 finish("privilege")

@@ -4,6 +4,7 @@ container and from inside it, streaming, exit codes, deadlines, stop, output cap
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -16,8 +17,9 @@ import pytest
 
 from sandboxes.base import LABEL_MANAGED, LABEL_RUN_ID, Sandbox, SandboxStatus, open_sandbox
 from sandboxes.docker import DockerBackend
-from sandboxes.errors import ImageNotFound, SandboxTimeout
+from sandboxes.errors import ImageNotFound, SandboxStartError, SandboxTimeout
 from sandboxes.output import LineSplitter, OutputChunk
+from sandboxes.seccomp import BUNDLED_PATH
 from sandboxes.spec import SandboxSpec
 from tests.services import docker_client, missing
 
@@ -79,7 +81,9 @@ async def test_container_is_hardened_as_inspected(engine, sandbox: Sandbox) -> N
     host = attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
     assert not host.get("CapAdd")
-    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["SecurityOpt"][0] == "no-new-privileges:true"
+    (seccomp,) = host["SecurityOpt"][1:]  # Bosun's own profile, passed as JSON text
+    assert json.loads(seccomp.removeprefix("seccomp=")) == json.loads(BUNDLED_PATH.read_text())
     assert host["ReadonlyRootfs"] is True
     assert host["NetworkMode"] == "none"
     assert host["Privileged"] is False
@@ -109,6 +113,42 @@ async def test_process_inside_has_no_privileges(backend: DockerBackend, sandbox:
     assert uid == "1000"
     net = (await backend.exec(sandbox, ["ls", "/sys/class/net"])).check().text().split()
     assert net == ["lo"]
+
+
+PTRACE_PID1 = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+print(libc.ptrace(16, 1, None, None), os.strerror(ctypes.get_errno()))
+"""
+
+
+async def test_ptrace_is_refused_by_the_seccomp_profile(
+    backend: DockerBackend, sandbox: Sandbox
+) -> None:
+    out = (await backend.exec(sandbox, ["python3", "-c", PTRACE_PID1])).check().text()
+    assert out.strip() == "-1 Operation not permitted"
+    threads = "import threading; t = threading.Thread(target=print, args=('ok',)); t.start()"
+    assert (await backend.exec(sandbox, ["python3", "-c", threads])).check().text() == "ok\n"
+
+
+def test_seccomp_profile_choice_reaches_the_engine(tmp_path: Path) -> None:
+    backend = DockerBackend()
+
+    def opts(**fields: str) -> list[str]:
+        spec = SandboxSpec(run_id="r1", image="i", workspace=tmp_path, **fields)
+        security_opt: list[str] = backend.create_kwargs(spec, "n")["security_opt"]
+        return security_opt
+
+    assert opts(seccomp_profile="default") == ["no-new-privileges:true"]
+    custom = tmp_path / "profile.json"
+    custom.write_text('{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}')
+    assert opts(seccomp_profile=str(custom))[1] == (
+        'seccomp={"defaultAction":"SCMP_ACT_ERRNO","syscalls":[]}'
+    )
+    missing_file = str(tmp_path / "nope.json")
+    with pytest.raises(SandboxStartError, match=r"nope\.json"):
+        opts(seccomp_profile=missing_file)
 
 
 async def test_only_workspace_and_tmpfs_are_writable(

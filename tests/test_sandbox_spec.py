@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from bot.settings import SandboxSettings
 from sandboxes.base import ExecResult, Sandbox, SandboxStatus, open_sandbox
 from sandboxes.errors import ExecFailed, OutputLimitExceeded, SandboxNotRunning, SandboxTimeout
 from sandboxes.fake import FakeBackend
 from sandboxes.output import LineSplitter, OutputCollector
+from sandboxes.seccomp import profile_json
 from sandboxes.spec import BindMount, SandboxSpec
 
 
@@ -24,6 +27,33 @@ def spec(tmp_path: Path, **kw: object) -> SandboxSpec:
 def test_root_or_named_users_are_refused(tmp_path: Path, user: str) -> None:
     with pytest.raises(ValidationError, match="user"):
         spec(tmp_path, user=user)
+
+
+@pytest.mark.parametrize("profile", ["unconfined", "Unconfined", "profiles/x.json", ""])
+def test_seccomp_off_or_relative_profiles_are_refused(tmp_path: Path, profile: str) -> None:
+    with pytest.raises(ValidationError, match="seccomp_profile"):
+        spec(tmp_path, seccomp_profile=profile)
+    with pytest.raises(ValidationError, match="seccomp_profile"):
+        SandboxSettings(seccomp_profile=profile)
+
+
+def test_bundled_seccomp_profile_is_the_default_and_has_no_ptrace(tmp_path: Path) -> None:
+    assert spec(tmp_path).seccomp_profile == SandboxSettings().seccomp_profile == "bosun"
+    text = profile_json("bosun")
+    assert text is not None
+    profile = json.loads(text)
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = {
+        name
+        for rule in profile["syscalls"]
+        if rule["action"] == "SCMP_ACT_ALLOW"
+        for name in rule["names"]
+    }
+    assert {"read", "execve", "clone", "socket", "futex", "arch_prctl"} <= allowed
+    cross_process = {"ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"}
+    namespaces = {"unshare", "setns", "mount", "bpf", "keyctl", "userfaultfd"}
+    assert not allowed & (cross_process | namespaces | {"io_uring_setup"})
+    assert profile_json("default") is None
 
 
 def test_engine_socket_mounts_are_refused(tmp_path: Path) -> None:

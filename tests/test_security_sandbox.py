@@ -4,6 +4,7 @@ tests check what a user would see — run state, reason, events — and that not
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -87,6 +88,9 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert not any("unconfined" in opt for opt in host["SecurityOpt"])  # seccomp, apparmor
+        seccomp = [opt for opt in host["SecurityOpt"] if opt.startswith("seccomp=")]
+        assert len(seccomp) == 1 and '"ptrace"' not in seccomp[0]  # Bosun's profile, not Docker's
+        assert json.loads(seccomp[0].removeprefix("seccomp="))["defaultAction"] == "SCMP_ACT_ERRNO"
         assert host["Privileged"] is False
         assert host["ReadonlyRootfs"] is True
         assert host["NetworkMode"] == "none"
@@ -240,12 +244,24 @@ def test_privilege_escalation_attempts_fail(sec: SecurityStack) -> None:
     assert found["mknod"] == "error:EPERM"
 
 
+def test_ptrace_of_other_sandbox_processes_is_refused(sec: SecurityStack) -> None:
+    """Bosun's seccomp profile (``sandboxes/seccomp/sandbox.json``) has no ``ptrace`` and no
+    ``process_vm_readv``: the agent cannot attach to the sandbox's init or to a process of its
+    own user (as a gate would be to a process the agent left behind), nor read its memory."""
+    run = sec.probe("sec-privilege")  # the same run as the test above
+    assert run["state"] == "review_ready", run
+    found = findings(sec.stack, run["id"])
+    assert found["ptrace_pid1"] == "error:EPERM"
+    assert found["ptrace_sibling"] == "error:EPERM"
+    assert found["process_vm_readv_sibling"] == "error:EPERM"
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: Docker's default seccomp profile allows ptrace (kernel >= 4.8) and every "
-    "process in the sandbox runs as the same uid, so the agent can attach to the sandbox's "
-    "init and to later execs such as the gates; it cannot reach anything outside the sandbox",
+    reason="finding: /proc/<pid>/mem of a process of the same uid is read with open/read, which "
+    "no seccomp profile can tell apart from any file read; the kernel allows it (same uid, "
+    "dumpable, no Yama on this host). See docs/security.md, Limits",
 )
-def test_ptrace_of_other_sandbox_processes_is_refused(sec: SecurityStack) -> None:
-    run = sec.probe("sec-privilege")  # the same run as the test above
-    assert findings(sec.stack, run["id"])["ptrace_pid1"] == "error:EPERM"
+def test_proc_mem_of_a_sibling_is_unreadable(sec: SecurityStack) -> None:
+    run = sec.probe("sec-privilege")
+    assert findings(sec.stack, run["id"])["proc_mem_sibling"].startswith("error:")
