@@ -26,6 +26,8 @@ from typing import NamedTuple
 MAX_BODY_CHARS = 30_000
 MAX_COMMENT_CHARS = 10_000
 MAX_DISCUSSION_CHARS = 60_000
+MAX_PLAN_CHARS = 20_000
+PHASE_HEADING = "## What to do now ("
 WORKSPACE = "/workspace"
 
 _INVISIBLE_RANGES = (
@@ -257,11 +259,35 @@ def build_prompt(
     if notes:
         parts += ["", "## Feedback on the previous attempt (address all of it)"]
         parts += [f"{index}. {note}" for index, note in enumerate(notes, 1)]
-    directive = (
-        sanitize(phase_template) if phase_template else _PHASES.get(phase, _PHASES["implement"])
-    )
-    parts += ["", f"## What to do now ({phase})", directive, "", RULES]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts) + _phase_section(phase, phase_template)
+
+
+def _phase_section(phase: str, template: str | None, plan: str = "") -> str:
+    directive = sanitize(template) if template else _PHASES.get(phase, _PHASES["implement"])
+    parts = [""]
+    if plan.strip():
+        parts += [
+            "## The plan from the plan phase (written by the agent; follow it where it is right)",
+            _block(plan, "bosun-plan", MAX_PLAN_CHARS),
+            "",
+        ]
+    parts += [f"{PHASE_HEADING}{phase})", directive, "", RULES]
+    return "\n" + "\n".join(parts) + "\n"
+
+
+def phase_prompt(prompt: str, phase: str, template: str | None = None, *, plan: str = "") -> str:
+    """``prompt`` (a whole prompt from ``build_prompt``) re-aimed at another workflow phase.
+
+    Bosun's own phase section is always the last part of a prompt, after every piece of issue
+    text, so the last ``PHASE_HEADING`` is Bosun's: everything from it on is replaced by the
+    new phase's directive (``template`` from the repository's ``.bosun/commands/<phase>.md``
+    when there is one), the plan of an earlier phase, and the rules.
+    """
+    cut = prompt.rfind("\n" + PHASE_HEADING)
+    head = prompt[:cut] if cut >= 0 else prompt.rstrip("\n")
+    if head.endswith("\n"):
+        head = head[:-1]
+    return head + _phase_section(phase, template, plan)
 
 
 # --- branch names -------------------------------------------------------------------------
@@ -282,4 +308,12 @@ def branch_name(prefix: str, issue_number: int, title: str) -> str:
     return f"{prefix}{issue_number}-{slugify(title)}"
 
 
-__all__ = ["PromptComment", "branch_name", "build_prompt", "sanitize", "slugify"]
+__all__ = [
+    "PHASE_HEADING",
+    "PromptComment",
+    "branch_name",
+    "build_prompt",
+    "phase_prompt",
+    "sanitize",
+    "slugify",
+]

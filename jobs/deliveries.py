@@ -20,9 +20,11 @@ from bot.db.models import Delivery, DeliveryStatus, Installation, Repository, Ru
 from bot.db.upsert import insert_ignore
 from bot.events import EventParseError, IgnoredEvent, ParsedEvent, RepositoryRef, parse_event
 from bot.github.repo import RepoPort
+from bot.profiles import ProfileConfig, effective_profile
 from bot.prompt import PromptComment, branch_name, build_prompt
 from bot.repoconfig import CONFIG_PATH, RepoConfig, RepoConfigError, parse_repo_config
 from bot.runs import ACTIVE, append_event, new_run_id
+from bot.settings import Settings
 from bot.triggers import (
     CancelRuns,
     Decision,
@@ -360,6 +362,12 @@ async def _trusted_comments(
     return out
 
 
+def run_workflow(settings: Settings, profile: str, config: RepoConfig) -> str:
+    """The workflow a new run goes through: its profile's, as the repository narrows it."""
+    server = settings.agent_profiles().get(profile) or ProfileConfig()
+    return effective_profile(profile, server, config)[0].workflow
+
+
 async def start_run(
     bosun: JobContext,
     port: RepoPort,
@@ -420,7 +428,7 @@ async def start_run(
             task_id=task.id,
             repository_id=repo.id,
             profile=decision.profile,
-            workflow=config.workflow,
+            workflow=run_workflow(bosun.settings, decision.profile, config),
             trigger=decision.source,
             requester=decision.requester,
             delivery_id=delivery_id,
