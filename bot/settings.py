@@ -174,6 +174,22 @@ class WorkerSettings(_Group):
     )
     job_timeout: int = Field(default=7200, gt=0, description="Seconds before arq abandons a job.")
     max_concurrent_runs: int = Field(default=8, gt=0, description="Global cap on running agents.")
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "Lease of a run's capacity slot and scope lock, renewed every third of it while the "
+            "run lives: a crashed worker's slot and lock free themselves this long after it died."
+        ),
+    )
+    queue_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often a run waiting for a slot or a scope lock asks again (it is also woken "
+            "as soon as a slot frees); it holds no worker job slot in between."
+        ),
+    )
 
 
 class GatewaySettings(_Group):

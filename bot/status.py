@@ -52,6 +52,8 @@ class RunView:
     transcript_tail: str = ""
     dashboard_url: str = ""
     queue_position: int | None = None
+    waiting: str = ""
+    """While a queued run may not start: why, e.g. "waiting: position 2 of 3 in the o/r queue"."""
 
     def phase(self, name: str, state: PhaseState, note: str = "") -> None:
         self.phases[name] = (state, note)
@@ -123,8 +125,8 @@ def check_run_fields(
     ]
     if view.reason:
         summary += ["", f"**{view.reason}**"]
-    if view.queue_position:
-        summary += ["", f"Waiting in the queue: position {view.queue_position}."]
+    if view.waiting and view.state is RunState.QUEUED:
+        summary += ["", f"⏳ {view.waiting}; it starts when its turn comes."]
     if view.dashboard_url:
         summary += ["", f"[Open this run in the dashboard]({view.dashboard_url})"]
     text = ["## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
@@ -153,8 +155,8 @@ def status_comment(view: RunView) -> str:
     """The one status comment on the issue, edited in place as the run goes."""
     state = view.state.value.replace("_", " ")
     lines = [STATUS_MARKER, f"**Bosun** · run `{view.run_id}` · **{state}**", ""]
-    if view.queue_position:
-        lines.append(f"Queued: position {view.queue_position}; it starts when a slot frees up.")
+    if view.waiting and view.state is RunState.QUEUED:
+        lines.append(f"⏳ {view.waiting}; it starts when its turn comes.")
     if view.pr_number:
         lines.append(f"Pull request: #{view.pr_number} (branch `{view.branch}`)")
     if view.reason:

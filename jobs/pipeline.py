@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from arq.worker import Retry
 from sqlalchemy import update
 
 from bot.artifacts import store_artifact
@@ -44,6 +45,7 @@ from bot.runners.base import PROMPT_PATH
 from bot.runs import TERMINAL, transition
 from bot.settings import Settings
 from bot.status import GateView, RunView, gates_passed, pr_body
+from jobs.admission import Admission, Waiting
 from jobs.context import JobContext, job_context
 from jobs.diffcheck import DiffVerdict, evaluate_diff
 from jobs.events import EventWriter
@@ -141,6 +143,9 @@ class RunExecution:
             comment_id=self.task.status_comment_id,
             persist=self._persist_ids,
         )
+        self.admission = Admission(
+            bosun, run=self.run, task=self.task, repository=self.repository, config=self.config
+        )
         self.workspace: Workspace | None = None
         self.sandbox: Sandbox | None = None
         self.changes: Changes | None = None
@@ -212,6 +217,7 @@ class RunExecution:
     # -- the run ------------------------------------------------------------------------
 
     async def execute(self) -> dict[str, Any]:
+        refusal = await self._admit()
         self.reporter.start()
         started = time.monotonic()
         watcher = asyncio.create_task(self._watch_cancel(asyncio.current_task()))
@@ -223,6 +229,8 @@ class RunExecution:
                 )
             if self.run.cancel_requested:
                 raise asyncio.CancelledError
+            if refusal is not None:
+                raise StepFailed(refusal)
             await self._steps()
         except asyncio.CancelledError:
             if self.cancelled_by is None and not await self._cancel_requested():
@@ -240,6 +248,22 @@ class RunExecution:
             await asyncio.shield(self._cleanup())
         self.timings["total"] = round(time.monotonic() - started, 3)
         return {"run_id": self.run.id, "state": self.run.state.value}
+
+    async def _admit(self) -> str | None:
+        """Capacity slot and scope lock (jobs/admission.py). While the run may not start it
+        stays queued, GitHub shows its place in line, and arq runs the job again later (woken
+        early when a slot frees). Returns why the run is refused, if it is."""
+        if self.run.state is not RunState.QUEUED or self.run.cancel_requested:
+            return None
+        outcome = await self.admission.enter()
+        if isinstance(outcome, Waiting):
+            await self.admission.show(
+                outcome, self.view, self.reporter, port=self.port, remote_url=self._remote_url()
+            )
+            await self.admission.not_a_try()
+            raise Retry(defer=outcome.defer)
+        self.admission.adopt_check_run(self.reporter)
+        return outcome.reason if outcome is not None else None
 
     async def _steps(self) -> None:
         await self.move(RunState.PREPARING)
@@ -787,6 +811,7 @@ class RunExecution:
                 await self._save_cost()
         with contextlib.suppress(Exception):
             await self.bosun.workspaces.cleanup(self.run.id)
+        await self.admission.leave()  # frees the slot and lock, wakes the next waiting run
         await self.reporter.close()
         with contextlib.suppress(Exception):
             await self.bosun.services.redis.delete(request_cancel_key(self.settings, self.run.id))

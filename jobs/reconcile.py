@@ -1,9 +1,10 @@
 """The reconciler: the database is the source of truth, Redis only the transport (SPEC §3.1).
 
-At worker start and every minute it re-enqueues recorded deliveries that were never processed,
-re-enqueues queued runs whose job is gone, ends runs whose worker died (no heartbeat) and
-removes sandbox containers that no live run owns. Enqueueing uses the same ``_job_id`` as the
-first time, so a job that still exists is never doubled.
+At worker start and every ``worker.reconcile_seconds`` it re-enqueues recorded deliveries that
+were never processed, re-enqueues queued runs whose job is gone, ends runs whose worker died (no
+heartbeat for ``worker.heartbeat_stale_seconds``) and removes sandbox containers whose run is
+over. Enqueueing uses the same ``_job_id`` as the first time, so a job that still exists is
+never doubled.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from jobs.context import JobContext, job_context
 log = structlog.get_logger("jobs.reconcile")
 
 DELIVERY_GRACE = timedelta(seconds=30)
-HEARTBEAT_STALE = timedelta(seconds=90)
 
 
 def run_job_id(run_id: str) -> str:
     return f"run:{run_id}"
+
+
+def interrupted_job_id(run_id: str) -> str:
+    """The job that ends a run whose worker died. Not ``run:<id>``: a worker killed mid-job
+    leaves that job marked in progress in Redis until arq's job timeout (hours)."""
+    return f"interrupted:{run_id}"
 
 
 async def _job_alive(bosun: JobContext, job_id: str) -> bool:
@@ -35,9 +41,15 @@ async def _job_alive(bosun: JobContext, job_id: str) -> bool:
     return status in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress)
 
 
+def _last_sign_of_life(run: Run) -> datetime:
+    beat = run.heartbeat_at or run.started_at or run.created_at
+    return beat if beat.tzinfo is not None else beat.replace(tzinfo=UTC)
+
+
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     bosun = job_context(ctx)
     now = datetime.now(UTC)
+    stale_after = timedelta(seconds=bosun.settings.worker.heartbeat_stale_seconds)
     counts = {"deliveries": 0, "queued_runs": 0, "orphaned_runs": 0, "containers": 0}
     async with bosun.services.sessions() as session:
         stale = await session.execute(
@@ -56,24 +68,54 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
                 PROCESS_JOB, delivery_id, _job_id=f"d:{delivery_id}"
             )
             counts["deliveries"] += 1
+    orphaned: set[str] = set()
     for run in active:
-        if await _job_alive(bosun, run_job_id(run.id)):
+        if run.state is RunState.QUEUED:
+            # Its job was lost with Redis: enqueue it again (a no-op while it exists).
+            if not await _job_alive(bosun, run_job_id(run.id)):
+                await bosun.services.redis.enqueue_job(
+                    "execute_run", run.id, _job_id=run_job_id(run.id)
+                )
+                counts["queued_runs"] += 1
             continue
-        beat = run.heartbeat_at
-        if beat is not None and beat.tzinfo is None:
-            beat = beat.replace(tzinfo=UTC)
-        if run.state is not RunState.QUEUED and beat is not None and now - beat < HEARTBEAT_STALE:
+        if now - _last_sign_of_life(run) < stale_after:
             continue
-        # Queued: its job was lost with Redis. Otherwise its worker died: the job marks the
-        # run interrupted (with its artifacts and an explanation on GitHub).
-        await bosun.services.redis.enqueue_job("execute_run", run.id, _job_id=run_job_id(run.id))
-        counts["queued_runs" if run.state is RunState.QUEUED else "orphaned_runs"] += 1
-    live = {run.id for run in active}
-    try:
-        removed = await bosun.backend.reap(live, max_age=60)
-        counts["containers"] = len(removed)
-    except Exception as exc:  # noqa: BLE001 -- the engine may be down; try again next time
-        log.warning("reap_failed", error=str(exc))
+        # Its worker died: whatever Redis says about its job, nobody executes it. A fresh job
+        # ends it ``failed`` (interrupted) with its artifacts and an explanation on GitHub.
+        orphaned.add(run.id)
+        job = await bosun.services.redis.enqueue_job(
+            "execute_run", run.id, _job_id=interrupted_job_id(run.id)
+        )
+        if job is not None:
+            counts["orphaned_runs"] += 1
+            log.warning("run_orphaned", run_id=run.id, worker=run.worker)
+    counts["containers"] = await _reap(bosun, {r.id for r in active} - orphaned)
     if any(counts.values()):
         log.info("reconciled", **counts)
     return counts
+
+
+async def _reap(bosun: JobContext, live: set[str]) -> int:
+    """Remove sandboxes of this installation's runs that are over (or orphaned). Containers of
+    runs this database does not know belong to another Bosun on the same engine: left alone."""
+    backend = bosun.backend
+    try:
+        owners: set[str] = set()
+
+        def keep_and_note(run_id: str) -> bool:
+            owners.add(run_id)
+            return True
+
+        await backend.reap(keep_and_note)  # lists the sandboxes' runs, removes nothing
+        ours = owners - live
+        if not ours:
+            return 0
+        async with bosun.services.sessions() as session:
+            known = set((await session.scalars(select(Run.id).where(Run.id.in_(ours)))).all())
+        removed = await backend.reap(lambda run_id: run_id not in known)
+    except Exception as exc:  # noqa: BLE001 -- the engine may be down; try again next time
+        log.warning("reap_failed", error=str(exc))
+        return 0
+    if removed:
+        log.info("sandboxes_reaped", count=len(removed))
+    return len(removed)

@@ -30,8 +30,10 @@ def job_functions() -> list[Any]:
 
 def cron_jobs(settings: Settings) -> list[Any]:
     # arq's cron job ids are global: the namespace keeps two Bosuns on one Redis apart.
+    # ``run_at_startup``: a restarted worker settles what its predecessor left at once.
     name = f"{settings.redis.namespace}:reconcile"
-    return [cron(reconcile, name=name, second=0, run_at_startup=True, unique=True)]
+    seconds = set(range(0, 60, settings.worker.reconcile_seconds))
+    return [cron(reconcile, name=name, second=seconds, run_at_startup=True, unique=True)]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:

@@ -8,7 +8,6 @@ tree the agent left. See ``docs/sandboxes.md`` for why each hardening flag is se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import secrets
 import tarfile
@@ -266,9 +265,15 @@ class DockerBackend(SandboxBackend):
             created = float(labels.get(LABEL_CREATED) or entry.get("Created") or 0)
             if max_age is not None and now - created < max_age:
                 continue
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 await self._call(self.client.api.remove_container, entry["Id"], force=True, v=True)
-                removed.append(entry["Id"])
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if "already in progress" in str(exc):  # another reaper or the run's own cleanup
+                    continue
+                raise
+            removed.append(entry["Id"])
         return removed
 
     async def close(self) -> None:

@@ -1,0 +1,198 @@
+"""A run survives crashes around it: it never stays ``running`` after its worker or its Docker
+engine went away. It ends in exactly one terminal state, with its summary and manifest, a
+completed check run on GitHub, and no sandbox container left behind.
+
+Bosun runs as real processes here (``bosun serve``, ``bosun worker``), so a worker can be
+killed with SIGKILL; the engine test uses a private dockerd, never the machine's shared one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.emulator.world import World
+from tests.lifecycle_stack import (
+    BASE_IMAGE,
+    FAST_WORKER,
+    LIFECYCLE_PROFILES,
+    PrivateDockerd,
+    ProcessStack,
+    free_port,
+    process_stack,
+)
+from tests.services import docker_client, missing
+from tests.stack import make_stack_settings
+
+TERMINAL = {"failed", "cancelled", "timed_out", "rejected", "merged"}
+
+
+def _need_base_image() -> None:
+    client = docker_client()
+    try:
+        client.images.get(BASE_IMAGE)
+    except Exception as exc:  # noqa: BLE001
+        missing(BASE_IMAGE, f"{exc} (scripts/bootstrap.sh imports it)")
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def private_dockerd() -> Iterator[PrivateDockerd]:
+    """A second Docker engine of this test's own, with the base image; always torn down."""
+    _need_base_image()
+    if shutil.which("dockerd") is None:
+        missing("dockerd", "not installed (run scripts/bootstrap.sh)")
+    engine = PrivateDockerd()
+    try:
+        try:
+            engine.start()
+        except RuntimeError as exc:
+            missing("a private dockerd", str(exc))
+        engine.load_image(BASE_IMAGE)
+        yield engine
+    finally:
+        engine.destroy()
+
+
+def _settings(
+    world: World,
+    tmp_path: Path,
+    redis_url: str,
+    namespace: str,
+    work_root: Path,
+    port: int,
+    **extra: Any,
+):  # type: ignore[no-untyped-def]
+    world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    return make_stack_settings(
+        tmp_path,
+        world,
+        redis_url,
+        namespace,
+        work_root,
+        port,
+        worker=FAST_WORKER,
+        profiles=LIFECYCLE_PROFILES,
+        **extra,
+    )
+
+
+def _start_slow_run(stack: ProcessStack) -> dict[str, Any]:
+    """Label an issue for the slow agent; return its run once the agent printed its first line."""
+    emulator = stack.world.emulator
+    number = emulator.create_issue(stack.repo, "Long task", "take your time", "alice")
+    emulator.add_labels(stack.repo, number, ["bosun:slow"], "alice")
+
+    def agent_started() -> dict[str, Any] | None:
+        run = stack.run()
+        if run is None or run["state"] != "running":
+            return None
+        lines = [e.get("line", "") for e in stack.events(run["id"], "log")]
+        return run if any("started" in line for line in lines) else None
+
+    return stack.wait_for(agent_started, 120, "the slow agent's first line")
+
+
+def _assert_ended_once_with_artifacts(stack: ProcessStack, run_id: str) -> None:
+    states = [e["to"] for e in stack.events(run_id, "status")]
+    assert sum(s in TERMINAL for s in states) == 1, states
+    artifacts = stack.artifacts(run_id)
+    assert "summary" in artifacts and "manifest.json" in artifacts, sorted(artifacts)
+    manifest = json.loads(artifacts["manifest.json"].read_text())
+    assert manifest["state"] == "failed"
+    assert "interrupted" in artifacts["summary"].read_text() or manifest["reason"]
+
+    def check_completed() -> list[dict[str, Any]]:
+        checks = stack.check_runs()
+        done = all(c["status"] == "completed" for c in checks)
+        return checks if checks and done else []
+
+    checks = stack.wait_for(check_completed, 30, "the check run to complete on GitHub")
+    assert {c["conclusion"] for c in checks} == {"failure"}, checks
+
+
+def _containers_of(run_id: str, host: str | None = None) -> list[Any]:
+    import docker
+
+    client = docker.DockerClient(base_url=host, timeout=10) if host else docker_client()
+    try:
+        return list(client.containers.list(all=True, filters={"label": f"bosun.run_id={run_id}"}))
+    finally:
+        client.close()
+
+
+def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> None:
+    _need_base_image()
+    port = free_port()
+    settings = _settings(github_world, tmp_path, redis_url, redis_namespace, work_root, port)
+    with process_stack(settings, github_world, port, tmp_path / "logs") as stack:
+        first = stack.start_worker()
+        run = _start_slow_run(stack)
+        (container,) = _containers_of(run["id"])
+        assert container.status == "running"
+
+        first.kill9()
+        killed = time.monotonic()
+        stack.start_worker()  # as a supervisor would
+
+        ended = stack.wait_for(
+            lambda: (r := stack.run()) and r["state"] in TERMINAL and r, 60, "the run to end"
+        )
+        to_failed = time.monotonic() - killed
+        assert ended["state"] == "failed"
+        assert "interrupted" in ended["reason"] and "/retry" in ended["reason"]
+        stack.wait_for(lambda: not _containers_of(run["id"]), 30, "the orphan sandbox removed")
+        to_reaped = time.monotonic() - killed
+        _assert_ended_once_with_artifacts(stack, run["id"])
+        print(f"\nSIGKILL → failed: {to_failed:.1f}s; → sandbox reaped: {to_reaped:.1f}s")
+
+
+def test_docker_engine_restart_mid_run_ends_the_run_and_leaves_no_container(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    private_dockerd: PrivateDockerd,
+) -> None:
+    port = free_port()
+    settings = _settings(
+        github_world,
+        tmp_path,
+        redis_url,
+        redis_namespace,
+        work_root,
+        port,
+        sandbox={"docker_host": private_dockerd.host},
+    )
+    with process_stack(settings, github_world, port, tmp_path / "logs") as stack:
+        stack.start_worker()
+        run = _start_slow_run(stack)
+        assert len(private_dockerd.containers()) == 1
+
+        restarted = time.monotonic()
+        private_dockerd.stop()
+        private_dockerd.start()
+        back = time.monotonic()
+
+        ended = stack.wait_for(
+            lambda: (r := stack.run()) and r["state"] in TERMINAL and r, 60, "the run to end"
+        )
+        to_end = time.monotonic() - restarted
+        assert ended["state"] == "failed", ended
+        assert "sandbox" in ended["reason"] and "Docker engine" in ended["reason"], ended
+        stack.wait_for(lambda: not private_dockerd.containers(), 30, "no sandbox left")
+        _assert_ended_once_with_artifacts(stack, run["id"])
+        print(
+            f"\nengine down for {back - restarted:.1f}s; stop → run failed: {to_end:.1f}s;"
+            f" reason: {ended['reason']}"
+        )
