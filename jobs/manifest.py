@@ -72,6 +72,27 @@ def build_manifest(
     }
 
 
+def with_review(
+    manifest: dict[str, Any],
+    *,
+    state: str,
+    reason: str | None,
+    head_sha: str | None,
+    approvals: list[dict[str, Any]],
+    commands: list[dict[str, Any]],
+    review: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``manifest`` as the review loop left the run: its state, head, approvals (actor, SHA,
+    valid or invalidated, when), the command audit, and what a partial approval or merge did
+    (``review``). Everything the pipeline wrote stays as it was."""
+    out = {**manifest, "state": state, "reason": reason, "head_sha": head_sha}
+    out["approvals"], out["commands"] = approvals, commands
+    if review:
+        out["review"] = {**(manifest.get("review") or {}), **review}
+    out["written_at"] = datetime.now(UTC)
+    return out
+
+
 def summary_markdown(view: RunView, agent_summary: str) -> str:
     lines = [
         f"# Run {view.run_id}: {view.state.value}",

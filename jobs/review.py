@@ -12,13 +12,12 @@ import structlog
 from sqlalchemy import select, update
 
 from bot.commands import Command, parse_commands
-from bot.db.models import Approval, CommandAudit, Repository, Run, RunState, Task
+from bot.db.models import Approval, CommandAudit, Run, RunState, Task
 from bot.events import ParsedEvent
 from bot.github.repo import RepoPort
 from bot.prompt import build_prompt
 from bot.repoconfig import RepoConfig
 from bot.review import (
-    ApprovalSnapshot,
     Approve,
     Cancel,
     FoldFeedback,
@@ -33,7 +32,6 @@ from bot.review import (
     Retry,
     ReviewDecision,
     RevokeApproval,
-    RunSnapshot,
     Unhold,
     approval_status,
     button_command,
@@ -42,58 +40,11 @@ from bot.review import (
 )
 from bot.runs import ACTIVE, append_event, new_run_id, transition
 from jobs.context import JobContext
+from jobs.review_merge import complete_approval, move, record_approval
+from jobs.review_push import handle_push
+from jobs.review_records import find_run, note_on_status, rewrite_manifest, snapshot
 
 log = structlog.get_logger("jobs.review")
-
-
-async def find_run(bosun: JobContext, repo: str, number: int) -> tuple[Run, Task] | None:
-    """The newest run of the task whose issue or PR is ``number``."""
-    async with bosun.services.sessions() as session:
-        row = (
-            await session.execute(
-                select(Run, Task)
-                .join(Task, Task.id == Run.task_id)
-                .join(Repository, Repository.id == Run.repository_id)
-                .where(
-                    Repository.full_name == repo,
-                    (Task.pr_number == number) | (Task.issue_number == number),
-                )
-                .order_by(Run.created_at.desc())
-                .limit(1)
-            )
-        ).first()
-    return (row[0], row[1]) if row else None
-
-
-async def snapshot(bosun: JobContext, run: Run) -> RunSnapshot:
-    async with bosun.services.sessions() as session:
-        approvals = (
-            await session.execute(select(Approval).where(Approval.run_id == run.id))
-        ).scalars()
-        shots = tuple(
-            ApprovalSnapshot(
-                a.actor,
-                a.sha,
-                tuple(a.paths or ()),
-                valid=a.invalidated_at is None,
-                general=a.general,
-                id=a.id,
-            )
-            for a in approvals
-        )
-    manifest_paths: tuple[str, ...] = ()
-    return RunSnapshot(
-        run_id=run.id,
-        state=run.state,
-        requester=run.requester,
-        head_sha=run.head_sha,
-        on_hold=run.on_hold,
-        pr_number=run.pr_number,
-        changed_paths=manifest_paths,
-        approvals=shots,
-        budget_usd=run.budget_usd,
-        cost_usd=run.cost_usd,
-    )
 
 
 async def handle_commands(
@@ -296,6 +247,7 @@ async def apply(
         bosun, delivery_id, run, port.full_name, command, decision, actor, permission, comment_id
     )
     react = "eyes"
+    note = ""
     match decision:
         case Ignore():
             return f"ignored: {decision.reason}"
@@ -305,13 +257,17 @@ async def apply(
         case ReplyStatus() | ReplyHelp():
             await port.create_comment(number, decision.text)
         case Approve():
-            await _approve(bosun, port, run, task, decision, config, number)
+            await record_approval(bosun, port, run, decision, config, number, command.source)
             react = "+1"
         case RevokeApproval():
-            await _set_approvals_invalid(bosun, run.id, actor, "approval withdrawn")
+            note = await _revoke(bosun, run, actor, config)
+            await port.create_comment(number, note)
         case Reject():
-            await _move(bosun, run, RunState.REJECTED, actor, decision.reason or "rejected")
-            await port.create_comment(number, f"Run `{run.id}` rejected by @{actor}.")
+            if await move(bosun, run, RunState.REJECTED, actor, decision.reason or "rejected"):
+                note = f"Run `{run.id}` rejected by @{actor}."
+            else:
+                note = f"@{actor}, the run is already {run.state.value.replace('_', ' ')}."
+            await port.create_comment(number, note)
         case Retry() | Resume():
             feedback = decision.feedback if isinstance(decision, Retry) else ""
             new_id = await start_follow_up(bosun, port, run, task, actor, feedback, config)
@@ -334,10 +290,17 @@ async def apply(
                 request_cancel_key(bosun.settings, run.id), actor, ex=86400
             )
         case Hold() | Unhold():
+            held = isinstance(decision, Hold)
             async with bosun.services.sessions.begin() as session:
-                await session.execute(
-                    update(Run).where(Run.id == run.id).values(on_hold=isinstance(decision, Hold))
-                )
+                await session.execute(update(Run).where(Run.id == run.id).values(on_hold=held))
+            run.on_hold = held
+            if held:
+                note = f"Run `{run.id}` is on hold (@{actor}): nothing is merged until `/unhold`."
+            else:
+                note = f"Hold lifted by @{actor}."
+            await port.create_comment(number, note)
+            if not held and run.state is RunState.APPROVED:
+                await complete_approval(bosun, port, run.id, config, actor, number)
         case RaiseBudget():
             async with bosun.services.sessions.begin() as session:
                 await session.execute(
@@ -346,17 +309,33 @@ async def apply(
             await bosun.services.redis.set(
                 bosun.settings.redis.key("budget", run.id), str(decision.amount), ex=86400
             )
+            cap = decision.new_budget_usd
+            note = f"Budget raised by ${decision.amount:.2f} by @{actor}" + (
+                f", to ${cap:.2f}." if cap is not None else " (the run had no cap)."
+            )
+            await port.create_comment(number, note)
     if comment_id:
         await port.react(react, comment_id=comment_id, issue=None)
+    if note:
+        await note_on_status(bosun, port, run, note)
+    if command.changes_state and not isinstance(decision, Approve):
+        await rewrite_manifest(bosun, run.id)  # approvals rewrite it when they complete
     return f"processed: {decision.kind} ({decision.rule})"
 
 
-async def _move(bosun: JobContext, run: Run, target: RunState, actor: str, reason: str) -> None:
-    async with bosun.services.sessions.begin() as session:
-        row = await session.get(Run, run.id)
-        assert row is not None
-        await transition(session, row, target, actor=actor, reason=reason)
-        run.state = row.state
+async def _revoke(bosun: JobContext, run: Run, actor: str, config: RepoConfig) -> str:
+    """Withdraw ``actor``'s approvals; an approved run whose approvals no longer suffice goes
+    back to review."""
+    await _set_approvals_invalid(bosun, run.id, actor, "approval withdrawn")
+    note = f"@{actor} withdrew their approval."
+    if run.state is RunState.APPROVED:
+        async with bosun.services.sessions() as session:
+            current = await session.get(Run, run.id, populate_existing=True)
+        assert current is not None
+        if not approval_status(await snapshot(bosun, current), config).satisfied:
+            await move(bosun, run, RunState.REVIEW_READY, actor, "approval withdrawn")
+            note += " The run is back in review."
+    return note
 
 
 async def _set_approvals_invalid(bosun: JobContext, run_id: str, actor: str, why: str) -> None:
@@ -370,55 +349,6 @@ async def _set_approvals_invalid(bosun: JobContext, run_id: str, actor: str, why
             )
             .values(invalidated_at=datetime.now(UTC), invalidated_reason=why)
         )
-
-
-async def _approve(
-    bosun: JobContext,
-    port: RepoPort,
-    run: Run,
-    task: Task,
-    decision: Approve,
-    config: RepoConfig,
-    number: int,
-) -> None:
-    async with bosun.services.sessions.begin() as session:
-        session.add(
-            Approval(
-                run_id=run.id,
-                actor=decision.actor,
-                sha=decision.sha,
-                paths=list(decision.paths),
-                general=decision.general,
-            )
-        )
-    status = approval_status(await snapshot(bosun, run), config)
-    if not status.satisfied:
-        await port.create_comment(
-            number, f"Approval recorded ({status.have}/{status.need}); waiting for more."
-        )
-        return
-    if status.revert:
-        await port.create_comment(
-            number,
-            "Partial approval recorded. Reverting the files left out "
-            f"({', '.join(status.revert)}) before merge is not automated yet: "
-            "revert them on the branch, then approve again.",
-        )
-        return
-    await _move(bosun, run, RunState.APPROVED, decision.actor, "approvals satisfied")
-    if run.on_hold or not config.merge.auto_merge or run.pr_number is None:
-        return
-    # Only one of two concurrent approvals merges: the state moved to APPROVED once above.
-    outcome = await port.merge_pull(
-        run.pr_number, sha=run.head_sha or decision.sha, method=config.merge.method
-    )
-    if outcome.merged:
-        await _move(bosun, run, RunState.MERGED, decision.actor, f"merged as {outcome.sha}")
-        return
-    await _move(bosun, run, RunState.REVIEW_READY, "bosun", f"merge failed: {outcome.message}")
-    await port.create_comment(
-        number, f"Merging #{run.pr_number} failed ({outcome.status}): {outcome.message}"
-    )
 
 
 async def start_follow_up(
@@ -486,57 +416,4 @@ async def start_follow_up(
     return new_id
 
 
-__all__ = ["ACTIVE", "handle_button", "handle_commands", "handle_review"]
-
-
-async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> str:
-    """A push to a run's PR branch by someone else: approvals bound to the old head no longer
-    hold (SPEC §8), and an approved run goes back to review."""
-    assert event.pull_request is not None
-    found = await find_run(bosun, port.full_name, event.pull_request.number)
-    if found is None:
-        return "ignored: no Bosun run on this PR"
-    run, _task = found
-    new_head = event.pull_request.head_sha
-    if new_head == run.head_sha:
-        return "ignored: Bosun's own push"
-    async with bosun.services.sessions.begin() as session:
-        invalidated = (
-            await session.execute(
-                update(Approval)
-                .where(Approval.run_id == run.id, Approval.invalidated_at.is_(None))
-                .values(
-                    invalidated_at=datetime.now(UTC),
-                    invalidated_reason=f"the branch moved to {new_head[:12]}",
-                )
-            )
-        ).rowcount  # type: ignore[attr-defined]
-        row = await session.get(Run, run.id)
-        assert row is not None
-        row.head_sha = new_head
-        await append_event(
-            session,
-            run.id,
-            "policy",
-            {
-                "rule": "approval.bound_to_head",
-                "decision": "invalidate",
-                "head_sha": new_head,
-                "invalidated": invalidated,
-            },
-        )
-        if row.state is RunState.APPROVED:
-            await transition(
-                session,
-                row,
-                RunState.REVIEW_READY,
-                actor="bosun",
-                reason="a push changed the branch; approvals must be given again",
-            )
-    if invalidated:
-        await port.create_comment(
-            event.pull_request.number,
-            f"The branch moved to `{new_head[:12]}`: {invalidated} approval(s) given on the "
-            "previous head no longer count. Review the new changes and `/approve` again.",
-        )
-    return f"processed: head moved, {invalidated} approval(s) invalidated"
+__all__ = ["ACTIVE", "handle_button", "handle_commands", "handle_push", "handle_review"]

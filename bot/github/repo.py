@@ -17,6 +17,7 @@ from githubkit.exception import RequestFailed
 from githubkit_schemas.latest.models import (
     CheckRun,
     ContentFile,
+    GitCommit,
     IssueComment,
     PullRequest,
     PullRequestMergeResult,
@@ -86,7 +87,10 @@ class RepoPort(Protocol):
     ) -> PullInfo: ...
     async def update_pull(self, number: int, *, title: str, body: str) -> PullInfo: ...
     async def merge_pull(self, number: int, *, sha: str, method: str) -> MergeOutcome: ...
+    async def commit_tree(self, sha: str) -> str | None: ...
+    async def comment_body(self, comment_id: int) -> str | None: ...
     async def git_auth_header(self) -> str: ...
+    def clone_url(self) -> str: ...
 
 
 def _pull(pr: PullRequest | PullRequestSimple) -> PullInfo:
@@ -225,6 +229,24 @@ class GitHubRepo:
 
         return await self._call(go)
 
+    async def comment_body(self, comment_id: int) -> str | None:
+        """The body of comment ``comment_id`` on an issue or PR, or None when it is gone."""
+
+        async def go(gh: GitHub[Any]) -> str | None:
+            try:
+                response = await gh.arequest(
+                    "GET",
+                    self._path(f"/issues/comments/{comment_id}"),
+                    response_model=IssueComment,
+                )
+            except RequestFailed as exc:
+                if exc.response.status_code == 404:
+                    return None
+                raise
+            return response.parsed_data.body or ""
+
+        return await self._call(go)
+
     async def find_comment(self, number: int, marker: str) -> int | None:
         """The id of the App's own comment on ``number`` that carries ``marker``."""
         bot = self.app.settings.bot_login
@@ -335,6 +357,23 @@ class GitHubRepo:
             return MergeOutcome(bool(result.merged), result.sha, result.message, 200)
 
         return await self._call(go, MERGE)
+
+    async def commit_tree(self, sha: str) -> str | None:
+        """The tree SHA of commit ``sha`` (Git data API), or None when GitHub has no such
+        commit. Two commits with one tree hold exactly the same files."""
+
+        async def go(gh: GitHub[Any]) -> str | None:
+            try:
+                response = await gh.arequest(
+                    "GET", self._path(f"/git/commits/{sha}"), response_model=GitCommit
+                )
+            except RequestFailed as exc:
+                if exc.response.status_code in (404, 409, 422):
+                    return None
+                raise
+            return response.parsed_data.tree.sha
+
+        return await self._call(go)
 
     async def git_auth_header(self) -> str:
         """An ``Authorization`` header value for git over HTTPS with contents:write, for

@@ -14,6 +14,7 @@ The jobs layer reads the run, the commenter's collaborator permission and the PR
   kept, which path approvers are still missing.
 * ``invalidate_on_push`` — approvals after a push; ``partial_paths`` — the keep/revert split.
 * ``button_command`` / ``decide_review`` — check-run buttons and GitHub reviews as commands.
+* ``review_section`` / ``with_review_section`` — the status comment's review section.
 
 Approvers: ``approval.approvers`` is either a minimum permission or an exclusive list of logins;
 ``approval.path_approvers`` owners may also approve, but their approval only satisfies their
@@ -59,11 +60,14 @@ from bot.review.model import (
     RunSnapshot,
     Unhold,
 )
+from bot.review.notes import REVIEW_END, REVIEW_START, review_section, with_review_section
 
 __all__ = [
     "BUTTONS",
     "RETRYABLE",
     "REVIEWABLE",
+    "REVIEW_END",
+    "REVIEW_START",
     "ApprovalSnapshot",
     "ApprovalStatus",
     "Approve",
@@ -91,7 +95,9 @@ __all__ = [
     "invalidate_on_push",
     "owned_globs",
     "partial_paths",
+    "review_section",
     "same_login",
     "sha_matches",
     "status_text",
+    "with_review_section",
 ]

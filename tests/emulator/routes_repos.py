@@ -1,8 +1,10 @@
-"""Repository routes: repository, installation, contents, refs, branches, collaborators."""
+"""Repository routes: repository, installation, contents, refs, git commits, branches,
+collaborators."""
 
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from . import actions_code, gitrepo, render
@@ -54,6 +56,46 @@ def commit_object(s: Store, r: Repo, sha: str) -> dict[str, Any]:
             }
             for p in parents
         ],
+    }
+
+
+def git_commit(s: Store, r: Repo, sha: str) -> dict[str, Any]:
+    """``GET /repos/{o}/{r}/git/commits/{sha}``: the Git data API's commit (``git-commit``)."""
+    info = gitrepo.commit_info(r.path, sha)
+    api = f"{s.base_url}/repos/{r.full_name}"
+    parents = gitrepo.out(r.path, "rev-list", "--parents", "-n", "1", sha).split()[1:]
+    return {
+        "sha": sha,
+        "node_id": render.node_id("Commit", int(sha[:8], 16)),
+        "url": f"{api}/git/commits/{sha}",
+        "html_url": f"{s.base_url}/{r.full_name}/commit/{sha}",
+        "author": {
+            "name": info["author_name"],
+            "email": info["author_email"],
+            "date": info["author_date"],
+        },
+        "committer": {
+            "name": info["committer_name"],
+            "email": info["committer_email"],
+            "date": info["committer_date"],
+        },
+        "tree": {"sha": info["tree"], "url": f"{api}/git/trees/{info['tree']}"},
+        "message": info["message"].rstrip("\n"),
+        "parents": [
+            {
+                "sha": p,
+                "url": f"{api}/git/commits/{p}",
+                "html_url": f"{s.base_url}/{r.full_name}/commit/{p}",
+            }
+            for p in parents
+        ],
+        "verification": {
+            "verified": False,
+            "reason": "unsigned",
+            "signature": None,
+            "payload": None,
+            "verified_at": None,
+        },
     }
 
 
@@ -116,6 +158,15 @@ def register(router: Router, ctx: Context) -> None:
         gitrepo.git(r.path, "update-ref", ref, sha)
         actions_code.refs_changed(ctx, r, before, ctx.bot())
         return Response(201, _ref(s, r, ref, sha))
+
+    def get_git_commit(request: Request) -> Response:
+        r: Repo = request.auth.repo
+        given = request.params["commit_sha"]
+        # The Git data API takes a commit SHA (abbreviated or full), never a branch name.
+        sha = gitrepo.resolve(r.path, given) if re.fullmatch(r"[0-9a-fA-F]{4,40}", given) else None
+        if sha is None or not sha.startswith(given.lower()):
+            raise not_found()
+        return Response(200, git_commit(s, r, sha))
 
     def list_branches(request: Request) -> Response:
         r: Repo = request.auth.repo
@@ -188,6 +239,7 @@ def register(router: Router, ctx: Context) -> None:
     router.add("GET", f"{base}/git/ref/{{ref:path}}", get_ref, "token", contents_read)
     router.add("GET", f"{base}/git/refs/{{ref:path}}", get_ref, "token", contents_read)
     router.add("POST", f"{base}/git/refs", create_ref, "token", ("contents", "write"))
+    router.add("GET", f"{base}/git/commits/{{commit_sha}}", get_git_commit, "token", contents_read)
     router.add("GET", f"{base}/branches", list_branches, "token", contents_read)
     router.add("GET", f"{base}/branches/{{branch:path}}", get_branch, "token", contents_read)
     router.add(
