@@ -190,6 +190,36 @@ class WorkerSettings(_Group):
             "as soon as a slot frees); it holds no worker job slot in between."
         ),
     )
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0, description="Seconds between heartbeats of a run a worker executes."
+    )
+    heartbeat_stale_seconds: float = Field(
+        default=90.0,
+        gt=0,
+        description=(
+            "A run whose heartbeat is older than this lost its worker: the reconciler ends it "
+            "`failed` (interrupted) and removes its sandbox."
+        ),
+    )
+    reconcile_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=60,
+        description="Seconds between reconciler passes (a divisor of 60); it also runs at start.",
+    )
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> WorkerSettings:
+        if 60 % self.reconcile_seconds:
+            raise ValueError(
+                "reconcile_seconds must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
+            )
+        if self.heartbeat_stale_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError(
+                "heartbeat_stale_seconds must be at least three times heartbeat_seconds, or a slow "
+                "heartbeat would end a live run"
+            )
+        return self
 
 
 class GatewaySettings(_Group):

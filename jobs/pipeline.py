@@ -134,12 +134,15 @@ class RunExecution:
             branch=self.run.branch,
             pr_number=self.task.pr_number,
             dashboard_url=f"{self.settings.public_url.rstrip('/')}/runs/{self.run.id}",
+            # Set only when a run is executed again (its worker died): its check run lives on.
+            base_sha=self.run.base_sha,
+            head_sha=self.run.head_sha,
         )
         self.reporter = StatusReporter(
             self.port,
             self.view,
             check_run_id=self.run.check_run_id,
-            check_sha=None,
+            check_sha=self.run.head_sha or self.run.base_sha if self.run.check_run_id else None,
             comment_id=self.task.status_comment_id,
             persist=self._persist_ids,
         )
@@ -303,6 +306,7 @@ class RunExecution:
         key = request_cancel_key(self.settings, self.run.id)
         budget_key = self.settings.redis.key("budget", self.run.id)
         ticks = 0
+        next_beat = 0.0  # the first tick beats: a run never goes long without a heartbeat
         while True:
             try:
                 async with asyncio.timeout(0.2):
@@ -318,7 +322,8 @@ class RunExecution:
                 if raised and self.gateway is not None:
                     cap = self.gateway.raise_budget(float(raised))
                     await self.events.emit("cost", {"source": "budget", "budget_usd": cap})
-            if ticks % 50 == 0:  # every 10 s: tell the reconciler this run's worker lives
+            if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
+                next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
                     await self._save(heartbeat_at=utc_now())
             if actor is None and ticks % 10 == 0 and await self._cancel_requested():
