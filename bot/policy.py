@@ -32,6 +32,14 @@ class ChangedFile:
     removed: int = 0
     binary: bool = False
     old_path: str | None = None
+    size: int | None = None
+    """Bytes after the change (``None``: deleted, or not known)."""
+    old_size: int | None = None
+    """Bytes before the change (``None``: added, or not known)."""
+
+    @property
+    def grown_bytes(self) -> int:
+        return max(0, (self.size or 0) - (self.old_size or 0))
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,17 @@ class PolicyResult:
     files_changed: int
     diff_lines: int
     secrets: tuple[SecretFinding, ...] = field(default_factory=tuple)
+    scanned: bool = False
+    """Whether the diff was scanned for secrets (never when it breaks a size limit)."""
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    @property
+    def oversized(self) -> bool:
+        """Whether a size limit refused the diff (then it is not scanned)."""
+        return any(v.rule in SIZE_RULES for v in self.violations)
 
     def as_markdown(self) -> str:
         """A short report for the status comment and check run."""
@@ -88,12 +103,44 @@ def check_diff(
     config: RepoConfig,
     *,
     diff_text: str | None = None,
+    diff_bytes: int | None = None,
     protected: Sequence[str] = PROTECTED_PATHS,
 ) -> PolicyResult:
     """Check a diff against the repository's ``paths`` and ``limits``.
 
-    With ``diff_text`` (the unified diff), added lines are also scanned for credentials.
+    With ``diff_text`` (the unified diff), added lines are also scanned for credentials, but
+    only when the diff is within the size limits (``diff_bytes`` is the unified diff's size):
+    an oversized diff is refused without being read.
     """
+    violations = _path_violations(changed, config, protected)
+    files = len(changed)
+    lines = sum(c.added + c.removed for c in changed)
+    violations += _limit_violations(changed, config, lines, diff_bytes)
+    result = PolicyResult(tuple(violations), files, lines)
+    if not diff_text or result.oversized:
+        return result
+    return with_secrets(result, scan_secrets(diff_text))
+
+
+def with_secrets(result: PolicyResult, findings: Sequence[SecretFinding]) -> PolicyResult:
+    """``result`` with the scanner's ``findings`` added as violations."""
+    found = [
+        Violation(
+            f"secrets.{finding.kind}",
+            finding.path,
+            f"line {finding.line} adds what looks like a {finding.description} "
+            f"({finding.redacted})",
+        )
+        for finding in findings
+    ]
+    return PolicyResult(
+        (*result.violations, *found), result.files_changed, result.diff_lines, tuple(findings), True
+    )
+
+
+def _path_violations(
+    changed: Sequence[ChangedFile], config: RepoConfig, protected: Sequence[str]
+) -> list[Violation]:
     violations: list[Violation] = []
     deny = tuple(config.paths.deny)
     allow = tuple(config.paths.allow)
@@ -116,8 +163,18 @@ def check_diff(
                         "paths.allow", path, "outside `paths.allow` (" + ", ".join(allow) + ")"
                     )
                 )
+    return violations
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size} bytes"
+
+
+def _limit_violations(
+    changed: Sequence[ChangedFile], config: RepoConfig, lines: int, diff_bytes: int | None
+) -> list[Violation]:
+    violations: list[Violation] = []
     files = len(changed)
-    lines = sum(c.added + c.removed for c in changed)
     limits = config.limits
     if files > limits.max_files_changed:
         violations.append(
@@ -135,17 +192,46 @@ def check_diff(
                 f"{lines} lines added or removed; the limit is {limits.max_diff_lines}",
             )
         )
-    findings = tuple(scan_secrets(diff_text)) if diff_text else ()
-    for finding in findings:
+    for change in changed:
+        size = change.size or 0
+        if size > limits.max_file_bytes and size > (change.old_size or 0):
+            kind = "binary file" if change.binary else "file"
+            grew = "" if change.old_size is None else f" (was {_megabytes(change.old_size)})"
+            violations.append(
+                Violation(
+                    "limits.max_file_bytes",
+                    change.path,
+                    f"{kind} of {_megabytes(size)}{grew}; the limit is "
+                    f"{_megabytes(limits.max_file_bytes)} per file",
+                )
+            )
+    grown = sum(change.grown_bytes for change in changed)
+    if grown > limits.max_diff_bytes:
         violations.append(
             Violation(
-                f"secrets.{finding.kind}",
-                finding.path,
-                f"line {finding.line} adds what looks like a {finding.description} "
-                f"({finding.redacted})",
+                "limits.max_diff_bytes",
+                None,
+                f"the change adds {_megabytes(grown)}; the limit is "
+                f"{_megabytes(limits.max_diff_bytes)}",
             )
         )
-    return PolicyResult(tuple(violations), files, lines, findings)
+    elif diff_bytes is not None and diff_bytes > limits.max_diff_bytes:
+        violations.append(
+            Violation(
+                "limits.max_diff_bytes",
+                None,
+                f"the diff is {_megabytes(diff_bytes)}; the limit is "
+                f"{_megabytes(limits.max_diff_bytes)}",
+            )
+        )
+    return violations
+
+
+SIZE_RULES = frozenset(
+    {"limits.max_files_changed", "limits.max_diff_lines", "limits.max_file_bytes",
+     "limits.max_diff_bytes"}
+)  # fmt: skip
+"""Rules about the diff's size: when one breaks, the diff is refused without being scanned."""
 
 
 # --- secret scanner -----------------------------------------------------------------------
@@ -337,6 +423,7 @@ def scan_secrets(diff_text: str) -> list[SecretFinding]:
 
 
 __all__ = [
+    "SIZE_RULES",
     "ChangedFile",
     "PolicyResult",
     "SecretFinding",
@@ -345,4 +432,5 @@ __all__ = [
     "matches",
     "scan_secrets",
     "shannon_entropy",
+    "with_secrets",
 ]

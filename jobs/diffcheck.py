@@ -3,10 +3,18 @@ into one verdict with a ``policy`` decision per rule that decided."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.policy import ChangedFile, check_diff
+from bot.policy import (
+    ChangedFile,
+    PolicyResult,
+    Violation,
+    check_diff,
+    scan_secrets,
+    with_secrets,
+)
 from bot.repoconfig import RepoConfig
 from sandboxes.workspace import Changes
 
@@ -18,7 +26,10 @@ class DiffVerdict:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
+async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
+    """Paths and size limits first (cheap, from git's counts and blob sizes); the secret scan
+    only for a diff within the limits, and in a thread, so a large diff never holds the
+    worker's event loop (other runs share it)."""
     files = [
         ChangedFile(
             path=f.path,
@@ -27,10 +38,23 @@ def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
             removed=f.removed or 0,
             binary=f.binary,
             old_path=f.old_path,
+            size=f.size,
+            old_size=f.old_size,
         )
         for f in changes.files
     ]
-    result = check_diff(files, config, diff_text=changes.diff)
+    result = check_diff(files, config, diff_bytes=changes.diff_bytes)
+    if changes.diff and not result.oversized:
+        result = with_secrets(result, await asyncio.to_thread(scan_secrets, changes.diff))
+    elif changes.diff_omitted and not result.oversized:  # cannot happen with one limit; be sure
+        result = PolicyResult(
+            (
+                *result.violations,
+                Violation("limits.max_diff_bytes", None, "diff too large to read"),
+            ),
+            result.files_changed,
+            result.diff_lines,
+        )
     decisions: list[dict[str, Any]] = []
     for violation in result.violations:
         decision: dict[str, Any] = {
@@ -46,7 +70,7 @@ def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
                 "rule": "diff_policy",
                 "decision": "allow",
                 "message": f"{len(files)} file(s), +{changes.lines_added} -{changes.lines_removed}"
-                " within limits; no secrets found",
+                f", {_size(changes)} within limits; no secrets found",
             }
         )
         return DiffVerdict(True, "passed", decisions)
@@ -58,3 +82,8 @@ def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
         lines.append(f"{where} ({d['rule']}): {d['message']}" if where else d["message"])
     more = f" (+{len(decisions) - 20} more)" if len(decisions) > 20 else ""
     return DiffVerdict(False, "; ".join(lines) + more, decisions)
+
+
+def _size(changes: Changes) -> str:
+    grown = changes.grown_bytes
+    return f"{grown / 1_000_000:.1f} MB" if grown >= 100_000 else f"{grown} bytes"

@@ -288,7 +288,7 @@ class RunExecution:
         assert self.changes is not None
         if self.changes.empty:
             raise StepFailed("the agent changed nothing; nothing to review")
-        verdict = self._check_policy()
+        verdict = await self._check_policy()
         if not verdict.allowed:
             raise StepFailed(
                 "the diff breaks repository policy, nothing was pushed: " + verdict.summary
@@ -459,7 +459,7 @@ class RunExecution:
         assert self.changes is not None
         if self.changes.empty:
             raise StepFailed(empty, state)
-        verdict = self._check_policy()
+        verdict = await self._check_policy()
         if not verdict.allowed:
             raise StepFailed(
                 f"{message}; its work breaks policy and was not pushed: {verdict.summary}", state
@@ -657,7 +657,8 @@ class RunExecution:
 
     async def _collect_changes(self) -> None:
         assert self.workspace is not None
-        self.changes = await self.workspace.changes()
+        limit = self.config.limits.max_diff_bytes  # a larger diff is refused unread
+        self.changes = await self.workspace.changes(max_diff_bytes=limit)
         files = self.changes.files
         self.view.files_changed = len(files)
         self.view.lines_added = self.changes.lines_added
@@ -673,14 +674,15 @@ class RunExecution:
                     "removed": f.removed,
                     "binary": f.binary,
                     "old_path": f.old_path,
+                    "size": f.size,
                 }
                 for f in files
             ]
             await self.artifact("diff-stats", json.dumps(stats, indent=2), "application/json")
 
-    def _check_policy(self) -> DiffVerdict:
+    async def _check_policy(self) -> DiffVerdict:
         assert self.changes is not None
-        verdict = evaluate_diff(self.changes, self.config)
+        verdict = await evaluate_diff(self.changes, self.config)
         self.policy = verdict.decisions
         self.view.phase("policy", "done" if verdict.allowed else "failed", verdict.summary)
         return verdict

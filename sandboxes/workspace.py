@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import stat
@@ -39,6 +40,15 @@ class FileChange:
     binary: bool
     old_path: str | None = None
     """The previous path of a rename."""
+    size: int | None = None
+    """Bytes of the file after the change (``None`` when deleted or a submodule)."""
+    old_size: int | None = None
+    """Bytes of the file before the change (``None`` when added)."""
+
+    @property
+    def grown_bytes(self) -> int:
+        """Bytes the change adds to this file: its size if new, its growth if changed."""
+        return max(0, (self.size or 0) - (self.old_size or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +57,17 @@ class Changes:
 
     base_sha: str
     diff: str
-    """Unified diff (``git diff``) including untracked files."""
+    """Unified diff (``git diff``) including untracked files; empty when it was too large to
+    read (see ``diff_bytes``)."""
     files: tuple[FileChange, ...]
+    diff_bytes: int | None = None
+    """Size of the unified diff; ``None`` when it was not even produced (the files it would
+    hold already add more than the limit ``changes`` was given)."""
+
+    @property
+    def diff_omitted(self) -> bool:
+        """Whether ``diff`` was left empty because the change is over the size limit."""
+        return bool(self.files) and not self.diff and self.diff_bytes != 0
 
     @property
     def paths(self) -> list[str]:
@@ -67,6 +86,11 @@ class Changes:
     @property
     def lines_removed(self) -> int:
         return sum(change.removed or 0 for change in self.files)
+
+    @property
+    def grown_bytes(self) -> int:
+        """Bytes the change adds: new files plus the growth of changed ones, binary included."""
+        return sum(change.grown_bytes for change in self.files)
 
     @property
     def empty(self) -> bool:
@@ -120,22 +144,65 @@ class Workspace:
     async def head_sha(self) -> str:
         return (await self.git("rev-parse", "HEAD")).text.strip()
 
-    async def changes(self, against: str | None = None) -> Changes:
+    async def changes(
+        self, against: str | None = None, *, max_diff_bytes: int | None = None
+    ) -> Changes:
         """Diff of the working tree (tracked and untracked files) against ``against`` (default:
-        ``base_sha``). Uses a scratch index, so the agent's own index is left untouched."""
+        ``base_sha``). Uses a scratch index, so the agent's own index is left untouched.
+
+        With ``max_diff_bytes`` the unified diff is read into memory only when it fits: file
+        counts and sizes come first (cheap), the diff is written to a file by git and left
+        unread (``diff == ""``) when it is larger, and not produced at all when the files it
+        would hold already add more than the limit."""
         base = against or self.base_sha
         index = self.path / ".git" / "bosun-scratch.index"
+        patch = self.path / ".git" / "bosun-scratch.diff"
         env = {"GIT_INDEX_FILE": str(index)}
         await asyncio.to_thread(self._seed_index, index)
+        with contextlib.suppress(FileNotFoundError):  # never write through a planted symlink
+            await asyncio.to_thread(patch.unlink)
         try:
             await self.git("add", "-A", env=env)
-            diff = await self.git("diff", "--cached", "--find-renames", base, env=env)
             numstat = await self.git("diff", "--cached", "-z", "--numstat", "-M", base, env=env)
             status = await self.git("diff", "--cached", "-z", "--name-status", "-M", base, env=env)
+            raw = await self.git(
+                "diff", "--cached", "-z", "--raw", "--no-abbrev", "-M", base, env=env
+            )
+            files = await self._sized(_parse(numstat.text, status.text), raw.text)
+            if max_diff_bytes is not None and sum(f.grown_bytes for f in files) > max_diff_bytes:
+                return Changes(base, "", tuple(files), None)
+            await self.git("diff", "--cached", "--find-renames", f"--output={patch}", base, env=env)
+            diff_bytes = (await asyncio.to_thread(patch.stat)).st_size
+            text = ""
+            if max_diff_bytes is None or diff_bytes <= max_diff_bytes:
+                text = (await asyncio.to_thread(patch.read_bytes)).decode("utf-8", "replace")
+            return Changes(base, text, tuple(files), diff_bytes)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(index.unlink)
-        return Changes(base, diff.text, tuple(_parse(numstat.text, status.text)))
+            for scratch in (index, patch):
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(scratch.unlink)
+
+    async def _sized(self, files: list[FileChange], raw: str) -> list[FileChange]:
+        """``files`` with the byte sizes of both sides, from the blobs git just hashed."""
+        blobs = _raw_blobs(raw)
+        wanted = sorted({sha for pair in blobs.values() for sha in pair if sha.strip("0")})
+        sizes: dict[str, int] = {}
+        if wanted:
+            check = await self.git(
+                "cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
+                stdin="".join(f"{sha}\n" for sha in wanted).encode(),
+            )  # fmt: skip
+            for line in check.text.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1] == "blob":
+                    sizes[parts[0]] = int(parts[2])
+        sized = []
+        for change in files:
+            old_sha, new_sha = blobs.get(change.path, ("", ""))
+            sized.append(
+                dataclasses.replace(change, size=sizes.get(new_sha), old_size=sizes.get(old_sha))
+            )
+        return sized
 
     def _seed_index(self, scratch: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -278,6 +345,26 @@ def _rmtree(path: Path) -> None:
             f"cannot delete {path}: {exc}; files there belong to the sandbox's remapped uid, so "
             "the worker needs root (or CAP_DAC_OVERRIDE) to clean up"
         ) from exc
+
+
+def _raw_blobs(raw: str) -> dict[str, tuple[str, str]]:
+    """``git diff --raw -z --no-abbrev``: new path -> (old blob, new blob)."""
+    blobs: dict[str, tuple[str, str]] = {}
+    fields = raw.split("\0")
+    i = 0
+    while i < len(fields) - 1:
+        meta = fields[i].lstrip(":").split()
+        if len(meta) < 5:
+            break
+        old_sha, new_sha, code = meta[2], meta[3], meta[4]
+        if code[:1] in {"R", "C"}:
+            path = fields[i + 2]
+            i += 3
+        else:
+            path = fields[i + 1]
+            i += 2
+        blobs[path] = (old_sha, new_sha)
+    return blobs
 
 
 def _parse(numstat: str, name_status: str) -> list[FileChange]:

@@ -96,6 +96,48 @@ def test_size_limits() -> None:
     assert "11 lines added or removed; the limit is 10" in result.violations[0].message
 
 
+def test_byte_limits_name_the_file_and_its_size() -> None:
+    config = parse_repo_config("limits:\n  max_file_bytes: 1000\n  max_diff_bytes: 1500\n")
+    big = ChangedFile("assets/blob.bin", "added", binary=True, size=200_000_000)
+    result = check_diff([big], config)
+    assert [(v.rule, v.path) for v in result.violations] == [
+        ("limits.max_file_bytes", "assets/blob.bin"),
+        ("limits.max_diff_bytes", None),
+    ]
+    assert result.violations[0].message == (
+        "binary file of 200.0 MB; the limit is 1000 bytes per file"
+    )
+    assert "the change adds 200.0 MB" in result.violations[1].message
+    # an existing large file may change as long as it does not grow
+    edited = ChangedFile("data.json", added=1, removed=1, size=5000, old_size=5000)
+    assert check_diff([edited], config).ok
+    grown = ChangedFile("data.json", added=2, size=5200, old_size=5000)
+    result = check_diff([grown], config)
+    assert [v.rule for v in result.violations] == ["limits.max_file_bytes"]
+    assert "(was 5000 bytes)" in result.violations[0].message
+    # many files each within the per-file limit still add up
+    parts = [ChangedFile(f"part{i}", "added", size=900) for i in range(2)]
+    assert [v.rule for v in check_diff(parts, config).violations] == ["limits.max_diff_bytes"]
+    # a rewrite that adds nothing but makes a huge unified diff
+    result = check_diff([edited], config, diff_bytes=10_000)
+    assert [v.message for v in result.violations] == [
+        "the diff is 10000 bytes; the limit is 1500 bytes"
+    ]
+    assert RepoConfig().limits.max_file_bytes == 5_000_000
+    assert RepoConfig().limits.max_diff_bytes == 20_000_000
+
+
+def test_an_oversized_diff_is_refused_without_being_scanned() -> None:
+    text = diff("app/settings.py", "import os", f'TOKEN = "{GH}"')
+    config = parse_repo_config("limits:\n  max_diff_lines: 1\n")
+    two_lines = [ChangedFile("app/settings.py", "added", added=2, size=60)]
+    result = check_diff(two_lines, config, diff_text=text)
+    assert [v.rule for v in result.violations] == ["limits.max_diff_lines"]
+    assert not result.scanned and result.secrets == ()
+    result = check_diff(two_lines, RepoConfig(), diff_text=text)
+    assert result.scanned and [v.rule for v in result.violations] == ["secrets.github_token"]
+
+
 # --- secret scanner -----------------------------------------------------------------------
 # Secrets are assembled at run time so this file itself holds none.
 

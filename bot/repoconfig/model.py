@@ -109,6 +109,23 @@ class LimitsConfig(_Strict):
     max_diff_lines: int = Field(
         default=5000, gt=0, description="Most added plus removed lines in one diff."
     )
+    max_file_bytes: int = Field(
+        default=5_000_000,
+        gt=0,
+        description=(
+            "Largest file, in bytes, that one diff may add or grow (binary files too); a file "
+            "that was already larger passes as long as it does not grow."
+        ),
+    )
+    max_diff_bytes: int = Field(
+        default=20_000_000,
+        gt=0,
+        description=(
+            "Most bytes one diff may add (new files plus the growth of changed ones, binary "
+            "files too), and the largest its unified diff may be. Checked before the diff is "
+            "scanned for secrets."
+        ),
+    )
     concurrent_runs: int = Field(
         default=2, gt=0, description="Runs of this repository that execute at once; others queue."
     )

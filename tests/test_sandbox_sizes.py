@@ -1,0 +1,129 @@
+"""Diff sizes from real git (issue 7, SPEC §7): every changed file carries its byte size, an
+oversized diff is refused from those sizes without being read or scanned, and the secret scan
+of a large allowed diff runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.repoconfig import parse_repo_config
+from jobs.diffcheck import evaluate_diff
+from sandboxes.git import GitIdentity, git_env
+from sandboxes.workspace import Workspace, WorkspaceManager
+
+ROOT = Path("/tmp/bosun-sandbox-tests")
+GH = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"  # assembled: this file holds no token
+
+
+def sh(*argv: str, cwd: Path | None = None) -> None:
+    env = git_env(env={"GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "d@x",
+                       "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "d@x"})  # fmt: skip
+    subprocess.run(argv, cwd=cwd, env=env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    ROOT.mkdir(mode=0o755, exist_ok=True)
+    path = ROOT / f"sz-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def workspace(root: Path) -> Workspace:
+    """A run's workspace on a repository holding a 3 kB text file and a 2 kB binary."""
+    dev = root / "dev"
+    sh("git", "init", "--quiet", "--initial-branch=main", str(dev))
+    (dev / "data.txt").write_text("row\n" * 750)
+    (dev / "logo.png").write_bytes(b"\x89PNG\0" + b"\1" * 1995)
+    (dev / "gone.txt").write_text("bye\n")
+    sh("git", "add", "-A", cwd=dev)
+    sh("git", "commit", "--quiet", "-m", "initial", cwd=dev)
+    manager = WorkspaceManager(root / "work", identity=GitIdentity("b", "b@x"))
+    return await manager.prepare(
+        run_id="r1", repo="o/r", remote_url=str(dev), branch="bosun/1-x", base_ref="main"
+    )
+
+
+async def test_changes_carry_the_byte_size_of_both_sides(root: Path) -> None:
+    ws = await workspace(root)
+    (ws.path / "data.txt").write_text("row\n" * 1000)
+    (ws.path / "logo.png").write_bytes(b"\x89PNG\0" + b"\2" * 995)
+    (ws.path / "gone.txt").unlink()
+    (ws.path / "blob.bin").write_bytes(b"\0" * 12_345)
+    sh("git", "mv", "data.txt", "table.txt", cwd=ws.path)  # a rename that also grows
+    changes = await ws.changes()
+    sizes = {f.path: (f.status, f.old_size, f.size, f.grown_bytes) for f in changes.files}
+    assert sizes == {
+        "table.txt": ("R", 3000, 4000, 1000),
+        "logo.png": ("M", 2000, 1000, 0),
+        "gone.txt": ("D", 4, None, 0),
+        "blob.bin": ("A", None, 12_345, 12_345),
+    }
+    assert changes.grown_bytes == 13_345
+    assert changes.diff_bytes == len(changes.diff.encode())
+    assert "Binary files /dev/null and b/blob.bin differ" in changes.diff
+    assert not (ws.path / ".git" / "bosun-scratch.diff").exists()
+
+
+async def test_an_oversized_diff_is_neither_read_nor_scanned(root: Path) -> None:
+    ws = await workspace(root)
+    (ws.path / "flood.bin").write_bytes(b"\0" * 3_000_000)
+    (ws.path / "leak.py").write_text(f'TOKEN = "{GH}"\n')
+    changes = await ws.changes(max_diff_bytes=1_000_000)
+    assert changes.diff == "" and changes.diff_bytes is None and changes.diff_omitted
+    config = parse_repo_config("limits:\n  max_file_bytes: 1000000\n  max_diff_bytes: 1000000\n")
+    verdict = await evaluate_diff(changes, config)
+    assert not verdict.allowed
+    assert [(d["rule"], d["path"]) for d in verdict.decisions] == [
+        ("limits.max_file_bytes", "flood.bin"),
+        ("limits.max_diff_bytes", None),
+    ]
+    assert "flood.bin (limits.max_file_bytes): binary file of 3.0 MB" in verdict.summary
+    assert GH[:8] not in verdict.summary  # refused on size: the token was never scanned for
+
+    # text that adds little but makes a large diff is read only up to the limit
+    (ws.path / "flood.bin").unlink()
+    (ws.path / "data.txt").write_text("ROW\n" * 750)  # same size, every line changed
+    changes = await ws.changes(max_diff_bytes=5000)
+    assert changes.grown_bytes < 5000 < (changes.diff_bytes or 0) and changes.diff == ""
+    verdict = await evaluate_diff(changes, parse_repo_config("limits:\n  max_diff_bytes: 5000\n"))
+    assert [d["rule"] for d in verdict.decisions] == ["limits.max_diff_bytes"]
+
+
+async def test_scanning_a_large_allowed_diff_leaves_the_event_loop_free(root: Path) -> None:
+    ws = await workspace(root)
+    lines = [f"value_{i} = compute({i}, 'some text to scan on this line')\n" for i in range(60_000)]
+    (ws.path / "big.py").write_text("".join(lines) + f'TOKEN = "{GH}"\n')
+    changes = await ws.changes(max_diff_bytes=20_000_000)
+    assert changes.diff_bytes is not None and changes.diff_bytes > 3_000_000
+    config = parse_repo_config("limits:\n  max_diff_lines: 100000\n")
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    verdict = await evaluate_diff(changes, config)
+    took = time.monotonic() - started
+    ticking.cancel()
+    assert [(d["rule"], d["path"]) for d in verdict.decisions] == [
+        ("secrets.github_token", "big.py")
+    ]
+    assert took > 0.5, "the scan was too quick to show anything; make the diff larger"
+    assert len(gaps) > took / 0.1  # the loop kept turning while the scan ran
+    assert max(gaps) < 0.25, max(gaps)
