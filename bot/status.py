@@ -54,6 +54,9 @@ class RunView:
     queue_position: int | None = None
     waiting: str = ""
     """While a queued run may not start: why, e.g. "waiting: position 2 of 3 in the o/r queue"."""
+    agent_phases: tuple[str, ...] = ("agent",)
+    """The agent's rows in the phase table: ``agent``, or one per workflow phase."""
+    plan: str = ""
 
     def phase(self, name: str, state: PhaseState, note: str = "") -> None:
         self.phases[name] = (state, note)
@@ -69,11 +72,19 @@ def cap(text: str, limit: int = MAX_TEXT) -> str:
 
 def _phase_table(view: RunView) -> str:
     rows = ["| Phase | State | Notes |", "|---|---|---|"]
-    for name in PHASES:
+    for name in phase_names(view):
         state, note = view.phases.get(name, ("pending", ""))
         cell = note.replace("|", "\\|")
         rows.append(f"| {name} | {_ICONS[state]} {state} | {cell} |")
     return "\n".join(rows)
+
+
+def phase_names(view: RunView) -> list[str]:
+    """The phase rows in order, the agent's expanded into its workflow phases."""
+    names: list[str] = []
+    for name in PHASES:
+        names += list(view.agent_phases) if name == "agent" else [name]
+    return names
 
 
 def _gates_table(view: RunView) -> str:
@@ -187,6 +198,9 @@ def pr_body(view: RunView) -> str:
     for path, status, added, removed in view.file_stats[:100]:
         stats = "binary" if added is None else f"+{added} -{removed}"
         lines.append(f"- `{path}` ({status}, {stats})")
+    if view.plan:
+        lines += ["", "<details><summary>The plan the agent followed</summary>", ""]
+        lines += [view.plan[:20_000], "", "</details>"]
     lines += ["", "## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
     if view.dashboard_url:
         lines += ["", f"[Run in the dashboard]({view.dashboard_url})"]

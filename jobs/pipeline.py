@@ -38,28 +38,43 @@ from bot.gateway import (
     socket_dir,
 )
 from bot.github.repo import RepoPort
-from bot.profiles import ProfileConfig
+from bot.profiles import ProfileConfig, effective_profile
+from bot.prompt import phase_prompt, sanitize
 from bot.repoconfig import RepoConfig
 from bot.runners import RunnerEvent, get_runner
-from bot.runners.base import PROMPT_PATH
+from bot.runners.base import RunnerOutcome
 from bot.runs import TERMINAL, transition
 from bot.settings import Settings
-from bot.status import GateView, RunView, gates_passed, pr_body
+from bot.status import GateView, RunView, gates_passed, phase_names, pr_body
+from jobs import sessions
 from jobs.admission import Admission, Waiting
 from jobs.context import JobContext, job_context
 from jobs.diffcheck import DiffVerdict, evaluate_diff
 from jobs.events import EventWriter
 from jobs.manifest import build_manifest, metrics_line, summary_markdown
+from jobs.phases import (
+    TEMPLATE_DIR,
+    Phase,
+    discard_changes,
+    load_template,
+    phases_for,
+    plan_comment,
+)
 from jobs.reporter import StatusReporter
 from sandboxes.base import ExecResult, Sandbox
 from sandboxes.errors import PushRejected, SandboxError
 from sandboxes.output import LineSplitter
+from sandboxes.quota import WorkspaceQuota
 from sandboxes.spec import BindMount, SandboxSpec
 from sandboxes.workspace import Changes, Workspace
 
 log = structlog.get_logger("jobs.pipeline")
 
 INPUT_MOUNT = "/bosun"
+SANDBOX_LOST = (
+    "the sandbox stopped under the agent: the Docker engine restarted or went away, or its "
+    "container was stopped or removed; comment `/retry` to run it again"
+)
 
 
 class StepFailed(BosunError):
@@ -117,8 +132,8 @@ class RunExecution:
         self.task = loaded.task
         self.repository = loaded.repository
         self.config = RepoConfig.model_validate(self.run.repo_config or {})
-        profiles = self.settings.agent_profiles()
-        self.profile: ProfileConfig = profiles.get(self.run.profile) or ProfileConfig()
+        server = self.settings.agent_profiles().get(self.run.profile) or ProfileConfig()
+        self.profile, self.narrowed = effective_profile(self.run.profile, server, self.config)
         self.events = EventWriter(self.sessions, self.run.id)
         self.port: RepoPort = bosun.repo(
             self.repository.installation_id or 0, self.repository.full_name
@@ -162,6 +177,10 @@ class RunExecution:
         self.budget_exhausted = False
         self.agent_task: asyncio.Task[ExecResult] | None = None
         self.agent_summary = ""
+        self.outcome = RunnerOutcome(success=False)
+        self.resume: sessions.SavedSession | None = None
+        self.phases = phases_for(self.run.workflow)
+        self.view.agent_phases = tuple(phase.label for phase in self.phases)
         timeout = self.profile.timeout or self.settings.sandbox.timeout_seconds
         self.deadline = time.monotonic() + timeout
 
@@ -272,9 +291,14 @@ class RunExecution:
         await self.move(RunState.PREPARING)
         await self._prepare()
         await self.move(RunState.RUNNING)
-        result = await self._agent()
+        result, failed_phase = await self._run_workflow()
         await self.move(RunState.GATES)
-        await self._gates()
+        plan_only = self.phases[-1].name == "plan"
+        if plan_only:
+            self.view.phase("gates", "skipped", "a plan changes no code")
+        else:
+            await self._gates()
+        await self._keep_session()
         await self._freeze()
         await self._collect_changes()
         if result.timed_out:
@@ -283,8 +307,14 @@ class RunExecution:
         if self.budget_exhausted:
             await self._save_partial_work_at_budget()
             return
-        if not (result.ok and self._agent_succeeded(result)):
-            raise StepFailed(f"the agent failed (exit code {result.exit_code}); see the transcript")
+        if failed_phase is not None:
+            where = f" in the {failed_phase.name} phase" if failed_phase.total > 1 else ""
+            raise StepFailed(
+                f"the agent failed{where} (exit code {result.exit_code}); see the transcript"
+            )
+        if plan_only:
+            await self._post_plan()
+            return
         assert self.changes is not None
         if self.changes.empty:
             raise StepFailed("the agent changed nothing; nothing to review")
@@ -351,6 +381,10 @@ class RunExecution:
         t0 = time.monotonic()
         self.view.phase("prepare", "running", "fetching the repository")
         self.reporter.changed()
+        for note in self.narrowed:
+            await self.events.emit(
+                "policy", {"rule": "profiles", "decision": "narrow", "message": note}
+            )
         backend = self.bosun.backend
         spec = self._spec(Path("/nonexistent"))
         owner = await backend.host_ids(spec)
@@ -385,6 +419,7 @@ class RunExecution:
         except SandboxError as exc:
             raise StepFailed(f"the sandbox did not start: {exc}") from exc
         self.timings["sandbox_start"] = round(time.monotonic() - t1, 3)
+        await self._restore_session(input_dir)
         self.view.phase("prepare", "done", f"base `{self.workspace.base_sha[:12]}`")
         await self.events.emit(
             "progress",
@@ -505,13 +540,123 @@ class RunExecution:
             labels={"repo": self.repository.full_name.replace("/", "_")},
         )
 
-    async def _agent(self) -> ExecResult:
+    async def _run_workflow(self) -> tuple[ExecResult, Phase | None]:
+        """The workflow's agent phases, one invocation each in the same sandbox, in order,
+        until one does not succeed. Returns the last result and the phase that failed."""
+        result: ExecResult | None = None
+        for phase in self.phases:
+            result = await self._agent(phase)
+            if phase.name == "plan":
+                await self._keep_plan(phase)
+            if result.timed_out or self.budget_exhausted:
+                return result, None
+            if not (result.ok and self.outcome.success):
+                return result, phase
+            if phase.index < phase.total:
+                self.reporter.changed()
+        assert result is not None
+        return result, None
+
+    async def _phase_prompt(self, phase: Phase) -> str:
+        """The prompt file (inside the sandbox) for ``phase``: the run's prompt re-aimed at the
+        phase, with the repository's template and the plan of an earlier phase."""
+        assert self.workspace is not None
+        template = await load_template(self.workspace, self.workspace.base_sha, phase.name)
+        if template is not None:
+            await self.events.emit(
+                "progress",
+                {"phase": phase.label, "template": f"{TEMPLATE_DIR}/{phase.name}.md"},
+            )
+        if phase.total > 1 or phase.name != "implement" or template is not None:
+            text = phase_prompt(self.run.prompt, phase.name, template, plan=self.view.plan)
+            folder = self.workspace.run_dir / "input"
+            await asyncio.to_thread(_write_input, folder, text, phase.prompt_file)
+        return f"{INPUT_MOUNT}/{phase.prompt_file}"
+
+    async def _keep_plan(self, phase: Phase) -> None:
+        """A plan phase changes no code: keep its final message as the plan, undo any edits."""
+        assert self.workspace is not None
+        self.view.plan = sanitize(self.outcome.summary).strip()
+        await self.artifact("plan", self.view.plan or "(no plan)", "text/markdown")
+        if await discard_changes(self.workspace):
+            decision = {
+                "rule": "workflow.plan",
+                "decision": "discard",
+                "message": "the plan phase changed files; the changes were discarded",
+            }
+            self.policy.append(decision)
+            await self.events.emit("policy", decision)
+
+    async def _restore_session(self, input_dir: Path) -> None:
+        """Continue the agent session of a timed-out parent run (``/resume``), where the
+        runner can (jobs/sessions.py)."""
+        runner = get_runner(self.profile.runner)
+        if not runner.capabilities.session_resume or self.run.parent_run_id is None:
+            return
+        assert self.sandbox is not None
+        async with self.sessions() as session:
+            saved = await sessions.parent_session(session, self.run, runner.name)
+        if saved is None:
+            return
+        await asyncio.to_thread(_write_bytes, input_dir / "session.tgz", saved.archive)
+        restored = await sessions.unpack(
+            self.bosun.backend, self.sandbox, f"{INPUT_MOUNT}/session.tgz"
+        )
+        if restored:
+            self.resume = saved
+        await self.events.emit(
+            "progress",
+            {
+                "phase": "prepare",
+                "session": saved.session_id,
+                "resumed": restored,
+                "from_run": self.run.parent_run_id,
+            },
+        )
+
+    async def _keep_session(self) -> None:
+        """Keep the agent's session for a later ``/resume`` (while the sandbox still runs)."""
+        runner = get_runner(self.profile.runner)
+        session_id = self.outcome.session_id
+        if not (runner.capabilities.session_resume and runner.session_dirs and session_id):
+            return
+        assert self.sandbox is not None
+        try:
+            archive = await sessions.pack(self.bosun.backend, self.sandbox, runner.session_dirs)
+        except SandboxError:
+            archive = None
+        if archive is None:
+            await self.events.emit(
+                "log", {"stream": "bosun", "line": "the agent session could not be kept"}
+            )
+            return
+        await self.artifact(sessions.ARCHIVE, archive, "application/gzip")
+        await self.artifact(
+            sessions.META, sessions.metadata(runner.name, session_id), "application/json"
+        )
+
+    async def _post_plan(self) -> None:
+        """The ``plan`` workflow's result: the plan as a comment on the issue."""
+        number = self.task.issue_number
+        if number:
+            await self.port.create_comment(
+                number, plan_comment(self.run.id, self.view.plan, implementing=False)
+            )
+        self.view.phase("push", "skipped", "a plan changes no code")
+        self.view.phase("pull request", "skipped", "the plan is on the issue")
+        reason = "the plan is posted on the issue; no code was changed"
+        await self._finish_artifacts(RunState.REVIEW_READY, reason)
+        await self.move(RunState.REVIEW_READY, reason=reason)
+
+    async def _agent(self, phase: Phase) -> ExecResult:
         assert self.sandbox is not None
         runner = get_runner(self.profile.runner)
+        prompt_path = await self._phase_prompt(phase)
         try:
             gateway_url = f"http://127.0.0.1:{FORWARDER_PORT}" if self.gateway else None
+            resume = self.resume.session_id if self.resume and phase.index == 1 else None
             invocation = runner.invocation(
-                self.profile, prompt_path=PROMPT_PATH, gateway_url=gateway_url
+                self.profile, prompt_path=prompt_path, session_id=resume, gateway_url=gateway_url
             )
         except BosunError as exc:
             raise StepFailed(f"profile {self.run.profile!r} is misconfigured: {exc}") from exc
@@ -519,14 +664,28 @@ class RunExecution:
         if self.gateway is not None:
             argv = forwarder_argv(argv)
             env = {**agent_env(self.gateway.routes, FORWARDER_PORT), **env}
-        self.view.phase("agent", "running", f"{runner.name} started")
+        step = f"{phase.name} ({phase.index}/{phase.total}): " if phase.total > 1 else ""
+        self.view.phase(phase.label, "running", f"{step}{runner.name} started")
         self.reporter.changed()
-        await self.events.emit("progress", {"phase": "agent", "argv": invocation.argv[:1]})
+        await self.events.emit(
+            "progress",
+            {
+                "phase": phase.label,
+                "workflow": self.run.workflow,
+                "step": phase.index,
+                "of": phase.total,
+                "argv": invocation.argv[:1],
+            },
+        )
+        if phase.total > 1:
+            self.transcript.extend(f"=== bosun: {phase.name} phase ===\n".encode())
+        phase_events: list[RunnerEvent] = []
         t0 = time.monotonic()
 
         async def on_line(stream: str, line: str) -> None:
             for event in runner.parse_line(stream, line):
                 self.runner_events.append(event)
+                phase_events.append(event)
                 self.events.buffer(event.kind, event.data)
 
         splitter = LineSplitter(on_line)
@@ -546,11 +705,21 @@ class RunExecution:
                 on_output=on_output,
             )
         )
+
+        async def disk_full(grown: int) -> None:  # /workspace is a bind mount: no engine quota
+            if self.agent_task is not None and not self.agent_task.done():
+                self.agent_task.cancel()
+
+        assert self.workspace is not None
+        limit = self.settings.sandbox.workspace_limit_bytes
+        quota = WorkspaceQuota(self.workspace.path, limit, disk_full)
         try:
-            result = await self.agent_task
+            async with quota:
+                result = await self.agent_task
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not self.budget_exhausted or (current is not None and current.cancelling()):
+            stopped = self.budget_exhausted or quota.exceeded is not None
+            if not stopped or (current is not None and current.cancelling()):
                 raise
             result = ExecResult(
                 argv=tuple(argv),
@@ -564,11 +733,14 @@ class RunExecution:
             )
         await splitter.flush()
         await self.events.flush()
-        self.timings["agent"] = round(time.monotonic() - t0, 3)
+        elapsed = round(time.monotonic() - t0, 3)
+        self.timings["agent"] = round(self.timings.get("agent", 0.0) + elapsed, 3)
+        if phase.total > 1:
+            self.timings[f"agent:{phase.name}"] = elapsed
         if self.gateway is not None:
             await self._save_cost()
-        outcome = runner.outcome(result.exit_code, self.runner_events)
-        self.agent_summary = outcome.summary
+        self.outcome = runner.outcome(result.exit_code, phase_events)
+        self.agent_summary = self.outcome.summary
         note = f"[output truncated after {self.settings.sandbox.output_limit_bytes} bytes]"
         if result.truncated and not any(
             e.kind == "log" and e.data.get("line") == note for e in self.runner_events[-5:]
@@ -579,24 +751,31 @@ class RunExecution:
         note = "timed out" if result.timed_out else f"exit {result.exit_code}"
         if result.oom_killed:
             note = "killed: out of memory"
-        self.view.phase("agent", "done" if result.ok else "failed", note)
+        done = result.ok and self.outcome.success
+        self.view.phase(phase.label, "done" if done else "failed", f"{step}{note}")
         await self.events.emit(
             "progress",
             {
-                "phase": "agent",
+                "phase": phase.label,
                 "exit_code": result.exit_code,
                 "timed_out": result.timed_out,
                 "oom_killed": result.oom_killed,
-                "duration_s": self.timings["agent"],
+                "duration_s": elapsed,
             },
         )
         if result.oom_killed:
             raise StepFailed("the agent ran out of memory and was killed (sandbox memory limit)")
+        if quota.exceeded is not None:
+            raise StepFailed(quota.reason())
+        # Cancelled though nobody asked: the engine or an operator stopped the sandbox.
+        if (
+            result.cancelled
+            and not self.budget_exhausted
+            and self.cancelled_by is None
+            and not await self._cancel_requested()
+        ):
+            raise StepFailed(SANDBOX_LOST)
         return result
-
-    def _agent_succeeded(self, result: ExecResult) -> bool:
-        runner = get_runner(self.profile.runner)
-        return runner.outcome(result.exit_code, self.runner_events).success
 
     async def _gates(self) -> None:
         assert self.sandbox is not None
@@ -763,7 +942,7 @@ class RunExecution:
     # -- endings ------------------------------------------------------------------------
 
     async def _end(self, state: RunState, reason: str) -> None:
-        for phase in ("prepare", "agent", "gates", "policy", "push", "pull request"):
+        for phase in phase_names(self.view):
             current = self.view.phases.get(phase)
             if current is not None and current[0] == "running":
                 self.view.phase(phase, "failed", current[1])
@@ -824,12 +1003,17 @@ class RunExecution:
             await self.bosun.services.redis.delete(request_cancel_key(self.settings, self.run.id))
 
 
-def _write_input(folder: Path, prompt: str) -> None:
+def _write_input(folder: Path, prompt: str, name: str = "prompt.md") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
-    target = folder / "prompt.md"
+    target = folder / name
     target.write_text(prompt)
     target.chmod(0o644)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o644)
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -5,6 +5,7 @@ that exceeds its budget is stopped, its partial work pushed, and the check run s
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ def agent_stack(
     api: str = "anthropic",
     model: str = "claude-sonnet-4-5",
     key_env: str = KEY_ENV,
+    timeout: int | None = None,
 ) -> Any:
     docker_client().close()
     port = free_port()
@@ -49,6 +51,7 @@ def agent_stack(
             "upstreams": [stub_url],
             "budget_usd": budget,
             "max_turns": 8,
+            "timeout": timeout,
         },
     }
     settings = make_stack_settings(
@@ -235,3 +238,80 @@ def test_codex_edits_through_the_gateway(
         assert metered and sum(d["tokens_in"] for d in metered) > 0
         transcript = stack.artifacts(run["id"])["transcript"].read_bytes()
         assert openai_key.encode() not in transcript
+
+
+def test_resume_continues_the_agent_session(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    real_key: str,
+) -> None:
+    """A run that hits its time limit keeps its Claude Code session; ``/resume`` starts a run
+    whose agent continues that conversation (the model sees the first run's turns) on the same
+    branch."""
+    script = ModelScript(
+        [
+            ToolTurn("Write", {"file_path": "/workspace/part1.txt", "content": "first part\n"}),
+            ToolTurn(
+                "Bash",
+                {"command": "python3 -c 'import time; time.sleep(600)'", "description": "wait"},
+            ),
+            ToolTurn("Write", {"file_path": "/workspace/part2.txt", "content": "second part\n"}),
+            TextTurn("Both parts are written."),
+        ]
+    )
+    with (
+        running(AnthropicStub(script)) as stub_url,
+        agent_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            stub_url,
+            5.0,
+            timeout=25,
+        ) as stack,
+    ):
+        number = stack.emulator.create_issue(stack.repo, "Two parts", "Write both.", "alice")
+        stack.label(number, "bosun:agent")
+        (first,) = stack.wait_run({"timed_out", "failed", "review_ready"}, timeout=180)
+        assert first["state"] == "timed_out", first
+        assert "/resume" in first["reason"]
+        kept = stack.artifacts(first["id"])
+        assert "session" in kept and "session.json" in kept
+        session_id = json.loads(kept["session.json"].read_text())["session_id"]
+
+        seen = len(script.requests)
+        stack.emulator.comment(stack.repo, number, "/resume", "alice")
+
+        def second() -> dict[str, Any] | None:
+            runs = [r for r in stack.runs() if r["id"] != first["id"]]
+            done = [r for r in runs if r["state"] in {"review_ready", "failed", "timed_out"}]
+            return done[0] if done else None
+
+        run = stack.wait_for(second, 180, "the resumed run to finish")
+        assert run["state"] == "review_ready", run
+        assert run["branch"] == first["branch"]
+        tree = _git(stack, "ls-tree", "-r", "--name-only", run["head_sha"])
+        assert "part1.txt" in tree and "part2.txt" in tree
+
+        # The resumed agent's first model request carries the first run's conversation.
+        resumed = [
+            r
+            for r in script.requests[seen:]
+            if r["path"] == "/v1/messages" and r["body"].get("tools")
+        ]
+        assert resumed, "the resumed agent made no model request"
+        history = json.dumps(resumed[0]["body"]["messages"])
+        assert "part1.txt" in history and "time.sleep(600)" in history
+        restored = [
+            e["data"]
+            for e in stack.events(run["id"], "progress")
+            if e["data"].get("session") is not None
+        ]
+        assert restored == [
+            {"phase": "prepare", "session": session_id, "resumed": True, "from_run": first["id"]}
+        ]

@@ -87,6 +87,9 @@ class RunnerOutcome:
 class Runner(abc.ABC):
     name: str
     capabilities: Capabilities
+    session_dirs: tuple[str, ...] = ()
+    """Where the runner keeps its sessions, relative to the sandbox's home: what ``/resume``
+    carries to the next run's sandbox when ``capabilities.session_resume`` is set."""
 
     @abc.abstractmethod
     def invocation(

@@ -34,6 +34,7 @@ class ClaudeCodeRunner(Runner):
     capabilities = Capabilities(
         streaming=True, cost_reporting=True, session_resume=True, tool_allowlist=True
     )
+    session_dirs = (".claude/projects",)
 
     def invocation(
         self,

@@ -43,6 +43,7 @@ class CodexRunner(Runner):
     capabilities = Capabilities(
         streaming=True, cost_reporting=False, session_resume=True, tool_allowlist=False
     )
+    session_dirs = (".codex/sessions",)
 
     def invocation(
         self,
