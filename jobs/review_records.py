@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.artifacts import store_artifact
 from bot.db.models import Approval, Artifact, CommandAudit, Repository, Run, Task
 from bot.github.repo import RepoPort
+from bot.profiles import effective_profile
+from bot.repoconfig import RepoConfig
 from bot.review import ApprovalSnapshot, RunSnapshot, review_section, with_review_section
 from jobs.context import JobContext
 from jobs.manifest import with_review
@@ -109,9 +111,21 @@ async def snapshot(bosun: JobContext, run: Run) -> RunSnapshot:
         pr_number=run.pr_number,
         changed_paths=paths,
         approvals=approvals,
-        budget_usd=run.budget_usd,
+        budget_usd=budget_of(bosun, run),
         cost_usd=run.cost_usd,
     )
+
+
+def budget_of(bosun: JobContext, run: Run) -> float | None:
+    """The run's dollar cap: its own (raised by ``/budget``), else its profile's as the
+    repository narrows it."""
+    if run.budget_usd is not None:
+        return run.budget_usd
+    server = bosun.settings.agent_profiles().get(run.profile)
+    if server is None:
+        return None
+    config = RepoConfig.model_validate(run.repo_config or {})
+    return effective_profile(run.profile, server, config)[0].budget_usd
 
 
 async def review_records(

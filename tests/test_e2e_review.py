@@ -3,6 +3,7 @@ merge, retry lineage, and the audit trail."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.stack import BosunStack
@@ -102,3 +103,23 @@ def test_a_push_after_approval_invalidates_it(stack: BosunStack) -> None:
         30,
         "the invalidation comment",
     )
+
+
+def _manifest(
+    stack: BosunStack, run_id: str, state: str, *, has: str | None = None, timeout: float = 30
+) -> dict[str, Any]:
+    """The run's manifest.json once it records ``state`` (and key ``has``): the review loop
+    rewrites it after the commands that change the run."""
+
+    def read() -> dict[str, Any] | None:
+        path = stack.artifacts(run_id).get("manifest.json")
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # being replaced
+        return data if data.get("state") == state and (has is None or has in data) else None
+
+    found: dict[str, Any] = stack.wait_for(read, timeout, f"manifest.json in state {state}")
+    return found
