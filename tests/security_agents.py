@@ -278,9 +278,24 @@ def flood(path, mib):
 
 record("tmp", flood("/tmp/flood.bin", 200))
 os.remove("/tmp/flood.bin")
-record("workspace", flood("/workspace/flood.bin", 200))
-record("workspace_size", os.path.getsize("/workspace/flood.bin"))
+# Into the workspace at about 80 MiB/s, up to 400 MiB, then wait: the quota must stop it first.
+with open("/workspace/flood.bin", "wb") as handle:
+    for mib in range(8, 401, 8):
+        handle.write(b"\1" * (8 << 20))
+        handle.flush()
+        os.fsync(handle.fileno())
+        print("wrote", mib, "MiB", flush=True)
+        __import__("time").sleep(0.1)
+__import__("time").sleep(60)
 finish("disk")
+"""
+
+BINARY = r"""
+os.makedirs("/workspace/assets", exist_ok=True)
+with open("/workspace/assets/model.bin", "wb") as handle:
+    handle.write(os.urandom(8 << 20))
+open("/workspace/notes.txt", "w").write("a small text change\n")
+finish("binary")
 """
 
 TEXT_FLOOD = r"""
@@ -377,6 +392,7 @@ def security_profiles(ports: list[int], marker: str) -> dict[str, dict[str, Any]
         "sec-forkbomb": _probe(FORK_BOMB, timeout=LOOP_TIMEOUT),
         "sec-memory": _probe(MEMORY_BOMB),
         "sec-disk": _probe(DISK_FLOOD),
+        "sec-binary": _probe(BINARY),
         "sec-textflood": _probe(TEXT_FLOOD, "60000"),
         "sec-output": _probe(OUTPUT_FLOOD),
         "sec-loop": _probe(ENDLESS_LOOP, timeout=LOOP_TIMEOUT),

@@ -28,10 +28,13 @@ from tests.security_agents import (
 
 pytestmark = pytest.mark.docker
 
+WORKSPACE_LIMIT = 96 << 20  # bytes the workspace may grow by while the agent runs
+
 
 @pytest.fixture(scope="module")
 def sec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityStack]:
-    with security_stack(tmp_path_factory.mktemp("security-limits")) as running:
+    limits = tmp_path_factory.mktemp("security-limits")
+    with security_stack(limits, workspace_limit_bytes=WORKSPACE_LIMIT) as running:
         yield running
 
 
@@ -72,21 +75,46 @@ def test_memory_bomb_is_reported_as_out_of_memory(sec: SecurityStack) -> None:
     host_is_fine()
 
 
-def test_disk_flood_fills_tmp_but_not_the_host_and_workspace_is_unbounded(
+def test_disk_flood_fills_tmp_and_the_workspace_quota_stops_the_agent(
     sec: SecurityStack,
 ) -> None:
+    started = time.monotonic()
     run = sec.probe("sec-disk", timeout=120)
-    found = findings(sec.stack, run["id"])
-    tmp = re.fullmatch(r"error:ENOSPC after (\d+) MiB", found["tmp"])
-    assert tmp and int(tmp.group(1)) <= 64, found["tmp"]  # the 64m tmpfs is full
-    # Known limit: the workspace bind mount has no quota; the bounded 200 MiB flood succeeds.
-    assert found["workspace"] == "ok:200 MiB"
-    assert run["state"] == "review_ready", run  # a binary file counts 0 diff lines
-    stats = json.loads(sec.stack.artifacts(run["id"])["diff-stats"].read_text())
-    flood = next(f for f in stats if f["path"] == "flood.bin")
-    assert flood["binary"] is True
+    elapsed = time.monotonic() - started
+    lines = log_lines(sec.stack, run["id"])
+    tmp = next(line for line in lines if line.startswith("finding tmp = "))
+    match = re.fullmatch(r"finding tmp = error:ENOSPC after (\d+) MiB", tmp)
+    assert match and int(match.group(1)) <= 64, tmp  # the 64m tmpfs is full
+    # the workspace quota (96 MiB in this stack) stopped the agent long before its 400 MiB
+    assert run["state"] == "failed", run
+    assert run["reason"].startswith("the workspace grew past 101 MB (disk limit"), run["reason"]
+    assert "nothing was pushed" in run["reason"]
+    written = [int(line.split()[1]) for line in lines if line.startswith("wrote ")]
+    assert 96 <= max(written) < 400, written
+    assert not any(line.startswith("FINDINGS ") for line in lines)  # it never got to finish
+    errors = [e["data"]["line"] for e in sec.stack.events(run["id"], "error")]
+    assert run["reason"] in errors
+    assert run["branch"] not in sec.branches()
+    assert elapsed < 60  # stopped, not left to sleep to its time limit
     sec.settled(run["id"])
     host_is_fine()
+
+
+def test_large_binary_is_refused_by_the_file_size_limit(sec: SecurityStack) -> None:
+    run = sec.probe("sec-binary")
+    assert run["state"] == "failed", run
+    assert "nothing was pushed" in run["reason"]
+    assert (
+        "assets/model.bin (limits.max_file_bytes): binary file of 8.4 MB; the limit is 5.0 MB"
+        " per file" in run["reason"]
+    )
+    policy = [e["data"] for e in sec.stack.events(run["id"], "policy")]
+    assert {"rule": "limits.max_file_bytes", "path": "assets/model.bin", "decision": "deny",
+            "message": "binary file of 8.4 MB; the limit is 5.0 MB per file"} in policy  # fmt: skip
+    stats = json.loads(sec.stack.artifacts(run["id"])["diff-stats"].read_text())
+    sizes = {f["path"]: f["size"] for f in stats}
+    assert sizes["assets/model.bin"] == 8 << 20 and sizes["notes.txt"] == 20
+    assert run["branch"] not in sec.branches() and run["pr_number"] is None
 
 
 def test_text_flood_is_refused_by_the_diff_size_limit(sec: SecurityStack) -> None:

@@ -1,0 +1,103 @@
+"""A disk quota for the workspace while the agent runs (SPEC §6).
+
+``/workspace`` is a bind mount of a host folder, so the engine cannot cap it. ``WorkspaceQuota``
+measures the folder every couple of seconds in a thread (an ``os.scandir`` walk counting
+allocated blocks, so sparse files count what they occupy and hard links count once) and calls
+``on_exceeded`` once when it has grown past the limit since the watch began (the clone itself,
+whose objects are hard links into the host's mirror, does not count). The caller then stops
+the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+OnExceeded = Callable[[int], Awaitable[None]]
+"""Called with the measured size in bytes."""
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes allocated on disk under ``root`` (blocks, not apparent size), symlinks not
+    followed, each hard-linked inode once. Files that vanish during the walk are skipped."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                except OSError:
+                    continue
+                if info.st_nlink > 1:
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+    return total
+
+
+class WorkspaceQuota:
+    """Watches ``root`` while used as ``async with``; ``exceeded`` holds how far it had grown
+    when it broke the limit, once it has."""
+
+    def __init__(
+        self,
+        root: Path,
+        limit_bytes: int,
+        on_exceeded: OnExceeded,
+        *,
+        interval: float = 2.0,
+    ) -> None:
+        self.root = root
+        self.limit_bytes = limit_bytes
+        self.on_exceeded = on_exceeded
+        self.interval = interval
+        self.exceeded: int | None = None
+        self.baseline: int | None = None
+        self.growth = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WorkspaceQuota:
+        self._task = asyncio.create_task(self._watch(), name=f"quota:{self.root}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def reason(self) -> str:
+        """What the run's end says when the limit was broken."""
+        return (
+            f"the workspace grew past {self.limit_bytes / 1e6:.0f} MB (disk limit, "
+            f"sandbox.workspace_limit_bytes): it had grown by {(self.exceeded or 0) / 1e6:.0f} MB "
+            "when the agent was stopped; nothing was pushed"
+        )
+
+    async def _watch(self) -> None:
+        self.baseline = await asyncio.to_thread(disk_usage, self.root)
+        while True:
+            await asyncio.sleep(self.interval)
+            self.growth = await asyncio.to_thread(disk_usage, self.root) - self.baseline
+            if self.growth > self.limit_bytes:
+                self.exceeded = self.growth
+                log.warning("workspace_quota_exceeded", grown=self.growth, limit=self.limit_bytes)
+                await self.on_exceeded(self.growth)
+                return
