@@ -122,9 +122,7 @@ def test_plan_implement_runs_two_phases_with_the_repo_template(wstack: BosunStac
         e["kind"] == "progress" and e["data"].get("template") == ".bosun/commands/plan.md"
         for e in events
     )
-    assert any(
-        e["kind"] == "policy" and e["data"].get("rule") == "workflow.plan" for e in events
-    )
+    assert any(e["kind"] == "policy" and e["data"].get("rule") == "workflow.plan" for e in events)
 
     # Phase progress in the check run: a row per phase, both done.
     check = _completed_check(stack, run)
@@ -171,3 +169,22 @@ def test_plan_workflow_posts_the_plan_and_changes_no_code(wstack: BosunStack) ->
     assert "No code was changed" in plans[0]["body"]
     summary = _completed_check(stack, run)["output"]["summary"]
     assert "| plan | ✅ done |" in summary and "| push | ⏭️ skipped |" in summary
+
+
+def test_repo_config_narrows_the_profile_the_run_gets(wstack: BosunStack) -> None:
+    """The server's `slow` profile has no time limit of its own (the sandbox default is 120 s);
+    the repository narrows it to 3 s, and the run is stopped within 3 s."""
+    stack = wstack
+    config = "profiles:\n  slow:\n    timeout: 3\n"
+    stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+    number = stack.emulator.create_issue(stack.repo, "Wait", "Take your time.", "alice")
+    stack.label(number, "bosun:slow")
+    (run,) = stack.wait_run({"timed_out", "failed", "review_ready"}, timeout=60)
+    assert run["state"] == "timed_out", run
+    agent = [
+        e["data"]
+        for e in stack.events(run["id"], "progress")
+        if e["data"].get("phase") == "agent" and "duration_s" in e["data"]
+    ]
+    # The time limit covers the whole run, so the agent gets what preparing left of 3 s.
+    assert len(agent) == 1 and agent[0]["timed_out"] and agent[0]["duration_s"] <= 3.0
