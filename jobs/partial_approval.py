@@ -64,8 +64,10 @@ class Scratch:
         check: bool = True,
         remote: bool = False,
     ) -> str:
+        # Paths are never globs here; a push keeps ``push`` first (its refusals are parsed).
+        argv = list(args) if remote else ["--literal-pathspecs", *args]
         result = await run_git(
-            ["--literal-pathspecs", *args],
+            argv,
             cwd=self.path,
             stdin=stdin,
             env=env,

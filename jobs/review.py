@@ -318,8 +318,7 @@ async def apply(
         await port.react(react, comment_id=comment_id, issue=None)
     if note:
         await note_on_status(bosun, port, run, note)
-    if command.changes_state and not isinstance(decision, Approve):
-        await rewrite_manifest(bosun, run.id)  # approvals rewrite it when they complete
+    await rewrite_manifest(bosun, run.id)  # approvals and the command audit (SPEC §4.3)
     return f"processed: {decision.kind} ({decision.rule})"
 
 

@@ -30,7 +30,7 @@ from jobs.partial_approval import (
     scratch_clone,
 )
 from jobs.review_records import note_on_status, rewrite_manifest, snapshot
-from sandboxes.errors import GitError
+from sandboxes.errors import WorkspaceError
 
 log = structlog.get_logger("jobs.review_merge")
 
@@ -142,7 +142,7 @@ async def _complete(
     if _partial(shot):
         try:
             revert = await _revert(bosun, port, run, shot, config, base_branch)
-        except (BranchMoved, NothingApproved, GitError) as exc:
+        except (BranchMoved, NothingApproved, WorkspaceError) as exc:
             await _back_to_review(
                 bosun,
                 port,
@@ -284,7 +284,7 @@ async def _conflicts(bosun: JobContext, port: RepoPort, head: str, base_branch: 
         auth = await port.git_auth_header()
         async with scratch_clone(bosun.workspaces, port.full_name, port.clone_url(), auth) as c:
             return await conflicting_paths(c, base_branch, head)
-    except GitError as exc:
+    except WorkspaceError as exc:
         log.warning("conflict_paths_failed", error=str(exc)[:300])
         return []
 

@@ -15,6 +15,8 @@ from bot.db.models import RunState
 from bot.events import ParsedEvent, parse_event
 from bot.repoconfig import RepoConfig, parse_repo_config
 from bot.review import (
+    REVIEW_END,
+    REVIEW_START,
     ApprovalSnapshot,
     Approve,
     Cancel,
@@ -39,6 +41,8 @@ from bot.review import (
     decide_review,
     invalidate_on_push,
     partial_paths,
+    review_section,
+    with_review_section,
 )
 
 S = RunState
@@ -587,3 +591,38 @@ def test_changes_requested_review_is_recorded_only() -> None:
     decision = decide_review(event.review, snapshot(), "write", DEFAULT, now_sha=HEAD)
     assert isinstance(decision, Ignore)
     assert decision.rule == "review.changes_requested"
+
+
+# --- the status comment's review section --------------------------------------------------
+
+
+def test_review_section_says_which_approvals_still_count() -> None:
+    run = snapshot(
+        S.APPROVED,
+        on_hold=True,
+        approvals=(
+            ApprovalSnapshot("bob", HEAD),
+            ApprovalSnapshot("carol", OLD),
+            ApprovalSnapshot("dave", OLD, ("src/**",), valid=False),
+        ),
+    )
+    section = review_section(run, "The branch moved; 1 approval(s) no longer count.")
+    assert section.startswith(REVIEW_START) and section.endswith(REVIEW_END)
+    assert "**approved** · on hold" in section
+    assert f"@bob approved `{HEAD[:12]}`: counts" in section
+    assert f"@carol approved `{OLD[:12]}`: on an earlier commit" in section
+    assert "@dave approved" in section and "(only `src/**`): no longer counts" in section
+    assert "> The branch moved; 1 approval(s) no longer count." in section
+    assert "no approvals yet" in review_section(snapshot())
+
+
+def test_review_section_is_edited_in_place() -> None:
+    body = "<!-- bosun:status -->\n**Bosun** · run `r1` · **review ready**\n\n| Phase |\n"
+    first = with_review_section(body, review_section(snapshot(), "first"))
+    assert first.startswith(body.rstrip("\n")) and first.count(REVIEW_START) == 1
+    second = with_review_section(first, review_section(snapshot(), "second"))
+    assert second.count(REVIEW_START) == 1 and second.count(REVIEW_END) == 1
+    assert "> second" in second and "> first" not in second
+    assert second.startswith(body.rstrip("\n"))
+    tail = first + "\n\nfooter kept"
+    assert with_review_section(tail, "X").endswith("X\n\nfooter kept")
