@@ -1,7 +1,13 @@
 """The review loop's effects (SPEC §8): PR and issue comment commands, check-run buttons and
 GitHub reviews become decisions (``bot.review``, pure) applied here — approvals bound to the
 head SHA, merge, reject, retry with lineage, cancel, hold, budget — each recorded in the
-command audit table and as a ``command``/``policy`` event of the run."""
+command audit table and as a ``command``/``policy`` event of the run, and the run's
+``manifest.json`` rewritten with its approvals and audit.
+
+Neighbours: ``review_merge`` (approval → partial-approval revert → merge or conflict),
+``partial_approval`` (the host-side git for both), ``review_push`` (pushes: same tree or not),
+``review_records`` (reading the run back, the manifest, the status comment's review section).
+"""
 
 from __future__ import annotations
 

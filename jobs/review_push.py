@@ -16,7 +16,8 @@ from sqlalchemy import update
 from bot.db.models import Approval, Run, RunState
 from bot.events import ParsedEvent
 from bot.github.repo import RepoPort
-from bot.runs import TERMINAL, append_event, transition
+from bot.review import REVIEWABLE
+from bot.runs import append_event, transition
 from jobs.context import JobContext
 from jobs.review_records import find_run, note_on_status, rewrite_manifest
 
@@ -44,7 +45,8 @@ async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> 
     new_head = event.pull_request.head_sha
     if new_head == run.head_sha:
         return "ignored: Bosun's own push"
-    if run.state in TERMINAL:
+    if run.state not in REVIEWABLE:
+        # Before review the pipeline owns the branch and its head; after the end nothing binds.
         return f"ignored: the run is {run.state.value}"
     old_head = run.head_sha
     unchanged, tree = await same_tree(port, old_head, new_head)
