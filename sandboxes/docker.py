@@ -342,8 +342,9 @@ class DockerBackend(SandboxBackend):
         if head:
             await collector.feed("stderr", head)
         exit_code = await self._exit_code(exec_id)
-        if stream.error is not None and exit_code is None and not timed_out:
-            cancelled = True  # the container went away under the exec (stop/remove)
+        if exit_code is None and not timed_out:
+            # The exec's end was never seen: its container (stop/remove) or the engine went away.
+            cancelled = True
         oom = False
         if exit_code == 137 and not (timed_out or cancelled):
             if sandbox.id in self._stopping or await self._stopped(sandbox):
@@ -442,7 +443,7 @@ class DockerBackend(SandboxBackend):
     async def _stopped(self, sandbox: Sandbox) -> bool:
         try:
             return (await self.inspect(sandbox)).status != SandboxStatus.RUNNING
-        except SandboxNotFound:
+        except (SandboxNotFound, EngineUnavailable):
             return True
 
     # -- files ----------------------------------------------------------------------------

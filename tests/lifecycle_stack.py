@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -168,9 +169,16 @@ class ProcessStack:
             return list(conn.execute(sql, args).fetchall())
 
     def run(self) -> dict[str, Any] | None:
-        rows = self.db("SELECT id, state, reason, heartbeat_at FROM runs")
-        keys = ("id", "state", "reason", "heartbeat_at")
+        rows = self.db("SELECT id, state, reason, finished_at FROM runs")
+        keys = ("id", "state", "reason", "finished_at")
         return dict(zip(keys, rows[0], strict=True)) if rows else None
+
+    def ended_after(self, start: datetime) -> float:
+        """Seconds from ``start`` (UTC) to the moment the run entered its terminal state."""
+        run = self.run()
+        assert run is not None and run["finished_at"], run
+        finished = datetime.fromisoformat(run["finished_at"]).replace(tzinfo=UTC)
+        return (finished - start).total_seconds()
 
     def events(self, run_id: str, kind: str) -> list[dict[str, Any]]:
         rows = self.db(
