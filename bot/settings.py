@@ -154,8 +154,8 @@ class SandboxSettings(_Group):
         default=2 * 1024**3,
         gt=0,
         description=(
-            "Disk the workspace may use while the agent runs (blocks on disk, checked every few "
-            "seconds); past it the agent is stopped and the run fails."
+            "Disk the workspace may grow by while the agent runs (allocated blocks, measured "
+            "every 2 s); past it the agent is stopped and the run fails, nothing pushed."
         ),
     )
 
