@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 from arq.constants import retry_key_prefix
@@ -47,6 +48,10 @@ class Refused:
     """The run may not start at all (``limits.scope_conflict: refuse``)."""
 
     reason: str
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Admission:
@@ -85,6 +90,12 @@ class Admission:
         return f"{self.bosun.settings.redis.namespace}:capacity:shown:{self.run.id}"
 
     @property
+    def _lock_waiters_key(self) -> str:
+        """Runs of this repository waiting for a scope lock: woken when any run ends."""
+        namespace = self.bosun.settings.redis.namespace
+        return f"{namespace}:capacity:repo-{self.repository.id}:lock-waiters"
+
+    @property
     def _repo_cap(self) -> int:
         return self.config.limits.concurrent_runs
 
@@ -108,17 +119,19 @@ class Admission:
                         f"refused: {conflict.describe()} and this repository refuses "
                         "overlapping runs (`limits.scope_conflict: refuse`)"
                     )
+                await self.bosun.services.redis.zadd(self._lock_waiters_key, {self.run.id: 0})
                 return Waiting(f"waiting: {conflict.describe()}", self.poll)
         slot = await self.capacity.acquire(
             self.run.id,
             repository_id=self.repository.id,
-            enqueued_at=self.run.created_at.timestamp(),
+            enqueued_at=_utc(self.run.created_at).timestamp(),
             repo_cap=self._repo_cap,
         )
         if not slot.granted:
             if self.scope:
                 await release_scope(sessions, self.run.id)
             return Waiting(slot.describe(self.repository.full_name), self.poll, slot.position)
+        await self.bosun.services.redis.zrem(self._lock_waiters_key, self.run.id)
         self.admitted = True
         self._renewer = asyncio.create_task(self._renew_loop(), name=f"lease:{self.run.id}")
         log.info("run_admitted", scope=self.scope or None)
@@ -222,5 +235,9 @@ class Admission:
             woken = await self.capacity.release(
                 self.run.id, repository_id=self.repository.id, repo_cap=self._repo_cap
             )
-            if woken:
-                log.info("runs_woken", runs=woken)
+            redis = self.bosun.services.redis
+            await redis.zrem(self._lock_waiters_key, self.run.id)
+            lock_waiters = [m.decode() for m in await redis.zrange(self._lock_waiters_key, 0, -1)]
+            await self.capacity.wake(lock_waiters)
+            if woken or lock_waiters:
+                log.info("runs_woken", runs=woken + lock_waiters)
