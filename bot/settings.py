@@ -190,22 +190,6 @@ class WorkerSettings(_Group):
             "as soon as a slot frees); it holds no worker job slot in between."
         ),
     )
-    lease_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        description=(
-            "Lease of a run's capacity slot and scope lock, renewed every third of it while the "
-            "run lives: a crashed worker's slot and lock free themselves this long after it died."
-        ),
-    )
-    queue_poll_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        description=(
-            "How often a run waiting for a slot or a scope lock asks again (it is also woken "
-            "as soon as a slot frees); it holds no worker job slot in between."
-        ),
-    )
     heartbeat_seconds: float = Field(
         default=10.0, gt=0, description="Seconds between heartbeats of a run a worker executes."
     )

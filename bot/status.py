@@ -54,8 +54,6 @@ class RunView:
     queue_position: int | None = None
     waiting: str = ""
     """While a queued run may not start: why, e.g. "waiting: position 2 of 3 in the o/r queue"."""
-    waiting: str = ""
-    """While a queued run may not start: why, e.g. "waiting: position 2 of 3 in the o/r queue"."""
     agent_phases: tuple[str, ...] = ("agent",)
     """The agent's rows in the phase table: ``agent``, or one per workflow phase."""
     plan: str = ""

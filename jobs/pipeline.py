@@ -48,7 +48,6 @@ from bot.settings import Settings
 from bot.status import GateView, RunView, gates_passed, phase_names, pr_body
 from jobs import sessions
 from jobs.admission import Admission, Waiting
-from jobs.admission import Admission, Waiting
 from jobs.context import JobContext, job_context
 from jobs.diffcheck import DiffVerdict, evaluate_diff
 from jobs.events import EventWriter
@@ -165,9 +164,6 @@ class RunExecution:
         self.admission = Admission(
             bosun, run=self.run, task=self.task, repository=self.repository, config=self.config
         )
-        self.admission = Admission(
-            bosun, run=self.run, task=self.task, repository=self.repository, config=self.config
-        )
         self.workspace: Workspace | None = None
         self.sandbox: Sandbox | None = None
         self.changes: Changes | None = None
@@ -274,22 +270,6 @@ class RunExecution:
             await asyncio.shield(self._cleanup())
         self.timings["total"] = round(time.monotonic() - started, 3)
         return {"run_id": self.run.id, "state": self.run.state.value}
-
-    async def _admit(self) -> str | None:
-        """Capacity slot and scope lock (jobs/admission.py). While the run may not start it
-        stays queued, GitHub shows its place in line, and arq runs the job again later (woken
-        early when a slot frees). Returns why the run is refused, if it is."""
-        if self.run.state is not RunState.QUEUED or self.run.cancel_requested:
-            return None
-        outcome = await self.admission.enter()
-        if isinstance(outcome, Waiting):
-            await self.admission.show(
-                outcome, self.view, self.reporter, port=self.port, remote_url=self._remote_url()
-            )
-            await self.admission.not_a_try()
-            raise Retry(defer=outcome.defer)
-        self.admission.adopt_check_run(self.reporter)
-        return outcome.reason if outcome is not None else None
 
     async def _admit(self) -> str | None:
         """Capacity slot and scope lock (jobs/admission.py). While the run may not start it

@@ -136,13 +136,6 @@ class LimitsConfig(_Strict):
             "repository: `wait` for it to end, or `refuse` (the later run fails, saying why)."
         ),
     )
-    scope_conflict: Literal["wait", "refuse"] = Field(
-        default="wait",
-        description=(
-            "When a run's focus paths overlap those of a run already working on this "
-            "repository: `wait` for it to end, or `refuse` (the later run fails, saying why)."
-        ),
-    )
     runs_per_hour: int = Field(default=20, gt=0, description="Runs started per rolling hour.")
     budget_per_run_usd: float | None = Field(
         default=None, gt=0, description="Dollar cap per run (default: the profile's budget)."
