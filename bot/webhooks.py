@@ -2,8 +2,11 @@
 
 The signature is checked on the raw bytes before anything is parsed. The delivery is stored
 under its ``X-GitHub-Delivery`` id (a redelivery carries the same id and is acknowledged, not
-processed twice), then ``process_delivery`` is enqueued with ``_job_id`` = the delivery id.
-If Redis is down the delivery is still stored and answered; the reconciler enqueues it later.
+processed twice), then ``process_delivery`` is enqueued with ``_job_id`` = the delivery id —
+both through the process's ``DeliveryIntake`` (bot/intake.py), which writes every delivery
+waiting at that moment in one transaction and one Redis round trip. If Redis is down the
+delivery is still stored and answered; the reconciler enqueues it later. If the database
+cannot store it the answer is 503, so GitHub shows the delivery as failed.
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from typing import Any
 import structlog
 from litestar import Request, Response, post
 from litestar.datastructures import State
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 
-from bot.db.models import Delivery, DeliveryStatus
+from bot.intake import PROCESS_JOB, DeliveryIntake, IncomingDelivery
 from bot.services import Services
 
 log = structlog.get_logger("bot.webhooks")
 
-PROCESS_JOB = "process_delivery"
+__all__ = ["PROCESS_JOB", "receive_webhook", "signature_valid"]
 
 
 def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -55,16 +57,6 @@ def _summary(payload: Any) -> tuple[str | None, int | None, str | None]:
     )
 
 
-async def enqueue_delivery(services: Services, delivery_id: str) -> bool:
-    """Enqueue processing; ``False`` when Redis is unreachable (the reconciler retries)."""
-    try:
-        await services.redis.enqueue_job(PROCESS_JOB, delivery_id, _job_id=f"d:{delivery_id}")
-    except Exception as exc:  # noqa: BLE001 -- the database already holds the delivery
-        log.warning("delivery_enqueue_failed", delivery_id=delivery_id, error=str(exc))
-        return False
-    return True
-
-
 @post("/webhooks/github", status_code=202, include_in_schema=False)
 async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     services: Services = state.services
@@ -87,7 +79,8 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
     structlog.contextvars.bind_contextvars(
         delivery_id=delivery_id, installation_id=installation_id, repo=repository
     )
-    delivery = Delivery(
+    intake: DeliveryIntake = state.intake
+    incoming = IncomingDelivery(
         id=delivery_id,
         event=event,
         action=action,
@@ -95,29 +88,22 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
         repository=repository,
         payload=body.decode(),
     )
-    duplicate = False
     try:
-        async with services.sessions.begin() as session:
-            session.add(delivery)
-    except IntegrityError:
-        duplicate = True
-        async with services.sessions.begin() as session:
-            await session.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id)
-                .values(redeliveries=Delivery.redeliveries + 1)
-            )
-            status = await session.scalar(
-                Delivery.__table__.select()
-                .with_only_columns(Delivery.status)
-                .where(Delivery.id == delivery_id)
-            )
-        if status != DeliveryStatus.RECEIVED:
-            log.info("delivery_duplicate_ignored", gh_event=event, status=str(status))
-            return Response({"delivery": delivery_id, "status": "duplicate"}, status_code=202)
-    queued = await enqueue_delivery(services, delivery_id)
-    log.info("delivery_recorded", gh_event=event, action=action, queued=queued, duplicate=duplicate)
+        recorded = await intake.submit(incoming)
+    except SQLAlchemyError as exc:
+        log.error("delivery_store_failed", gh_event=event, error=str(exc))
+        return _error(503, "the delivery could not be stored; GitHub can redeliver it later")
+    if recorded.duplicate and not recorded.process:
+        log.info("delivery_duplicate_ignored", gh_event=event)
+        return Response({"delivery": delivery_id, "status": "duplicate"}, status_code=202)
+    log.info(
+        "delivery_recorded",
+        gh_event=event,
+        action=action,
+        queued=recorded.queued,
+        duplicate=recorded.duplicate,
+    )
     return Response(
-        {"delivery": delivery_id, "status": "duplicate" if duplicate else "accepted"},
+        {"delivery": delivery_id, "status": "duplicate" if recorded.duplicate else "accepted"},
         status_code=202,
     )

@@ -9,6 +9,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 
+from bot.intake import DeliveryIntake
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.health import healthz, readyz
@@ -24,9 +25,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or Services.build(settings)
+        app.state.intake = DeliveryIntake(app.state.services.engine, app.state.services.redis)
+        app.state.intake.start()
         try:
             yield
         finally:
+            await app.state.intake.stop()
             if owned:
                 await app.state.services.close()
 
