@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -92,10 +93,15 @@ class WorkspaceQuota:
         )
 
     async def _watch(self) -> None:
+        started = time.monotonic()
         self.baseline = await asyncio.to_thread(disk_usage, self.root)
+        walk = time.monotonic() - started
         while True:
-            await asyncio.sleep(self.interval)
+            # a tree so large that one walk takes long is walked less often (at most ~20% busy)
+            await asyncio.sleep(max(self.interval, 4 * walk))
+            started = time.monotonic()
             self.growth = await asyncio.to_thread(disk_usage, self.root) - self.baseline
+            walk = time.monotonic() - started
             if self.growth > self.limit_bytes:
                 self.exceeded = self.growth
                 log.warning("workspace_quota_exceeded", grown=self.growth, limit=self.limit_bytes)
