@@ -115,6 +115,15 @@ class BosunProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def logged_at(self, event: str) -> datetime | None:
+        """When this process first logged ``event`` (JSON log lines)."""
+        for line in self.output().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == event:
+                    return datetime.fromisoformat(record["timestamp"])
+        return None
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -169,16 +178,20 @@ class ProcessStack:
             return list(conn.execute(sql, args).fetchall())
 
     def run(self) -> dict[str, Any] | None:
-        rows = self.db("SELECT id, state, reason, finished_at FROM runs")
-        keys = ("id", "state", "reason", "finished_at")
+        rows = self.db("SELECT id, state, reason, finished_at, heartbeat_at FROM runs")
+        keys = ("id", "state", "reason", "finished_at", "heartbeat_at")
         return dict(zip(keys, rows[0], strict=True)) if rows else None
 
     def ended_after(self, start: datetime) -> float:
         """Seconds from ``start`` (UTC) to the moment the run entered its terminal state."""
         run = self.run()
         assert run is not None and run["finished_at"], run
-        finished = datetime.fromisoformat(run["finished_at"]).replace(tzinfo=UTC)
-        return (finished - start).total_seconds()
+        return (_utc(run["finished_at"]) - start).total_seconds()
+
+    def heartbeat_age(self) -> float:
+        run = self.run()
+        assert run is not None and run["heartbeat_at"], run
+        return (datetime.now(UTC) - _utc(run["heartbeat_at"])).total_seconds()
 
     def events(self, run_id: str, kind: str) -> list[dict[str, Any]]:
         rows = self.db(
@@ -205,6 +218,10 @@ class ProcessStack:
                 return value
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.outputs()}")
+
+
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
 
 
 def _http_ok(url: str) -> bool:

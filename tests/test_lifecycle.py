@@ -8,8 +8,11 @@ killed with SIGKILL; the engine test uses a private dockerd, never the machine's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from bot.settings import Settings
 from tests.emulator.world import World
 from tests.lifecycle_stack import (
     BASE_IMAGE,
@@ -69,7 +73,7 @@ def _settings(
     work_root: Path,
     port: int,
     **extra: Any,
-):  # type: ignore[no-untyped-def]
+) -> Settings:
     world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     return make_stack_settings(
         tmp_path,
@@ -78,9 +82,7 @@ def _settings(
         namespace,
         work_root,
         port,
-        worker=FAST_WORKER,
-        profiles=LIFECYCLE_PROFILES,
-        **extra,
+        **{"worker": FAST_WORKER, "profiles": LIFECYCLE_PROFILES, **extra},
     )
 
 
@@ -129,13 +131,42 @@ def _containers_of(run_id: str, host: str | None = None) -> list[Any]:
         client.close()
 
 
+@contextlib.contextmanager
+def _foreign_sandbox() -> Iterator[str]:
+    """An hour-old Bosun sandbox of a run this installation never had; removed afterwards."""
+    run_id = f"foreign{uuid.uuid4().hex[:12]}"
+    labels = {
+        "bosun.managed": "true",
+        "bosun.run_id": run_id,
+        "bosun.created": str(int(time.time()) - 3600),
+    }
+    client = docker_client()
+    container = client.containers.run(
+        BASE_IMAGE, ["sleep", "600"], detach=True, network_mode="none", labels=labels, init=True
+    )
+    try:
+        yield run_id
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+        client.close()
+
+
 def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
     github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
 ) -> None:
     _need_base_image()
     port = free_port()
-    settings = _settings(github_world, tmp_path, redis_url, redis_namespace, work_root, port)
-    with process_stack(settings, github_world, port, tmp_path / "logs") as stack:
+    # Reconcile only at start and on the minute, to show the start pass does the work.
+    worker = {**FAST_WORKER, "reconcile_seconds": 60}
+    settings = _settings(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, port, worker=worker
+    )
+    stale = settings.worker.heartbeat_stale_seconds
+    with (
+        _foreign_sandbox() as foreign,
+        process_stack(settings, github_world, port, tmp_path / "logs") as stack,
+    ):
         first = stack.start_worker()
         run = _start_slow_run(stack)
         (container,) = _containers_of(run["id"])
@@ -143,18 +174,37 @@ def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
 
         killed = datetime.now(UTC)
         first.kill9()
-        stack.start_worker()  # as a supervisor would
+        stack.wait_for(lambda: stack.heartbeat_age() > stale, 30, "the heartbeat to go stale")
+        _clear_of_the_minute(margin=25)
+        second = stack.start_worker()
 
         ended = stack.wait_for(
             lambda: (r := stack.run()) and r["state"] in TERMINAL and r, 60, "the run to end"
         )
-        to_failed = stack.ended_after(killed)
         assert ended["state"] == "failed"
         assert "interrupted" in ended["reason"] and "/retry" in ended["reason"]
-        stack.wait_for(lambda: not _containers_of(run["id"]), 30, "the orphan sandbox removed")
-        to_reaped = (datetime.now(UTC) - killed).total_seconds()
+        started = second.logged_at("worker_started")
+        assert started is not None
+        after_start = stack.ended_after(started)
+        # Ended by the new worker's start-up pass, not by the periodic one on the minute.
+        assert 0 < after_start < 60 - started.second - started.microsecond / 1e6, after_start
+        stack.wait_for(lambda: not _containers_of(run["id"]), 15, "the orphan sandbox removed")
+        reaped = (datetime.now(UTC) - started).total_seconds()
         _assert_ended_once_with_artifacts(stack, ended)
-        print(f"\nSIGKILL → failed: {to_failed:.1f}s; → sandbox reaped: {to_reaped:.1f}s")
+        # Another Bosun's sandbox on the same engine (a run this database does not know).
+        assert _containers_of(foreign), "the reaper removed a sandbox of a run it does not know"
+        print(
+            f"\nSIGKILL → run failed {stack.ended_after(killed):.1f}s (heartbeat stale after"
+            f" {stale:.0f}s); new worker up → failed {after_start:.1f}s, → sandbox gone"
+            f" {reaped:.1f}s"
+        )
+
+
+def _clear_of_the_minute(margin: float) -> None:
+    """Sleep past the next minute boundary when it is less than ``margin`` seconds away."""
+    second = datetime.now(UTC).second + datetime.now(UTC).microsecond / 1e6
+    if 60 - second < margin:
+        time.sleep(60 - second + 0.5)
 
 
 def test_docker_engine_restart_mid_run_ends_the_run_and_leaves_no_container(
