@@ -53,10 +53,10 @@ class Receiver:
         raise RuntimeError(f"{self.name} did not answer on :{self.port}; see {self.log}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process and its waited-for children."""
+        """User + system CPU seconds of the process and its live child processes (``bosun
+        serve --workers N`` runs N of them)."""
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _tree_cpu_ticks(self.proc.pid) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -66,6 +66,15 @@ class Receiver:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+def _tree_cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:  # the process ended between two reads
+        return 0
+    return int(fields[11]) + int(fields[12]) + sum(_tree_cpu_ticks(int(c)) for c in children)
 
 
 class BosunServe(Receiver):
@@ -83,8 +92,10 @@ class BosunServe(Receiver):
         namespace: str,
         log_level: str,
         database_url: str | None = None,
+        workers: int = 1,
     ) -> None:
         super().__init__(root)
+        self.workers = workers
         self.database_url = database_url or f"sqlite+aiosqlite:///{root / 'bosun.db'}"
         self.settings_env = {
             "BOSUN_GITHUB__WEBHOOK_SECRET": secret,
@@ -100,7 +111,16 @@ class BosunServe(Receiver):
         return {**os.environ, **self.settings_env}
 
     def argv(self) -> list[str]:
-        return [str(BOSUN), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        return [
+            str(BOSUN),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
 
     def start(self, cwd: Path | None = None) -> None:
         subprocess.run([str(BOSUN), "migrate"], env=self.env(), check=True, capture_output=True)

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "--redis", default=os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
     )
     parser.add_argument("--log-level", default="info", help="bosun serve's log level")
+    parser.add_argument("--web-workers", type=int, default=1, help="bosun serve --workers N")
     parser.add_argument(
         "--postgres",
         nargs="?",
@@ -255,7 +256,15 @@ def main(argv: list[str] | None = None) -> int:
             schema = namespace.replace("-", "_")
             asyncio.run(_schema(args.postgres, f"CREATE SCHEMA {schema}"))
             database_url = f"{args.postgres}?search_path={schema}"
-        server = BosunServe(root, SECRET, args.redis, namespace, args.log_level, database_url)
+        server = BosunServe(
+            root,
+            SECRET,
+            args.redis,
+            namespace,
+            args.log_level,
+            database_url,
+            workers=args.web_workers,
+        )
     sent: list[str] = []
     check: dict[str, Any] = {}
     try:

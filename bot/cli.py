@@ -30,7 +30,14 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Web processes sharing the port (each builds its settings from the environment).",
+)
+def serve(host: str, port: int, workers: int) -> None:
     """Run the web app (webhooks, API, dashboard)."""
     import uvicorn
 
@@ -38,7 +45,19 @@ def serve(host: str, port: int) -> None:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        return
+    uvicorn.run(
+        "bot.web.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,  # a child imports the whole app before it answers
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @main.command()

@@ -42,3 +42,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         middleware=[DefineMiddleware(request_logging)],
         debug=False,
     )
+
+
+def app_from_environment() -> Litestar:
+    """The app of one ``bosun serve --workers N`` process: settings from the environment,
+    logging configured, as ``bosun serve`` does for a single process."""
+    from bot.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
