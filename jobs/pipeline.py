@@ -77,6 +77,29 @@ SANDBOX_LOST = (
 )
 
 
+KILL_LEFTOVERS = """
+keep=
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  [ "$p" = 1 ] && continue
+  if [ -z "$keep" ] || [ "$p" -lt "$keep" ]; then keep=$p; fi
+done
+for round in 1 2 3 4 5 6 7 8 9 10; do
+  left=0
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    case $p in 1|$$|$keep) continue ;; esac
+    kill -KILL "$p" 2>/dev/null && left=1
+  done
+  [ "$left" = 0 ] && break
+done
+exit 0
+"""
+"""Kill every process in the sandbox but its init (pid 1) and the sandbox's main process, the
+first one init started and so the lowest other pid, until none is left (a leftover may be
+forking). Runs inside the sandbox as the agent's user, with nothing but ``sh``."""
+
+
 class StepFailed(BosunError):
     """A step ended the run; ``state`` says how (failed by default)."""
 
@@ -292,6 +315,7 @@ class RunExecution:
         await self._prepare()
         await self.move(RunState.RUNNING)
         result, failed_phase = await self._run_workflow()
+        await self._stop_leftovers()
         await self.move(RunState.GATES)
         plan_only = self.phases[-1].name == "plan"
         if plan_only:
@@ -776,6 +800,16 @@ class RunExecution:
         ):
             raise StepFailed(SANDBOX_LOST)
         return result
+
+    async def _stop_leftovers(self) -> None:
+        """Kill every process the agent left running, so nothing of the agent's outlives its
+        turn: no leftover races the gates, reads their memory or keeps filling the workspace.
+        A failure here is not fatal: the sandbox is stopped before the diff is read anyway."""
+        assert self.sandbox is not None
+        with contextlib.suppress(SandboxError):
+            await self.bosun.backend.exec(
+                self.sandbox, ["/bin/sh", "-c", KILL_LEFTOVERS, "bosun-reap"], timeout=10
+            )
 
     async def _gates(self) -> None:
         assert self.sandbox is not None
