@@ -61,6 +61,7 @@ from jobs.phases import (
     plan_comment,
 )
 from jobs.reporter import StatusReporter
+from jobs.review_records import review_records
 from sandboxes.base import ExecResult, Sandbox
 from sandboxes.errors import PushRejected, SandboxError
 from sandboxes.output import LineSplitter
@@ -191,6 +192,7 @@ class RunExecution:
         self.sandbox: Sandbox | None = None
         self.changes: Changes | None = None
         self.transcript = bytearray()
+        self.transcript_pending = False
         self.runner_events: list[RunnerEvent] = []
         self.timings: dict[str, float] = {}
         self.policy: list[dict[str, Any]] = []
@@ -704,6 +706,7 @@ class RunExecution:
         if phase.total > 1:
             self.transcript.extend(f"=== bosun: {phase.name} phase ===\n".encode())
         phase_events: list[RunnerEvent] = []
+        self.transcript_pending = True
         t0 = time.monotonic()
 
         async def on_line(stream: str, line: str) -> None:
@@ -770,7 +773,7 @@ class RunExecution:
             e.kind == "log" and e.data.get("line") == note for e in self.runner_events[-5:]
         ):
             await self.events.emit("log", {"stream": "bosun", "line": note})
-        await self.artifact("transcript", bytes(self.transcript))
+        await self._save_transcript()
         self.view.transcript_tail = bytes(self.transcript[-4000:]).decode(errors="replace")
         note = "timed out" if result.timed_out else f"exit {result.exit_code}"
         if result.oom_killed:
@@ -800,6 +803,10 @@ class RunExecution:
         ):
             raise StepFailed(SANDBOX_LOST)
         return result
+
+    async def _save_transcript(self) -> None:
+        await self.artifact("transcript", bytes(self.transcript))
+        self.transcript_pending = False
 
     async def _stop_leftovers(self) -> None:
         """Kill every process the agent left running, so nothing of the agent's outlives its
@@ -985,6 +992,9 @@ class RunExecution:
                 "error" if state is RunState.FAILED else "log",
                 {"stream": "bosun", "line": reason, "state": state.value},
             )
+        if self.transcript_pending:  # the agent was stopped before its transcript was kept
+            with contextlib.suppress(Exception):
+                await self._save_transcript()
         if self.policy:
             with contextlib.suppress(Exception):
                 await self._record_policy()
@@ -999,8 +1009,18 @@ class RunExecution:
     async def _finish_artifacts(self, state: RunState, reason: str) -> None:
         """Summary and manifest as of the state the run is about to enter."""
         self.view.state, self.view.reason = state, reason
+        async with self.sessions() as session:
+            approvals, commands = await review_records(session, self.run.id)
         manifest = build_manifest(
-            self.run, self.task, self.repository, self.view, self.timings, self.policy, self.profile
+            self.run,
+            self.task,
+            self.repository,
+            self.view,
+            self.timings,
+            self.policy,
+            self.profile,
+            approvals,
+            commands,
         )
         await self.artifact(
             "summary",

@@ -161,9 +161,11 @@ def test_cancel_by_comment_stops_the_running_agent(stack: BosunStack) -> None:
     assert done["state"] == "cancelled" and "bob" in (done["reason"] or "")
     assert gone_after < 10, gone_after
     artifacts = stack.artifacts(run["id"])
-    assert {"summary", "manifest.json"} <= set(artifacts)
+    assert {"summary", "manifest.json", "transcript"} <= set(artifacts)
+    assert "started" in artifacts["transcript"].read_text()  # what the agent said is kept
     manifest = json.loads(artifacts["manifest.json"].read_text())
     assert manifest["state"] == "cancelled"
+    assert [(c["actor"], c["command"]) for c in manifest["commands"]] == [("bob", "cancel")]
     (row,) = _audit_rows(stack)
     assert (row["actor"], row["command"], row["outcome"]) == ("bob", "cancel", "accepted")
     assert row["comment_id"] == comment
