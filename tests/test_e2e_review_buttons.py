@@ -3,9 +3,18 @@ same permission checks (SPEC §8, §3.3)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tests.stack import BosunStack
+from tests.emulator.world import World
+from tests.stack import (
+    EDIT_AGENT,
+    PROFILES,
+    BosunStack,
+    free_port,
+    make_stack_settings,
+    running_stack,
+)
 from tests.test_e2e_review import _audit, _ready_pr
 
 AUTO_MERGE = "merge:\n  auto_merge: true\n"
@@ -76,3 +85,41 @@ def test_an_approving_github_review_counts_as_approve(stack: BosunStack) -> None
     stack.wait_run({"merged"}, timeout=60)
     approvals = stack.db("SELECT actor, sha, source FROM approvals WHERE run_id=?", run["id"])
     assert approvals == [("bob", run["head_sha"], "review")]
+
+
+def test_retry_while_running_is_folded_into_the_next_run(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> None:
+    """A `/retry` that arrives while the agent works does not race it: its feedback waits and
+    reaches the next run's prompt together with the feedback that starts that run."""
+    port = free_port()
+    github_world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    slow_edit = "import time; time.sleep(6)\n" + EDIT_AGENT
+    profiles = {
+        **PROFILES,
+        "default": {"runner": "script", "command": ["python3", "-c", slow_edit]},
+    }
+    settings = make_stack_settings(
+        tmp_path, github_world, redis_url, redis_namespace, work_root, port, profiles=profiles
+    )
+    with running_stack(settings, github_world, port) as stack:
+        number = stack.emulator.create_issue(stack.repo, "Fold", "Change it.", "alice")
+        stack.label(number)
+        (first,) = stack.wait_run({"running"}, timeout=60)
+        stack.emulator.comment(stack.repo, number, "/retry please use tabs", "alice")
+        stack.wait_for(lambda: len(_audit(stack)) >= 1, 30, "the folded retry audited")
+        assert _audit(stack)[0][:3] == ("alice", "retry", "accepted")
+        (first,) = stack.wait_run({"review_ready", "failed"}, timeout=120)
+        assert first["state"] == "review_ready"  # the running agent was not disturbed
+        pr = stack.wait_for(lambda: stack.state()["pulls"], 10, "a PR")[0]["number"]
+        stack.emulator.comment(stack.repo, pr, "/retry and add docs", "alice")
+
+        def second() -> dict[str, Any] | None:
+            rows = stack.db("SELECT id, state FROM runs WHERE parent_run_id=?", first["id"])
+            done = [r for r in rows if r[1] in {"review_ready", "failed"}]
+            return {"id": done[0][0], "state": done[0][1]} if done else None
+
+        run = stack.wait_for(second, 120, "the retry run to finish")
+        assert run["state"] == "review_ready", run
+        prompt = stack.artifacts(run["id"])["diff"].read_text()  # prompt-seen.txt is in the diff
+        assert "1. please use tabs" in prompt and "2. and add docs" in prompt
