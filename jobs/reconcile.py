@@ -89,15 +89,16 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         if job is not None:
             counts["orphaned_runs"] += 1
             log.warning("run_orphaned", run_id=run.id, worker=run.worker)
-    counts["containers"] = await _reap(bosun, {r.id for r in active} - orphaned)
+    counts["containers"] = await _reap(bosun, {r.id for r in active} - orphaned, orphaned)
     if any(counts.values()):
         log.info("reconciled", **counts)
     return counts
 
 
-async def _reap(bosun: JobContext, live: set[str]) -> int:
+async def _reap(bosun: JobContext, live: set[str], orphaned: set[str]) -> int:
     """Remove sandboxes of this installation's runs that are over (or orphaned). Containers of
-    runs this database does not know belong to another Bosun on the same engine: left alone."""
+    runs this database does not know belong to another Bosun on the same engine: left alone;
+    so are those of runs that became active since ``live`` was read."""
     backend = bosun.backend
     try:
         owners: set[str] = set()
@@ -111,8 +112,9 @@ async def _reap(bosun: JobContext, live: set[str]) -> int:
         if not ours:
             return 0
         async with bosun.services.sessions() as session:
-            known = set((await session.scalars(select(Run.id).where(Run.id.in_(ours)))).all())
-        removed = await backend.reap(lambda run_id: run_id not in known)
+            over = select(Run.id).where(Run.id.in_(ours), Run.state.not_in(list(ACTIVE)))
+            ended = set((await session.scalars(over)).all()) | (ours & orphaned)
+        removed = await backend.reap(lambda run_id: run_id not in ended)
     except Exception as exc:  # noqa: BLE001 -- the engine may be down; try again next time
         log.warning("reap_failed", error=str(exc))
         return 0

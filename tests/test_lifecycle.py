@@ -175,7 +175,9 @@ def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
         killed = datetime.now(UTC)
         first.kill9()
         stack.wait_for(lambda: stack.heartbeat_age() > stale, 30, "the heartbeat to go stale")
+        went_stale = (datetime.now(UTC) - killed).total_seconds()
         _clear_of_the_minute(margin=25)
+        spawned = datetime.now(UTC)
         second = stack.start_worker()
 
         ended = stack.wait_for(
@@ -194,9 +196,9 @@ def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
         # Another Bosun's sandbox on the same engine (a run this database does not know).
         assert _containers_of(foreign), "the reaper removed a sandbox of a run it does not know"
         print(
-            f"\nSIGKILL → run failed {stack.ended_after(killed):.1f}s (heartbeat stale after"
-            f" {stale:.0f}s); new worker up → failed {after_start:.1f}s, → sandbox gone"
-            f" {reaped:.1f}s"
+            f"\nSIGKILL → heartbeat stale {went_stale:.1f}s; new worker process up in"
+            f" {(started - spawned).total_seconds():.1f}s; then → run failed {after_start:.1f}s,"
+            f" → sandbox gone {reaped:.1f}s"
         )
 
 
