@@ -166,6 +166,24 @@ class ProcessStack:
         for process in [*self.workers, self.web]:
             if process is not None:
                 process.stop()
+        self.remove_sandboxes()
+
+    def remove_sandboxes(self) -> None:
+        """Remove what a failed test left on the engine: no other Bosun's reaper touches the
+        sandboxes of runs it does not know."""
+        import docker
+
+        with contextlib.suppress(Exception):
+            run_ids = [row[0] for row in self.db("SELECT id FROM runs")]
+            host = self.settings.sandbox.docker_host
+            client = docker.DockerClient(base_url=host) if host else docker.from_env()
+            try:
+                for run_id in run_ids:
+                    label = f"bosun.run_id={run_id}"
+                    for container in client.containers.list(all=True, filters={"label": label}):
+                        container.remove(force=True)
+            finally:
+                client.close()
 
     def outputs(self) -> str:
         parts = [f"--- {p.name}\n{p.output()[-4000:]}" for p in [self.web, *self.workers] if p]
