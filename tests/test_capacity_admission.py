@@ -191,8 +191,10 @@ async def test_refused_when_the_repository_says_so(
     # No scope at all: no lock, only the repository's cap (2 by default) applies.
     plain = RepoConfig()
     third_run, third_task = await new_run(bosun, repository, "Three", plain)
-    assert await admission(bosun, third_run, third_task, repository, plain).enter() is None
+    third = admission(bosun, third_run, third_task, repository, plain)
+    assert await third.enter() is None
     await first.leave()
+    await third.leave()
 
 
 async def test_a_wait_is_not_a_try(bosun: JobContext, origin: tuple[Path, str]) -> None:
@@ -200,7 +202,8 @@ async def test_a_wait_is_not_a_try(bosun: JobContext, origin: tuple[Path, str]) 
     config = RepoConfig.model_validate({"limits": {"concurrent_runs": 1}})
     first_run, first_task = await new_run(bosun, repository, "One", config)
     second_run, second_task = await new_run(bosun, repository, "Two", config)
-    assert await admission(bosun, first_run, first_task, repository, config).enter() is None
+    first = admission(bosun, first_run, first_task, repository, config)
+    assert await first.enter() is None
     waiting = admission(bosun, second_run, second_task, repository, config)
     outcome = await waiting.enter()
     assert isinstance(outcome, Waiting) and outcome.position == 1
@@ -211,6 +214,7 @@ async def test_a_wait_is_not_a_try(bosun: JobContext, origin: tuple[Path, str]) 
     await waiting.not_a_try()
     assert int(await redis.get(key) or 0) == 1
     await redis.delete(key)
+    await first.leave()
 
 
 def test_status_comment_shows_the_wait_only_while_queued() -> None:
