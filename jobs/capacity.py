@@ -116,6 +116,16 @@ class Slot:
         return f"waiting: position {self.position} of {self.total} in {where}"
 
 
+async def wake_runs(redis: ArqRedis, queue_name: str, run_ids: list[str]) -> None:
+    """Make the deferred jobs of ``run_ids`` due now, so a worker picks them up at its next
+    poll instead of when their deferral ends (a job not deferred is left alone)."""
+    if not run_ids:
+        return
+    now_ms = int((await redis.time())[0] * 1000)
+    mapping: dict[Any, float] = {run_job_id(run_id): now_ms for run_id in run_ids}
+    await redis.zadd(queue_name, mapping, xx=True)
+
+
 class Capacity:
     """Slots under ``global_cap`` and each repository's cap, shared through ``redis``."""
 
@@ -183,13 +193,7 @@ class Capacity:
         return woken
 
     async def wake(self, run_ids: list[str]) -> None:
-        """Make the deferred jobs of ``run_ids`` due now, so a worker picks them up at its
-        next poll instead of when their deferral ends (a job not deferred is left alone)."""
-        if not run_ids:
-            return
-        now_ms = int((await self.redis.time())[0] * 1000)
-        mapping: dict[Any, float] = {run_job_id(run_id): now_ms for run_id in run_ids}
-        await self.redis.zadd(self.queue_name, mapping, xx=True)
+        await wake_runs(self.redis, self.queue_name, run_ids)
 
 
 _PARTS = ("waiting", "alive", "held")

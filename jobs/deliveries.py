@@ -36,8 +36,8 @@ from bot.triggers import (
     trigger_request,
     trusted_by,
 )
+from jobs.cancel import signal_cancel
 from jobs.context import JobContext, job_context
-from jobs.pipeline import request_cancel_key
 from jobs.review import handle_button, handle_commands, handle_push, handle_review
 
 log = structlog.get_logger("jobs.deliveries")
@@ -336,8 +336,7 @@ async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason:
             await append_event(
                 session, run.id, "command", {"command": "cancel", "actor": actor, "reason": reason}
             )
-    for run in runs:
-        await bosun.services.redis.set(request_cancel_key(bosun.settings, run.id), actor, ex=86400)
+    await signal_cancel(bosun, [run.id for run in runs], actor)
     return len(runs)
 
 

@@ -44,10 +44,10 @@ from bot.repoconfig import RepoConfig
 from bot.runners import RunnerEvent, get_runner
 from bot.runners.base import RunnerOutcome
 from bot.runs import TERMINAL, transition
-from bot.settings import Settings
 from bot.status import GateView, RunView, gates_passed, phase_names, pr_body
 from jobs import sessions
 from jobs.admission import Admission, Waiting
+from jobs.cancel import request_cancel_key
 from jobs.context import JobContext, job_context
 from jobs.diffcheck import DiffVerdict, evaluate_diff
 from jobs.events import EventWriter
@@ -141,10 +141,6 @@ async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
         repository = await session.get(Repository, run.repository_id)
         assert task is not None and repository is not None
         return Loaded(run, task, repository)
-
-
-def request_cancel_key(settings: Settings, run_id: str) -> str:
-    return settings.redis.key("cancel", run_id)
 
 
 class RunExecution:

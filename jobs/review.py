@@ -45,6 +45,7 @@ from bot.review import (
     decide_review,
 )
 from bot.runs import ACTIVE, append_event, new_run_id, transition
+from jobs.cancel import signal_cancel
 from jobs.context import JobContext
 from jobs.review_merge import complete_approval, move, record_approval
 from jobs.review_push import handle_push
@@ -284,17 +285,13 @@ async def apply(
                 if row is not None:
                     row.pending_feedback = [*(row.pending_feedback or []), decision.feedback]
         case Cancel():
-            from jobs.pipeline import request_cancel_key
-
             async with bosun.services.sessions.begin() as session:
                 await session.execute(
                     update(Run)
                     .where(Run.id == run.id)
                     .values(cancel_requested=True, cancel_actor=actor)
                 )
-            await bosun.services.redis.set(
-                request_cancel_key(bosun.settings, run.id), actor, ex=86400
-            )
+            await signal_cancel(bosun, [run.id], actor)
         case Hold() | Unhold():
             held = isinstance(decision, Hold)
             async with bosun.services.sessions.begin() as session:
@@ -387,12 +384,14 @@ async def start_follow_up(
             await transition(
                 session, parent_row, RunState.REJECTED, actor=actor, reason="superseded by a retry"
             )
+        superseded: list[str] = []
         for older in (
             await session.execute(
                 select(Run).where(Run.task_id == row.id, Run.state == RunState.QUEUED)
             )
         ).scalars():
             older.cancel_requested, older.cancel_actor = True, "superseded"
+            superseded.append(older.id)
         run = Run(
             id=new_run_id(),
             task_id=row.id,
@@ -417,6 +416,7 @@ async def start_follow_up(
             {"from": None, "to": "queued", "actor": actor, "reason": "retry", "parent": parent.id},
         )
         new_id = run.id
+    await signal_cancel(bosun, superseded, "superseded")
     await bosun.services.redis.enqueue_job("execute_run", new_id, _job_id=f"run:{new_id}")
     return new_id
 

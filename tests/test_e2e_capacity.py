@@ -182,3 +182,28 @@ def test_overlapping_run_is_refused_when_config_says_so(
             lambda: "overlapping focus paths" in status_comment(stack, second), 30, "the reason"
         )
         stack.wait_for(lambda: run_of(stack, first)["state"] == "review_ready", 90, "first done")
+
+
+def test_cancelling_a_waiting_run_ends_it_at_once(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> None:
+    """A run waiting for a slot is cancelled by unlabelling; with a one-minute poll it still
+    ends within seconds, because the cancel makes its deferred job due."""
+    with capacity_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, queue_poll_seconds=60
+    ) as stack:
+        config = "limits:\n  concurrent_runs: 1\n"
+        stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+        first = stack.emulator.create_issue(stack.repo, "Endless", "Hold the slot.", "alice")
+        stack.label(first, "bosun:slow")  # sleeps for minutes: the slot stays taken
+        stack.wait_for(lambda: run_of(stack, first).get("state") == "running", 60, "first running")
+        second = start(stack, "Second")
+        waiting = f"waiting: position 1 of 1 in the {stack.repo} queue"
+        stack.wait_for(lambda: waiting in status_comment(stack, second), 30, "the waiting line")
+        stack.emulator.remove_label(stack.repo, second, "bosun:slowedit", "alice")
+        stack.wait_for(
+            lambda: run_of(stack, second)["state"] == "cancelled", 15, "the waiting run cancelled"
+        )
+        assert run_of(stack, first)["state"] == "running"  # its slot was never given up
+        stack.emulator.remove_label(stack.repo, first, "bosun:slow", "alice")
+        stack.wait_for(lambda: run_of(stack, first)["state"] == "cancelled", 30, "first cancelled")
