@@ -28,7 +28,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.db.models import Delivery, DeliveryStatus
 
@@ -112,6 +112,27 @@ class DeliveryIntake:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.written = 0
+        self._conn: AsyncConnection | None = None
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        # One statement for every batch, executed with a list of rows: compiled once and
+        # cached; SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues").
+        self._insert = (
+            dialect.insert(Delivery)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(Delivery.id)
+        )
+
+    async def _connection(self) -> AsyncConnection:
+        """The writer's own connection, held across batches: no pool round trip per batch."""
+        if self._conn is None or self._conn.closed:
+            self._conn = await self.engine.connect()
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
 
     def start(self) -> None:
         if self._task is None:
@@ -125,6 +146,7 @@ class DeliveryIntake:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        await self._drop_connection()
 
     async def submit(self, delivery: IncomingDelivery) -> Recorded:
         """Store the delivery (with the others waiting now) and enqueue its processing.
@@ -181,8 +203,7 @@ class DeliveryIntake:
     async def _store(
         self, deliveries: list[IncomingDelivery], copies: Counter[str]
     ) -> tuple[set[str], set[str]]:
-        """Insert the batch and count every other copy of an id as a redelivery; returns (ids
-        inserted now, ids stored before and not processed yet)."""
+        """Write the batch in one transaction on the writer's connection."""
         rows = [
             {
                 "id": d.id,
@@ -195,31 +216,40 @@ class DeliveryIntake:
             }
             for d in deliveries
         ]
-        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-        insert = (
-            dialect.insert(Delivery)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(Delivery.id)
-        )
-        async with self.engine.begin() as conn:
-            inserted = set((await conn.execute(insert)).scalars())
-            again: dict[int, list[str]] = {}
-            for d in deliveries:
-                extra = copies[d.id] - (1 if d.id in inserted else 0)
-                if extra:
-                    again.setdefault(extra, []).append(d.id)
-            unprocessed: set[str] = set()
-            for extra, ids in again.items():
-                counted = (
-                    update(Delivery)
-                    .where(Delivery.id.in_(ids))
-                    .values(redeliveries=Delivery.redeliveries + extra)
-                    .returning(Delivery.id, Delivery.status)
-                )
-                for delivery_id, status in (await conn.execute(counted)).all():
-                    if delivery_id not in inserted and status == DeliveryStatus.RECEIVED:
-                        unprocessed.add(delivery_id)
+        conn = await self._connection()
+        try:
+            async with conn.begin():
+                return await self._write_rows(conn, rows, deliveries, copies)
+        except BaseException:
+            await self._drop_connection()  # the next batch starts on a fresh connection
+            raise
+
+    async def _write_rows(
+        self,
+        conn: AsyncConnection,
+        rows: list[dict[str, Any]],
+        deliveries: list[IncomingDelivery],
+        copies: Counter[str],
+    ) -> tuple[set[str], set[str]]:
+        """Insert the rows and count every other copy of an id as a redelivery; returns (ids
+        inserted now, ids stored before and not processed yet)."""
+        inserted = set((await conn.execute(self._insert, rows)).scalars())
+        again: dict[int, list[str]] = {}
+        for d in deliveries:
+            extra = copies[d.id] - (1 if d.id in inserted else 0)
+            if extra:
+                again.setdefault(extra, []).append(d.id)
+        unprocessed: set[str] = set()
+        for extra, ids in again.items():
+            counted = (
+                update(Delivery)
+                .where(Delivery.id.in_(ids))
+                .values(redeliveries=Delivery.redeliveries + extra)
+                .returning(Delivery.id, Delivery.status)
+            )
+            for delivery_id, status in (await conn.execute(counted)).all():
+                if delivery_id not in inserted and status == DeliveryStatus.RECEIVED:
+                    unprocessed.add(delivery_id)
         return inserted, unprocessed
 
 

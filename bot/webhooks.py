@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
 
+import msgspec
 import structlog
 from litestar import Request, Response, post
 from litestar.datastructures import State
@@ -72,8 +72,8 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
     if not event or not delivery_id or len(delivery_id) > 64:
         return _error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        payload = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
         return _error(400, f"body is not valid JSON: {exc}")
     action, installation_id, repository = _summary(payload)
     structlog.contextvars.bind_contextvars(
