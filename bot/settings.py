@@ -207,12 +207,31 @@ class WorkerSettings(_Group):
         le=60,
         description="Seconds between reconciler passes (a divisor of 60); it also runs at start.",
     )
+    sweep_minutes: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description=(
+            "Minutes between redelivery sweeps (a divisor of 60; also at start): deliveries "
+            "GitHub failed to hand over are asked for again."
+        ),
+    )
+    sweep_window_hours: int = Field(
+        default=24,
+        ge=1,
+        le=72,
+        description="How far back a sweep looks (GitHub keeps deliveries for 3 days).",
+    )
 
     @model_validator(mode="after")
     def _check_timing(self) -> WorkerSettings:
         if 60 % self.reconcile_seconds:
             raise ValueError(
                 "reconcile_seconds must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
+            )
+        if 60 % self.sweep_minutes:
+            raise ValueError(
+                "sweep_minutes must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
             )
         if self.heartbeat_stale_seconds < 3 * self.heartbeat_seconds:
             raise ValueError(

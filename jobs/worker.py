@@ -15,6 +15,7 @@ from jobs.deliveries import process_delivery
 from jobs.ping import ping
 from jobs.pipeline import execute_run
 from jobs.reconcile import reconcile
+from jobs.sweeper import sweep_deliveries
 
 log = structlog.get_logger("jobs.worker")
 
@@ -31,9 +32,26 @@ def job_functions() -> list[Any]:
 def cron_jobs(settings: Settings) -> list[Any]:
     # arq's cron job ids are global: the namespace keeps two Bosuns on one Redis apart.
     # ``run_at_startup``: a restarted worker settles what its predecessor left at once.
-    name = f"{settings.redis.namespace}:reconcile"
+    namespace = settings.redis.namespace
     seconds = set(range(0, 60, settings.worker.reconcile_seconds))
-    return [cron(reconcile, name=name, second=seconds, run_at_startup=True, unique=True)]
+    minutes = set(range(0, 60, settings.worker.sweep_minutes))
+    return [
+        cron(
+            reconcile,
+            name=f"{namespace}:reconcile",
+            second=seconds,
+            run_at_startup=True,
+            unique=True,
+        ),
+        cron(
+            sweep_deliveries,
+            name=f"{namespace}:sweep",
+            minute=minutes,
+            second={30},  # away from the reconciler's second 0
+            run_at_startup=True,
+            unique=True,
+        ),
+    ]
 
 
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:

@@ -36,7 +36,7 @@ async def test_ping_job_round_trip(settings: Settings) -> None:
         assert result["payload"] == "hello"
         assert result["worker"]
         assert worker.jobs_failed == 0
-        assert worker.jobs_complete == 2  # ping, and the reconcile run at start-up
+        assert worker.jobs_complete == 3  # ping, and the reconcile and sweep run at start-up
     finally:
         await services.close()
 
