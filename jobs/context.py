@@ -7,6 +7,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.appcreds import load_stored, with_stored
 from bot.github.repo import GitHubRepo
 from bot.github.retry import RetryPolicy
 from bot.github.tokens import GitHubApp
@@ -39,6 +42,21 @@ class JobContext:
                 ),
             )
         return self._app
+
+    async def adopt_stored_app(self) -> None:
+        """Take the App registered at ``/setup`` when the environment configures none (checked
+        before each job until there is one; a configured App is never replaced)."""
+        github = self.settings.github
+        if github.app_id is not None or github.private_key_pem():
+            return
+        try:
+            stored = await load_stored(self.services.sessions)
+        except (SQLAlchemyError, OSError):  # unmigrated or unreachable: the job will say so
+            return
+        if stored is not None:
+            self.settings = with_stored(self.settings, stored)
+            self.services.settings = self.settings
+            self._app = None
 
     def repo(self, installation_id: int, full_name: str) -> GitHubRepo:
         return GitHubRepo(self.github_app(), installation_id, full_name)

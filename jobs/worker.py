@@ -71,6 +71,9 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
     async def on_job_start(ctx: dict[str, Any]) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"))
+        bosun: JobContext | None = ctx.get("bosun")
+        if bosun is not None:
+            await bosun.adopt_stored_app()
 
     return Worker(
         functions=job_functions(),

@@ -5,16 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.appcreds import load_stored
 from bot.intake import DeliveryIntake
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.health import healthz, readyz
 from bot.web.middleware import request_logging
+from bot.web.setup import setup_callback, setup_page
 from bot.webhooks import receive_webhook
+
+log = structlog.get_logger("bot.web")
+
+
+async def _adopt_stored_secret(services: Services) -> None:
+    """The webhook secret of an App registered at ``/setup``, when none is configured."""
+    try:
+        stored = await load_stored(services.sessions)
+    except (SQLAlchemyError, OSError) as exc:  # unmigrated or unreachable: /readyz says so
+        log.warning("stored_app_unreadable", error=str(exc))
+        return
+    if stored is not None and services.stored_webhook_secret is None:
+        services.stored_webhook_secret = stored.webhook_secret.encode()
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Litestar:
@@ -25,6 +42,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
         app.state.services = services or Services.build(settings)
+        await _adopt_stored_secret(app.state.services)
         app.state.intake = DeliveryIntake(app.state.services.engine, app.state.services.redis)
         app.state.intake.start()
         try:
@@ -35,7 +53,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 await app.state.services.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz, receive_webhook],
+        route_handlers=[healthz, readyz, receive_webhook, setup_page, setup_callback],
         request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],
         state=State({"settings": settings}),
