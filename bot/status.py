@@ -57,6 +57,8 @@ class RunView:
     agent_phases: tuple[str, ...] = ("agent",)
     """The agent's rows in the phase table: ``agent``, or one per workflow phase."""
     plan: str = ""
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    """Failure annotations from the gates' output (``bot/annotations.py``), for the check run."""
 
     def phase(self, name: str, state: PhaseState, note: str = "") -> None:
         self.phases[name] = (state, note)

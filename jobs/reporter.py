@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from bot.annotations import BATCH
 from bot.github.repo import RepoPort
 from bot.status import STATUS_MARKER, RunView, check_run_fields, status_comment
 
@@ -51,6 +52,7 @@ class StatusReporter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.errors = 0
+        self.annotated = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"reporter:{self.view.run_id}")
@@ -128,9 +130,17 @@ class StatusReporter:
             }
             await self.port.update_check_run(self.check_run_id, old)
             self.check_run_id = None
+        batch: list[dict[str, Any]] = []
+        if view.pr_number:  # annotations belong on the PR head's check run, never the base's
+            batch = view.annotations[self.annotated : self.annotated + BATCH]
+            if batch:
+                fields["output"]["annotations"] = batch
         if self.check_run_id is None:
             self.check_run_id = await self.port.create_check_run(sha, fields)
             self.check_sha = sha
             await self._persist({"check_run_id": self.check_run_id})
         else:
             await self.port.update_check_run(self.check_run_id, fields)
+        self.annotated += len(batch)
+        if self.annotated < len(view.annotations) and view.pr_number:
+            self._dirty.set()  # GitHub takes 50 per request: the next batch in another update

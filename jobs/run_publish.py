@@ -4,12 +4,17 @@ work (time limit, budget) or post a plan."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
 
+from bot.annotations import gate_annotations
 from bot.db.models import Run, RunState, Task
 from bot.status import GateView, gates_passed, pr_body
 from jobs.diffcheck import DiffVerdict, evaluate_diff
@@ -51,6 +56,10 @@ class PublishSteps(RunBase):
                 GateView(gate.name, passed, result.exit_code, result.duration, text[-2000:])
             )
             await self.artifact(f"gate:{gate.name}", bytes(output))
+            if not passed and self.workspace is not None:
+                in_tree = functools.partial(_in_tree, self.workspace.path)
+                found = await asyncio.to_thread(gate_annotations, gate.name, text, in_tree)
+                self.view.annotations.extend(found)
             await self.events.emit(
                 "gate_result",
                 {
@@ -225,3 +234,9 @@ class PublishSteps(RunBase):
         reason = "the plan is posted on the issue; no code was changed"
         await self._finish_artifacts(RunState.REVIEW_READY, reason)
         await self.move(RunState.REVIEW_READY, reason=reason)
+
+
+def _in_tree(root: Path, path: str) -> bool:
+    """Whether ``path`` is a regular file inside the work tree (not through a symlink out)."""
+    target = os.path.realpath(root / path)
+    return target.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(target)
