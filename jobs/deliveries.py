@@ -38,6 +38,7 @@ from bot.triggers import (
 )
 from jobs.cancel import signal_cancel
 from jobs.context import JobContext, job_context
+from jobs.reconcile import run_job_id
 from jobs.review import handle_button, handle_commands, handle_push, handle_review
 
 log = structlog.get_logger("jobs.deliveries")
@@ -456,6 +457,6 @@ async def start_run(
             },
         )
         run_id = run.id
-    await bosun.services.redis.enqueue_job("execute_run", run_id, _job_id=f"run:{run_id}")
+    await bosun.services.redis.enqueue_job("execute_run", run_id, _job_id=run_job_id(run_id))
     log.info("run_queued", run_id=run_id, profile=decision.profile)
     return run_id

@@ -17,8 +17,8 @@ from arq.jobs import Job, JobStatus
 from sqlalchemy import select
 
 from bot.db.models import Delivery, DeliveryStatus, Run, RunState
+from bot.intake import PROCESS_JOB, delivery_job_id
 from bot.runs import ACTIVE
-from bot.webhooks import PROCESS_JOB
 from jobs.context import JobContext, job_context
 
 log = structlog.get_logger("jobs.reconcile")
@@ -63,9 +63,9 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
             (await session.execute(select(Run).where(Run.state.in_(list(ACTIVE))))).scalars()
         )
     for delivery_id in delivery_ids:
-        if not await _job_alive(bosun, f"d:{delivery_id}"):
+        if not await _job_alive(bosun, delivery_job_id(delivery_id)):
             await bosun.services.redis.enqueue_job(
-                PROCESS_JOB, delivery_id, _job_id=f"d:{delivery_id}"
+                PROCESS_JOB, delivery_id, _job_id=delivery_job_id(delivery_id)
             )
             counts["deliveries"] += 1
     orphaned: set[str] = set()

@@ -47,6 +47,7 @@ from bot.review import (
 from bot.runs import ACTIVE, append_event, new_run_id, transition
 from jobs.cancel import signal_cancel
 from jobs.context import JobContext
+from jobs.reconcile import run_job_id
 from jobs.review_merge import complete_approval, move, record_approval
 from jobs.review_push import handle_push
 from jobs.review_records import find_run, note_on_status, rewrite_manifest, snapshot
@@ -417,7 +418,7 @@ async def start_follow_up(
         )
         new_id = run.id
     await signal_cancel(bosun, superseded, "superseded")
-    await bosun.services.redis.enqueue_job("execute_run", new_id, _job_id=f"run:{new_id}")
+    await bosun.services.redis.enqueue_job("execute_run", new_id, _job_id=run_job_id(new_id))
     return new_id
 
 
