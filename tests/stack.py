@@ -259,11 +259,12 @@ def running_stack(settings: Settings, world: World, port: int) -> Iterator[Bosun
         thread.join(30)
 
 
-@pytest.fixture
-def stack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+@contextlib.contextmanager
+def open_stack(
+    world: World, tmp_path: Path, redis_url: str, namespace: str, work_root: Path, **extra: Any
 ) -> Iterator[BosunStack]:
-    """Bosun (web + worker) wired to a fresh emulator world whose webhooks it receives."""
+    """Bosun (web + worker) on a free port, registered as the world's App so it receives its
+    webhooks, with ``extra`` settings (``profiles=...``, ``worker={...}``) over the test ones."""
     client = docker_client()
     try:
         client.images.get(AGENT_IMAGE)
@@ -272,8 +273,16 @@ def stack(
     finally:
         client.close()
     port = free_port()
-    world = github_world
     world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
-    settings = make_stack_settings(tmp_path, world, redis_url, redis_namespace, work_root, port)
+    settings = make_stack_settings(tmp_path, world, redis_url, namespace, work_root, port, **extra)
     with running_stack(settings, world, port) as running:
+        yield running
+
+
+@pytest.fixture
+def stack(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> Iterator[BosunStack]:
+    """Bosun (web + worker) wired to a fresh emulator world whose webhooks it receives."""
+    with open_stack(github_world, tmp_path, redis_url, redis_namespace, work_root) as running:
         yield running

@@ -7,14 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.emulator.world import World
-from tests.stack import (
-    EDIT_AGENT,
-    PROFILES,
-    BosunStack,
-    free_port,
-    make_stack_settings,
-    running_stack,
-)
+from tests.stack import EDIT_AGENT, PROFILES, BosunStack, open_stack
 from tests.test_e2e_review import _audit, _ready_pr
 
 AUTO_MERGE = "merge:\n  auto_merge: true\n"
@@ -92,17 +85,14 @@ def test_retry_while_running_is_folded_into_the_next_run(
 ) -> None:
     """A `/retry` that arrives while the agent works does not race it: its feedback waits and
     reaches the next run's prompt together with the feedback that starts that run."""
-    port = free_port()
-    github_world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     slow_edit = "import time; time.sleep(6)\n" + EDIT_AGENT
     profiles = {
         **PROFILES,
         "default": {"runner": "script", "command": ["python3", "-c", slow_edit]},
     }
-    settings = make_stack_settings(
-        tmp_path, github_world, redis_url, redis_namespace, work_root, port, profiles=profiles
-    )
-    with running_stack(settings, github_world, port) as stack:
+    with open_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
+    ) as stack:
         number = stack.emulator.create_issue(stack.repo, "Fold", "Change it.", "alice")
         stack.label(number)
         (first,) = stack.wait_run({"running"}, timeout=60)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.emulator.world import World
-from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
+from tests.stack import PROFILES, BosunStack, open_stack
 
 PHASE_AGENT = r"""
 import os, pathlib, re
@@ -58,18 +58,9 @@ WORKFLOW_PROFILES: dict[str, dict[str, Any]] = {
 def wstack(
     github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
 ) -> Iterator[BosunStack]:
-    port = free_port()
-    github_world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
-    settings = make_stack_settings(
-        tmp_path,
-        github_world,
-        redis_url,
-        redis_namespace,
-        work_root,
-        port,
-        profiles=WORKFLOW_PROFILES,
-    )
-    with running_stack(settings, github_world, port) as running:
+    with open_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=WORKFLOW_PROFILES
+    ) as running:
         yield running
 
 

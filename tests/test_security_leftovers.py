@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.emulator.world import World
-from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
+from tests.stack import PROFILES, BosunStack, open_stack
 
 # The agent exits at once but leaves a detached process that writes into the workspace two
 # seconds later, while the (four-second) gate runs.
@@ -28,16 +28,13 @@ print("agent: done, a helper keeps running")
 def lstack(
     github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
 ) -> Iterator[BosunStack]:
-    port = free_port()
-    github_world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     profiles = {
         **PROFILES,
         "leaver": {"runner": "script", "command": ["python3", "-c", LEAVES_A_PROCESS]},
     }
-    settings = make_stack_settings(
-        tmp_path, github_world, redis_url, redis_namespace, work_root, port, profiles=profiles
-    )
-    with running_stack(settings, github_world, port) as running:
+    with open_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
+    ) as running:
         yield running
 
 
