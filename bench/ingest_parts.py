@@ -35,7 +35,7 @@ from bot.db.engine import create_engine, session_factory
 from bot.db.migrate import upgrade
 from bot.db.models import Delivery
 from bot.services import redis_pool
-from tests.services import POSTGRES_URL
+from tests.services import POSTGRES_URL, with_redis_password
 
 N = 300
 ROUNDS = 5
@@ -184,7 +184,10 @@ async def run(database_url: str, redis_url: str) -> list[list[object]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_parts")
     parser.add_argument(
-        "--redis", default=os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        "--redis",
+        default=with_redis_password(
+            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        ),
     )
     parser.add_argument(
         "--postgres",

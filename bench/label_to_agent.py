@@ -36,6 +36,7 @@ from bench.stats import loadavg, summary, table, write_result
 from bot.logs import configure_logging
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
+from tests.services import with_redis_password
 from tests.stack import AGENT_IMAGE, BosunStack, free_port, make_stack_settings, running_stack
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "label_to_agent.json"
@@ -85,7 +86,10 @@ def run_of_issue(stack: BosunStack, number: int) -> tuple[str, str, str] | None:
 async def job_done(redis: Any, job_id: str) -> bool:
     from arq.jobs import Job
 
-    return await Job(job_id, redis, _queue_name="").result_info() is not None
+    return (
+        await Job(job_id, redis, _queue_name="", _deserializer=redis.job_deserializer).result_info()
+        is not None
+    )
 
 
 def one_run(stack: BosunStack, redis: Any, recorder: probes.Recorder, index: int) -> Sample:
@@ -124,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="warm runs after the cold one")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument(
-        "--redis", default=os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        "--redis",
+        default=with_redis_password(
+            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        ),
     )
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database)")

@@ -70,7 +70,9 @@ def _ts(text: str) -> float:
 async def _job(redis: Any, job_id: str) -> tuple[float, float]:
     from arq.jobs import Job
 
-    info = await Job(job_id, redis, _queue_name="").result_info()
+    info = await Job(
+        job_id, redis, _queue_name="", _deserializer=redis.job_deserializer
+    ).result_info()
     if info is None:
         return math.nan, math.nan
     return info.enqueue_time.timestamp(), info.start_time.timestamp()

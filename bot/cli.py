@@ -16,7 +16,9 @@ from bot.settings import Settings
 
 def _settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
+        settings.redis.password_value()  # an unreadable password file is a configuration error
+        return settings
     except ValueError as exc:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
 

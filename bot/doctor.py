@@ -73,16 +73,26 @@ async def check_database(services: Services) -> Check:
 
 
 async def check_redis(services: Services) -> Check:
+    redis = services.settings.redis
     error = await services.check_redis()
     if error:
+        fix = (
+            "give Bosun the password Redis requires (BOSUN_REDIS__PASSWORD_FILE)"
+            if "AuthenticationError" in error
+            else "start Redis (scripts/bootstrap.sh test starts one with a password), set "
+            "BOSUN_REDIS__URL, or use `bosun up`, which starts one"
+        )
+        return Check("redis", "fail", f"{redis.url}: {error}", fix)
+    if redis.password is None and redis.password_file is None:
         return Check(
             "redis",
-            "fail",
-            f"{services.settings.redis.url}: {error}",
-            "start Redis (`redis-server --bind 127.0.0.1 --daemonize yes`), "
-            "set BOSUN_REDIS__URL, or use `bosun up`, which starts one",
+            "warn",
+            f"{redis.url} (no password: whoever reaches it can enqueue jobs and read the queue)",
+            "require a password (`requirepass`) and set BOSUN_REDIS__PASSWORD_FILE "
+            "(docs/security.md)",
         )
-    return Check("redis", "ok", services.settings.redis.url)
+    source = f"password from {redis.password_file}" if redis.password_file else "password set"
+    return Check("redis", "ok", f"{redis.url} ({source})")
 
 
 async def check_docker_and_images(services: Services) -> list[Check]:

@@ -10,7 +10,8 @@ server writes batches of one with no added delay and a busy one writes hundreds 
 
 The enqueue writes arq's own job format (``arq:job:<id>`` with ``PX`` expiry, then ``ZADD`` on
 the queue), skipping ids whose job or result exists, in one Lua script: the same outcome as
-arq's ``enqueue_job`` with ``_job_id``, without its per-job ``WATCH`` round trips.
+arq's ``enqueue_job`` with ``_job_id``, without its per-job ``WATCH`` round trips. The job is
+JSON, as ``bot.jobcodec`` writes it for every queue client.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot import jobcodec
 from bot.db.models import Delivery, DeliveryStatus
 
 log = structlog.get_logger("bot.intake")
@@ -94,7 +96,7 @@ async def enqueue_jobs(
     now = timestamp_ms()
     argv: list[Any] = [redis.expires_extra_ms, now]
     for job_id, args in args_by_id.items():
-        job = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
+        job = serialize_job(function, args, {}, None, now, serializer=jobcodec.serialize)
         argv += [job_id, job]
     result = await redis.eval(_ENQUEUE, 1, redis.default_queue_name, *argv)  # type: ignore[misc]
     return int(result)

@@ -20,7 +20,8 @@ _SECRET_KEYS = re.compile(
 _SECRET_VALUES = re.compile(
     r"(gh[pousr]_[A-Za-z0-9_.\-]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_\-]{16,}"
     r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-    r"|x-access-token:[^@\s]+)"
+    r"|x-access-token:[^@\s]+"
+    r"|(?<=://)[^/@\s:]*:[^/@\s]+(?=@))"  # a URL's user:password (redis://:pw@host, …)
 )
 REDACTED = "[redacted]"
 

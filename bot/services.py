@@ -16,14 +16,31 @@ from redis.asyncio import ConnectionPool
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot import jobcodec
 from bot.db.engine import SessionFactory, create_engine, session_factory
-from bot.settings import Settings
+from bot.settings import RedisSettings, Settings
 
 
-def redis_pool(url: str, queue_name: str, *, timeout: float = 5.0) -> ArqRedis:
-    """An arq client on a lazily connecting pool (no ping at construction)."""
-    pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    return ArqRedis(pool, default_queue_name=queue_name)
+def redis_pool(
+    url: str, queue_name: str, *, password: str | None = None, timeout: float = 5.0
+) -> ArqRedis:
+    """An arq client on a lazily connecting pool (no ping at construction) that writes and
+    reads jobs and results as JSON (``bot.jobcodec``), never pickle. ``password`` is used
+    unless ``url`` holds one."""
+    pool = ConnectionPool.from_url(
+        url, password=password, socket_connect_timeout=timeout, socket_timeout=timeout
+    )
+    return ArqRedis(
+        pool,
+        default_queue_name=queue_name,
+        job_serializer=jobcodec.serialize,
+        job_deserializer=jobcodec.deserialize,
+    )
+
+
+def queue_client(redis: RedisSettings) -> ArqRedis:
+    """The arq client for Bosun's queue as configured (URL, password, namespace)."""
+    return redis_pool(redis.url, redis.queue_name, password=redis.password_value())
 
 
 def docker_client(settings: Settings, *, timeout: int = 10) -> Any:
@@ -51,7 +68,7 @@ class Services:
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
-            redis=redis_pool(settings.redis.url, settings.redis.queue_name),
+            redis=queue_client(settings.redis),
         )
 
     def webhook_secret(self) -> bytes | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.errors import ConfigError
 from bot.gateway.routes import Upstream
 from bot.profiles import ProfileConfig, load_profiles
 from sandboxes.seccomp import check_profile_name
@@ -45,13 +47,53 @@ class RedisSettings(_Group):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="Prefix of every Redis key and of the queue name (one Redis, many Bosuns).",
     )
+    password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Password Redis requires (`requirepass`). A password written in `url` "
+            "(`redis://:PASSWORD@host`) is taken out of it and kept here. Prefer `password_file`."
+        ),
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding the Redis password (`scripts/bootstrap.sh` keeps one in "
+            "`/etc/bosun/redis-password`, root-only)."
+        ),
+    )
     spawn_local: bool = Field(
         default=True,
         description=(
             "`bosun up` starts a private `redis-server` child when none answers at `url` "
-            "(loopback URLs only)."
+            "(loopback URLs only), requiring the configured password or a generated one."
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> RedisSettings:
+        url, in_url = split_redis_password(self.url)
+        sources = [in_url is not None, self.password is not None, self.password_file is not None]
+        if sum(sources) > 1:
+            raise ValueError(
+                "set the Redis password in one place: redis.url, redis.password or "
+                "redis.password_file"
+            )
+        if in_url is not None:
+            self.url, self.password = url, SecretStr(in_url)
+        return self
+
+    def password_value(self) -> str | None:
+        """The password Redis wants, read from ``password_file`` when one is configured."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read redis.password_file {self.password_file}: {exc.strerror}"
+            ) from exc
 
     @property
     def queue_name(self) -> str:
@@ -60,6 +102,18 @@ class RedisSettings(_Group):
     def key(self, *parts: str) -> str:
         """A namespaced Redis key: ``key("cancel", run_id)`` → ``bosun:cancel:<run_id>``."""
         return ":".join((self.namespace, *parts))
+
+
+def split_redis_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (``None`` when it holds none). A user
+    name (Redis ACL) stays in the URL."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    netloc = f"{user}@{hostport}" if user else hostport
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(password)
 
 
 class GitHubSettings(_Group):

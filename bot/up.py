@@ -7,6 +7,7 @@ import contextlib
 
 import structlog
 import uvicorn
+from pydantic import SecretStr
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
@@ -21,10 +22,14 @@ log = structlog.get_logger("bot.up")
 async def run_all(settings: Settings, *, host: str, port: int) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     redis_child = (
-        await ensure_redis(settings.redis.url, settings.data_dir)
+        await ensure_redis(settings.redis.url, settings.data_dir, settings.redis.password_value())
         if settings.redis.spawn_local
         else None
     )
+    if redis_child is not None and redis_child.generated:
+        # The private server's password lives in this process only: web and worker share it.
+        redis = settings.redis.model_copy(update={"password": SecretStr(redis_child.password)})
+        settings = settings.model_copy(update={"redis": redis})
     try:
         engine = create_engine(settings.database.url)
         try:
@@ -49,5 +54,4 @@ async def run_all(settings: Settings, *, host: str, port: int) -> None:
             await worker.close()
     finally:
         if redis_child is not None:
-            redis_child.terminate()
-            redis_child.wait(timeout=10)
+            redis_child.stop()

@@ -37,7 +37,8 @@ def interrupted_job_id(run_id: str) -> str:
 
 
 async def _job_alive(bosun: JobContext, job_id: str) -> bool:
-    status = await Job(job_id, bosun.services.redis).status()
+    redis = bosun.services.redis
+    status = await Job(job_id, redis, _deserializer=redis.job_deserializer).status()
     return status in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress)
 
 

@@ -8,7 +8,8 @@ import structlog
 from arq.cron import cron
 from arq.worker import Worker, func
 
-from bot.services import Services, redis_pool
+from bot import jobcodec
+from bot.services import Services, queue_client
 from bot.settings import Settings
 from jobs.context import JobContext
 from jobs.deliveries import process_delivery
@@ -79,7 +80,10 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         functions=job_functions(),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.redis.queue_name,
-        redis_pool=redis_pool(settings.redis.url, settings.redis.queue_name),
+        redis_pool=queue_client(settings.redis),
+        # JSON, never pickle: a job forged in Redis is refused, not run (bot/jobcodec.py).
+        job_serializer=jobcodec.serialize,
+        job_deserializer=jobcodec.deserialize,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         on_job_start=on_job_start,

@@ -8,12 +8,36 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from bot.settings import split_redis_password
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-REDIS_URL = os.environ.get("BOSUN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The password the set-up's Redis requires (scripts/bootstrap.sh writes it, root-only). Set
+# BOSUN_TEST_REDIS_PASSWORD_FILE="" for a Redis without one.
+REDIS_PASSWORD_FILE = os.environ.get("BOSUN_TEST_REDIS_PASSWORD_FILE", "/etc/bosun/redis-password")
+
+
+def with_redis_password(url: str, password_file: str = REDIS_PASSWORD_FILE) -> str:
+    """``url`` with the password from ``password_file`` when it names none and the file is
+    readable (``redis://:PASSWORD@host``)."""
+    if not password_file or split_redis_password(url)[1] is not None:
+        return url
+    try:
+        password = Path(password_file).read_text().strip()
+    except OSError:
+        return url
+    if not password:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}"))
+
+
+REDIS_URL = with_redis_password(os.environ.get("BOSUN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 POSTGRES_URL = os.environ.get(
     "BOSUN_TEST_POSTGRES_URL", "postgresql+asyncpg://bosun:bosun@127.0.0.1:5432/bosun_test"
 )

@@ -84,7 +84,7 @@ async def stored(settings: Settings) -> dict[str, tuple[str, int]]:
 
 
 async def queued(settings: Settings) -> list[str]:
-    client = aioredis.Redis.from_url(settings.redis.url)
+    client = aioredis.Redis.from_url(settings.redis.url, password=settings.redis.password_value())
     try:
         return [m.decode() for m in await client.zrange(settings.redis.queue_name, 0, -1)]
     finally:
