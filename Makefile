@@ -6,7 +6,11 @@ SHELL := /bin/bash
 VENV := .venv/bin
 
 export BOSUN_TEST_POSTGRES_URL ?= postgresql+asyncpg://bosun:bosun@127.0.0.1:5432/bosun_test
+# The password the bootstrap's Redis requires (generated once, root-only): handed to the tests
+# and to `bosun up` as a file, never as a value.
+REDIS_PASSWORD_FILE ?= /etc/bosun/redis-password
 export BOSUN_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+export BOSUN_TEST_REDIS_PASSWORD_FILE ?= $(REDIS_PASSWORD_FILE)
 # Browser tests drive the Debian Chromium the bootstrap installs (Playwright's own download
 # needs a CDN this kind of machine cannot reach).
 export BOSUN_TEST_CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
@@ -25,6 +29,7 @@ help:
 	@echo "make pytest         the test suite only (PYTEST_ARGS=... to pass options)"
 	@echo "make images         the agent sandbox image and the Bosun service image"
 
+run: export BOSUN_REDIS__PASSWORD_FILE ?= $(REDIS_PASSWORD_FILE)
 run: bootstrap-run
 	$(VENV)/bosun migrate && exec $(VENV)/bosun up
 

@@ -132,30 +132,104 @@ ensure_docker() {
     say "Docker engine is up"
 }
 
-redis_answers() {
+# The password Redis requires: generated once, kept root-only, read by Bosun and the tests
+# (BOSUN_REDIS__PASSWORD_FILE, BOSUN_TEST_REDIS_PASSWORD_FILE; see the Makefile).
+REDIS_PASSWORD_FILE="${BOSUN_REDIS__PASSWORD_FILE:-/etc/bosun/redis-password}"
+# Debian's redis-server service reads this through an `include` line in its redis.conf.
+REDIS_SERVICE_CONF=/etc/redis/bosun.conf
+
+redis_password() { as_root cat "$REDIS_PASSWORD_FILE" 2>/dev/null; }
+
+ensure_redis_password() {
+    if as_root test -s "$REDIS_PASSWORD_FILE"; then
+        say "Redis password is in $REDIS_PASSWORD_FILE"
+        return 0
+    fi
+    todo "creating the Redis password in $REDIS_PASSWORD_FILE (root-only)" || return 0
+    local password
+    password=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    as_root install -d -m 0755 "$(dirname "$REDIS_PASSWORD_FILE")"
+    printf '%s\n' "$password" | as_root install -m 0600 -o root -g root /dev/stdin "$REDIS_PASSWORD_FILE"
+}
+
+# redis_say [PASSWORD] < COMMANDS: the replies of Redis on 127.0.0.1:6379 to COMMANDS (one per
+# line), after AUTH when PASSWORD is given. Passwords travel on stdin, never on a command line.
+redis_say() {
+    local commands
+    commands=$(cat)
+    if [ -n "${1:-}" ]; then commands=$(printf 'AUTH %s\n%s' "$1" "$commands"); fi
     if have redis-cli; then
-        [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]
+        printf '%s\n' "$commands" | redis-cli -h 127.0.0.1 -p 6379 2>/dev/null
     else
-        (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null
+        # No redis-cli: RESP inline commands over bash's /dev/tcp, one reply line each.
+        (
+            exec 3<>/dev/tcp/127.0.0.1/6379 || exit 1
+            n=$(printf '%s\n' "$commands" | grep -c .)
+            printf '%s\n' "$commands" >&3
+            for ((; n > 0; n--)); do
+                IFS= read -r -t 2 line <&3 || break
+                line=${line%$'\r'}
+                printf '%s\n' "${line#[-+:]}"
+            done
+        ) 2>/dev/null
     fi
 }
 
-ensure_redis() {
-    if redis_answers; then
-        say "Redis answers on 127.0.0.1:6379"
+redis_listening() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
+# Takes Bosun's password (AUTH succeeds only when a password is set) and answers.
+redis_answers() {
+    local password
+    password=$(redis_password)
+    [ -n "$password" ] && [ "$(echo PING | redis_say "$password" | tr '\n' ' ')" = "OK PONG " ]
+}
+# Runs commands for anyone: no password set.
+redis_open() { [ "$(echo PING | redis_say | tail -n1)" = PONG ]; }
+
+# With systemd, Debian's redis-server reads its configuration from /etc/redis/redis.conf
+# (owner redis): put the password in a file of its own that redis.conf includes.
+ensure_redis_service_conf() {
+    local conf=/etc/redis/redis.conf
+    [ -f "$conf" ] || return 0
+    if as_root grep -qx "include $REDIS_SERVICE_CONF" "$conf" &&
+        [ "$(as_root cat "$REDIS_SERVICE_CONF" 2>/dev/null)" = "requirepass $(redis_password)" ]; then
         return 0
     fi
-    todo "starting redis-server on 127.0.0.1:6379" || return 0
-    if systemd_running; then
-        as_root systemctl start redis-server
-    else
-        local dir=/var/lib/redis
-        [ -d "$dir" ] || dir="$BOSUN_ROOT/var/redis"
-        mkdir -p "$dir"
-        as_root redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --dir "$dir" \
-            --logfile "$LOG_DIR/bosun-redis.log"
+    todo "configuring redis-server to require the password ($REDIS_SERVICE_CONF)" || return 0
+    printf 'requirepass %s\n' "$(redis_password)" |
+        as_root install -m 0640 -o root -g "$(stat -c %G "$conf")" /dev/stdin "$REDIS_SERVICE_CONF"
+    as_root grep -qx "include $REDIS_SERVICE_CONF" "$conf" ||
+        echo "include $REDIS_SERVICE_CONF" | as_root tee -a "$conf" >/dev/null
+}
+
+ensure_redis() {
+    if systemd_running; then ensure_redis_service_conf; fi
+    if redis_answers; then
+        say "Redis answers on 127.0.0.1:6379 and requires the password"
+        return 0
     fi
-    wait_for 20 redis redis_answers || die "redis-server did not answer within 20 s"
+    if redis_open; then
+        # A Redis without a password (for example one an earlier bootstrap started): require
+        # it now, without a restart; the configuration above makes it stick.
+        todo "requiring the password on the Redis at 127.0.0.1:6379" || return 0
+        printf 'CONFIG SET requirepass %s\n' "$(redis_password)" | redis_say >/dev/null
+    elif redis_listening; then
+        if [ -n "$CHECK_ONLY" ]; then todo "a Redis on 127.0.0.1:6379 that takes the password" || return 0; fi
+        die "the Redis on 127.0.0.1:6379 refuses the password in $REDIS_PASSWORD_FILE: put its password there, or stop it so the bootstrap starts one"
+    else
+        todo "starting redis-server on 127.0.0.1:6379" || return 0
+        if systemd_running; then
+            as_root systemctl start redis-server
+        else
+            local dir=/var/lib/redis
+            [ -d "$dir" ] || dir="$BOSUN_ROOT/var/redis"
+            mkdir -p "$dir"
+            # The configuration comes on stdin (`-`), so the password is on no command line.
+            printf '%s\n' "bind 127.0.0.1" "port 6379" "daemonize yes" "dir \"$dir\"" \
+                "logfile \"$LOG_DIR/bosun-redis.log\"" "requirepass $(redis_password)" |
+                as_root redis-server -
+        fi
+    fi
+    wait_for 20 redis redis_answers || die "redis-server did not answer to its password within 20 s"
 }
 
 pg_cluster() { pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $1, $2}'; }
@@ -257,6 +331,7 @@ main() {
     check_platform
     step packages ensure_packages
     step docker ensure_docker
+    step redis-password ensure_redis_password
     if [ "$profile" = test ]; then
         step redis ensure_redis
         step postgres ensure_postgres
