@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from bot.github.limits import clip
 from bot.repoconfig import PERMISSION_RANK
 from bot.triggers import command_lines
 
@@ -75,6 +76,8 @@ VERBS: dict[str, VerbSpec] = {
 STATE_CHANGING: frozenset[str] = frozenset(v for v, s in VERBS.items() if s.changes_state)
 MAX_COMMANDS = 20
 """Command lines read from one comment; more is an error (and bounds the work per comment)."""
+REPLY_LINES = 10
+"""Findings a correction reply lists before it says how many more there were."""
 TEXT_VERBS: frozenset[str] = frozenset({"retry", "reject"})
 """Verbs whose argument runs to the end of the comment."""
 
@@ -165,15 +168,21 @@ class ParsedComment:
         return tuple(c for c in self.commands if not c.changes_state)
 
     def reply(self) -> str | None:
-        """What to tell the commenter about errors and near misses, or None."""
+        """What to tell the commenter about errors and near misses, or None.
+
+        Bounded whatever the comment holds: at most ``REPLY_LINES`` findings, then how many
+        more there were, each quoting at most a few words of the comment."""
         lines = [f"- line {e.line_no}: {e.message}" for e in self.errors]
         for u in self.suggestions:
             lines.append(
-                f"- line {u.line_no}: `/{u.word}` is not a Bosun command; "
+                f"- line {u.line_no}: `/{clip(u.word, 40)}` is not a Bosun command; "
                 f"did you mean `/{u.suggestion}`?"
             )
         if not lines:
             return None
+        if len(lines) > REPLY_LINES:
+            more = len(lines) - REPLY_LINES
+            lines = [*lines[:REPLY_LINES], f"- … and {more} more like these"]
         tail = "Nothing was done. Reply `/help` for the list of commands."
         return "\n".join(["Bosun could not act on this comment:", *lines, "", tail])
 
@@ -223,12 +232,13 @@ def parse_amount(text: str) -> float | str:
     if not text:
         return "`/budget` needs an amount: `/budget +5` raises the budget by $5."
     if match is None:
-        return f"`{text}` is not an amount; write `/budget +5` to raise the budget by $5."
+        return f"`{clip(text, 40)}` is not an amount; write `/budget +5` to raise it by $5."
     amount = float(match.group("n"))
     if match.group("sign") == "-":
         return "a budget can only be raised; `/budget +N` adds N dollars."
     if not match.group("sign"):
-        return f"write `/budget +{match.group('n')}` (with `+`) to raise the budget by that much."
+        n = clip(match.group("n"), 20)
+        return f"write `/budget +{n}` (with `+`) to raise the budget by that much."
     if amount <= 0:
         return "the amount must be more than zero, e.g. `/budget +5`."
     return amount

@@ -1,7 +1,9 @@
 """The run state machine and its append-only event log (SPEC §4.1, §4.3).
 
 Rules: exactly one terminal state; cancel only before ``review_ready``; approve only in
-``review_ready``; every transition is a ``status`` event with actor and reason.
+``review_ready``; every transition is a ``status`` event with actor and reason. Every
+transition bumps the run's ``version``, so a review decision made on the run as it was
+before cannot be committed after it (``jobs.review_step``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.db.models import Run, RunEvent, RunState
 from bot.errors import ConflictError, NotFoundError
@@ -103,23 +106,32 @@ async def transition(
     if not can_transition(current, target):
         raise IllegalTransition(f"run {run.id}: {current.value} → {target.value} is not allowed")
     now = datetime.now(UTC)
-    values: dict[str, Any] = {"state": target}
+    values: dict[str, Any] = {"state": target, "version": Run.version + 1}
     if target is S.PREPARING and run.started_at is None:
         values["started_at"] = now
+    if target is S.REVIEW_READY and current in ACTIVE:
+        values["head_since"] = now  # the head the pipeline published is reviewable from now
     if target in TERMINAL:
         values["finished_at"] = now
         values["reason"] = reason or None
     # Compare-and-set: a concurrent writer that moved the run first wins, we raise.
-    moved = await session.execute(
-        update(Run).where(Run.id == run.id, Run.state == current).values(**values)
-    )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    version = (
+        await session.execute(
+            update(Run)
+            .where(Run.id == run.id, Run.state == current)
+            .values(**values)
+            .returning(Run.version)
+        )
+    ).scalar_one_or_none()
+    if version is None:
         await session.refresh(run)
         raise IllegalTransition(
             f"run {run.id} moved to {run.state.value} meanwhile; {target.value} refused"
         )
     for key, value in values.items():
-        setattr(run, key, value)
+        if key != "version":
+            set_committed_value(run, key, value)
+    set_committed_value(run, "version", version)
     data = {"from": current.value, "to": target.value, "actor": actor, "reason": reason, **extra}
     return await append_event(session, run.id, "status", data)
 

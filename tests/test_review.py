@@ -246,7 +246,7 @@ def test_approvers_minimum_permission() -> None:
         (S.RUNNING, "works only once it is review-ready"),
         (S.GATES, "works only once it is review-ready"),
         (S.APPROVED, "needs no further approval"),
-        (S.MERGED, "works only once it is review-ready"),
+        (S.MERGED, "already merged; it needs no approval"),
     ],
 )
 def test_approve_only_in_review_ready(state: RunState, says: str) -> None:

@@ -177,6 +177,14 @@ class Run(Base):
     gates_passed: Mapped[bool | None] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(Text)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Bumped by every state transition and every review-loop decision: a decision commits
+    only if the run still has the version it was decided on (``jobs.review_step``)."""
+    head_since: Mapped[datetime | None] = mapped_column()
+    """When the current ``head_sha`` became the PR head as Bosun knows it: a comment written
+    before then was not written about this head (``bot.review.head_when_written``)."""
+    merged_sha: Mapped[str | None] = mapped_column(String(64))
+    """The merge commit on the base branch once Bosun merged the PR."""
     job_id: Mapped[str | None] = mapped_column(String(128))
     worker: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column()

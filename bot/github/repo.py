@@ -25,6 +25,7 @@ from githubkit_schemas.latest.models import (
     RepositoryCollaboratorPermission,
 )
 
+from bot.github.limits import fit_comment
 from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
 
 T = TypeVar("T")
@@ -178,11 +179,13 @@ class GitHubRepo:
         return await self._call(go)
 
     async def create_comment(self, number: int, body: str) -> int:
+        """Post a comment; a body over GitHub's limit is cut with a note, never refused."""
+
         async def go(gh: GitHub[Any]) -> int:
             response = await gh.arequest(
                 "POST",
                 self._path(f"/issues/{number}/comments"),
-                json={"body": body},
+                json={"body": fit_comment(body)},
                 response_model=IssueComment,
             )
             return response.parsed_data.id
@@ -194,7 +197,7 @@ class GitHubRepo:
             await gh.arequest(
                 "PATCH",
                 self._path(f"/issues/comments/{comment_id}"),
-                json={"body": body},
+                json={"body": fit_comment(body)},
                 response_model=IssueComment,
             )
 

@@ -12,7 +12,12 @@ The jobs layer reads the run, the commenter's collaborator permission and the PR
   ``outcome`` (``accepted``, ``refused``, ``ignored``) for the command audit row.
 * ``approval_status`` — are the approvals bound to the head enough to merge, which paths are
   kept, which path approvers are still missing.
-* ``invalidate_on_push`` — approvals after a push; ``partial_paths`` — the keep/revert split.
+* ``head_when_written`` — the PR head a comment was about (None when the head moved after
+  it was written: nothing is bound to a commit the writer may not have seen).
+* ``decide_push`` — what a push does to the approvals (``invalidate_on_push``, the rule);
+  ``partial_paths`` — the keep/revert split.
+* ``merge_refusal`` — re-checked inside the step that merges: the run is approved, not on
+  hold, still at the approved head, and the approvals on exactly that head suffice.
 * ``button_command`` / ``decide_review`` — check-run buttons and GitHub reviews as commands.
 * ``review_section`` / ``with_review_section`` — the status comment's review section.
 
@@ -23,7 +28,10 @@ paths and does not count towards ``required_approvals`` (``general=False``).
 
 from bot.review.approvals import (
     approval_status,
+    decide_push,
+    head_when_written,
     invalidate_on_push,
+    merge_refusal,
     owned_globs,
     partial_paths,
     same_login,
@@ -48,6 +56,7 @@ from bot.review.model import (
     FoldFeedback,
     Hold,
     Ignore,
+    PushDecision,
     RaiseBudget,
     Refuse,
     Reject,
@@ -76,6 +85,7 @@ __all__ = [
     "FoldFeedback",
     "Hold",
     "Ignore",
+    "PushDecision",
     "RaiseBudget",
     "Refuse",
     "Reject",
@@ -91,8 +101,11 @@ __all__ = [
     "authorize",
     "button_command",
     "decide_command",
+    "decide_push",
     "decide_review",
+    "head_when_written",
     "invalidate_on_push",
+    "merge_refusal",
     "owned_globs",
     "partial_paths",
     "review_section",

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
+from bot.db.models import RunState
+from bot.github.limits import LIST_ITEMS, clip, listing
 from bot.policy import matches
 from bot.repoconfig import RepoConfig
-from bot.review.model import REVIEWABLE, ApprovalSnapshot, ApprovalStatus, RunSnapshot
+from bot.review.model import (
+    REVIEWABLE,
+    ApprovalSnapshot,
+    ApprovalStatus,
+    PushDecision,
+    RunSnapshot,
+)
 
 
 def same_login(a: str, b: str) -> bool:
@@ -63,6 +72,67 @@ def invalidate_on_push(
     return out
 
 
+def head_when_written(run: RunSnapshot, written_at: datetime) -> str | None:
+    """The PR head a comment written at ``written_at`` was about: the run's head, unless
+    that head only arrived after the comment was written (then None: Bosun cannot tell
+    which commit the writer saw, and binds nothing to a commit they may not have seen)."""
+    if run.head_since is not None and _utc(written_at) < _utc(run.head_since):
+        return None
+    return run.head_sha
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; Bosun stores UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def decide_push(run: RunSnapshot, new_head: str, *, same_tree: bool) -> PushDecision:
+    """A push moved the PR head to ``new_head``: rebind the approvals (same tree) or
+    invalidate them (the files changed), and send an ``approved`` run whose approvals
+    stopped counting back to review. Decided on the run as it is now."""
+    if run.state not in REVIEWABLE:
+        why = (
+            f"the run was merged at {(run.merged_sha or '')[:12]}"
+            if run.state is RunState.MERGED
+            else f"the run is {run.state.value}"
+        )
+        return PushDecision("ignore", "approval.bound_to_tree", new_head, reason=why)
+    if sha_matches(new_head, run.head_sha):
+        return PushDecision(
+            "ignore", "approval.bound_to_tree", new_head, reason="the head did not move"
+        )
+    after = invalidate_on_push(run.approvals, new_head, tree_changed=not same_tree)
+    changed = tuple(a for a, b in zip(after, run.approvals, strict=True) if a != b)
+    return PushDecision(
+        "rebind" if same_tree else "invalidate",
+        "approval.bound_to_tree",
+        new_head,
+        approvals=changed,
+        back_to_review=run.state is RunState.APPROVED and not same_tree,
+    )
+
+
+def merge_refusal(run: RunSnapshot, config: RepoConfig, approved_sha: str) -> str | None:
+    """Why the run may not be merged at ``approved_sha`` now, or None: checked on the run as
+    read inside the step that merges, so the approvals counted cover exactly that head."""
+    if run.state is not RunState.APPROVED:
+        return f"the run is {run.state.value.replace('_', ' ')}"
+    if run.on_hold:
+        return "the run is on hold"
+    if not run.head_sha or run.head_sha != approved_sha:
+        return (
+            f"the head is `{(run.head_sha or 'unknown')[:12]}`, not the approved "
+            f"`{approved_sha[:12]}`"
+        )
+    status = approval_status(run, config)
+    if not status.satisfied:
+        return (
+            f"the approvals on `{approved_sha[:12]}` do not suffice "
+            f"({status.have} of {status.need})"
+        )
+    return None
+
+
 def approval_status(run: RunSnapshot, config: RepoConfig) -> ApprovalStatus:
     """Whether the approvals bound to the run's head SHA are enough to merge.
 
@@ -117,11 +187,18 @@ def status_text(run: RunSnapshot, config: RepoConfig) -> str:
         lines.append(f"Cost so far: ${run.cost_usd:.2f} of ${run.budget_usd:.2f}.")
     if run.state in REVIEWABLE:
         status = approval_status(run, config)
-        who = ", ".join(f"@{a}" for a in status.counted) or "nobody yet"
+        who = listing(status.counted, show=_at) or "nobody yet"
         lines.append(f"Approvals: {status.have} of {status.need} ({who}).")
-        for glob, owners in status.missing_path_approvers.items():
-            names = ", ".join(f"@{o}" for o in owners) or "nobody but the requester"
-            lines.append(f"`{glob}` still needs an approval from {names}.")
+        missing = list(status.missing_path_approvers.items())
+        for glob, owners in missing[:LIST_ITEMS]:
+            names = listing(owners, show=_at) or "nobody but the requester"
+            lines.append(f"`{clip(glob, 120)}` still needs an approval from {names}.")
+        if len(missing) > LIST_ITEMS:
+            lines.append(f"… and {len(missing) - LIST_ITEMS} more paths need their approvers.")
         if status.revert:
             lines.append(f"{len(status.revert)} path(s) will be reverted before merge.")
     return "\n".join(lines)
+
+
+def _at(login: str) -> str:
+    return f"@{clip(login, 60)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bot.commands import VERBS, Command, help_text
 from bot.events import ReviewRef
+from bot.github.limits import listing
 from bot.policy import matches
 from bot.repoconfig import PERMISSION_RANK, RepoConfig
 from bot.review.approvals import owned_globs, partial_paths, same_login, sha_matches, status_text
@@ -126,9 +127,22 @@ def _state_refusal(actor: str, name: str, run: RunSnapshot, why: str) -> Refuse:
     return Refuse(rule=f"state.{name}", reply=f"@{actor}, this run is {state}; {why}")
 
 
+def _merged(actor: str, run: RunSnapshot, why: str) -> Refuse:
+    sha = f" at `{run.merged_sha[:12]}`" if run.merged_sha else ""
+    return Refuse(rule="state.merged", reply=f"@{actor}, this run was already merged{sha}; {why}")
+
+
 def _decide_approve(
-    command: Command, run: RunSnapshot, actor: str, config: RepoConfig, rule: str, now_sha: str
+    command: Command,
+    run: RunSnapshot,
+    actor: str,
+    config: RepoConfig,
+    rule: str,
+    now_sha: str | None,
 ) -> ReviewDecision:
+    if run.state is S.MERGED:
+        why = "there is no approval to withdraw." if command.revoke else "it needs no approval."
+        return _merged(actor, run, why)
     if command.revoke:
         if run.state not in REVIEWABLE:
             return _state_refusal(actor, "approve", run, "there is no approval to withdraw.")
@@ -141,12 +155,28 @@ def _decide_approve(
     if run.state is not S.REVIEW_READY:
         why = "`/approve` works only once it is review-ready."
         return _state_refusal(actor, "approve", run, why)
-    if command.sha and not sha_matches(command.sha, now_sha):
+    head = run.head_sha or ""
+    given = now_sha or head  # an explicit SHA may name the current head in any case
+    if command.sha and not sha_matches(command.sha, given):
         reply = (
             f"@{actor}, you approved `{command.sha[:12]}` but the PR head is now "
-            f"`{now_sha[:12]}`; approve that (`/approve {now_sha[:12]}`) after a look at it."
+            f"`{given[:12]}`; approve that (`/approve {given[:12]}`) after a look at it."
         )
         return Refuse(rule="approval.sha_bound", reply=reply)
+    if now_sha is None and not command.sha:
+        reply = (
+            f"@{actor}, the PR head moved to `{head[:12]}` after you wrote this, so Bosun "
+            "cannot tell which commit you approved; nothing was approved. Look at "
+            f"`{head[:12]}` and approve it (`/approve {head[:12]}`)."
+        )
+        return Refuse(rule="approval.head_moved", reply=reply)
+    if not sha_matches(given, head):
+        reply = (
+            f"@{actor}, you approved `{given[:12]}`, but the PR head moved to `{head[:12]}` "
+            "before your approval was processed; it does not count for the new commit. Look "
+            f"at `{head[:12]}` and approve it (`/approve {head[:12]}`)."
+        )
+        return Refuse(rule="approval.head_moved", reply=reply)
     if same_login(actor, run.requester) and not config.approval.allow_self_approval:
         reply = (
             f"@{actor}, you requested this run, so your approval does not count "
@@ -156,18 +186,17 @@ def _decide_approve(
         return Refuse(rule="approval.allow_self_approval", reply=reply)
     unmatched = [g for g in command.paths if not any(matches(p, [g]) for p in run.changed_paths)]
     if unmatched:
-        names = ", ".join(f"`{g}`" for g in unmatched)
         match = "matches" if len(unmatched) == 1 else "match"
         reply = (
-            f"@{actor}, {names} {match} no changed file; `/approve` alone approves the whole "
-            "change, `/approve <path>…` keeps only the matching files."
+            f"@{actor}, {listing(unmatched)} {match} no changed file; `/approve` alone "
+            "approves the whole change, `/approve <path>…` keeps only the matching files."
         )
         return Refuse(rule="approval.partial_paths", reply=reply)
     revert = partial_paths(run.changed_paths, command.paths)[1] if command.paths else ()
     return Approve(
         rule=rule,
         actor=actor,
-        sha=now_sha,
+        sha=head,
         paths=command.paths,
         revert=revert,
         general=rule != "approval.path_approvers",
@@ -180,6 +209,8 @@ def _decide_state(command: Command, run: RunSnapshot, actor: str, rule: str) -> 
     if verb == "reject":
         if state in REVIEWABLE:
             return Reject(rule=rule, reason=command.args)
+        if state is S.MERGED:
+            return _merged(actor, run, "there is nothing to reject.")
         hint = "use `/cancel` to stop it." if state in ACTIVE else "there is nothing to reject."
         return _state_refusal(actor, verb, run, hint)
     if verb == "retry":
@@ -235,14 +266,16 @@ def decide_command(
     permission: str | None,
     config: RepoConfig,
     *,
-    now_sha: str,
+    now_sha: str | None,
     actor_type: str = "User",
 ) -> ReviewDecision:
-    """What one command does to ``run``.
+    """What one command does to ``run``, the run as it is now (read in the serialised step).
 
     ``permission`` is the actor's collaborator permission read at execution time (None when it
     could not be read); ``now_sha`` is the PR head when the command was given (for a button,
-    the check run's ``head_sha``).
+    the check run's ``head_sha``; for a review, the PR head it was submitted on; for a
+    comment, ``head_when_written``), None when the head moved after the comment was written.
+    An approval counts only if that head is still the run's head.
     """
     if run is None:
         return Ignore(rule="run.none", reason="there is no Bosun run here")
@@ -283,7 +316,7 @@ def decide_review(
     permission: str | None,
     config: RepoConfig,
     *,
-    now_sha: str,
+    now_sha: str | None,
 ) -> ReviewDecision:
     """A submitted GitHub review: ``approved`` counts as ``/approve`` by its author, bound to
     the review's commit; any other state is recorded only."""

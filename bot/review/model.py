@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import ClassVar
 
 from bot.db.models import RunState
@@ -42,6 +43,13 @@ class RunSnapshot:
     approvals: tuple[ApprovalSnapshot, ...] = ()
     budget_usd: float | None = None
     cost_usd: float = 0.0
+    version: int = 0
+    """The run's version when read: a decision on this snapshot commits only if it is still
+    the run's version (``jobs.review_step``)."""
+    head_since: datetime | None = None
+    """When ``head_sha`` became the head Bosun knows (None: since before any comment)."""
+    merged_sha: str | None = None
+    """The merge commit, once Bosun merged the PR."""
 
 
 # --- decisions ----------------------------------------------------------------------------
@@ -180,6 +188,23 @@ ReviewDecision = (
     | Refuse
     | Ignore
 )
+
+
+@dataclass(frozen=True)
+class PushDecision:
+    """What a push to the PR branch does to the run's approvals (``decide_push``)."""
+
+    kind: str
+    """``rebind`` (same tree: approvals follow the new head), ``invalidate`` (the files
+    changed: approvals on older commits stop counting) or ``ignore``."""
+    rule: str
+    new_head: str
+    approvals: tuple[ApprovalSnapshot, ...] = ()
+    """The approvals that change: rebound to ``new_head`` or no longer valid."""
+    back_to_review: bool = False
+    """An ``approved`` run whose approvals stopped counting goes back to ``review_ready``."""
+    reason: str = ""
+    """Why a push is ignored."""
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,28 @@ between hidden markers so it is edited in place (never a new comment)."""
 
 from __future__ import annotations
 
+from bot.github.limits import clip, listing
 from bot.review.approvals import sha_matches
 from bot.review.model import RunSnapshot
 
 REVIEW_START = "<!-- bosun:review -->"
 REVIEW_END = "<!-- /bosun:review -->"
+SECTION_APPROVALS = 20
+"""Approvals the section lists (the latest); it stays small whatever happened on the run."""
+NOTE_CHARS = 2000
 
 
 def review_section(run: RunSnapshot, note: str = "") -> str:
     """The section for ``run``: its review state, each approval with the commit it is bound to
-    and whether it still counts, and ``note`` (what just happened)."""
+    and whether it still counts, and ``note`` (what just happened). Bounded: the latest
+    ``SECTION_APPROVALS`` approvals, a few paths each, the note cut to ``NOTE_CHARS``."""
     state = run.state.value.replace("_", " ")
     lines = [REVIEW_START, "", f"**Review** · **{state}**" + (" · on hold" if run.on_hold else "")]
-    for approval in run.approvals:
-        paths = f" (only {', '.join(f'`{p}`' for p in approval.paths)})" if approval.paths else ""
+    shown = run.approvals[-SECTION_APPROVALS:]
+    if len(run.approvals) > len(shown):
+        lines.append(f"- … {len(run.approvals) - len(shown)} earlier approval(s) not shown")
+    for approval in shown:
+        paths = f" (only {listing(approval.paths)})" if approval.paths else ""
         if not approval.valid:
             verdict = "no longer counts"
         elif sha_matches(approval.sha, run.head_sha):
@@ -27,7 +35,7 @@ def review_section(run: RunSnapshot, note: str = "") -> str:
     if not run.approvals:
         lines.append("- no approvals yet")
     if note:
-        lines += ["", f"> {note}"]
+        lines += ["", f"> {clip(note, NOTE_CHARS)}"]
     lines.append(REVIEW_END)
     return "\n".join(lines)
 
