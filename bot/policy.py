@@ -122,6 +122,45 @@ def check_diff(
     return with_secrets(result, scan_secrets(diff_text))
 
 
+TREE_NOTE_MESSAGES = {
+    "nested_git": "a nested repository's `.git`, never read",
+    "submodule": "written inside a submodule, which Bosun never updates",
+    "special_file": "a FIFO, socket or device file, which git does not record",
+}
+
+
+def check_tree_notes(
+    notes: Iterable[tuple[str, str]], changed_paths: Iterable[str], config: RepoConfig
+) -> tuple[list[Violation], list[Violation]]:
+    """What reading the work tree left out (``(kind, path)`` pairs) and a changed
+    ``.gitmodules``, judged by ``paths.nested_repositories`` and ``paths.submodules``.
+    Returns ``(violations, skipped)``: the second are allowed and only recorded."""
+    refuse = {
+        "nested_git": config.paths.nested_repositories == "refuse",
+        "submodule": config.paths.submodules == "refuse",
+        "special_file": False,
+    }
+    rule = {
+        "nested_git": "paths.nested_repositories",
+        "submodule": "paths.submodules",
+        "special_file": "paths.special_files",
+    }
+    found = list(notes)
+    if ".gitmodules" in changed_paths:
+        found.append(("submodule", ".gitmodules"))
+    violations: list[Violation] = []
+    skipped: list[Violation] = []
+    for kind, path in found:
+        message = TREE_NOTE_MESSAGES.get(kind, kind)
+        if path == ".gitmodules":
+            message = "changes the submodule list, which Bosun never updates"
+        if refuse.get(kind, True):
+            violations.append(Violation(rule.get(kind, "paths"), path, message))
+        elif path != ".gitmodules":
+            skipped.append(Violation(rule.get(kind, "paths"), path, message + "; left out"))
+    return violations, skipped
+
+
 def with_secrets(result: PolicyResult, findings: Sequence[SecretFinding]) -> PolicyResult:
     """``result`` with the scanner's ``findings`` added as violations."""
     found = [

@@ -4,6 +4,7 @@ into one verdict with a ``policy`` decision per rule that decided."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,11 +13,12 @@ from bot.policy import (
     PolicyResult,
     Violation,
     check_diff,
+    check_tree_notes,
     scan_secrets,
     with_secrets,
 )
 from bot.repoconfig import RepoConfig
-from sandboxes.workspace import Changes
+from sandboxes.changes import Changes
 
 
 @dataclass
@@ -44,6 +46,10 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
         for f in changes.files
     ]
     result = check_diff(files, config, diff_bytes=changes.diff_bytes)
+    notes = [(note.kind, note.path) for note in changes.notes]
+    refused, skipped = check_tree_notes(notes, changes.paths, config)
+    if refused:
+        result = dataclasses.replace(result, violations=(*result.violations, *refused))
     if changes.diff and not result.oversized:
         result = with_secrets(result, await asyncio.to_thread(scan_secrets, changes.diff))
     elif changes.diff_omitted and not result.oversized:  # cannot happen with one limit; be sure
@@ -64,7 +70,11 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
             "message": violation.message,
         }
         decisions.append(decision)
+    allowed = [
+        {"rule": v.rule, "path": v.path, "decision": "skip", "message": v.message} for v in skipped
+    ]
     if not decisions:
+        decisions.extend(allowed)
         decisions.append(
             {
                 "rule": "diff_policy",
@@ -81,7 +91,7 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
             where += f":{d['line']}"
         lines.append(f"{where} ({d['rule']}): {d['message']}" if where else d["message"])
     more = f" (+{len(decisions) - 20} more)" if len(decisions) > 20 else ""
-    return DiffVerdict(False, "; ".join(lines) + more, decisions)
+    return DiffVerdict(False, "; ".join(lines) + more, decisions + allowed)
 
 
 def _size(changes: Changes) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.prompt import sanitize
+from sandboxes.base import Sandbox, SandboxBackend
+from sandboxes.errors import UnreadableWorkspace
 from sandboxes.workspace import Workspace
 
 WORKFLOWS: dict[str, tuple[str, ...]] = {
@@ -52,15 +54,13 @@ def phases_for(workflow: str) -> list[Phase]:
     ]
 
 
-async def load_template(workspace: Workspace, base_sha: str, phase: str) -> str | None:
-    """The repository's ``.bosun/commands/<phase>.md`` at ``base_sha``, or ``None``."""
-    result = await workspace.git(
-        "cat-file", "blob", f"{base_sha}:{TEMPLATE_DIR}/{phase}.md", check=False
-    )
-    if result.returncode != 0:
+async def load_template(workspace: Workspace, phase: str) -> str | None:
+    """The repository's ``.bosun/commands/<phase>.md`` at the run's base commit (read from the
+    worker's own repository, never the agent's), or ``None``."""
+    raw = await workspace.read_base_file(f"{TEMPLATE_DIR}/{phase}.md", MAX_TEMPLATE_BYTES)
+    if raw is None:
         return None
-    text = result.stdout[:MAX_TEMPLATE_BYTES].decode(errors="replace").strip()
-    return text or None
+    return raw.decode(errors="replace").strip() or None
 
 
 def plan_comment(run_id: str, plan: str, *, implementing: bool) -> str:
@@ -88,13 +88,25 @@ def plan_comment(run_id: str, plan: str, *, implementing: bool) -> str:
     )
 
 
-async def discard_changes(workspace: Workspace) -> bool:
-    """Undo what a plan phase wrote (it must change no code); ``True`` when there was any."""
-    status = await workspace.git("status", "--porcelain", "--untracked-files=all")
-    if not status.stdout.strip():
+async def discard_changes(workspace: Workspace, backend: SandboxBackend, sandbox: Sandbox) -> bool:
+    """Undo what a plan phase wrote (it must change no code); ``True`` when there was any.
+
+    The host only reads the tree (``Workspace.changed``); the undo runs inside the sandbox,
+    as the agent, with the agent's own git. Raises ``UnreadableWorkspace`` when the tree still
+    differs afterwards."""
+    if not await workspace.changed():
         return False
-    await workspace.git("reset", "--hard", "-q")
-    await workspace.git("clean", "-fdq")
+    undo = (
+        f"git -c core.hooksPath=/dev/null reset --hard -q {workspace.start_sha} && "
+        "git -c core.hooksPath=/dev/null clean -ffdq"
+    )
+    await backend.exec(sandbox, ["/bin/sh", "-c", undo], workdir="/workspace", timeout=60)
+    if await workspace.changed():
+        raise UnreadableWorkspace(
+            "the plan phase changed files that could not be undone; nothing was pushed",
+            detail="the work tree still differs from the run's starting commit after "
+            "`git reset --hard` and `git clean` in the sandbox",
+        )
     return True
 
 

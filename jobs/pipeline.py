@@ -91,10 +91,11 @@ class RunExecution(AgentSteps, PublishSteps):
                 raise  # worker shutdown: the reconciler picks the run up again
             await self._end(RunState.CANCELLED, f"cancelled by {self.cancelled_by or 'request'}")
         except StepFailed as exc:
-            await self._end(exc.state, exc.reason)
+            await self._end(exc.state, exc.reason, detail=exc.detail)
         except Exception as exc:
             log.exception("run_crashed")
-            await self._end(RunState.FAILED, f"internal error: {type(exc).__name__}: {exc}"[:500])
+            reason = f"internal error ({type(exc).__name__}); the detail is in the run's log"
+            await self._end(RunState.FAILED, reason, detail=f"{type(exc).__name__}: {exc}")
         finally:
             self._stop_watch.set()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,7 +125,6 @@ class RunExecution(AgentSteps, PublishSteps):
         await self._prepare()
         await self.move(RunState.RUNNING)
         result, failed_phase = await self._run_workflow()
-        await self._stop_leftovers()
         await self.move(RunState.GATES)
         plan_only = self.phases[-1].name == "plan"
         if plan_only:
@@ -225,7 +225,11 @@ class RunExecution(AgentSteps, PublishSteps):
                 continue_branch=continue_branch,
             )
         except SandboxError as exc:
-            raise StepFailed(f"could not fetch the repository: {exc}") from exc
+            raise StepFailed(
+                "could not fetch and check out the repository; the detail is in the run's "
+                "`error` artifact",
+                detail=str(exc),
+            ) from exc
         self.timings["workspace"] = round(time.monotonic() - t0, 3)
         self.view.base_sha = self.workspace.base_sha
         await self._save(
@@ -278,7 +282,10 @@ class RunExecution(AgentSteps, PublishSteps):
             labels={"repo": self.repository.full_name.replace("/", "_")},
         )
 
-    async def _end(self, state: RunState, reason: str) -> None:
+    async def _end(self, state: RunState, reason: str, *, detail: str | None = None) -> None:
+        if detail:  # for maintainers: may quote agent-written data, so never published
+            with contextlib.suppress(Exception):
+                await self.artifact("error", detail)
         for phase in phase_names(self.view):
             current = self.view.phases.get(phase)
             if current is not None and current[0] == "running":

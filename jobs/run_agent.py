@@ -41,7 +41,7 @@ from jobs.run_base import (
     write_input,
 )
 from sandboxes.base import ExecResult
-from sandboxes.errors import SandboxError
+from sandboxes.errors import SandboxError, UnreadableWorkspace
 from sandboxes.output import LineSplitter
 from sandboxes.quota import WorkspaceQuota
 
@@ -126,6 +126,7 @@ class AgentSteps(RunBase):
         result: ExecResult | None = None
         for phase in self.phases:
             result = await self._agent(phase)
+            await self._stop_leftovers()  # nothing of a phase outlives it
             if phase.name == "plan":
                 await self._keep_plan(phase)
             if result.timed_out or self.budget_exhausted:
@@ -141,7 +142,7 @@ class AgentSteps(RunBase):
         """The prompt file (inside the sandbox) for ``phase``: the run's prompt re-aimed at the
         phase, with the repository's template and the plan of an earlier phase."""
         assert self.workspace is not None
-        template = await load_template(self.workspace, self.workspace.base_sha, phase.name)
+        template = await load_template(self.workspace, phase.name)
         if template is not None:
             await self.events.emit(
                 "progress",
@@ -158,7 +159,12 @@ class AgentSteps(RunBase):
         assert self.workspace is not None
         self.view.plan = sanitize(self.outcome.summary).strip()
         await self.artifact("plan", self.view.plan or "(no plan)", "text/markdown")
-        if await discard_changes(self.workspace):
+        assert self.sandbox is not None
+        try:
+            discarded = await discard_changes(self.workspace, self.bosun.backend, self.sandbox)
+        except UnreadableWorkspace as exc:
+            raise StepFailed(str(exc), detail=exc.detail) from exc
+        if discarded:
             decision = {
                 "rule": "workflow.plan",
                 "decision": "discard",

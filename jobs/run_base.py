@@ -38,7 +38,8 @@ from jobs.phases import phases_for
 from jobs.reporter import StatusReporter
 from jobs.review_records import review_records
 from sandboxes.base import ExecResult, Sandbox
-from sandboxes.workspace import Changes, Workspace
+from sandboxes.changes import Changes
+from sandboxes.workspace import Workspace
 
 log = structlog.get_logger("jobs.pipeline")
 
@@ -46,12 +47,17 @@ INPUT_MOUNT = "/bosun"
 
 
 class StepFailed(BosunError):
-    """A step ended the run; ``state`` says how (failed by default)."""
+    """A step ended the run; ``state`` says how (failed by default). ``reason`` is published
+    (check run, status comment); ``detail``, which may quote what the agent wrote or a tool's
+    raw error, is kept for maintainers only, as the run's ``error`` artifact."""
 
-    def __init__(self, reason: str, state: RunState = RunState.FAILED) -> None:
+    def __init__(
+        self, reason: str, state: RunState = RunState.FAILED, *, detail: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.state = state
+        self.detail = detail
 
 
 @dataclass
@@ -110,6 +116,8 @@ class RunBase:
         self.runner_events: list[RunnerEvent] = []
         self.timings: dict[str, float] = {}
         self.policy: list[dict[str, Any]] = []
+        self.failed_gates: list[tuple[str, str]] = []
+        """(gate name, output) of each failing gate, annotated once the tree is read."""
         self.cancelled_by: str | None = None
         self.gateway: ModelGateway | None = None
         self._stop_watch = asyncio.Event()

@@ -5,11 +5,8 @@ work (time limit, budget) or post a plan."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
@@ -23,7 +20,8 @@ from jobs.run_base import (
     RunBase,
     StepFailed,
 )
-from sandboxes.errors import PushRejected, SandboxError
+from sandboxes.errors import PushRejected, SandboxError, UnreadableWorkspace
+from sandboxes.git import push_refusal_summary
 
 
 class PublishSteps(RunBase):
@@ -56,10 +54,8 @@ class PublishSteps(RunBase):
                 GateView(gate.name, passed, result.exit_code, result.duration, text[-2000:])
             )
             await self.artifact(f"gate:{gate.name}", bytes(output))
-            if not passed and self.workspace is not None:
-                in_tree = functools.partial(_in_tree, self.workspace.path)
-                found = await asyncio.to_thread(gate_annotations, gate.name, text, in_tree)
-                self.view.annotations.extend(found)
+            if not passed:
+                self.failed_gates.append((gate.name, text))
             await self.events.emit(
                 "gate_result",
                 {
@@ -91,7 +87,11 @@ class PublishSteps(RunBase):
     async def _collect_changes(self) -> None:
         assert self.workspace is not None
         limit = self.config.limits.max_diff_bytes  # a larger diff is refused unread
-        self.changes = await self.workspace.changes(max_diff_bytes=limit)
+        try:
+            self.changes = await self.workspace.changes(max_diff_bytes=limit)
+        except UnreadableWorkspace as exc:
+            raise StepFailed(str(exc), detail=exc.detail) from exc
+        await self._annotate(self.changes.tree_files)
         files = self.changes.files
         self.view.files_changed = len(files)
         self.view.lines_added = self.changes.lines_added
@@ -112,6 +112,15 @@ class PublishSteps(RunBase):
                 for f in files
             ]
             await self.artifact("diff-stats", json.dumps(stats, indent=2), "application/json")
+
+    async def _annotate(self, tree_files: frozenset[str]) -> None:
+        """Failing gates' ``path:line: message`` lines that name a file in the tree the host
+        read (never a lookup in the agent's folder) become check-run annotations."""
+        for name, text in self.failed_gates:
+            found = await asyncio.to_thread(gate_annotations, name, text, tree_files.__contains__)
+            self.view.annotations.extend(found)
+        if self.failed_gates:
+            self.reporter.changed()
 
     async def _check_policy(self) -> DiffVerdict:
         assert self.changes is not None
@@ -138,17 +147,22 @@ class PublishSteps(RunBase):
             trailers.append(
                 ("Co-authored-by", f"{requester} <{requester}@users.noreply.github.com>")
             )
-        await self.workspace.commit(subject, author=identity, committer=identity, trailers=trailers)
-        head = await self.workspace.head_sha()
+        assert self.changes is not None
+        head = await self.workspace.commit(
+            self.changes.tree, subject, author=identity, committer=identity, trailers=trailers
+        )
+        head = head or self.workspace.start_sha
         self.view.phase("push", "running", f"`{head[:12]}`")
         self.reporter.changed()
         t0 = time.monotonic()
         try:
             auth = await self.port.git_auth_header()
-            await self.workspace.push(self._remote_url(), auth_header=auth)
+            await self.workspace.push(head, self._remote_url(), auth_header=auth)
         except PushRejected as exc:
             self.view.phase("push", "failed", "rejected")
-            raise StepFailed(f"the push was rejected: {exc}") from exc
+            raise StepFailed(
+                f"the push was rejected: {push_refusal_summary(str(exc))}", detail=str(exc)
+            ) from exc
         self.timings["push"] = round(time.monotonic() - t0, 3)
         self.view.head_sha = head
         await self._save(head_sha=head)
@@ -234,9 +248,3 @@ class PublishSteps(RunBase):
         reason = "the plan is posted on the issue; no code was changed"
         await self._finish_artifacts(RunState.REVIEW_READY, reason)
         await self.move(RunState.REVIEW_READY, reason=reason)
-
-
-def _in_tree(root: Path, path: str) -> bool:
-    """Whether ``path`` is a regular file inside the work tree (not through a symlink out)."""
-    target = os.path.realpath(root / path)
-    return target.startswith(os.path.realpath(root) + os.sep) and os.path.isfile(target)

@@ -56,6 +56,15 @@ class WorkspaceError(SandboxError):
     """A host-side workspace operation (git, ownership, cleanup) failed."""
 
 
+class UnreadableWorkspace(WorkspaceError):
+    """The agent's work tree could not be read as data. ``str()`` is a fixed message safe to
+    publish; ``detail`` may quote what the agent wrote and is for maintainers only."""
+
+    def __init__(self, message: str, *, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class GitError(WorkspaceError):
     """A git command failed. ``stderr`` has credentials redacted."""
 

@@ -190,5 +190,18 @@ async def run_git(
     return GitResult(returncode, out, stderr)
 
 
+_GH_CODE = re.compile(r"\bGH\d{3}\b[^\n]{0,160}")
+_REFUSAL = re.compile(r"\[(?:remote )?rejected\][^\n(]*\(([^)\n]{1,160})\)")
+
+
+def push_refusal_summary(error: str) -> str:
+    """A short, printable digest of why a remote refused a push: GitHub's ``GHnnn`` lines
+    and git's ``[rejected] … (reason)`` reasons, never the raw output."""
+    found = [m.group(0).strip() for m in _GH_CODE.finditer(error)]
+    found += [m.group(1).strip() for m in _REFUSAL.finditer(error)]
+    text = "; ".join(dict.fromkeys(found)) or "no reason given"
+    return "".join(c for c in text if c.isprintable())[:400]
+
+
 def _rejected(stderr: str) -> bool:
     return any(marker in stderr for marker in _REJECTED)

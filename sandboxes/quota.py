@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import structlog
@@ -26,31 +27,50 @@ OnExceeded = Callable[[int], Awaitable[None]]
 
 
 def disk_usage(root: Path) -> int:
-    """Bytes allocated on disk under ``root`` (blocks, not apparent size), symlinks not
-    followed, each hard-linked inode once. Files that vanish during the walk are skipped."""
+    """Bytes allocated on disk under ``root`` (blocks, not apparent size), each hard-linked
+    inode once. Metadata only, and symlink-safe while the agent keeps writing: every folder is
+    opened relative to its parent's descriptor with ``O_NOFOLLOW``, so swapping a folder for a
+    symlink cannot send the walk outside the workspace. Entries that vanish are skipped."""
     total = 0
     seen: set[tuple[int, int]] = set()
-    stack = [str(root)]
+    try:
+        top = os.open(root, _DIR_FLAGS)
+    except OSError:
+        return 0
+    stack = [(top, _names(top))]  # open descriptors: one per level of the current path
     while stack:
-        folder = stack.pop()
+        fd, names = stack[-1]
+        name = next(names, None)
+        if name is None:
+            os.close(fd)
+            stack.pop()
+            continue
         try:
-            entries = os.scandir(folder)
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                except OSError:
-                    continue
-                if info.st_nlink > 1:
-                    if (info.st_dev, info.st_ino) in seen:
-                        continue
-                    seen.add((info.st_dev, info.st_ino))
-                total += info.st_blocks * 512
+        if info.st_nlink > 1:
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+        total += info.st_blocks * 512
+        if stat.S_ISDIR(info.st_mode):
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            stack.append((child, _names(child)))
     return total
+
+
+def _names(fd: int) -> Iterator[str]:
+    try:
+        return iter(os.listdir(fd))
+    except OSError:
+        return iter(())
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class WorkspaceQuota:

@@ -140,16 +140,19 @@ async def test_commit_and_push_then_a_rejected_push_is_typed(
 ) -> None:
     remote, _ = upstream
     ws = await prepare(manager, remote, "run-push")
-    assert await ws.commit("nothing", author=BOT, committer=BOT) is None
+    unchanged = await ws.changes()
+    assert unchanged.empty
+    assert await ws.commit(unchanged.tree, "nothing", author=BOT, committer=BOT) is None
     (ws.path / "feature.txt").write_text("feature\n")
     sha = await ws.commit(
+        (await ws.changes()).tree,
         "Add feature\n\nCloses #1",
         author=GitIdentity("Requester", "req@example.invalid"),
         committer=BOT,
         trailers=[("Bosun-Run", "run-push"), ("Requested-by", "octocat")],
     )
     assert sha is not None
-    assert await ws.push(str(remote)) == sha
+    assert await ws.push(sha, str(remote)) == sha
     assert sh("git", "rev-parse", "refs/heads/bosun/1-run-push", cwd=remote).strip() == sha
     message = sh("git", "log", "-1", "--format=%an%n%cn%n%B", sha, cwd=remote)
     assert message.startswith("Requester\nbosun[bot]\nAdd feature")
@@ -159,11 +162,16 @@ async def test_commit_and_push_then_a_rejected_push_is_typed(
     hook = remote / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'no pushes today' >&2\nexit 1\n")
     hook.chmod(0o755)
-    (ws.path / "more.txt").write_text("more\n")
-    await ws.commit("More", author=BOT, committer=BOT)
+    again = await prepare(
+        manager, remote, "run-push-2", branch="bosun/1-run-push", continue_branch=True
+    )
+    assert again.start_sha == sha
+    (again.path / "more.txt").write_text("more\n")
+    more = await again.commit((await again.changes()).tree, "More", author=BOT, committer=BOT)
+    assert more is not None
     header = basic_auth_header("ghs_secrettoken123456")
     with pytest.raises(PushRejected) as info:
-        await ws.push(str(remote), auth_header=header)
+        await again.push(more, str(remote), auth_header=header)
     assert "no pushes today" in info.value.stderr
     assert "pre-receive hook declined" in str(info.value)
     assert "ghs_secrettoken123456" not in str(info.value) + " ".join(info.value.argv)
@@ -175,8 +183,9 @@ async def test_continue_branch_resumes_from_the_pushed_head(
     remote, _ = upstream
     first = await prepare(manager, remote, "run-1", branch="bosun/7-fix")
     (first.path / "step1.txt").write_text("1\n")
-    pushed = await first.commit("step 1", author=BOT, committer=BOT)
-    await first.push(str(remote))
+    pushed = await first.commit((await first.changes()).tree, "step 1", author=BOT, committer=BOT)
+    assert pushed is not None
+    await first.push(pushed, str(remote))
     retry = await prepare(manager, remote, "run-2", branch="bosun/7-fix", continue_branch=True)
     assert retry.start_sha == pushed
     assert retry.base_sha == first.base_sha
@@ -196,8 +205,8 @@ async def test_planted_hooks_and_config_never_run_on_the_host(
     with (ws.path / ".git" / "config").open("a") as config:
         config.write(f"[core]\n\thooksPath = .git/hooks\n\tfsmonitor = touch {marker}\n")
     (ws.path / "x.txt").write_text("x\n")
-    await ws.changes()
-    assert await ws.commit("x", author=BOT, committer=BOT)
+    changes = await ws.changes()
+    assert await ws.commit(changes.tree, "x", author=BOT, committer=BOT)
     assert not marker.exists()
 
 
@@ -208,7 +217,12 @@ async def test_cleanup_removes_everything(
     ws = await prepare(manager, remote, "run-gone")
     (ws.path / "ro").mkdir()
     (ws.path / "ro" / "f").write_text("f")
+    for written in (ws.path / "ro", ws.path / "ro" / "f"):  # as the agent would own them
+        os.lchown(written, *OWNER)
     (ws.path / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    (ws.path / "locked").mkdir()
+    os.lchown(ws.path / "locked", *OWNER)
+    (ws.path / "locked").chmod(0)
     await manager.cleanup("run-gone")
     assert not ws.run_dir.exists()
     assert (manager.root / "mirrors" / "acme__widgets.git").is_dir()
@@ -254,5 +268,10 @@ async def test_git_works_inside_the_sandbox(
         assert log.text() == "bosun[bot] agent work\nDev initial\n"
     changes = await ws.changes()
     assert [c.path for c in changes.files] == ["agent.txt"]
-    await ws.push(str(remote))
-    assert sh("git", "log", "-1", "--format=%s", "bosun/1-run-box", cwd=remote) == "agent work\n"
+    sha = await ws.commit(changes.tree, "Bosun's commit", author=BOT, committer=BOT)
+    assert sha is not None
+    await ws.push(sha, str(remote))
+    # The agent's own commits stay in the sandbox: the branch gets one commit of its tree.
+    subject = sh("git", "log", "-1", "--format=%s", "bosun/1-run-box", cwd=remote)
+    assert subject == "Bosun's commit\n"
+    assert sh("git", "show", "bosun/1-run-box:agent.txt", cwd=remote) == "agent\n"

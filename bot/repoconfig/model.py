@@ -100,6 +100,23 @@ class PathsConfig(_Strict):
             "`.github/bosun.yml` are always denied, whether listed or not."
         ),
     )
+    nested_repositories: Literal["skip", "refuse"] = Field(
+        default="skip",
+        description=(
+            "A `.git` the agent created below the top of the tree (a nested repository) is "
+            "never read: `skip` leaves that `.git` out and keeps the other files beside it; "
+            "`refuse` fails the run."
+        ),
+    )
+    submodules: Literal["refuse", "ignore"] = Field(
+        default="refuse",
+        description=(
+            "Submodules are never updated from the sandbox. When the agent writes into a "
+            "submodule's folder or changes `.gitmodules`: `refuse` fails the run; `ignore` "
+            "keeps every submodule as the base has it and leaves the writes inside out "
+            "(a changed `.gitmodules` is then an ordinary file)."
+        ),
+    )
 
 
 class LimitsConfig(_Strict):
