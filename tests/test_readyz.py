@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
+from bot.localredis import server_config
 from bot.web.app import create_app
 from tests.conftest import make_settings
 from tests.services import docker_client, missing
@@ -20,40 +22,36 @@ from tests.stack import free_port
 
 
 class RedisProcess:
-    """A private redis-server that a test may stop and start again."""
+    """A private redis-server, with a password like every Redis Bosun is set up with, that a
+    test may stop and start again."""
 
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
         self.folder = folder
+        self.password = secrets.token_hex(16)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server", "install redis-server (scripts/bootstrap.sh test)")
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
+            [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
         )
+        assert self.process.stdin is not None
+        self.process.stdin.write(server_config(self.port, self.folder, self.password).encode())
+        self.process.stdin.close()
         import redis
 
         for _ in range(100):
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                redis.Redis(
+                    port=self.port, password=self.password, socket_connect_timeout=0.2
+                ).ping()
                 return
             except redis.ConnectionError:
                 import time
