@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -78,6 +79,7 @@ class CommentRef:
     id: int
     body: str
     user: Actor
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class _Comment(_Wire):
     id: int
     body: str | None = None
     user: _User
+    created_at: datetime | None = None
 
 
 class _Branch(_Wire):
@@ -313,7 +316,9 @@ def _convert(event: str, wire: _Payload) -> ParsedEvent:
         )
     if wire.comment is not None:
         c = wire.comment
-        comment = CommentRef(id=c.id, body=c.body or "", user=_user(c.user))
+        comment = CommentRef(
+            id=c.id, body=c.body or "", user=_user(c.user), created_at=c.created_at
+        )
     if wire.pull_request is not None:
         p = wire.pull_request
         pull = PullRequestRef(

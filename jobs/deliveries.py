@@ -7,6 +7,7 @@ delivery is processed at most once; a transient GitHub failure retries the job.
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Delivery, DeliveryStatus, Installation, Repository, Run, Task
 from bot.db.upsert import insert_ignore
+from bot.errors import ConflictError
 from bot.events import EventParseError, IgnoredEvent, ParsedEvent, RepositoryRef, parse_event
 from bot.github.repo import RepoPort
 from bot.profiles import ProfileConfig, effective_profile
@@ -39,11 +41,20 @@ from bot.triggers import (
 from jobs.cancel import signal_cancel
 from jobs.context import JobContext, job_context
 from jobs.reconcile import run_job_id
-from jobs.review import handle_button, handle_commands, handle_push, handle_review
+from jobs.review import (
+    handle_button,
+    handle_commands,
+    handle_push,
+    handle_review,
+    trace_failed_delivery,
+)
 
 log = structlog.get_logger("jobs.deliveries")
 
 PERMISSION_TTL = 60
+DELIVERY_TRIES = 5
+"""Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
+REVIEW_EVENTS = {"issue_comment", "pull_request", "pull_request_review", "check_run"}
 CONFIG_ERROR_MARKER = "<!-- bosun:config-error -->"
 REFUSED_MARKER = "<!-- bosun:refused user={login} -->"
 TRIGGER_EVENTS = {"issues", "issue_comment"}
@@ -64,22 +75,30 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
     structlog.contextvars.bind_contextvars(
         installation_id=delivery.installation_id, repo=delivery.repository
     )
+    parsed: ParsedEvent | IgnoredEvent | None = None
+    tries = int(ctx.get("job_try") or 1)
     try:
         parsed = parse_event(event_name, payload)
         outcome = await route(bosun, delivery_id, parsed)
     except EventParseError as exc:
         await _finish(bosun, delivery_id, DeliveryStatus.FAILED, f"unparseable: {exc}")
         return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
+    except ConflictError as exc:
+        # The run was busy or moved under the decision: decide again later, on its new state.
+        if tries < DELIVERY_TRIES:
+            log.info("delivery_conflict_retry", error=str(exc)[:300], job_try=tries)
+            raise Retry(defer=conflict_backoff(tries)) from exc
+        await _failed(bosun, delivery_id, parsed, repr(exc))
+        return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
     except GitHubException as exc:
-        tries = int(ctx.get("job_try") or 1)
-        if tries < 5:
+        if tries < DELIVERY_TRIES:
             log.warning("delivery_retry", error=repr(exc)[:300], job_try=tries)
             raise Retry(defer=min(60, 2**tries)) from exc
-        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, repr(exc)[:1000])
+        await _failed(bosun, delivery_id, parsed, repr(exc))
         raise
     except Exception as exc:
         log.exception("delivery_failed")
-        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, repr(exc)[:1000])
+        await _failed(bosun, delivery_id, parsed, repr(exc))
         raise
     status = DeliveryStatus.IGNORED if outcome.startswith("ignored") else DeliveryStatus.PROCESSED
     await _finish(
@@ -87,6 +106,32 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
     )
     log.info("delivery_processed", gh_event=event_name, outcome=outcome)
     return {"delivery": delivery_id, "outcome": outcome}
+
+
+def conflict_backoff(tries: int) -> float:
+    """Seconds before a delivery that met a busy or moving run is tried again: doubling from
+    half a second, at most 30, with jitter so a flood on one run spreads out."""
+    return float(min(30.0, 0.5 * 2 ** (tries - 1)) * random.uniform(0.5, 1.0))
+
+
+async def _failed(
+    bosun: JobContext,
+    delivery_id: str,
+    parsed: ParsedEvent | IgnoredEvent | None,
+    error: str,
+) -> None:
+    """A delivery that finally failed: recorded as failed and, when it concerns a run, left
+    as a visible trace on it (an ``error`` event and a note in the status comment)."""
+    await _finish(bosun, delivery_id, DeliveryStatus.FAILED, error[:1000])
+    if not isinstance(parsed, ParsedEvent) or parsed.event not in REVIEW_EVENTS:
+        return
+    if parsed.installation_id is None or parsed.repository is None:
+        return
+    port = bosun.repo(parsed.installation_id, parsed.repository.full_name)
+    try:
+        await trace_failed_delivery(bosun, port, parsed, delivery_id, error)
+    except Exception:
+        log.exception("delivery_trace_failed")
 
 
 async def _finish(
@@ -127,7 +172,7 @@ async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | Ignor
     if parsed.key == "pull_request_review.submitted" and parsed.review:
         return await handle_review(bosun, port, delivery_id, parsed, permission)
     if parsed.key == "pull_request.synchronize" and parsed.pull_request:
-        return await handle_push(bosun, port, parsed)
+        return await handle_push(bosun, port, parsed, delivery_id)
     if parsed.event == "check_run" and parsed.check_run:
         return await handle_button(bosun, port, delivery_id, parsed, permission)
     return f"ignored: {parsed.key} is not acted on"

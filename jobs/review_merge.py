@@ -1,24 +1,32 @@
-"""From approval to merge (SPEC §8): record an approval, move the run to ``approved`` once the
-approvals on the head suffice, keep only the approved files of a partial approval (a revert
-commit pushed before the merge), and merge — or, on a conflict, name the conflicting paths and
-leave the run ``review_ready``.
+"""From approval to merge (SPEC §8): once the approvals on the head suffice the run is
+``approved``; completing it keeps only the approved files of a partial approval (a revert
+commit pushed before the merge) and merges — or, on a conflict, names the conflicting paths
+and leaves the run ``review_ready``.
 
-Exactly one merge: the move to ``approved`` is a compare-and-set (one of two concurrent
-approvals wins it), and completing an approval holds a short Redis lock and re-reads the run.
+Merge only what was approved. Completing an approval runs inside the run's serialised step
+(``jobs.review_step``: the caller holds the run's lock), and right before the merge call it
+reads the run again and re-checks that the approvals it counts cover exactly the head it is
+about to merge (``bot.review.merge_refusal``). The merge names that head (GitHub's ``sha``
+parameter): if the branch moved meanwhile GitHub refuses with 409, Bosun adopts the new head
+as a push would (invalidating the approvals when the files changed) and merges nothing.
+Exactly one merge: every approval of a run is decided in turn on the run as it is then.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from githubkit.exception import GitHubException
 from sqlalchemy import update
 
-from bot.db.models import Approval, Repository, Run, RunState
-from bot.github.repo import RepoPort
+from bot.db.models import Repository, Run, RunState
+from bot.github.limits import clip, listing
+from bot.github.repo import MergeOutcome, RepoPort
 from bot.repoconfig import RepoConfig
-from bot.review import Approve, RunSnapshot, approval_status, sha_matches
+from bot.review import Approve, RunSnapshot, approval_status, merge_refusal, sha_matches
 from bot.runs import IllegalTransition, append_event, transition
 from jobs.context import JobContext
 from jobs.partial_approval import (
@@ -29,12 +37,15 @@ from jobs.partial_approval import (
     revert_unapproved,
     scratch_clone,
 )
-from jobs.review_records import note_on_status, rewrite_manifest, snapshot
+from jobs.review_push import sync_head
+from jobs.review_records import note_on_status, read_run, rewrite_manifest
 from sandboxes.errors import WorkspaceError
 
 log = structlog.get_logger("jobs.review_merge")
 
-MERGE_LOCK_SECONDS = 600
+MERGE_ATTEMPTS = 3
+"""Merges tried in one step: a push that keeps the files rebinds the approvals to the new
+head, and the merge is tried again at that head."""
 
 
 async def move(bosun: JobContext, run: Run, target: RunState, actor: str, reason: str) -> bool:
@@ -53,105 +64,84 @@ async def move(bosun: JobContext, run: Run, target: RunState, actor: str, reason
     return True
 
 
-async def record_approval(
-    bosun: JobContext,
-    port: RepoPort,
-    run: Run,
-    decision: Approve,
-    config: RepoConfig,
-    number: int,
-    source: str,
-) -> None:
-    """Store the approval; once the approvals on the head suffice, approve the run and complete
-    it (revert the files left out, merge)."""
-    async with bosun.services.sessions.begin() as session:
-        session.add(
-            Approval(
-                run_id=run.id,
-                actor=decision.actor,
-                sha=decision.sha,
-                paths=list(decision.paths),
-                general=decision.general,
-                source=source,
-            )
-        )
-    status = approval_status(await snapshot(bosun, run), config)
-    if not status.satisfied:
-        missing = "".join(
-            f" `{glob}` still needs one of {', '.join(f'@{o}' for o in owners) or 'nobody'}."
-            for glob, owners in status.missing_path_approvers.items()
-        )
-        await port.create_comment(
-            number,
-            f"Approval by @{decision.actor} recorded ({status.have}/{status.need}); "
-            f"waiting for more.{missing}",
-        )
-        await note_on_status(bosun, port, run, f"@{decision.actor} approved")
-        return
-    if not await move(bosun, run, RunState.APPROVED, decision.actor, "approvals satisfied"):
-        await port.create_comment(
-            number,
-            f"@{decision.actor}, your approval is recorded; the run is already "
-            f"{run.state.value.replace('_', ' ')}.",
-        )
-        return
-    await complete_approval(bosun, port, run.id, config, decision.actor, number)
+async def waiting_note(
+    bosun: JobContext, run_id: str, decision: Approve, config: RepoConfig
+) -> str:
+    """The reply to an approval that does not suffice yet."""
+    found = await read_run(bosun, run_id)
+    assert found is not None
+    status = approval_status(found[1], config)
+    missing = " ".join(
+        f"`{clip(glob, 120)}` still needs one of {listing(owners, show=_at) or 'nobody'}."
+        for glob, owners in list(status.missing_path_approvers.items())[:10]
+    )
+    return (
+        f"Approval by @{decision.actor} recorded ({status.have}/{status.need}); "
+        f"waiting for more. {missing}"
+    ).strip()
+
+
+def _at(login: str) -> str:
+    return f"@{clip(login, 60)}"
 
 
 async def complete_approval(
     bosun: JobContext, port: RepoPort, run_id: str, config: RepoConfig, actor: str, number: int
 ) -> None:
     """An ``approved`` run: unless on hold, keep only the approved files and merge (when
-    ``merge.auto_merge``). Safe to call twice: one caller holds the lock, the other returns."""
-    redis = bosun.services.redis
-    lock = bosun.settings.redis.key("merging", run_id)
-    if not await redis.set(lock, actor, nx=True, ex=MERGE_LOCK_SECONDS):
-        log.info("approval_completion_busy", run_id=run_id)
-        return
-    try:
-        async with bosun.services.sessions() as session:
-            run = await session.get(Run, run_id, populate_existing=True)
-            repository = await session.get(Repository, run.repository_id) if run else None
-        if run is None or repository is None or run.state is not RunState.APPROVED:
+    ``merge.auto_merge``). The caller holds the run's lock; a run that is not ``approved``
+    (merged already, rejected, back in review) is left as it is."""
+    for _attempt in range(MERGE_ATTEMPTS):
+        found = await read_run(bosun, run_id)
+        if found is None:
             return
-        if run.on_hold:
+        run, shot = found
+        if shot.state is not RunState.APPROVED:
+            return
+        if shot.on_hold:
             note = "Approved; the run is on hold, so nothing is merged until `/unhold`."
             await port.create_comment(number, note)
             await note_on_status(bosun, port, run, note)
             await rewrite_manifest(bosun, run.id)
             return
-        await _complete(bosun, port, run, repository, config, actor, number)
-    finally:
-        await redis.delete(lock)
+        if not await _complete(bosun, port, run, shot, config, actor, number):
+            return
 
 
 async def _complete(
     bosun: JobContext,
     port: RepoPort,
     run: Run,
-    repository: Repository,
+    shot: RunSnapshot,
     config: RepoConfig,
     actor: str,
     number: int,
-) -> None:
-    base_branch = repository.default_branch
+) -> bool:
+    """One try at completing ``run``; True when the head moved to one the approvals still
+    cover (same files) and merging should be tried again there."""
+    approved = shot.head_sha or ""
+    refusal = merge_refusal(shot, config, approved)
+    if refusal is not None:
+        await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
+        return False
+    async with bosun.services.sessions() as session:
+        repository = await session.get(Repository, run.repository_id)
+    base_branch = repository.default_branch if repository else "main"
     if run.pr_number is not None:
         base_branch = (await port.get_pull(run.pr_number)).base_ref
-    shot = await snapshot(bosun, run)
     review: dict[str, Any] = {}
+    merge_sha = approved
     if _partial(shot):
         try:
             revert = await _revert(bosun, port, run, shot, config, base_branch)
         except (BranchMoved, NothingApproved, WorkspaceError) as exc:
-            await _back_to_review(
-                bosun,
-                port,
-                run,
-                number,
-                f"could not keep only the approved "
-                f"files: {exc}. Nothing was merged; review and `/approve` again.",
+            why = (
+                f"could not keep only the approved files: {clip(str(exc), 500)}. Nothing was "
+                "merged; review and `/approve` again."
             )
-            return
+            await _back_to_review(bosun, port, run, number, why)
+            return False
+        merge_sha = revert.commit or approved
         review["partial_approval"] = {
             "approved_sha": revert.approved_sha,
             "revert_commit": revert.commit,
@@ -160,41 +150,130 @@ async def _complete(
             "reverted": list(revert.reverted),
         }
         if revert.commit:
-            reverted = ", ".join(f"`{p}`" for p in revert.reverted)
             await port.create_comment(
                 number,
-                f"Kept only the approved files: reverted {reverted} to the base in "
-                f"`{revert.commit[:12]}`.",
+                f"Kept only the approved files: reverted {listing(revert.reverted)} to the "
+                f"base in `{revert.commit[:12]}`.",
             )
     if not config.merge.auto_merge or run.pr_number is None:
         note = f"Approved by @{actor}; merging is left to you (`merge.auto_merge` is off)."
         await port.create_comment(number, note)
         await note_on_status(bosun, port, run, note)
         await rewrite_manifest(bosun, run.id, review)
-        return
-    head = run.head_sha or ""
-    outcome = await port.merge_pull(run.pr_number, sha=head, method=config.merge.method)
-    if not outcome.merged and (await port.get_pull(run.pr_number)).merged:
-        outcome = replace(outcome, merged=True)  # merged meanwhile (by a human or a retry)
+        return False
+    # The re-check inside the step that merges: the run read now is still approved, at the
+    # head about to be merged, and the approvals counted cover exactly the approved head.
+    now = await read_run(bosun, run.id)
+    refusal = (
+        "the run is gone" if now is None else merge_refusal(now[1], config, approved, merge_sha)
+    )
+    if refusal is not None:
+        await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
+        return False
+    outcome = await _merge(port, run.pr_number, merge_sha, config.merge.method)
     if outcome.merged:
-        await move(bosun, run, RunState.MERGED, actor, f"merged as {outcome.sha or head}")
-        review["merge"] = {"sha": outcome.sha, "method": config.merge.method, "head_sha": head}
-        await note_on_status(bosun, port, run, f"Merged #{run.pr_number} (approved by @{actor}).")
+        await _merged(bosun, run.id, actor, outcome.sha, merge_sha)
+        review["merge"] = {
+            "sha": outcome.sha,
+            "method": config.merge.method,
+            "head_sha": merge_sha,
+            "approved_sha": approved,
+        }
+        await note_on_status(
+            bosun,
+            port,
+            run,
+            f"Merged #{run.pr_number} at `{merge_sha[:12]}` (approved by @{actor}).",
+        )
         await rewrite_manifest(bosun, run.id, review)
-        return
+        return False
+    if outcome.head_moved:
+        return await _head_moved(bosun, port, run, number, merge_sha, review)
     conflicts: list[str] = []
     if outcome.status == 405:
-        conflicts = await _conflicts(bosun, port, head, base_branch)
+        conflicts = await _conflicts(bosun, port, merge_sha, base_branch)
     review["merge"] = {"failed": outcome.message, "status": outcome.status, "conflicts": conflicts}
     if conflicts:
-        names = ", ".join(f"`{p}`" for p in conflicts)
         why = (
-            f"merging #{run.pr_number} into `{base_branch}` conflicts on {names}. Update the "
-            f"branch (or `/retry` with instructions), then `/approve` again."
+            f"merging #{run.pr_number} into `{base_branch}` conflicts on {listing(conflicts)}. "
+            "Update the branch (or `/retry` with instructions), then `/approve` again."
         )
     else:
-        why = f"merging #{run.pr_number} failed ({outcome.status}): {outcome.message}"
+        why = f"merging #{run.pr_number} failed ({outcome.status}): {clip(outcome.message, 300)}"
     await _back_to_review(bosun, port, run, number, why, review)
+    return False
+
+
+async def _merge(port: RepoPort, pr: int, sha: str, method: str) -> MergeOutcome:
+    """Merge ``pr`` if its head is ``sha``. An answer lost on the way (GitHub failed after
+    retries, or says the PR is no longer mergeable) is settled by reading the PR."""
+    try:
+        outcome = await port.merge_pull(pr, sha=sha, method=method)
+    except GitHubException:
+        pull = await port.get_pull(pr)  # raises too: the delivery is retried and resumes
+        if not (pull.merged and pull.head_sha == sha):
+            raise
+        return MergeOutcome(True, None, "merged (the answer was lost)", 200)
+    if not outcome.merged and outcome.status == 405:
+        pull = await port.get_pull(pr)
+        if pull.merged and pull.head_sha == sha:  # an earlier try of this merge went through
+            return MergeOutcome(True, None, "merged by an earlier try", 200)
+    return outcome
+
+
+async def _merged(
+    bosun: JobContext, run_id: str, actor: str, merge_commit: str | None, head: str
+) -> None:
+    async with bosun.services.sessions.begin() as session:
+        row = await session.get(Run, run_id, populate_existing=True)
+        assert row is not None
+        row.merged_sha = merge_commit
+        try:
+            await transition(
+                session,
+                row,
+                RunState.MERGED,
+                actor=actor,
+                reason=f"merged {head} as {merge_commit}",
+            )
+        except IllegalTransition as exc:  # only if something outside the review loop moved it
+            log.error("merged_run_moved", error=str(exc))
+            await append_event(
+                session,
+                run_id,
+                "error",
+                {"error": f"merged on GitHub at {head}, but the run had moved: {exc}"},
+            )
+
+
+async def _head_moved(
+    bosun: JobContext,
+    port: RepoPort,
+    run: Run,
+    number: int,
+    merge_sha: str,
+    review: dict[str, Any],
+) -> bool:
+    """GitHub refused the merge (409): the PR head is no longer ``merge_sha``. Adopt the new
+    head as a push would; merge again only if the approvals still cover it (same files)."""
+    assert run.pr_number is not None
+    found = await read_run(bosun, run.id)
+    if found is not None:
+        await sync_head(bosun, port, found[1], number)
+        found = await read_run(bosun, run.id)
+    if found is not None and found[1].state is RunState.APPROVED:
+        return True  # same files: the approvals follow the new head; merge there
+    head = found[1].head_sha if found else None
+    review["merge"] = {"refused": "head moved", "status": 409, "head_sha": merge_sha}
+    why = (
+        f"GitHub refused to merge #{run.pr_number}: the branch moved from the approved "
+        f"`{merge_sha[:12]}` to `{(head or 'another commit')[:12]}` before the merge. Nothing "
+        "was merged; review the new commits and `/approve` again."
+    )
+    await port.create_comment(number, why)
+    await note_on_status(bosun, port, run, why)
+    await rewrite_manifest(bosun, run.id, review)
+    return False
 
 
 def _partial(shot: RunSnapshot) -> bool:
@@ -213,7 +292,7 @@ async def _revert(
     base_branch: str,
 ) -> Revert:
     """Push the revert commit of the files the partial approvals leave out."""
-    approved = run.head_sha or ""
+    approved = shot.head_sha or ""
 
     def split(paths: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         status = approval_status(replace(shot, changed_paths=tuple(paths)), config)
@@ -263,8 +342,8 @@ async def _revert(
                 "decision": "revert" if revert.commit else "keep_all",
                 "approved_sha": approved,
                 "commit": revert.commit,
-                "kept": list(revert.kept),
-                "reverted": list(revert.reverted),
+                "kept": list(revert.kept)[:200],
+                "reverted": list(revert.reverted)[:200],
             },
         )
     log.info("partial_approval_applied", commit=revert.commit, reverted=len(revert.reverted))
@@ -272,9 +351,14 @@ async def _revert(
 
 
 async def _set_head(bosun: JobContext, run: Run, sha: str) -> None:
-    """Record the PR head Bosun is about to push, so its own ``synchronize`` is recognised."""
+    """Record the PR head Bosun is about to push (its own ``synchronize`` is then recognised);
+    the run's version moves with it, and comments written before now are not about it."""
     async with bosun.services.sessions.begin() as session:
-        await session.execute(update(Run).where(Run.id == run.id).values(head_sha=sha))
+        await session.execute(
+            update(Run)
+            .where(Run.id == run.id)
+            .values(head_sha=sha, head_since=datetime.now(UTC), version=Run.version + 1)
+        )
     run.head_sha = sha
 
 

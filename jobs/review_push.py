@@ -2,6 +2,13 @@
 SHA, and a push that changes the tree invalidates them (SPEC §8). A push that keeps the tree
 (an empty amend, a rebase to the same content) rebinds them to the new head instead.
 
+A push is decided like a command, in the run's serialised step (``jobs.review_step``), on the
+run as it is when its turn comes: an ``approved`` run goes back to review, a run merged
+meanwhile ignores it, a ``review_ready`` run only loses the approvals. The head adopted is
+the PR's head as GitHub reports it at that moment, so deliveries that arrive out of order,
+twice or late all end at GitHub's head; a decision that lost a race is made again, never
+turned into a failed delivery.
+
 Trees are compared through the Git data API (``GET /repos/{o}/{r}/git/commits/{sha}`` →
 ``tree.sha``): the commit the approvals were bound to against the new head.
 """
@@ -16,10 +23,11 @@ from sqlalchemy import update
 from bot.db.models import Approval, Run, RunState
 from bot.events import ParsedEvent
 from bot.github.repo import RepoPort
-from bot.review import REVIEWABLE
+from bot.review import REVIEWABLE, RunSnapshot, decide_push, sha_matches
 from bot.runs import append_event, transition
 from jobs.context import JobContext
 from jobs.review_records import find_run, note_on_status, rewrite_manifest
+from jobs.review_step import claim, received_at, serialised
 
 log = structlog.get_logger("jobs.review_push")
 
@@ -33,7 +41,9 @@ async def same_tree(port: RepoPort, old: str | None, new: str) -> tuple[bool, st
     return await port.commit_tree(old) == new_tree, new_tree
 
 
-async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> str:
+async def handle_push(
+    bosun: JobContext, port: RepoPort, event: ParsedEvent, delivery_id: str = ""
+) -> str:
     """Rebind approvals to a same-tree head, or invalidate them and send an approved run back
     to review; the status comment's review section says which."""
     assert event.pull_request is not None
@@ -42,50 +52,75 @@ async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> 
     if found is None:
         return "ignored: no Bosun run on this PR"
     run = found[0]
-    new_head = event.pull_request.head_sha
-    if new_head == run.head_sha:
+    if event.pull_request.head_sha == run.head_sha:
         return "ignored: Bosun's own push"
     if run.state not in REVIEWABLE:
         # Before review the pipeline owns the branch and its head; after the end nothing binds.
         return f"ignored: the run is {run.state.value}"
-    old_head = run.head_sha
-    unchanged, tree = await same_tree(port, old_head, new_head)
+    announced = event.pull_request.head_sha
+    received = await received_at(bosun, delivery_id) if delivery_id else None
+
+    async def step(_row: Run, shot: RunSnapshot) -> str:
+        return await sync_head(bosun, port, shot, number, announced=announced, received=received)
+
+    return await serialised(bosun, run.id, step)
+
+
+async def sync_head(
+    bosun: JobContext,
+    port: RepoPort,
+    shot: RunSnapshot,
+    number: int,
+    *,
+    announced: str | None = None,
+    received: datetime | None = None,
+) -> str:
+    """Bring the run's head up to the PR's head on GitHub, deciding on ``shot`` (read in the
+    caller's serialised step) what that does to the approvals. ``announced``/``received``: the
+    head a push delivery named and when it arrived; the head is reviewable from then on (from
+    now when GitHub's head is already a later one)."""
+    if shot.state not in REVIEWABLE:
+        return f"ignored: the run is {shot.state.value}"
+    new_head = (await port.get_pull(number)).head_sha
+    if sha_matches(new_head, shot.head_sha):
+        return "ignored: the head did not move (an older push, or Bosun's own)"
+    unchanged, tree = await same_tree(port, shot.head_sha, new_head)
+    decision = decide_push(shot, new_head, same_tree=unchanged)
+    if decision.kind == "ignore":
+        return f"ignored: {decision.reason}"
     now = datetime.now(UTC)
+    since = received if received is not None and new_head == announced else now
+    ids = [a.id for a in decision.approvals if a.id is not None]
     async with bosun.services.sessions.begin() as session:
-        row = await session.get(Run, run.id, populate_existing=True)
-        assert row is not None
-        if row.head_sha == new_head:
-            return "ignored: Bosun's own push"
-        live = (Approval.run_id == run.id) & Approval.invalidated_at.is_(None)
-        if unchanged:
-            result = await session.execute(
-                update(Approval).where(live, Approval.sha == (old_head or "")).values(sha=new_head)
-            )
-        else:
-            result = await session.execute(
+        await claim(session, shot.run_id, shot.version)
+        if ids and unchanged:
+            await session.execute(update(Approval).where(Approval.id.in_(ids)).values(sha=new_head))
+        elif ids:
+            await session.execute(
                 update(Approval)
-                .where(live)
+                .where(Approval.id.in_(ids))
                 .values(
                     invalidated_at=now,
                     invalidated_reason=f"the branch moved to {new_head[:12]}, changing the files",
                 )
             )
-        count: int = result.rowcount  # type: ignore[attr-defined]
-        row.head_sha = new_head
+        row = await session.get(Run, shot.run_id, populate_existing=True)
+        assert row is not None
+        row.head_sha, row.head_since = new_head, since
         await append_event(
             session,
-            run.id,
+            shot.run_id,
             "policy",
             {
-                "rule": "approval.bound_to_tree",
-                "decision": "rebind" if unchanged else "invalidate",
-                "from_sha": old_head,
+                "rule": decision.rule,
+                "decision": decision.kind,
+                "from_sha": shot.head_sha,
                 "head_sha": new_head,
                 "tree_sha": tree,
-                "approvals": count,
+                "approvals": len(ids),
             },
         )
-        if row.state is RunState.APPROVED and not unchanged:
+        if decision.back_to_review:
             await transition(
                 session,
                 row,
@@ -93,7 +128,7 @@ async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> 
                 actor="bosun",
                 reason="a push changed the files; approvals must be given again",
             )
-        run.state, run.head_sha = row.state, row.head_sha
+    count = len(ids)
     if unchanged:
         note = (
             f"The branch moved to `{new_head[:12]}` with the same files (tree "
@@ -107,8 +142,8 @@ async def handle_push(bosun: JobContext, port: RepoPort, event: ParsedEvent) -> 
         )
         if count:
             await port.create_comment(number, note)
-    await note_on_status(bosun, port, run, note)
-    await rewrite_manifest(bosun, run.id)
+    await note_on_status(bosun, port, row, note)
+    await rewrite_manifest(bosun, shot.run_id)
     log.info("run_head_moved", head=new_head, tree_changed=not unchanged, approvals=count)
     verdict = "kept" if unchanged else "invalidated"
     return f"processed: head moved, {count} approval(s) {verdict}"

@@ -88,20 +88,33 @@ async def approval_rows(session: AsyncSession, run_id: str) -> list[Approval]:
 
 
 async def snapshot(bosun: JobContext, run: Run) -> RunSnapshot:
-    """The run as the pure review rules see it, read now."""
+    """``run`` (as the caller holds it) with its approvals read now, as the pure review rules
+    see it. Decisions use ``read_run``, which reads the run itself now too."""
     async with bosun.services.sessions() as session:
-        approvals = tuple(
-            ApprovalSnapshot(
-                a.actor,
-                a.sha,
-                tuple(a.paths or ()),
-                valid=a.invalidated_at is None,
-                general=a.general,
-                id=a.id,
-            )
-            for a in await approval_rows(session, run.id)
+        return await _snapshot(bosun, session, run)
+
+
+async def read_run(bosun: JobContext, run_id: str) -> tuple[Run, RunSnapshot] | None:
+    """The run and its snapshot, both read now in one session."""
+    async with bosun.services.sessions() as session:
+        run = await session.get(Run, run_id, populate_existing=True)
+        if run is None:
+            return None
+        return run, await _snapshot(bosun, session, run)
+
+
+async def _snapshot(bosun: JobContext, session: AsyncSession, run: Run) -> RunSnapshot:
+    approvals = tuple(
+        ApprovalSnapshot(
+            a.actor,
+            a.sha,
+            tuple(a.paths or ()),
+            valid=a.invalidated_at is None,
+            general=a.general,
+            id=a.id,
         )
-        paths = await changed_paths(session, run.id)
+        for a in await approval_rows(session, run.id)
+    )
     return RunSnapshot(
         run_id=run.id,
         state=run.state,
@@ -109,10 +122,13 @@ async def snapshot(bosun: JobContext, run: Run) -> RunSnapshot:
         head_sha=run.head_sha,
         on_hold=run.on_hold,
         pr_number=run.pr_number,
-        changed_paths=paths,
+        changed_paths=await changed_paths(session, run.id),
         approvals=approvals,
         budget_usd=budget_of(bosun, run),
         cost_usd=run.cost_usd,
+        version=run.version,
+        head_since=run.head_since,
+        merged_sha=run.merged_sha,
     )
 
 

@@ -66,6 +66,11 @@ class MergeOutcome:
     message: str
     status: int
 
+    @property
+    def head_moved(self) -> bool:
+        """GitHub refused because the PR head is no longer the ``sha`` the merge named."""
+        return self.status == 409
+
 
 class RepoPort(Protocol):
     """What Bosun asks of one GitHub repository."""

@@ -112,19 +112,22 @@ def decide_push(run: RunSnapshot, new_head: str, *, same_tree: bool) -> PushDeci
     )
 
 
-def merge_refusal(run: RunSnapshot, config: RepoConfig, approved_sha: str) -> str | None:
-    """Why the run may not be merged at ``approved_sha`` now, or None: checked on the run as
-    read inside the step that merges, so the approvals counted cover exactly that head."""
+def merge_refusal(
+    run: RunSnapshot, config: RepoConfig, approved_sha: str, merge_sha: str | None = None
+) -> str | None:
+    """Why the run may not be merged now, or None. Checked on the run as read inside the step
+    that merges: it is approved and not on hold, its head is exactly the one about to be
+    merged, and the approvals on ``approved_sha`` suffice. ``merge_sha`` differs from
+    ``approved_sha`` only for Bosun's own revert commit of a partial approval, made on top of
+    ``approved_sha`` and holding exactly the approved files."""
+    merge_sha = merge_sha or approved_sha
     if run.state is not RunState.APPROVED:
         return f"the run is {run.state.value.replace('_', ' ')}"
     if run.on_hold:
         return "the run is on hold"
-    if not run.head_sha or run.head_sha != approved_sha:
-        return (
-            f"the head is `{(run.head_sha or 'unknown')[:12]}`, not the approved "
-            f"`{approved_sha[:12]}`"
-        )
-    status = approval_status(run, config)
+    if not run.head_sha or run.head_sha != merge_sha:
+        return f"the head is `{(run.head_sha or 'unknown')[:12]}`, not `{merge_sha[:12]}`"
+    status = approval_status(replace(run, head_sha=approved_sha), config)
     if not status.satisfied:
         return (
             f"the approvals on `{approved_sha[:12]}` do not suffice "
