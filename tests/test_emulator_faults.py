@@ -3,6 +3,7 @@ then clears; ``DELETE /_emulator/faults`` clears everything."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -120,3 +121,49 @@ def test_clear_all_faults(github_world: World, api: httpx.Client) -> None:
     assert time.monotonic() - started < 0.3
     with pytest.raises(Exception, match="422"):
         em.fault("nonsense")
+
+
+def test_hold_keeps_a_call_waiting_until_released(github_world: World, api: httpx.Client) -> None:
+    em = github_world.emulator
+    hold = em.hold("GET", ISSUE)
+    answers: list[int] = []
+    caller = threading.Thread(target=lambda: answers.append(api.get(ISSUE).status_code))
+    caller.start()
+    em.wait_held(hold)
+    assert api.get("/repos/octo/hello").status_code == 200  # other calls pass meanwhile
+    time.sleep(0.2)
+    assert answers == [] and em.fault_info(hold)["waiting"] == 1
+    em.release(hold)
+    caller.join(5)
+    assert answers == [200]
+    assert em.fault_info(hold) | {"waiting": 0, "released": True} == em.fault_info(hold)
+    assert statuses(api, 1) == [200]  # used up: the next call is not held
+
+
+def test_a_response_hold_has_done_the_work_before_it_waits(
+    github_world: World, api: httpx.Client
+) -> None:
+    em = github_world.emulator
+    hold = em.hold("PATCH", ISSUE, phase="response")
+    answers: list[int] = []
+
+    def rename() -> None:
+        answers.append(api.patch(ISSUE, json={"title": "Renamed"}).status_code)
+
+    caller = threading.Thread(target=rename)
+    caller.start()
+    em.wait_held(hold)
+    assert api.get(ISSUE).json()["title"] == "Renamed"  # done; the answer is what waits
+    assert answers == []
+    em.release(hold)
+    caller.join(5)
+    assert answers == [200]
+
+
+def test_a_hold_lets_go_by_itself_after_its_timeout(github_world: World, api: httpx.Client) -> None:
+    github_world.emulator.hold("GET", ISSUE, timeout_ms=300)
+    started = time.monotonic()
+    assert api.get(ISSUE).status_code == 200
+    assert 0.3 <= time.monotonic() - started < 2
+    with pytest.raises(Exception, match="422"):
+        github_world.emulator.fault("hold", phase="sometime")

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import gitrepo
 from . import payloads as wh
+from .actions_issues import body_too_long
 from .context import Context
 from .http import HttpError, validation_failed
 from .state import Installation, Issue, Pull, Repo, Review, ReviewComment, User
@@ -266,6 +267,11 @@ def submit_review(ctx: Context, r: Repo, i: Issue, state: str, body: str, user: 
     assert p is not None
     if state not in {"APPROVED", "CHANGES_REQUESTED", "COMMENTED"}:
         raise validation_failed("PullRequestReview", "state", "invalid", state)
+    body_too_long(
+        "PullRequestReview",
+        body,
+        "https://docs.github.com/rest/pulls/reviews#create-a-review-for-a-pull-request",
+    )
     s = ctx.store
     review = Review(s.ids.next("review"), user, state, body, p.head_sha)
     p.reviews.append(review)

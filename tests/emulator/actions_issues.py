@@ -86,11 +86,29 @@ def remove_label(ctx: Context, r: Repo, i: Issue, name: str, sender: User) -> No
     _issue_event(ctx, r, i, "unlabeled", sender, label=wh.label(ctx.store, r, name))
 
 
+BODY_MAX = 65_536
+"""Characters GitHub accepts in a comment or review body (more: 422 "Body is too long")."""
+COMMENTS_DOCS = "https://docs.github.com/rest/issues/comments"
+
+
+def body_too_long(resource: str, body: str | None, docs: str) -> None:
+    """GitHub's refusal of a body over ``BODY_MAX`` characters, as it answers it."""
+    if body is not None and len(body) > BODY_MAX:
+        error = {
+            "resource": resource,
+            "code": "unprocessable",
+            "field": "data",
+            "message": f"Body is too long (maximum is {BODY_MAX} characters)",
+        }
+        raise HttpError(422, "Validation Failed", errors=[error], docs=docs)
+
+
 def add_comment(
     ctx: Context, r: Repo, i: Issue, body: str, user: User, via_app: bool = False
 ) -> Comment:
     if not body:
         raise validation_failed("IssueComment", "body", "missing_field", "body is missing")
+    body_too_long("IssueComment", body, f"{COMMENTS_DOCS}#create-an-issue-comment")
     s = ctx.store
     with s.lock:
         comment = Comment(s.ids.next("comment"), r.id, i.number, user, body, via_app=via_app)
@@ -107,6 +125,7 @@ def add_comment(
 def edit_comment(ctx: Context, r: Repo, c: Comment, body: str, sender: User) -> None:
     if not body:
         raise validation_failed("IssueComment", "body", "missing_field", "body is missing")
+    body_too_long("IssueComment", body, f"{COMMENTS_DOCS}#update-an-issue-comment")
     s = ctx.store
     previous = c.body
     c.body = body

@@ -82,6 +82,9 @@ class EmulatorApp:
         faults = {f.kind: f for f in ctx.faults.take(request.method, request.path)}
         if "slow" in faults:
             await asyncio.sleep(faults["slow"].delay_ms / 1000)
+        hold = faults.get("hold")
+        if hold is not None and hold.phase == "request":
+            await ctx.faults.wait(hold)
         request_id = _request_id()
         git = git_http.GIT_PATH.match(request.path) is not None
         cred: auth.Credential | None = None
@@ -101,6 +104,8 @@ class EmulatorApp:
                 response = await self._rest(request, cred)
         except HttpError as exc:
             response = exc.response()
+        if hold is not None and hold.phase == "response":
+            await ctx.faults.wait(hold)
         if not git:
             if numbers is None:
                 numbers = ctx.rate.peek(cred.key if cred else "anonymous")

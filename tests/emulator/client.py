@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,24 @@ class EmulatorClient:
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
+
+    def hold(self, method: str, path: str, **spec: Any) -> int:
+        """Hold the next call matching ``method`` and ``path`` until ``release``; its id."""
+        return int(self.fault("hold", method=method, path=path, **spec)["id"])
+
+    def fault_info(self, fault_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/faults/{fault_id}"))
+
+    def wait_held(self, fault_id: int, timeout: float = 10.0) -> None:
+        """Wait until a call is being held by hold ``fault_id``."""
+        deadline = time.monotonic() + timeout
+        while self.fault_info(fault_id)["waiting"] < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no call was held by fault {fault_id} in {timeout}s")
+            time.sleep(0.005)
+
+    def release(self, fault_id: int) -> None:
+        self._call("POST", f"/faults/{fault_id}/release")
 
     def state(self, owner: str, name: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/repos/{owner}/{name}/state"))

@@ -1,7 +1,15 @@
-"""Faults on demand: each configured fault hits the next matching calls, then clears."""
+"""Faults on demand: each configured fault hits the next matching calls, then clears.
+
+``hold`` keeps a matching call waiting — before it is handled (``phase: "request"``) or
+after, with its answer ready (``phase: "response"``) — until the test releases it
+(``POST /_emulator/faults/{id}/release``) or ``timeout_ms`` passes: deliberate interleavings,
+e.g. a permission answer held until a push has landed, or a merge whose answer is still on
+its way while a ``/reject`` arrives.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import threading
 import time
@@ -16,7 +24,9 @@ KINDS = {
     "primary_rate_limit",  # 403 + x-ratelimit-remaining: 0
     "slow",  # delay the answer by ``delay_ms``
     "protected_branch",  # pushes to ``branch`` of ``repo`` are refused (GH006)
+    "hold",  # keep the call waiting until released (or ``timeout_ms``)
 }
+PHASES = {"request", "response"}
 
 SECONDARY = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
@@ -38,7 +48,11 @@ class Fault:
     message: str | None = None
     repo: str | None = None  # protected_branch: "owner/name"
     branch: str | None = None
+    phase: str = "request"  # hold: before the call is handled, or with its answer ready
+    timeout_ms: int = 30_000  # hold: released by itself after this long
     hits: int = 0
+    waiting: int = 0  # hold: calls waiting now
+    released: bool = False
     created: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -49,6 +63,7 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._every: dict[int, Fault] = {}
         self._next = 1
 
     def add(self, spec: dict[str, Any]) -> Fault:
@@ -61,16 +76,50 @@ class Faults:
             raise HttpError(422, f"Unknown fault fields: {sorted(unknown)}")
         if kind == "protected_branch" and not (spec.get("repo") and spec.get("branch")):
             raise HttpError(422, "protected_branch needs 'repo' and 'branch'")
+        if spec.get("phase", "request") not in PHASES:
+            raise HttpError(422, f"phase must be one of {sorted(PHASES)}")
         with self._lock:
             fault = Fault(self._next, kind, **{k: v for k, v in spec.items() if k != "kind"})
             if kind == "protected_branch" and "count" not in spec:
                 fault.count = None
             self._next += 1
             self._faults.append(fault)
+            self._every[fault.id] = fault
             return fault
+
+    def get(self, fault_id: int) -> Fault:
+        """Any fault created so far, live or used up (a hold is released only by the test)."""
+        with self._lock:
+            fault = self._every.get(fault_id)
+        if fault is None:
+            raise HttpError(404, "Not Found")
+        return fault
+
+    def release(self, fault_id: int) -> Fault:
+        """Let the calls a hold keeps waiting go on, and any later ones pass."""
+        fault = self.get(fault_id)
+        with self._lock:
+            fault.released = True
+            if fault in self._faults:
+                self._faults.remove(fault)
+        return fault
+
+    async def wait(self, fault: Fault) -> None:
+        """Keep one call waiting until ``fault`` is released or its timeout passes."""
+        with self._lock:
+            fault.waiting += 1
+        deadline = time.monotonic() + fault.timeout_ms / 1000
+        try:
+            while not fault.released and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        finally:
+            with self._lock:
+                fault.waiting -= 1
 
     def clear(self) -> None:
         with self._lock:
+            for fault in self._every.values():
+                fault.released = True
             self._faults.clear()
 
     def list(self) -> list[dict[str, Any]]:

@@ -17,6 +17,13 @@ from .state import Repo
 PERMISSIONS = {"read", "triage", "write", "maintain", "admin"}
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise not_found() from None
+
+
 def register(router: Router, ctx: Context) -> None:
     s = ctx.store
 
@@ -258,6 +265,12 @@ def register(router: Router, ctx: Context) -> None:
     def get_faults(request: Request) -> Response:
         return Response(200, ctx.faults.list())
 
+    def get_fault(request: Request) -> Response:
+        return Response(200, ctx.faults.get(_int(request.params["fault_id"])).describe())
+
+    def post_release(request: Request) -> Response:
+        return Response(200, ctx.faults.release(_int(request.params["fault_id"])).describe())
+
     def delete_faults(request: Request) -> Response:
         ctx.faults.clear()
         s.token_lifetime = 3600.0
@@ -318,6 +331,8 @@ def register(router: Router, ctx: Context) -> None:
         ("POST", "/_emulator/faults", post_fault),
         ("GET", "/_emulator/faults", get_faults),
         ("DELETE", "/_emulator/faults", delete_faults),
+        ("GET", "/_emulator/faults/{fault_id}", get_fault),
+        ("POST", "/_emulator/faults/{fault_id}/release", post_release),
         ("GET", "/_emulator/requests", get_requests),
         ("DELETE", "/_emulator/requests", delete_requests),
     ]
