@@ -324,18 +324,12 @@ while True:
 LINGER = r"""
 import os, time
 open("/workspace/innocent.txt", "w").write("an innocent change\n")
-if os.fork() == 0:  # a detached process that outlives the agent and waits for the diff check
+if os.fork() == 0:  # a detached process that would outlive the agent and write late
     os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    scratch, seen, deadline = "/workspace/.git/bosun-scratch.index", False, time.time() + 120
-    while time.time() < deadline:
-        if os.path.exists(scratch):
-            seen = True
-        elif seen:
-            break
-        time.sleep(0.0005)
+    time.sleep(1)  # long after the agent's turn: by then Bosun reads or has read the tree
     os.makedirs("/workspace/.github/workflows", exist_ok=True)
     with open("/workspace/.github/workflows/late.yml", "w") as handle:
         handle.write("on: push\njobs: {}\n")
@@ -533,9 +527,12 @@ def redis_namespace() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def security_stack(root: Path, **sandbox: Any) -> Iterator[SecurityStack]:
+def security_stack(
+    root: Path, profiles: dict[str, dict[str, Any]] | None = None, **sandbox: Any
+) -> Iterator[SecurityStack]:
     """A Bosun stack (own emulator, Redis namespace and workspace root) with the escape-attempt
-    profiles and small sandbox limits; ``sandbox`` overrides settings of that group.
+    profiles (and ``profiles``) and small sandbox limits; ``sandbox`` overrides settings of that
+    group.
 
     Model-API keys and a GitHub token are planted in the worker's environment so the tests can
     show that no value of the host environment reaches a sandbox."""
@@ -571,7 +568,7 @@ def security_stack(root: Path, **sandbox: Any) -> Iterator[SecurityStack]:
                 namespace,
                 work_root,
                 port,
-                profiles={**PROFILES, **security_profiles(ports, marker)},
+                profiles={**PROFILES, **security_profiles(ports, marker), **(profiles or {})},
                 sandbox=limits,
             )
             os.environ.update(planted)
