@@ -1,13 +1,14 @@
 """Reading the agent's work tree as data (SPEC §6: everything the agent wrote is hostile).
 
-The walk runs in a child process of its own (``python -m sandboxes.treewalk``), started as
-root only to load Python, which then drops to the workspace owner's uid and gid before it opens
-anything the agent wrote — so the kernel, not only this code, keeps it from reading a host file.
-It never runs git and never follows a symlink: every directory is opened relative to its parent's
-file descriptor with ``O_NOFOLLOW``, every file with ``O_NOFOLLOW | O_NONBLOCK`` and checked
-with ``fstat`` to be the regular file the listing saw. What it reports is framed by this code
-(the agent's bytes are only ever payloads), on stdout, for ``sandboxes.scratch`` to import into
-a host-owned repository.
+The walk runs in a child process of its own (``python -m sandboxes.treewalk``), started as the
+worker (root, or an unprivileged user holding ``CAP_SETUID``/``CAP_SETGID``) only to load
+Python, which then drops to the workspace owner's uid and gid, and every capability, before it
+opens anything the agent wrote — so the kernel, not only this code, keeps it from reading a
+host file. It never runs git and never follows a symlink: every directory is opened relative to
+its parent's file descriptor with ``O_NOFOLLOW``, every file with ``O_NOFOLLOW | O_NONBLOCK``
+and checked with ``fstat`` to be the regular file the listing saw. What it reports is framed by
+this code (the agent's bytes are only ever payloads), on stdout, for ``sandboxes.scratch`` to
+import into a host-owned repository.
 
 What it reports, for every path git would record (``.gitignore`` rules honoured with git's
 semantics through ``pathspec``; tracked paths are never ignored):
@@ -24,6 +25,7 @@ the 8.3 alias): those are left out and noted.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import stat
@@ -347,19 +349,43 @@ class FrameReader:
 
 
 def drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid:gid`` for good (no supplementary groups, no way back)."""
-    if os.geteuid() == 0:
+    """Become ``uid:gid`` for good (no supplementary groups, no capability, no way back).
+
+    Root loses its capabilities with the change of uid. An unprivileged worker that holds
+    ``CAP_SETUID``/``CAP_SETGID`` (ambient capabilities, docs/security.md) keeps its
+    capabilities across a change between two non-zero uids, so they are cleared explicitly."""
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
         raise WalkError(f"could not become {uid}:{gid}")
     if uid != 0:
+        clear_capabilities()
         try:
             os.setuid(0)
         except PermissionError:
             return
         raise WalkError("privileges could be regained after dropping them")
+
+
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def clear_capabilities() -> None:
+    """Empty this process's ambient, inheritable, permitted and effective capability sets."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)  # EINVAL before Linux 4.3
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)  # version, pid (0: this process)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable}, all zero
+    if libc.capset(header, data) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"capset: {os.strerror(error)}")
+    with open("/proc/self/status") as status:
+        held = [line for line in status if line.startswith(("CapEff", "CapPrm", "CapAmb"))]
+    if any(int(line.split()[1], 16) for line in held):
+        raise WalkError("capabilities could not be dropped: " + " ".join(held))
 
 
 def remove_contents(fd: int) -> None:
