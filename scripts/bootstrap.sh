@@ -3,10 +3,10 @@
 #
 #   scripts/bootstrap.sh [run|test]
 #
-#   run   Docker, git, the base and agent images, the Python env (`bosun up` brings its own
-#         Redis when none answers).
-#   test  everything `run` needs plus Redis, PostgreSQL 15 (role/password bosun, database
-#         bosun_test), Chromium, and the dev extras (pytest, ruff, mypy).
+#   run   Docker, git, the base and agent images, the Python env, the Redis password
+#         (`bosun up` brings its own Redis, requiring it, when none answers).
+#   test  everything `run` needs plus Redis with that password, PostgreSQL 15 (role/password
+#         bosun, database bosun_test), Chromium, and the dev extras (pytest, ruff, mypy).
 #
 # Idempotent: each step checks before it acts, so a second run takes seconds.
 # BOSUN_BOOTSTRAP_CHECK=1 only checks: it lists what it would do and exits 3 if anything is
@@ -65,6 +65,7 @@ On this system, install these yourself, then run `make run` / `make test` again:
   - git, curl, CA certificates
   - Python >= 3.11 and uv (https://docs.astral.sh/uv/)
   - Redis >= 6 listening on 127.0.0.1:6379              (tests; `bosun up` can spawn one)
+    requiring the password kept in /etc/bosun/redis-password (requirepass; root-only file)
   - PostgreSQL 15 with role bosun/bosun and database bosun_test on 127.0.0.1:5432 (tests)
   - Chromium or Chrome                                   (tests)
   - the base image: docker pull debian:bookworm-slim
