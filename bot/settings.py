@@ -38,6 +38,27 @@ class DatabaseSettings(_Group):
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
 
 
+class ArtifactSettings(_Group):
+    """Where run artifacts (diff, transcript, gate output, manifest, …) are kept."""
+
+    backend: Literal["filesystem", "database"] = Field(
+        default="filesystem",
+        description=(
+            "`filesystem`: files under `<data_dir>/artifacts/<run>/` on the worker that wrote "
+            "them (one host, or a shared volume). `database`: in the database, so web processes "
+            "and workers on different hosts share nothing but the database and Redis."
+        ),
+    )
+    max_database_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Largest artifact the `database` backend keeps; a larger one is cut at this size "
+            "and its `artifact` event says `truncated`."
+        ),
+    )
+
+
 class RedisSettings(_Group):
     """The job transport. Losing it loses nothing: the database is the source of truth."""
 
@@ -345,6 +366,7 @@ class Settings(BaseSettings):
         description="Logins trusted to start runs on every repository, whatever their permission.",
     )
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)

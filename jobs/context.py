@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.appcreds import load_stored, with_stored
+from bot.artifacts import ArtifactStore, artifact_store
 from bot.github.repo import GitHubRepo
 from bot.github.retry import RetryPolicy
 from bot.github.tokens import GitHubApp
@@ -68,6 +69,10 @@ class JobContext:
                 DockerConfig(docker_host=self.settings.sandbox.docker_host)
             )
         return self._backend
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        return artifact_store(self.settings)
 
     @property
     def workspaces(self) -> WorkspaceManager:

@@ -174,7 +174,7 @@ class RunBase:
         async with self.sessions.begin() as session:
             await store_artifact(
                 session,
-                self.settings.artifacts_dir,
+                self.bosun.artifacts,
                 self.run.id,
                 name,
                 content,

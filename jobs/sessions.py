@@ -14,15 +14,13 @@ copies its bytes and never unpacks it.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import Artifact, Run, RunState
+from bot.artifacts import read_named
+from bot.db.models import Run, RunState
 from sandboxes.base import Sandbox, SandboxBackend
 
 ARCHIVE = "session"
@@ -76,16 +74,13 @@ async def parent_session(session: AsyncSession, run: Run, runner: str) -> SavedS
     parent = await session.get(Run, run.parent_run_id)
     if parent is None or parent.state not in RESUMABLE:
         return None
-    rows = await session.execute(
-        select(Artifact).where(Artifact.run_id == parent.id, Artifact.name.in_([ARCHIVE, META]))
-    )
-    found = {row.name: Path(row.path) for row in rows.scalars()}
-    if set(found) != {ARCHIVE, META}:
+    raw_meta = await read_named(session, parent.id, META)
+    archive = await read_named(session, parent.id, ARCHIVE)
+    if raw_meta is None or archive is None:
         return None
     try:
-        meta = json.loads(await asyncio.to_thread(found[META].read_text))
-        archive = await asyncio.to_thread(found[ARCHIVE].read_bytes)
-    except (OSError, ValueError):
+        meta = json.loads(raw_meta)
+    except ValueError:
         return None
     if meta.get("runner") != runner or not meta.get("session_id"):
         return None

@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -221,12 +222,27 @@ class Artifact(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(Text)
+    """The file holding it (``storage`` = ``file``); empty for the database backend."""
+    storage: Mapped[str] = mapped_column(String(16), default="file", server_default="file")
+    """``file`` (``path`` on the writing worker's disk) or ``database`` (``artifact_chunks``)."""
     content_type: Mapped[str] = mapped_column(String(128), default="text/plain")
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("run_id", "name"),)
+
+
+class ArtifactChunk(Base):
+    """A piece of an artifact kept in the database (``ArtifactStore`` backend ``database``)."""
+
+    __tablename__ = "artifact_chunks"
+
+    artifact_id: Mapped[int] = mapped_column(
+        ForeignKey("artifacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Approval(Base):
