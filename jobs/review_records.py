@@ -4,9 +4,7 @@ of the status comment."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -14,8 +12,8 @@ from githubkit.exception import GitHubException
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.artifacts import store_artifact
-from bot.db.models import Approval, Artifact, CommandAudit, Repository, Run, Task
+from bot.artifacts import read_named, store_artifact
+from bot.db.models import Approval, CommandAudit, Repository, Run, Task
 from bot.github.repo import RepoPort
 from bot.profiles import effective_profile
 from bot.repoconfig import RepoConfig
@@ -31,17 +29,13 @@ def _when(value: Any) -> str | None:
 
 
 async def _artifact_json(session: AsyncSession, run_id: str, name: str) -> Any:
-    row = (
-        await session.execute(
-            select(Artifact).where(Artifact.run_id == run_id, Artifact.name == name)
-        )
-    ).scalar_one_or_none()
-    if row is None:
+    raw = await read_named(session, run_id, name)
+    if raw is None:
         return None
     try:
-        return json.loads(await asyncio.to_thread(Path(row.path).read_text))
-    except (OSError, ValueError):
-        log.warning("artifact_unreadable", name=name, path=row.path)
+        return json.loads(raw)
+    except ValueError:
+        log.warning("artifact_unreadable", name=name, run_id=run_id)
         return None
 
 
@@ -206,7 +200,7 @@ async def rewrite_manifest(
         )
         await store_artifact(
             session,
-            bosun.settings.artifacts_dir,
+            bosun.artifacts,
             run_id,
             "manifest.json",
             json.dumps(updated, indent=2, default=str),
