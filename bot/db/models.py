@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import true
 
 
 def utcnow() -> datetime:
@@ -89,6 +90,9 @@ class Repository(Base):
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     local_path: Mapped[str | None] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    """Whether the App's installation still includes it."""
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    """Whether an operator lets Bosun start runs on it (``PATCH /api/v1/repositories/…``)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -276,6 +280,8 @@ class CommandAudit(Base):
     permission: Mapped[str | None] = mapped_column(String(32))
     sha: Mapped[str | None] = mapped_column(String(64))
     command: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32), default="comment", server_default="comment")
+    """Where it came from: ``comment``, ``review``, ``button``, ``api``, ``cli``, ``dashboard``."""
     args: Mapped[str] = mapped_column(Text, default="")
     outcome: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
@@ -297,13 +303,20 @@ class ScopeLock(Base):
 
 
 class ApiToken(Base):
-    """An API token; only its SHA-256 is stored."""
+    """An API token; only its SHA-256 is stored (``bot.control.tokens``)."""
 
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    """The token's first characters, to tell tokens apart in listings."""
+    scope: Mapped[str] = mapped_column(String(16), default="read", server_default="read")
+    """``read`` (GET), ``operate`` (run actions on its repositories) or ``admin``."""
+    repos: Mapped[list[Any]] = mapped_column(default=list)
+    """Repositories (``owner/name``) it may act on; empty: every repository."""
+    expires_at: Mapped[datetime | None] = mapped_column()
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
