@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -15,6 +17,7 @@ from bot.appcreds import load_stored
 from bot.intake import DeliveryIntake
 from bot.services import Services
 from bot.settings import Settings
+from bot.web.api import api_router, app_exception_handler, describe_problem, openapi_config
 from bot.web.health import healthz, readyz
 from bot.web.middleware import request_logging
 from bot.web.setup import setup_callback, setup_page
@@ -53,13 +56,30 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
                 await app.state.services.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz, receive_webhook, setup_page, setup_callback],
+        route_handlers=[
+            healthz,
+            readyz,
+            receive_webhook,
+            setup_page,
+            setup_callback,
+            api_router(),
+            describe_problem,
+        ],
+        openapi_config=openapi_config(_version()),
+        exception_handlers={HTTPException: app_exception_handler},
         request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],
         state=State({"settings": settings}),
         middleware=[DefineMiddleware(request_logging)],
         debug=False,
     )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("bosun")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def app_from_environment() -> Litestar:

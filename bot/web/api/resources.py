@@ -1,0 +1,185 @@
+"""``/api/v1``: repositories, profiles, tasks, the command audit and API tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from litestar import Controller, delete, get, patch, post
+from litestar.params import Parameter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from bot.control.queries import RunStore, profile_out, repository_out
+from bot.control.tokens import Scope, create_token, list_tokens, parse_duration, revoke_token
+from bot.control.views import AuditOut, NewToken, Page, ProfileOut, RepositoryOut, TaskOut, TokenOut
+from bot.db.models import ApiToken, Repository
+from bot.errors import NotFoundError
+from bot.services import Services
+from bot.settings import Settings
+from bot.web.api.auth import AnyRequest, caller_of, require_repo
+
+Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
+Limit = Annotated[int, Parameter(ge=1, le=200, description="Items per page (at most 200).")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def store(request: AnyRequest) -> RunStore:
+    services: Services = request.app.state.services
+    return RunStore(services.sessions)
+
+
+def services_of(request: AnyRequest) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+class RepositoryPatch(_Body):
+    enabled: bool = Field(description="Whether Bosun may start runs on the repository.")
+
+
+class RepositoryController(Controller):
+    path = "/api/v1/repositories"
+    tags = ["repositories"]
+
+    @get("/", summary="List repositories")
+    async def list_repositories(
+        self, request: AnyRequest, cursor: Cursor = None, limit: Limit = 50
+    ) -> Page[RepositoryOut]:
+        page = await store(request).repositories(cursor=cursor, limit=limit)
+        caller = caller_of(request)
+        items = [r for r in page.items if caller.may_act_on(r.full_name)]
+        return Page[RepositoryOut](items=items, next_cursor=page.next_cursor)
+
+    @get("/{owner:str}/{name:str}", summary="Get a repository")
+    async def get_repository(self, request: AnyRequest, owner: str, name: str) -> RepositoryOut:
+        require_repo(caller_of(request), f"{owner}/{name}")
+        return repository_out(await store(request).repository(f"{owner}/{name}"))
+
+    @patch(
+        "/{owner:str}/{name:str}",
+        summary="Enable or disable a repository",
+        opt={"scope": "admin"},
+    )
+    async def patch_repository(
+        self, request: AnyRequest, owner: str, name: str, data: RepositoryPatch
+    ) -> RepositoryOut:
+        require_repo(caller_of(request), f"{owner}/{name}")
+        async with services_of(request).sessions.begin() as session:
+            repo = (
+                await session.execute(
+                    select(Repository).where(
+                        func.lower(Repository.full_name) == f"{owner}/{name}".lower()
+                    )
+                )
+            ).scalar_one_or_none()
+            if repo is None:
+                raise NotFoundError(f"repository {owner}/{name} is not known to Bosun")
+            repo.enabled = data.enabled
+            await session.flush()
+            return repository_out(repo)
+
+
+class ProfileController(Controller):
+    path = "/api/v1/profiles"
+    tags = ["profiles"]
+
+    @get("/", summary="List agent profiles with their runners' capabilities")
+    async def list_profiles(self, request: AnyRequest) -> list[ProfileOut]:
+        settings: Settings = request.app.state.settings
+        default = settings.default_profile
+        return [
+            profile_out(name, profile, default=name == default)
+            for name, profile in sorted(settings.agent_profiles().items())
+        ]
+
+
+class TaskController(Controller):
+    path = "/api/v1/tasks"
+    tags = ["tasks"]
+
+    @get("/", summary="List tasks (issues Bosun worked on, and local tasks)")
+    async def list_tasks(
+        self,
+        request: AnyRequest,
+        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> Page[TaskOut]:
+        caller = caller_of(request)
+        return await store(request).tasks(
+            repository=repo, allowed_repos=caller.repos, cursor=cursor, limit=limit
+        )
+
+    @get("/{task_id:int}", summary="Get a task with its last run")
+    async def get_task(self, request: AnyRequest, task_id: int) -> TaskOut:
+        task = await store(request).task(task_id)
+        require_repo(caller_of(request), task.repository)
+        return task
+
+
+class AuditController(Controller):
+    path = "/api/v1/audit"
+    tags = ["audit"]
+
+    @get("/", summary="The command audit: every command, accepted or refused, newest first")
+    async def list_audit(
+        self,
+        request: AnyRequest,
+        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
+        run: Annotated[str | None, Parameter(description="A run id")] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> Page[AuditOut]:
+        caller = caller_of(request)
+        return await store(request).audit(
+            run_id=run, repository=repo, allowed_repos=caller.repos, cursor=cursor, limit=limit
+        )
+
+
+class TokenIn(_Body):
+    name: str = Field(description="A unique name; audit rows record `token:<name>`.")
+    scope: Scope = Field(default="read")
+    repos: list[str] = Field(default_factory=list, description="OWNER/NAME; empty: all.")
+    expires_in: str | None = Field(default=None, description="Like `12h`, `30d`, `2w`.")
+
+
+def token_out(row: ApiToken) -> TokenOut:
+    return TokenOut(
+        name=row.name,
+        prefix=row.prefix,
+        scope=row.scope,
+        repos=list(row.repos or []),
+        expires_at=row.expires_at,
+        revoked=row.revoked,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+class TokenController(Controller):
+    path = "/api/v1/tokens"
+    tags = ["tokens"]
+    opt = {"scope": "admin"}
+
+    @get("/", summary="List API tokens (never their secrets)")
+    async def list_api_tokens(self, request: AnyRequest) -> list[TokenOut]:
+        async with services_of(request).sessions() as session:
+            return [token_out(row) for row in await list_tokens(session)]
+
+    @post("/", summary="Create an API token (its secret is in this answer only)")
+    async def create_api_token(self, request: AnyRequest, data: TokenIn) -> NewToken:
+        expires: timedelta | None = parse_duration(data.expires_in) if data.expires_in else None
+        async with services_of(request).sessions.begin() as session:
+            secret, row = await create_token(
+                session, data.name, data.scope, tuple(data.repos), expires
+            )
+            return NewToken(**token_out(row).model_dump(), token=secret)
+
+    @delete("/{name:str}", summary="Revoke an API token", status_code=200)
+    async def revoke_api_token(self, request: AnyRequest, name: str) -> TokenOut:
+        async with services_of(request).sessions.begin() as session:
+            return token_out(await revoke_token(session, name))

@@ -1,0 +1,141 @@
+"""``/api/v1/runs``: list, read, follow (events), artifacts, diff, approvals and audit of runs.
+Actions on runs are in ``bot.web.api.actions``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from litestar import Controller, get
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from bot.artifacts import artifact_chunks
+from bot.control.views import (
+    ApprovalOut,
+    ArtifactOut,
+    AuditOut,
+    DiffOut,
+    EventOut,
+    Page,
+    RunDetail,
+    RunSummary,
+)
+from bot.db.models import RunState
+from bot.web.api.auth import AnyRequest, caller_of, require_repo
+from bot.web.api.resources import Cursor, Limit, services_of, store
+
+RunStates = Annotated[
+    list[RunState] | None,
+    Parameter(
+        query="state",
+        description="Only runs in these states (repeat the parameter for several).",
+    ),
+]
+
+
+class EventPage(Page[EventOut]):
+    """Events after ``after_seq``, oldest first; ask again with ``after_seq=next_after_seq``."""
+
+    next_after_seq: int
+
+
+class RunController(Controller):
+    path = "/api/v1/runs"
+    tags = ["runs"]
+
+    async def _visible(self, request: AnyRequest, run_id: str) -> None:
+        require_repo(caller_of(request), await store(request).repository_of(run_id))
+
+    @get("/", summary="List runs, newest first")
+    async def list_runs(
+        self,
+        request: AnyRequest,
+        states: RunStates = None,
+        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
+        requester: Annotated[str | None, Parameter(description="GitHub login")] = None,
+        since: Annotated[datetime | None, Parameter(description="Created at or after")] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> Page[RunSummary]:
+        caller = caller_of(request)
+        return await store(request).list_runs(
+            states=[s.value for s in states or []],
+            repository=repo,
+            requester=requester,
+            since=since,
+            allowed_repos=caller.repos,
+            cursor=cursor,
+            limit=limit,
+        )
+
+    @get("/{run_id:str}", summary="Get a run: state, lineage, gates, approvals, artifacts")
+    async def get_run(self, request: AnyRequest, run_id: str) -> RunDetail:
+        await self._visible(request, run_id)
+        return await store(request).get_run(run_id)
+
+    @get("/{run_id:str}/events", summary="A run's events after a sequence number")
+    async def list_events(
+        self,
+        request: AnyRequest,
+        run_id: str,
+        after_seq: Annotated[int, Parameter(ge=0, description="Return events after this")] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
+        kind: Annotated[list[str] | None, Parameter(description="Only these kinds")] = None,
+    ) -> EventPage:
+        await self._visible(request, run_id)
+        events = await store(request).events(
+            run_id, after_seq=after_seq, limit=limit, kinds=kind or ()
+        )
+        last = events[-1].seq if events else after_seq
+        return EventPage(items=events, next_after_seq=last)
+
+    @get("/{run_id:str}/artifacts", summary="A run's artifacts")
+    async def list_artifacts(self, request: AnyRequest, run_id: str) -> list[ArtifactOut]:
+        await self._visible(request, run_id)
+        return await store(request).artifacts(run_id)
+
+    @get(
+        "/{run_id:str}/artifacts/{name:str}",
+        summary="An artifact's content, streamed with its content type",
+        media_type="application/octet-stream",
+    )
+    async def get_artifact(self, request: AnyRequest, run_id: str, name: str) -> Stream:
+        await self._visible(request, run_id)
+        artifact = await store(request).artifact(run_id, name)
+        chunks = artifact_chunks(services_of(request).sessions, artifact)
+        first = await anext(chunks, b"")  # an unreadable artifact fails here, as a 404
+
+        async def body() -> Any:
+            if first:
+                yield first
+            async for piece in chunks:
+                yield piece
+
+        return Stream(
+            body(),
+            media_type=artifact.content_type,
+            headers={"Content-Length": str(artifact.size), "X-Content-SHA256": artifact.sha256},
+        )
+
+    @get("/{run_id:str}/diff", summary="The run's diff: per-file stats and the unified diff")
+    async def get_diff(
+        self,
+        request: AnyRequest,
+        run_id: str,
+        max_bytes: Annotated[int, Parameter(ge=0, le=50_000_000)] = 2_000_000,
+    ) -> DiffOut:
+        await self._visible(request, run_id)
+        return await store(request).diff(run_id, max_bytes=max_bytes)
+
+    @get("/{run_id:str}/approvals", summary="Approvals of a run, with the SHA each is bound to")
+    async def list_approvals(self, request: AnyRequest, run_id: str) -> list[ApprovalOut]:
+        await self._visible(request, run_id)
+        return await store(request).approvals(run_id)
+
+    @get("/{run_id:str}/audit", summary="Commands on a run, accepted or refused")
+    async def list_run_audit(
+        self, request: AnyRequest, run_id: str, cursor: Cursor = None, limit: Limit = 50
+    ) -> Page[AuditOut]:
+        await self._visible(request, run_id)
+        return await store(request).audit(run_id=run_id, cursor=cursor, limit=limit)
