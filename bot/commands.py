@@ -31,7 +31,7 @@ from bot.repoconfig import PERMISSION_RANK
 from bot.triggers import command_lines
 
 Who = Literal["anyone", "requester_or_write", "write", "approver"]
-Source = Literal["comment", "button", "review"]
+Source = Literal["comment", "button", "review", "api", "cli", "dashboard"]
 
 
 @dataclass(frozen=True)

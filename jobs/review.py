@@ -238,6 +238,7 @@ async def _audit(
             permission=permission,
             sha=shot.head_sha,
             command=command.name,
+            source=command.source,
             args=command.args[:2000],
             outcome=decision.outcome,
             reason=reason[:4000] if reason else None,

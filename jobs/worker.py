@@ -9,8 +9,10 @@ from arq.cron import cron
 from arq.worker import Worker, func
 
 from bot import jobcodec
+from bot.control.actions import API_COMMAND_JOB
 from bot.services import Services, queue_client
 from bot.settings import Settings
+from jobs.api_commands import api_command
 from jobs.context import JobContext
 from jobs.deliveries import process_delivery
 from jobs.ping import ping
@@ -27,6 +29,7 @@ def job_functions() -> list[Any]:
         func(ping, name="ping"),
         func(process_delivery, name="process_delivery", max_tries=5),
         func(execute_run, name="execute_run", max_tries=3),
+        func(api_command, name=API_COMMAND_JOB, max_tries=3),
     ]
 
 

@@ -13,6 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response
 
+from bot.web.api.actions import RunActionController
 from bot.web.api.auth import api_guard
 from bot.web.api.problems import describe_problem, handle
 from bot.web.api.resources import (
@@ -33,6 +34,7 @@ def api_router() -> Router:
         path="/",
         route_handlers=[
             RunController,
+            RunActionController,
             RepositoryController,
             ProfileController,
             TaskController,

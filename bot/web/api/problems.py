@@ -15,6 +15,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions import NotFoundException as RouteNotFound
+from litestar.params import FromPath
 
 from bot.control.queries import BadCursor
 from bot.errors import BosunError, ConflictError, NotFoundError, PermissionDenied
@@ -59,12 +60,25 @@ def problem(
     return Response(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-def _validation(exc: ValidationException) -> Response[dict[str, Any]]:
+def _public_name(request: Request[Any, Any, Any], key: str) -> str:
+    """A handler argument's name as the client spells it (``states`` is ``?state=``)."""
+    try:
+        parameters = request.route_handler.parsed_fn_signature.parameters
+    except (AttributeError, KeyError):
+        return key
+    definition = parameters.get(key)
+    alias = getattr(getattr(definition, "kwarg_definition", None), "name", None)
+    return str(alias or key)
+
+
+def _validation(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            field = item.get("key") or item.get("source") or ""
-            errors.append({"field": str(field), "message": str(item.get("message", ""))})
+            field = _public_name(request, str(item.get("key") or item.get("source") or ""))
+            errors.append({"field": field, "message": str(item.get("message", ""))})
     fields = ", ".join(e["field"] for e in errors if e["field"])
     detail = f"invalid value for {fields}" if fields else (exc.detail or "the request is not valid")
     return problem("invalid-request", detail, extra={"errors": errors})
@@ -75,7 +89,7 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     ``/api``, on the app for errors raised before a route matched)."""
     match exc:
         case ValidationException():
-            return _validation(exc)
+            return _validation(request, exc)
         case BadCursor():
             return problem("invalid-cursor", str(exc))
         case NotAuthorizedException():
@@ -102,7 +116,7 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 
 
 @get(BASE + "{slug:str}", include_in_schema=False, sync_to_thread=False)
-def describe_problem(slug: str) -> Response[dict[str, Any]]:
+def describe_problem(slug: FromPath[str]) -> Response[dict[str, Any]]:
     """What a problem ``type`` means (the URI each problem carries resolves here)."""
     if slug not in PROBLEMS:
         return problem("not-found", f"no problem type {slug!r}")

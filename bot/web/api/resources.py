@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
@@ -19,11 +19,11 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 
-Cursor = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Items per page (at most 200).")]
+Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
 
 
-class _Body(BaseModel):
+class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -37,7 +37,7 @@ def services_of(request: AnyRequest) -> Services:
     return services
 
 
-class RepositoryPatch(_Body):
+class RepositoryPatch(Body):
     enabled: bool = Field(description="Whether Bosun may start runs on the repository.")
 
 
@@ -55,7 +55,9 @@ class RepositoryController(Controller):
         return Page[RepositoryOut](items=items, next_cursor=page.next_cursor)
 
     @get("/{owner:str}/{name:str}", summary="Get a repository")
-    async def get_repository(self, request: AnyRequest, owner: str, name: str) -> RepositoryOut:
+    async def get_repository(
+        self, request: AnyRequest, owner: FromPath[str], name: FromPath[str]
+    ) -> RepositoryOut:
         require_repo(caller_of(request), f"{owner}/{name}")
         return repository_out(await store(request).repository(f"{owner}/{name}"))
 
@@ -65,7 +67,11 @@ class RepositoryController(Controller):
         opt={"scope": "admin"},
     )
     async def patch_repository(
-        self, request: AnyRequest, owner: str, name: str, data: RepositoryPatch
+        self,
+        request: AnyRequest,
+        owner: FromPath[str],
+        name: FromPath[str],
+        data: JSONBody[RepositoryPatch],
     ) -> RepositoryOut:
         require_repo(caller_of(request), f"{owner}/{name}")
         async with services_of(request).sessions.begin() as session:
@@ -105,7 +111,7 @@ class TaskController(Controller):
     async def list_tasks(
         self,
         request: AnyRequest,
-        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
+        repo: Annotated[str | None, QueryParameter(description="OWNER/NAME")] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
     ) -> Page[TaskOut]:
@@ -115,7 +121,7 @@ class TaskController(Controller):
         )
 
     @get("/{task_id:int}", summary="Get a task with its last run")
-    async def get_task(self, request: AnyRequest, task_id: int) -> TaskOut:
+    async def get_task(self, request: AnyRequest, task_id: FromPath[int]) -> TaskOut:
         task = await store(request).task(task_id)
         require_repo(caller_of(request), task.repository)
         return task
@@ -129,8 +135,8 @@ class AuditController(Controller):
     async def list_audit(
         self,
         request: AnyRequest,
-        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
-        run: Annotated[str | None, Parameter(description="A run id")] = None,
+        repo: Annotated[str | None, QueryParameter(description="OWNER/NAME")] = None,
+        run: Annotated[str | None, QueryParameter(description="A run id")] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
     ) -> Page[AuditOut]:
@@ -140,7 +146,7 @@ class AuditController(Controller):
         )
 
 
-class TokenIn(_Body):
+class TokenIn(Body):
     name: str = Field(description="A unique name; audit rows record `token:<name>`.")
     scope: Scope = Field(default="read")
     repos: list[str] = Field(default_factory=list, description="OWNER/NAME; empty: all.")
@@ -171,7 +177,7 @@ class TokenController(Controller):
             return [token_out(row) for row in await list_tokens(session)]
 
     @post("/", summary="Create an API token (its secret is in this answer only)")
-    async def create_api_token(self, request: AnyRequest, data: TokenIn) -> NewToken:
+    async def create_api_token(self, request: AnyRequest, data: JSONBody[TokenIn]) -> NewToken:
         expires: timedelta | None = parse_duration(data.expires_in) if data.expires_in else None
         async with services_of(request).sessions.begin() as session:
             secret, row = await create_token(
@@ -180,6 +186,6 @@ class TokenController(Controller):
             return NewToken(**token_out(row).model_dump(), token=secret)
 
     @delete("/{name:str}", summary="Revoke an API token", status_code=200)
-    async def revoke_api_token(self, request: AnyRequest, name: str) -> TokenOut:
+    async def revoke_api_token(self, request: AnyRequest, name: FromPath[str]) -> TokenOut:
         async with services_of(request).sessions.begin() as session:
             return token_out(await revoke_token(session, name))

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from bot.artifacts import artifact_chunks
@@ -27,8 +27,8 @@ from bot.web.api.resources import Cursor, Limit, services_of, store
 
 RunStates = Annotated[
     list[RunState] | None,
-    Parameter(
-        query="state",
+    QueryParameter(
+        name="state",
         description="Only runs in these states (repeat the parameter for several).",
     ),
 ]
@@ -52,9 +52,9 @@ class RunController(Controller):
         self,
         request: AnyRequest,
         states: RunStates = None,
-        repo: Annotated[str | None, Parameter(description="OWNER/NAME")] = None,
-        requester: Annotated[str | None, Parameter(description="GitHub login")] = None,
-        since: Annotated[datetime | None, Parameter(description="Created at or after")] = None,
+        repo: Annotated[str | None, QueryParameter(description="OWNER/NAME")] = None,
+        requester: Annotated[str | None, QueryParameter(description="GitHub login")] = None,
+        since: Annotated[datetime | None, QueryParameter(description="Created at or after")] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
     ) -> Page[RunSummary]:
@@ -70,7 +70,7 @@ class RunController(Controller):
         )
 
     @get("/{run_id:str}", summary="Get a run: state, lineage, gates, approvals, artifacts")
-    async def get_run(self, request: AnyRequest, run_id: str) -> RunDetail:
+    async def get_run(self, request: AnyRequest, run_id: FromPath[str]) -> RunDetail:
         await self._visible(request, run_id)
         return await store(request).get_run(run_id)
 
@@ -78,10 +78,10 @@ class RunController(Controller):
     async def list_events(
         self,
         request: AnyRequest,
-        run_id: str,
-        after_seq: Annotated[int, Parameter(ge=0, description="Return events after this")] = 0,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 200,
-        kind: Annotated[list[str] | None, Parameter(description="Only these kinds")] = None,
+        run_id: FromPath[str],
+        after_seq: Annotated[int, QueryParameter(ge=0, description="Return events after this")] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 200,
+        kind: Annotated[list[str] | None, QueryParameter(description="Only these kinds")] = None,
     ) -> EventPage:
         await self._visible(request, run_id)
         events = await store(request).events(
@@ -91,7 +91,7 @@ class RunController(Controller):
         return EventPage(items=events, next_after_seq=last)
 
     @get("/{run_id:str}/artifacts", summary="A run's artifacts")
-    async def list_artifacts(self, request: AnyRequest, run_id: str) -> list[ArtifactOut]:
+    async def list_artifacts(self, request: AnyRequest, run_id: FromPath[str]) -> list[ArtifactOut]:
         await self._visible(request, run_id)
         return await store(request).artifacts(run_id)
 
@@ -100,7 +100,9 @@ class RunController(Controller):
         summary="An artifact's content, streamed with its content type",
         media_type="application/octet-stream",
     )
-    async def get_artifact(self, request: AnyRequest, run_id: str, name: str) -> Stream:
+    async def get_artifact(
+        self, request: AnyRequest, run_id: FromPath[str], name: FromPath[str]
+    ) -> Stream:
         await self._visible(request, run_id)
         artifact = await store(request).artifact(run_id, name)
         chunks = artifact_chunks(services_of(request).sessions, artifact)
@@ -122,20 +124,20 @@ class RunController(Controller):
     async def get_diff(
         self,
         request: AnyRequest,
-        run_id: str,
-        max_bytes: Annotated[int, Parameter(ge=0, le=50_000_000)] = 2_000_000,
+        run_id: FromPath[str],
+        max_bytes: Annotated[int, QueryParameter(ge=0, le=50_000_000)] = 2_000_000,
     ) -> DiffOut:
         await self._visible(request, run_id)
         return await store(request).diff(run_id, max_bytes=max_bytes)
 
     @get("/{run_id:str}/approvals", summary="Approvals of a run, with the SHA each is bound to")
-    async def list_approvals(self, request: AnyRequest, run_id: str) -> list[ApprovalOut]:
+    async def list_approvals(self, request: AnyRequest, run_id: FromPath[str]) -> list[ApprovalOut]:
         await self._visible(request, run_id)
         return await store(request).approvals(run_id)
 
     @get("/{run_id:str}/audit", summary="Commands on a run, accepted or refused")
     async def list_run_audit(
-        self, request: AnyRequest, run_id: str, cursor: Cursor = None, limit: Limit = 50
+        self, request: AnyRequest, run_id: FromPath[str], cursor: Cursor = None, limit: Limit = 50
     ) -> Page[AuditOut]:
         await self._visible(request, run_id)
         return await store(request).audit(run_id=run_id, cursor=cursor, limit=limit)
