@@ -1,10 +1,10 @@
 """The reconciler: the database is the source of truth, Redis only the transport (SPEC §3.1).
 
-At worker start and every ``worker.reconcile_seconds`` it re-enqueues recorded deliveries that
-were never processed, re-enqueues queued runs whose job is gone, ends runs whose worker died (no
-heartbeat for ``worker.heartbeat_stale_seconds``) and removes sandbox containers whose run is
-over. Enqueueing uses the same ``_job_id`` as the first time, so a job that still exists is
-never doubled.
+At worker start and every ``worker.reconcile_seconds`` it re-enqueues recorded deliveries and
+API actions that were never processed, re-enqueues queued runs whose job is gone, ends runs
+whose worker died (no heartbeat for ``worker.heartbeat_stale_seconds``) and removes sandbox
+containers whose run is over. Enqueueing uses the same ``_job_id`` as the first time, so a job
+that still exists is never doubled.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import structlog
 from arq.jobs import Job, JobStatus
 from sqlalchemy import select
 
-from bot.db.models import Delivery, DeliveryStatus, Run, RunState
+from bot.control.actions import API_COMMAND_JOB, command_job_id
+from bot.db.models import ControlCommand, Delivery, DeliveryStatus, Run, RunState
 from bot.intake import PROCESS_JOB, delivery_job_id
 from bot.runs import ACTIVE
 from jobs.context import JobContext, job_context
@@ -24,6 +25,9 @@ from jobs.context import JobContext, job_context
 log = structlog.get_logger("jobs.reconcile")
 
 DELIVERY_GRACE = timedelta(seconds=30)
+COMMAND_LIFETIME = timedelta(hours=1)
+"""An API action older than this that was never decided is left alone: its caller was told
+it is pending, and acting on it much later would surprise more than help."""
 
 
 def run_job_id(run_id: str) -> str:
@@ -51,7 +55,13 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     bosun = job_context(ctx)
     now = datetime.now(UTC)
     stale_after = timedelta(seconds=bosun.settings.worker.heartbeat_stale_seconds)
-    counts = {"deliveries": 0, "queued_runs": 0, "orphaned_runs": 0, "containers": 0}
+    counts = {
+        "deliveries": 0,
+        "commands": 0,
+        "queued_runs": 0,
+        "orphaned_runs": 0,
+        "containers": 0,
+    }
     async with bosun.services.sessions() as session:
         stale = await session.execute(
             select(Delivery.id).where(
@@ -60,6 +70,14 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
             )
         )
         delivery_ids = [row[0] for row in stale]
+        commands = await session.execute(
+            select(ControlCommand.id).where(
+                ControlCommand.processed_at.is_(None),
+                ControlCommand.requested_at < now - DELIVERY_GRACE,
+                ControlCommand.requested_at > now - COMMAND_LIFETIME,
+            )
+        )
+        command_ids = [row[0] for row in commands]
         active = list(
             (await session.execute(select(Run).where(Run.state.in_(list(ACTIVE))))).scalars()
         )
@@ -69,6 +87,12 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
                 PROCESS_JOB, delivery_id, _job_id=delivery_job_id(delivery_id)
             )
             counts["deliveries"] += 1
+    for command_id in command_ids:  # an action whose job Redis lost
+        if not await _job_alive(bosun, command_job_id(command_id)):
+            await bosun.services.redis.enqueue_job(
+                API_COMMAND_JOB, command_id, _job_id=command_job_id(command_id)
+            )
+            counts["commands"] += 1
     orphaned: set[str] = set()
     for run in active:
         if run.state is RunState.QUEUED:

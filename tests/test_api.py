@@ -6,6 +6,7 @@ source; problems that name what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -225,3 +226,41 @@ def test_the_same_decisions_from_a_comment_the_api_and_the_cli(
     assert rows == [(actor, "approve", "refused", source, "write")]
     approvals = stack.db("SELECT actor, sha FROM approvals WHERE run_id=?", second["id"])
     assert approvals == [(actor, second["head_sha"])]
+
+
+def test_a_forged_action_job_acts_on_nothing(api: tuple[BosunStack, dict[str, str]]) -> None:
+    """Whoever can write to Redis can enqueue ``api_command``, but the job names a command the
+    web process recorded (actor, permission, verb); a made-up id is never acted on."""
+    from bot.control.actions import API_COMMAND_JOB, command_job_id
+    from bot.services import queue_client
+
+    stack, _tokens = api
+    run = ready_run(stack, "Forged")
+
+    async def forge() -> None:
+        redis = queue_client(stack.settings.redis)
+        try:
+            for forged in ("api-0000", run["id"]):
+                await redis.enqueue_job(API_COMMAND_JOB, forged, _job_id=command_job_id(forged))
+            # A job that names its own actor and permission, as if it were trusted.
+            await redis.enqueue_job(
+                API_COMMAND_JOB,
+                command_id="api-1111",
+                run_id=run["id"],
+                verb="approve",
+                args="",
+                actor="bob",
+                permission="admin",
+                source="api",
+                requested_at="2030-01-01T00:00:00+00:00",
+                _job_id=command_job_id("api-1111"),
+            )
+        finally:
+            await redis.aclose()
+            await redis.connection_pool.disconnect()
+
+    asyncio.run(forge())
+    time.sleep(2)  # the worker polls every 50 ms: it has long taken both jobs
+    assert _audit_rows(stack, run["id"]) == []
+    assert [r["state"] for r in stack.runs() if r["id"] == run["id"]] == ["review_ready"]
+    assert stack.db("SELECT count(*) FROM approvals")[0][0] == 0

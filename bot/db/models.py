@@ -288,6 +288,24 @@ class CommandAudit(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ControlCommand(Base):
+    """An action on a run from the API, the CLI or the dashboard, recorded by the web process
+    before its job is enqueued: the job carries only this row's id, so whoever can write to
+    Redis cannot make up an actor, a permission or a command (``jobs.api_commands``)."""
+
+    __tablename__ = "control_commands"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    verb: Mapped[str] = mapped_column(String(32))
+    args: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(255))
+    permission: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(32))
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column()
+
+
 class ScopeLock(Base):
     """A lease on focus paths of a repository; expires if its holder dies."""
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from bot.control.actions import API_COMMAND_JOB, CLIENT_SOURCES, command_job_id, parse_action
 from bot.control.views import ActionOut
-from bot.db.models import CommandAudit, Run
+from bot.db.models import CommandAudit, ControlCommand, Run
 from bot.errors import ConflictError
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 from bot.web.api.resources import Body, services_of, store
@@ -122,17 +122,21 @@ async def act(
     command_id = f"{source}-{uuid.uuid4().hex}"
     requested = datetime.now(UTC)
     services = services_of(request)
+    async with services.sessions.begin() as session:
+        session.add(
+            ControlCommand(
+                id=command_id,
+                run_id=run_id,
+                verb=verb,
+                args=args,
+                actor=caller.actor,
+                permission=PERMISSION_OF_SCOPE.get(caller.scope, "read"),
+                source=source,
+                requested_at=requested,
+            )
+        )
     await services.redis.enqueue_job(
-        API_COMMAND_JOB,
-        command_id=command_id,
-        run_id=run_id,
-        verb=verb,
-        args=args,
-        actor=caller.actor,
-        permission=PERMISSION_OF_SCOPE.get(caller.scope, "read"),
-        source=source,
-        requested_at=requested.isoformat(),
-        _job_id=command_job_id(command_id),
+        API_COMMAND_JOB, command_id, _job_id=command_job_id(command_id)
     )
     audit = await _decision(request, command_id, wait)
     if audit is None:
