@@ -131,6 +131,16 @@ def git_env(
     return result
 
 
+def as_user_argv(uid: int, gid: int) -> list[str]:
+    """A prefix running a program as ``uid:gid`` with no supplementary group and no capability:
+    a worker that is not root keeps its ambient capabilities across a change between two
+    non-zero uids, so they are cleared before ``execve`` (util-linux ``setpriv``)."""
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+        "--inh-caps=-all", "--ambient-caps=-all", "--",
+    ]  # fmt: skip
+
+
 async def run_git(
     args: Sequence[str],
     *,
@@ -147,17 +157,16 @@ async def run_git(
     argv = ["git", *args]
     redact = Redactor([auth_header] if auth_header else [])
     extra = [("http.extraHeader", auth_header)] if auth_header else []
-    drop: dict[str, object] = {}
+    command = argv
     if as_user is not None and as_user != (os.geteuid(), os.getegid()):
-        drop = {"user": as_user[0], "group": as_user[1], "extra_groups": []}
+        command = [*as_user_argv(*as_user), *argv]
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *command,
         cwd=cwd,
         env=git_env(extra, env),
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        **drop,  # type: ignore[arg-type]
     )
     shown = redact(" ".join(argv))
     try:

@@ -94,6 +94,7 @@ def test_unprivileged_worker_with_the_documented_capabilities(upstream: Path) ->
     assert report["workspace_owner"] == OWNER[0]
     assert report["snapshot"] == ["README.md", "deep/new.txt"]
     assert report["walker_caps"] == {"CapEff": 0, "CapPrm": 0, "CapAmb": 0}
+    assert report["checkout_caps"] == {"CapEff": 0, "CapPrm": 0, "CapAmb": 0}
     assert report["cleaned"] is True
 
 

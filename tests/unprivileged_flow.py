@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sandboxes.git import GitIdentity
+from sandboxes.git import GitIdentity, run_git
 from sandboxes.workspace import WorkspaceManager
 
 
@@ -49,6 +49,10 @@ async def flow(root: Path, owner: tuple[int, int], report: dict[str, Any]) -> No
         owner=owner,
     )
     report["workspace_owner"] = workspace.path.stat().st_uid
+    seen = await run_git(
+        ["-c", "alias.caps=!cat /proc/self/status", "caps"], cwd=workspace.path, as_user=owner
+    )
+    report["checkout_caps"] = _capabilities(seen.text)  # what git as the owner holds
 
     report["step"] = "agent"  # what the sandbox user writes
     script = "echo changed > README.md && mkdir -p deep && echo new > deep/new.txt"
