@@ -7,7 +7,10 @@ delivery is processed at most once; a transient GitHub failure retries the job.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -240,18 +243,39 @@ async def upsert_repository(
 async def permission_of(bosun: JobContext, port: RepoPort, login: str) -> str:
     """The requester's collaborator permission, checked live and cached briefly."""
     key = bosun.settings.redis.key("perm", port.full_name, login.lower())
+    signer = _cache_signer(bosun, f"{port.full_name}|{login.lower()}")
     try:
         cached = await bosun.services.redis.get(key)
     except Exception:  # noqa: BLE001 -- the cache is optional
         cached = None
-    if cached:
-        return str(cached.decode())
+    if cached and signer is not None:
+        text = bytes(cached).decode(errors="replace")
+        remembered, _, signature = text.partition(".")
+        if hmac.compare_digest(signature, signer(remembered)):
+            return remembered
+        log.warning("permission_cache_forged", login=login)  # not written by Bosun: ignored
     permission = await port.permission(login)
+    if signer is None:
+        return permission
     try:
-        await bosun.services.redis.set(key, permission, ex=PERMISSION_TTL)
+        await bosun.services.redis.set(key, f"{permission}.{signer(permission)}", ex=PERMISSION_TTL)
     except Exception:  # noqa: BLE001
         log.debug("permission_cache_write_failed")
     return permission
+
+
+def _cache_signer(bosun: JobContext, subject: str) -> Callable[[str], str] | None:
+    """Signs cached permissions with a key Redis does not hold (derived from the App's webhook
+    secret), so whoever can write to Redis cannot make a login look like a maintainer."""
+    secret = bosun.settings.github.webhook_secret
+    if secret is None:
+        return None
+    key = hashlib.sha256(b"bosun-permission-cache|" + secret.get_secret_value().encode()).digest()
+
+    def sign(permission: str) -> str:
+        return hmac.new(key, f"{subject}|{permission}".encode(), hashlib.sha256).hexdigest()
+
+    return sign
 
 
 async def load_repo_config(port: RepoPort, default_branch: str) -> tuple[RepoConfig, str | None]:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import httpx
+import redis
 
 from tests.emulator.world import World
 from tests.stack import free_port, make_stack_settings, running_stack
@@ -48,7 +49,19 @@ def test_manifest_flow_registers_the_app_and_runs_start(
         assert done.status_code == 200, done.text
         assert "is registered" in html.unescape(done.text)
         again = httpx.get(f"{stack.url}/setup/callback", params={"code": code, "state": flow})
-        assert again.status_code == 400  # the state is single-use
+        assert again.status_code == 409  # connected: no link replaces the App
+        # Not even with a state planted in Redis, as whoever holds its password could.
+        planted = "planted-state"
+        redis_client = redis.Redis.from_url(
+            redis_url, password=settings.redis.password_value(), socket_connect_timeout=2
+        )
+        with redis_client:
+            redis_client.set(settings.redis.key("setup-state", planted), "1", ex=60)
+        other = world.emulator.manifest_code(manifest)
+        replaced = httpx.get(
+            f"{stack.url}/setup/callback", params={"code": other, "state": planted}
+        )
+        assert replaced.status_code == 409 and "already connected" in html.unescape(replaced.text)
         (row,) = stack.db("SELECT app_id, slug, webhook_secret FROM app_credentials")
         assert row[0] == world.app.app_id and row[2]
 

@@ -94,6 +94,15 @@ async def setup_callback(
 ) -> Response[str]:
     settings: Settings = state.settings
     services: Services = state.services
+    if settings.github.app_id is not None or await load_stored(services.sessions) is not None:
+        # Never replace a connected App from a browser link: a state is only as safe as the
+        # Redis it lives in, and the App's key is what every run trusts.
+        return _page(
+            "Bosun is already connected to GitHub",
+            "<p>An App is configured; this registration was not stored. To connect another "
+            "App, remove the configured one first (docs/install.md).</p>",
+            409,
+        )
     started = flow and await services.redis.getdel(_state_key(settings, flow))
     if not code or not started:
         return _page(
