@@ -163,9 +163,11 @@ class RunExecution(AgentSteps, PublishSteps):
         await self.move(RunState.REVIEW_READY, reason="")
 
     async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
-        """Poll for ``/cancel`` (Redis, then the database every 2 s), budget raises, and
-        write the heartbeat. Stopped through ``_stop_watch`` rather than cancelled, so no
-        database or Redis call is ever interrupted half-way."""
+        """Poll for ``/cancel`` and budget raises, and write the heartbeat. Redis only wakes
+        the watch early; what it acts on is read from the database (a cancel recorded there,
+        the run's budget), so whoever can write to Redis cannot cancel a run or raise its
+        budget. Stopped through ``_stop_watch`` rather than cancelled, so no database or Redis
+        call is ever interrupted half-way."""
         key = request_cancel_key(self.settings, self.run.id)
         budget_key = self.settings.redis.key("budget", self.run.id)
         ticks = 0
@@ -177,19 +179,19 @@ class RunExecution(AgentSteps, PublishSteps):
                 return
             except TimeoutError:
                 ticks += 1
-            actor: str | None = None
+            signalled = raised = False
             with contextlib.suppress(Exception):
-                value = await self.bosun.services.redis.get(key)
-                actor = value.decode() if value else None
-                raised = await self.bosun.services.redis.getdel(budget_key)
-                if raised and self.gateway is not None:
-                    cap = self.gateway.raise_budget(float(raised))
-                    await self.events.emit("cost", {"source": "budget", "budget_usd": cap})
+                signalled = bool(await self.bosun.services.redis.get(key))
+                raised = bool(await self.bosun.services.redis.getdel(budget_key))
+            if (raised or ticks % 10 == 0) and self.gateway is not None:
+                with contextlib.suppress(Exception):
+                    await self._apply_budget()
             if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
                 next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
                     await self._save(heartbeat_at=utc_now())
-            if actor is None and ticks % 10 == 0 and await self._cancel_requested():
+            actor: str | None = None
+            if (signalled or ticks % 10 == 0) and await self._cancel_requested():
                 actor = self.cancelled_by or "request"
             if actor is not None and main is not None:
                 self.cancelled_by = actor
@@ -199,6 +201,16 @@ class RunExecution(AgentSteps, PublishSteps):
                         await self.bosun.backend.stop(self.sandbox, timeout=1.0)
                 main.cancel()
                 return
+
+    async def _apply_budget(self) -> None:
+        """Give the gateway the run's budget as the database has it, when it was raised."""
+        assert self.gateway is not None
+        async with self.sessions() as session:
+            run = await session.get(Run, self.run.id, populate_existing=True)
+        wanted, cap = (run.budget_usd if run else None), self.gateway.budget_usd
+        if wanted is not None and cap is not None and wanted > cap + 1e-9:
+            raised = self.gateway.raise_budget(wanted - cap)
+            await self.events.emit("cost", {"source": "budget", "budget_usd": raised})
 
     async def _prepare(self) -> None:
         t0 = time.monotonic()

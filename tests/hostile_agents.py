@@ -205,4 +205,10 @@ def hostile_profiles(marker: str, victim: str, secret: str) -> dict[str, dict[st
         "evil-submodule": script(SUBMODULE_ATTACK, marker),
         "evil-phases": script(PHASE_ATTACK, victim, workflow="plan_implement"),
         "evil-links": script(LINK_ATTACK, secret),
+        "budgeted-sleep": {
+            "runner": "script",
+            "command": ["sh", "-c", "echo sandbox-ready; sleep 300"],
+            "upstreams": ["https://api.anthropic.com"],  # so the run has a gateway
+            "budget_usd": 1.0,
+        },
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,3 +187,40 @@ def test_a_git_linked_to_a_host_file_reveals_nothing(hostile: Hostile) -> None:
     assert ("paths.special_files", "pipe") in decisions
     assert hostile.victim_state() == before
     assert os.path.exists(hostile.secret)
+
+
+def test_redis_signals_alone_neither_cancel_a_run_nor_raise_its_budget(hostile: Hostile) -> None:
+    """Redis only wakes the run's watch: a cancel or a budget raise written there by someone
+    holding its password, with nothing recorded in the database, changes nothing; the same
+    raise made by a writer's `/budget +5` reaches the run's gateway."""
+    import redis as redis_lib
+
+    sec = hostile.sec
+    stack = sec.stack
+    number = sec.start("budgeted-sleep")
+    run = sec.run_for(number, {"running"}, timeout=60)
+    stack.wait_for(
+        lambda: any("sandbox-ready" in e["data"].get("line", "") for e in stack.events(run["id"])),
+        30,
+        "the agent's first line",
+    )
+    keys = stack.settings.redis
+    client = redis_lib.Redis.from_url(
+        keys.url, password=keys.password_value(), socket_connect_timeout=2
+    )
+    with client:
+        client.set(keys.key("cancel", run["id"]), "mallory", ex=60)
+        client.set(keys.key("budget", run["id"]), "1000", ex=60)
+    time.sleep(3)  # the watch ticks every 200 ms and reads the database every 2 s
+    assert [r["state"] for r in stack.runs() if r["id"] == run["id"]] == ["running"]
+    raised = [e for e in stack.events(run["id"], "cost") if e["data"].get("source") == "budget"]
+    assert raised == []
+    stack.emulator.comment(stack.repo, number, "/budget +5", "alice")
+    event = stack.wait_for(
+        lambda: [e for e in stack.events(run["id"], "cost") if e["data"].get("source") == "budget"],
+        30,
+        "the budget raise reaching the run",
+    )
+    assert event[0]["data"]["budget_usd"] == 6.0  # the profile's $1 and the writer's $5
+    stack.emulator.remove_label(stack.repo, number, "bosun:budgeted-sleep", "alice")
+    sec.run_for(number, {"cancelled"}, timeout=30)
