@@ -179,7 +179,7 @@ def _describe(kind: str, d: dict[str, Any]) -> tuple[str, str]:
         case "message":
             return "agent", str(d.get("text", ""))
         case "status":
-            text = f"{d.get('from', '?')} → {d.get('to', '?')}"
+            text = f"{d['from']} → {d.get('to', '?')}" if d.get("from") else str(d.get("to"))
             text += f" by {d['actor']}" if d.get("actor") else ""
             return "status", text + (f": {d['reason']}" if d.get("reason") else "")
         case "tool":
@@ -240,7 +240,7 @@ def diff_stat(diff: DiffOut) -> str:
     lines = []
     for f in diff.files:
         change = "binary" if f.binary else f"+{f.added or 0} -{f.removed or 0}"
-        lines.append(f" {_path(f.path, f.old_path).ljust(width)} | {f.status:<8} {change}")
+        lines.append(f" {_path(f.path, f.old_path).ljust(width)} | {f.status:<2} {change}")
     lines.append(
         f" {len(diff.files)} file(s) changed, {diff.lines_added} insertion(s)(+), "
         f"{diff.lines_removed} deletion(s)(-)"

@@ -7,30 +7,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.cli_api import CliError, Invalid, NotFound, Refused, emit_json
 from bot.cli_render import tokens_table
-from bot.control.tokens import (
-    SCOPES,
-    Scope,
-    create_token,
-    list_tokens,
-    parse_duration,
-    revoke_token,
-)
 from bot.control.views import NewToken, TokenOut
-from bot.db.engine import create_engine, session_factory
-from bot.db.models import ApiToken
-from bot.errors import ConflictError, NotFoundError
-from bot.settings import Settings
+
+if TYPE_CHECKING:  # the database layer is imported when a token command runs, not by `bosun`
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from bot.db.models import ApiToken
 
 T = TypeVar("T")
+SCOPES = ("read", "operate", "admin")
+"""``bot.control.tokens.SCOPES`` (which validates them again)."""
 
 FORMAT = click.option(
     "--format",
@@ -44,6 +36,13 @@ FORMAT = click.option(
 
 def _in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one transaction on the database the settings name."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.db.engine import create_engine, session_factory
+    from bot.errors import ConflictError, NotFoundError
+    from bot.settings import Settings
+
     try:
         url = Settings().database.url
     except ValueError as exc:
@@ -88,6 +87,8 @@ def token_out(row: ApiToken) -> TokenOut:
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> timedelta | None:
+    from bot.control.tokens import parse_duration
+
     if value is None:
         return None
     try:
@@ -116,12 +117,16 @@ def token() -> None:
 )
 @FORMAT
 def create(
-    name: str, scope: Scope, repos: tuple[str, ...], expires: timedelta | None, fmt: str
+    name: str, scope: str, repos: tuple[str, ...], expires: timedelta | None, fmt: str
 ) -> None:
     """Create a token and print its secret (shown this once)."""
 
     async def work(session: AsyncSession) -> NewToken:
-        secret, row = await create_token(session, name, scope, repos, expires)
+        from bot.control.tokens import SCOPES as KNOWN
+        from bot.control.tokens import create_token
+
+        chosen = next(known for known in KNOWN if known == scope)
+        secret, row = await create_token(session, name, chosen, repos, expires)
         return NewToken(**token_out(row).model_dump(), token=secret)
 
     new = _in_database(work)
@@ -144,6 +149,8 @@ def list_(fmt: str) -> None:
     """Every token (never its secret): scope, repositories, expiry, last use."""
 
     async def work(session: AsyncSession) -> list[TokenOut]:
+        from bot.control.tokens import list_tokens
+
         return [token_out(row) for row in await list_tokens(session)]
 
     tokens = _in_database(work)
@@ -160,6 +167,8 @@ def revoke(name: str, fmt: str) -> None:
     """Revoke a token: requests with it are refused from now on."""
 
     async def work(session: AsyncSession) -> TokenOut:
+        from bot.control.tokens import revoke_token
+
         return token_out(await revoke_token(session, name))
 
     revoked = _in_database(work)
