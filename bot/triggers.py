@@ -23,7 +23,7 @@ from bot.events import IgnoredEvent, ParsedEvent
 from bot.repoconfig import PERMISSION_RANK, RepoConfig
 
 TriggerKind = Literal["start", "cancel"]
-TriggerSource = Literal["label", "comment", "close"]
+TriggerSource = Literal["label", "comment", "close", "api", "cli", "dashboard"]
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,20 @@ from. The web process enqueues ``api_command`` and waits for the audit row its i
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from bot.control.actions import CLIENT_SOURCES, parse_action
-from bot.db.models import ControlCommand, Repository, Run, Task
-from jobs.context import job_context
+from bot.db.models import CommandAudit, ControlCommand, Repository, Run, Task
+from bot.events import Actor, IssueRef, ParsedEvent, RepositoryRef
+from bot.repoconfig import CONFIG_PATH
+from bot.triggers import StartRun, TriggerRequest, decide
+from jobs.context import JobContext, job_context
+from jobs.deliveries import load_repo_config, start_run, upsert_repository
 from jobs.review import Given, Origin, execute_command
 
 log = structlog.get_logger("jobs.api_commands")
@@ -22,14 +27,41 @@ log = structlog.get_logger("jobs.api_commands")
 
 async def api_command(ctx: dict[str, Any], command_id: str) -> dict[str, Any]:
     """Decide and apply the recorded command ``command_id`` (a ``control_commands`` row the
-    web process wrote): its actor acts with the permission the row records."""
+    web process wrote): its actor acts with the permission the row records. The outcome is
+    written back on the row, where the web process reads it."""
     bosun = job_context(ctx)
     structlog.contextvars.bind_contextvars(command_id=command_id)
     async with bosun.services.sessions() as session:
         recorded = await session.get(ControlCommand, command_id)
-        if recorded is None:
-            log.warning("api_command_unknown")  # not written by a web process: never acted on
-            return {"command_id": command_id, "outcome": "ignored: no such command"}
+    if recorded is None:
+        log.warning("api_command_unknown")  # not written by a web process: never acted on
+        return {"command_id": command_id, "outcome": "ignored: no such command"}
+    if recorded.processed_at is not None:
+        return {"command_id": command_id, "outcome": f"already {recorded.outcome}"}
+    if recorded.verb == "start":
+        outcome, reason, new_run = await _start(bosun, recorded)
+    else:
+        outcome, reason, new_run = await _act(bosun, recorded)
+    async with bosun.services.sessions.begin() as session:
+        await session.execute(
+            update(ControlCommand)
+            .where(ControlCommand.id == command_id)
+            .values(
+                processed_at=datetime.now(UTC),
+                outcome=outcome,
+                reason=reason[:4000] if reason else None,
+                new_run_id=new_run,
+            )
+        )
+    log.info("api_command_processed", verb=recorded.verb, actor=recorded.actor, outcome=outcome)
+    return {"command_id": command_id, "outcome": outcome, "run_id": new_run}
+
+
+async def _act(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str | None, str | None]:
+    """A command on an existing run, decided like the comment it mirrors."""
+    source = CLIENT_SOURCES.get(recorded.source, "api")
+    command = parse_action(recorded.verb, recorded.args, source)
+    async with bosun.services.sessions() as session:
         row = (
             await session.execute(
                 select(Run, Task, Repository)
@@ -38,11 +70,10 @@ async def api_command(ctx: dict[str, Any], command_id: str) -> dict[str, Any]:
                 .where(Run.id == recorded.run_id)
             )
         ).first()
-    structlog.contextvars.bind_contextvars(run_id=recorded.run_id)
-    command = parse_action(recorded.verb, recorded.args, CLIENT_SOURCES.get(recorded.source, "api"))
     if isinstance(command, str) or row is None:
-        return {"command_id": command_id, "outcome": "ignored: invalid command or no run"}
+        return "ignored", "invalid command or no such run", None
     run, task, repository = row
+    structlog.contextvars.bind_contextvars(run_id=run.id)
     port = bosun.repo(repository.installation_id or 0, repository.full_name)
     permission = recorded.permission
 
@@ -50,18 +81,119 @@ async def api_command(ctx: dict[str, Any], command_id: str) -> dict[str, Any]:
         return permission
 
     origin = Origin(
-        command_id, recorded.actor, "User", None, task.pr_number or task.issue_number or 0
+        recorded.id, recorded.actor, "User", None, task.pr_number or task.issue_number or 0
     )
     given = Given(written_at=recorded.requested_at)  # decided on the head as it was then
-    outcome = await execute_command(bosun, port, run, task, command, origin, permission_of, given)
+    await execute_command(bosun, port, run, task, command, origin, permission_of, given)
+    async with bosun.services.sessions() as session:
+        audit = (
+            await session.execute(
+                select(CommandAudit).where(CommandAudit.delivery_id == recorded.id).limit(1)
+            )
+        ).scalar_one_or_none()
+        follow_up = (
+            await session.execute(
+                select(Run.id)
+                .where(Run.parent_run_id == run.id, Run.created_at >= recorded.requested_at)
+                .order_by(Run.id.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+    if audit is None:
+        return "ignored", "the run could not take the command", None
+    new_run = follow_up if recorded.verb in ("retry", "resume") else None
+    return audit.outcome, audit.reason, new_run
+
+
+async def _discover(bosun: JobContext, full_name: str) -> Repository | None:
+    """A repository Bosun has not heard of yet (the App was installed before Bosun listened):
+    ask GitHub where the App is installed on it and record it."""
+    installation = await bosun.github_app().installation_of(full_name)
+    if installation is None:
+        return None
+    ref = await bosun.repo(installation, full_name).describe()
     async with bosun.services.sessions.begin() as session:
-        await session.execute(
-            update(ControlCommand)
-            .where(ControlCommand.id == command_id)
-            .values(processed_at=datetime.now(UTC))
+        return await upsert_repository(session, ref, installation)
+
+
+async def _start(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str | None, str | None]:
+    """A new run on an issue, decided by the trigger rules a label or ``/bosun run`` meets."""
+    asked = json.loads(recorded.args)
+    full_name, number = str(asked["repository"]), int(asked["issue_number"])
+    async with bosun.services.sessions() as session:
+        repository = (
+            await session.execute(
+                select(Repository).where(func.lower(Repository.full_name) == full_name.lower())
+            )
+        ).scalar_one_or_none()
+    if repository is None or repository.installation_id is None:
+        repository = await _discover(bosun, full_name)
+    if repository is None or not repository.active or repository.installation_id is None:
+        return "refused", f"Bosun's App is not installed on {full_name}", None
+    if not repository.enabled:
+        return "refused", f"{repository.full_name} is disabled in Bosun", None
+    port = bosun.repo(repository.installation_id, repository.full_name)
+    issue = await port.get_issue(number)
+    if issue is None or issue.is_pull_request:
+        return "refused", f"{repository.full_name} has no issue #{number}", None
+    config, config_error = await load_repo_config(port, repository.default_branch)
+    if config_error is not None:
+        return (
+            "refused",
+            f"{CONFIG_PATH} on {repository.default_branch} is invalid: {config_error}",
+            None,
         )
-    log.info("api_command_processed", verb=recorded.verb, actor=recorded.actor, outcome=outcome)
-    return {"command_id": command_id, "outcome": outcome}
+    profiles = bosun.settings.agent_profiles()
+    source = CLIENT_SOURCES.get(recorded.source, "api")
+    request = TriggerRequest(
+        kind="start",
+        source=source,
+        requester=recorded.actor,
+        requester_type="User",
+        repository=repository.full_name,
+        issue_number=number,
+        profile=asked.get("profile") or None,
+        instructions=str(asked.get("instructions") or ""),
+    )
+    decision = decide(
+        request,
+        config,
+        recorded.permission,
+        server_allowed_users=frozenset(bosun.settings.allowed_users),
+        known_profiles=frozenset(profiles),
+        server_default_profile=config.default_profile or bosun.settings.default_profile,
+    )
+    if not isinstance(decision, StartRun):
+        reason = getattr(decision, "reply", None) or getattr(decision, "reason", "not started")
+        return "refused", str(reason), None
+    owner, name = repository.full_name.split("/", 1)
+    event = ParsedEvent(
+        event="bosun.start",
+        action=source,
+        installation_id=repository.installation_id,
+        sender=Actor(recorded.actor, "User"),
+        repository=RepositoryRef(
+            id=repository.github_id or 0,
+            full_name=repository.full_name,
+            owner=owner,
+            name=name,
+            default_branch=repository.default_branch,
+            private=repository.private,
+        ),
+        issue=IssueRef(
+            number=issue.number,
+            title=issue.title,
+            body=issue.body,
+            labels=issue.labels,
+            user=Actor(issue.author, issue.author_type),
+            state=issue.state,
+            is_pull_request=False,
+        ),
+    )
+    run_id = await start_run(bosun, port, recorded.id, event, config, decision, recorded.permission)
+    if run_id is None:
+        return "refused", f"a run is already active on {repository.full_name}#{number}", None
+    return "accepted", None, run_id
 
 
 __all__ = ["api_command"]

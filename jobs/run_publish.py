@@ -143,7 +143,7 @@ class PublishSteps(RunBase):
         if self.task.issue_number:
             subject += f" (#{self.task.issue_number})"
         trailers = [("Bosun-Run", self.run.id), ("Requested-by", f"@{requester}")]
-        if requester:
+        if requester and not requester.startswith("token:"):  # a person, not an API token
             trailers.append(
                 ("Co-authored-by", f"{requester} <{requester}@users.noreply.github.com>")
             )

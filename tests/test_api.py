@@ -264,3 +264,45 @@ def test_a_forged_action_job_acts_on_nothing(api: tuple[BosunStack, dict[str, st
     assert _audit_rows(stack, run["id"]) == []
     assert [r["state"] for r in stack.runs() if r["id"] == run["id"]] == ["review_ready"]
     assert stack.db("SELECT count(*) FROM approvals")[0][0] == 0
+
+
+def test_start_a_run_on_an_issue_and_follow_it(api: tuple[BosunStack, dict[str, str]]) -> None:
+    """``POST /runs`` starts a run as a label would (same trigger rules), for the token's
+    actor; a second start while it is active, an unknown issue, an unknown profile and an
+    unknown repository are refused with a reason and start nothing."""
+    stack, tokens = api
+    number = stack.emulator.create_issue(stack.repo, "Started by the API", "Do it.", "alice")
+    with client(stack, tokens["operate"], "cli") as http:
+        started = http.post("/runs", json={"repository": stack.repo, "issue_number": number})
+        assert started.status_code == 201, started.text
+        run = started.json()
+        assert run["requester"] == "token:operator" and run["trigger"] == "cli"
+        assert run["issue_number"] == number and run["state"] in ("queued", "preparing", "running")
+        again = http.post("/runs", json={"repository": stack.repo, "issue_number": number})
+        assert again.status_code == 409 and "already active" in again.json()["detail"]
+        missing_issue = http.post("/runs", json={"repository": stack.repo, "issue_number": 999})
+        assert (
+            missing_issue.status_code == 409 and "no issue #999" in missing_issue.json()["detail"]
+        )
+        profile = http.post(
+            "/runs",
+            json={"repository": stack.repo, "issue_number": number, "profile": "nope"},
+        )
+        assert profile.status_code == 409 and "nope" in profile.json()["detail"]
+        unknown = http.post("/runs", json={"repository": "octo/absent", "issue_number": 1})
+        assert unknown.status_code == 409 and "not installed" in unknown.json()["detail"]
+        done = stack.wait_for(
+            lambda: (
+                (r := http.get(f"/runs/{run['id']}").json())["terminal"]
+                or r["state"] == "review_ready"
+            ),
+            120,
+            "the run to finish",
+        )
+        assert done
+        detail = http.get(f"/runs/{run['id']}").json()
+        assert detail["state"] == "review_ready", detail
+    with client(stack, tokens["read"]) as reader:
+        refused = reader.post("/runs", json={"repository": stack.repo, "issue_number": number})
+        assert refused.status_code == 403
+    assert len([r for r in stack.runs() if str(r["branch"]).startswith(f"bosun/{number}-")]) == 1

@@ -7,11 +7,13 @@ comment commands they mirror: ``parse_action`` turns one into the ``Command`` th
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from bot.commands import Command, Source, parse_commands
 
 API_COMMAND_JOB = "api_command"
-CLIENT_SOURCES: dict[str, Source] = {"api": "api", "cli": "cli", "dashboard": "dashboard"}
+ClientSource = Literal["api", "cli", "dashboard"]
+CLIENT_SOURCES: dict[str, ClientSource] = {"api": "api", "cli": "cli", "dashboard": "dashboard"}
 """``X-Bosun-Client`` header values and the audit source each records."""
 
 

@@ -296,7 +296,8 @@ class ControlCommand(Base):
     __tablename__ = "control_commands"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    """The run acted on; none for ``start``, whose ``args`` name the repository and issue."""
     verb: Mapped[str] = mapped_column(String(32))
     args: Mapped[str] = mapped_column(Text, default="")
     actor: Mapped[str] = mapped_column(String(255))
@@ -304,6 +305,11 @@ class ControlCommand(Base):
     source: Mapped[str] = mapped_column(String(32))
     requested_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    """``accepted``, ``refused`` or ``ignored`` once decided."""
+    reason: Mapped[str | None] = mapped_column(Text)
+    new_run_id: Mapped[str | None] = mapped_column(String(32))
+    """The run a ``start``, ``retry`` or ``resume`` created."""
 
 
 class ScopeLock(Base):

@@ -17,7 +17,9 @@ from githubkit.exception import RequestFailed
 from githubkit_schemas.latest.models import (
     CheckRun,
     ContentFile,
+    FullRepository,
     GitCommit,
+    Issue,
     IssueComment,
     PullRequest,
     PullRequestMergeResult,
@@ -25,6 +27,7 @@ from githubkit_schemas.latest.models import (
     RepositoryCollaboratorPermission,
 )
 
+from bot.events import RepositoryRef
 from bot.github.limits import fit_comment
 from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
 
@@ -49,6 +52,18 @@ class PullInfo:
     draft: bool
     merged: bool
     html_url: str
+
+
+@dataclass(frozen=True)
+class IssueInfo:
+    number: int
+    title: str
+    body: str
+    author: str
+    author_type: str
+    labels: tuple[str, ...]
+    state: str
+    is_pull_request: bool
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,8 @@ class RepoPort(Protocol):
 
     async def file_text(self, path: str, ref: str) -> str | None: ...
     async def permission(self, login: str) -> str: ...
+    async def get_issue(self, number: int) -> IssueInfo | None: ...
+    async def describe(self) -> RepositoryRef: ...
     async def create_comment(self, number: int, body: str) -> int: ...
     async def update_comment(self, comment_id: int, body: str) -> None: ...
     async def list_comments(self, number: int) -> list[CommentInfo]: ...
@@ -164,6 +181,51 @@ class GitHubRepo:
                 raise
             data = response.parsed_data
             return base64.b64decode(data.content).decode() if data.content else ""
+
+        return await self._call(go)
+
+    async def describe(self) -> RepositoryRef:
+        """The repository as GitHub describes it (id, default branch, visibility)."""
+
+        async def go(gh: GitHub[Any]) -> RepositoryRef:
+            response = await gh.arequest("GET", self._path(""), response_model=FullRepository)
+            repo = response.parsed_data
+            return RepositoryRef(
+                id=repo.id,
+                full_name=repo.full_name,
+                owner=repo.owner.login,
+                name=repo.name,
+                default_branch=repo.default_branch,
+                private=repo.private,
+            )
+
+        return await self._call(go)
+
+    async def get_issue(self, number: int) -> IssueInfo | None:
+        async def go(gh: GitHub[Any]) -> IssueInfo | None:
+            try:
+                response = await gh.arequest(
+                    "GET", self._path(f"/issues/{number}"), response_model=Issue
+                )
+            except RequestFailed as exc:
+                if exc.response.status_code in (404, 410):
+                    return None
+                raise
+            issue = response.parsed_data
+            user = issue.user
+            labels = tuple(
+                label if isinstance(label, str) else (label.name or "") for label in issue.labels
+            )
+            return IssueInfo(
+                number=issue.number,
+                title=issue.title,
+                body=issue.body or "",
+                author=user.login if user else "",
+                author_type=user.type if user else "User",
+                labels=labels,
+                state=issue.state,
+                is_pull_request=bool(issue.pull_request),
+            )
 
         return await self._call(go)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 from githubkit import AppAuthStrategy, GitHub
-from githubkit_schemas.latest.models import InstallationToken
+from githubkit.exception import RequestFailed
+from githubkit_schemas.latest.models import Installation, InstallationToken
 
 from bot.errors import ConfigError
 from bot.github.retry import RetryPolicy
@@ -105,6 +106,19 @@ class GitHubApp:
                 expires_at=token.expires_at.isoformat(),
             )
             return token
+
+    async def installation_of(self, repo: str) -> int | None:
+        """The id of the App's installation on ``repo`` (``owner/name``), ``None`` when the
+        App is not installed there."""
+        try:
+            response = await self._app.arequest(
+                "GET", f"/repos/{repo}/installation", response_model=Installation
+            )
+        except RequestFailed as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
+        return response.parsed_data.id
 
     def forget(self, installation_id: int, repo: str) -> None:
         """Drop cached tokens for ``repo`` (after GitHub said one was bad or expired)."""

@@ -143,6 +143,15 @@ def register(router: Router, ctx: Context) -> None:
         )
         return Response(201, data)
 
+    def repo_installation(request: Request) -> Response:
+        """GitHub's "Get a repository installation for the authenticated app"."""
+        repo = s.repo(request.params["owner"], request.params["repo"])
+        if repo is not None:
+            for inst in s.installations.values():
+                if repo.id in inst.repo_ids:
+                    return Response(200, render.installation(s, inst))
+        raise not_found()
+
     def rate_limit(request: Request) -> Response:
         key = request.auth.key if request.auth else "anonymous"
         return Response(200, ctx.rate.overview(key))
@@ -151,6 +160,7 @@ def register(router: Router, ctx: Context) -> None:
     router.add("GET", "/app/installations", list_installations, "jwt")
     router.add("GET", "/app/installations/{installation_id}", get_installation, "jwt")
     router.add("POST", "/app/installations/{installation_id}/access_tokens", create_token, "jwt")
+    router.add("GET", "/repos/{owner}/{repo}/installation", repo_installation, "jwt")
     router.add("GET", "/app/hook/deliveries", list_deliveries, "jwt")
     router.add("GET", "/app/hook/deliveries/{delivery_id}", get_delivery, "jwt")
     router.add("POST", "/app/hook/deliveries/{delivery_id}/attempts", redeliver, "jwt")

@@ -22,7 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "control_commands",
         sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("run_id", sa.String(length=32), nullable=False),
+        sa.Column("run_id", sa.String(length=32), nullable=True),
         sa.Column("verb", sa.String(length=32), nullable=False),
         sa.Column("args", sa.Text(), nullable=False),
         sa.Column("actor", sa.String(length=255), nullable=False),
@@ -30,6 +30,9 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("new_run_id", sa.String(length=32), nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )

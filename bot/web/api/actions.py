@@ -18,11 +18,16 @@ from litestar import Controller, Response, post
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import Field
-from sqlalchemy import select
 
-from bot.control.actions import API_COMMAND_JOB, CLIENT_SOURCES, command_job_id, parse_action
+from bot.control.actions import (
+    API_COMMAND_JOB,
+    CLIENT_SOURCES,
+    ClientSource,
+    command_job_id,
+    parse_action,
+)
 from bot.control.views import ActionOut
-from bot.db.models import CommandAudit, ControlCommand, Run
+from bot.db.models import ControlCommand
 from bot.errors import ConflictError
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 from bot.web.api.resources import Body, services_of, store
@@ -115,12 +120,39 @@ async def act(
     caller = caller_of(request)
     runs = store(request)
     require_repo(caller, await runs.repository_of(run_id))
-    source = CLIENT_SOURCES.get(request.headers.get("x-bosun-client", "").lower(), "api")
+    source = client_source(request)
     command = parse_action(verb, args, source)
     if isinstance(command, str):
         raise ValidationException(command, extra=[{"key": verb, "message": command}])
+    decided = await submit(request, verb, args, run_id=run_id, wait=wait)
+    if decided.outcome is None:
+        pending = ActionOut(run_id=run_id, command=verb, outcome="pending")
+        return Response(pending, status_code=202)
+    if decided.outcome != "accepted":
+        raise ConflictError(decided.reason or f"/{verb} was {decided.outcome}")
+    out = ActionOut(
+        run_id=run_id,
+        command=verb,
+        outcome="accepted",
+        reason=decided.reason,
+        new_run_id=decided.new_run_id,
+        run=await runs.run_summary(run_id),
+    )
+    return Response(out, status_code=200)
+
+
+def client_source(request: AnyRequest) -> ClientSource:
+    return CLIENT_SOURCES.get(request.headers.get("x-bosun-client", "").lower(), "api")
+
+
+async def submit(
+    request: AnyRequest, verb: str, args: str, *, run_id: str | None, wait: float
+) -> ControlCommand:
+    """Record the caller's command, enqueue its job (which carries only the command's id) and
+    wait up to ``wait`` seconds for the worker's decision; the row as it is then."""
+    caller = caller_of(request)
+    source = client_source(request)
     command_id = f"{source}-{uuid.uuid4().hex}"
-    requested = datetime.now(UTC)
     services = services_of(request)
     async with services.sessions.begin() as session:
         session.add(
@@ -132,57 +164,20 @@ async def act(
                 actor=caller.actor,
                 permission=PERMISSION_OF_SCOPE.get(caller.scope, "read"),
                 source=source,
-                requested_at=requested,
+                requested_at=datetime.now(UTC),
             )
         )
     await services.redis.enqueue_job(
         API_COMMAND_JOB, command_id, _job_id=command_job_id(command_id)
     )
-    audit = await _decision(request, command_id, wait)
-    if audit is None:
-        pending = ActionOut(run_id=run_id, command=verb, outcome="pending")
-        return Response(pending, status_code=202)
-    if audit.outcome != "accepted":
-        raise ConflictError(audit.reason or f"/{verb} was {audit.outcome}")
-    follow_up = None
-    if verb in ("retry", "resume"):
-        follow_up = await _follow_up(request, run_id, requested)
-    out = ActionOut(
-        run_id=run_id,
-        command=verb,
-        outcome="accepted",
-        reason=audit.reason,
-        new_run_id=follow_up,
-        run=await runs.run_summary(run_id),
-    )
-    return Response(out, status_code=200)
-
-
-async def _decision(request: AnyRequest, command_id: str, wait: float) -> CommandAudit | None:
-    """The audit row of ``command_id`` once the worker has written it (polled)."""
     deadline = time.monotonic() + wait
-    sessions = services_of(request).sessions
     while True:
-        async with sessions() as session:
-            row = (
-                await session.execute(
-                    select(CommandAudit).where(CommandAudit.delivery_id == command_id).limit(1)
-                )
-            ).scalar_one_or_none()
-        if row is not None or time.monotonic() >= deadline:
+        async with services.sessions() as session:
+            row = await session.get(ControlCommand, command_id)
+        assert row is not None
+        if row.outcome is not None or time.monotonic() >= deadline:
             return row
         await asyncio.sleep(0.1)
 
 
-async def _follow_up(request: AnyRequest, run_id: str, since: datetime) -> str | None:
-    async with services_of(request).sessions() as session:
-        found = await session.execute(
-            select(Run.id)
-            .where(Run.parent_run_id == run_id, Run.created_at >= since)
-            .order_by(Run.id.desc())
-            .limit(1)
-        )
-        return found.scalar_one_or_none()
-
-
-__all__ = ["RunActionController", "act"]
+__all__ = ["RunActionController", "act", "client_source", "submit"]

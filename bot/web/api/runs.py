@@ -3,15 +3,18 @@ Actions on runs are in ``bot.web.api.actions``."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from litestar import Controller, get
-from litestar.params import FromPath, QueryParameter
+from litestar import Controller, Response, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
+from pydantic import Field
 
 from bot.artifacts import artifact_chunks
 from bot.control.views import (
+    ActionOut,
     ApprovalOut,
     ArtifactOut,
     AuditOut,
@@ -22,8 +25,10 @@ from bot.control.views import (
     RunSummary,
 )
 from bot.db.models import RunState
+from bot.errors import ConflictError
+from bot.web.api.actions import submit
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
-from bot.web.api.resources import Cursor, Limit, services_of, store
+from bot.web.api.resources import Body, Cursor, Limit, services_of, store
 
 RunStates = Annotated[
     list[RunState] | None,
@@ -38,6 +43,13 @@ class EventPage(Page[EventOut]):
     """Events after ``after_seq``, oldest first; ask again with ``after_seq=next_after_seq``."""
 
     next_after_seq: int
+
+
+class StartIn(Body):
+    repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="OWNER/NAME")
+    issue_number: int = Field(gt=0, description="The issue the agent works on.")
+    profile: str | None = Field(default=None, description="Agent profile (the default if null).")
+    instructions: str = Field(default="", max_length=20_000, description="Added to the prompt.")
 
 
 class RunController(Controller):
@@ -68,6 +80,34 @@ class RunController(Controller):
             cursor=cursor,
             limit=limit,
         )
+
+    @post(
+        "/",
+        summary="Start a run on an issue, decided by the rules a label meets",
+        opt={"scope": "operate"},
+        status_code=201,
+    )
+    async def start_run(
+        self,
+        request: AnyRequest,
+        data: JSONBody[StartIn],
+        wait: Annotated[float, QueryParameter(ge=0, le=30)] = 10,
+    ) -> Response[RunSummary | ActionOut]:
+        require_repo(caller_of(request), data.repository)
+        runs = store(request)
+        asked = {
+            "repository": data.repository,
+            "issue_number": data.issue_number,
+            "profile": data.profile,
+            "instructions": data.instructions,
+        }
+        decided = await submit(request, "start", json.dumps(asked), run_id=None, wait=wait)
+        if decided.outcome is None:
+            pending = ActionOut(run_id="", command="start", outcome="pending")
+            return Response(pending, status_code=202)
+        if decided.outcome != "accepted" or decided.new_run_id is None:
+            raise ConflictError(decided.reason or "the run was not started")
+        return Response(await runs.run_summary(decided.new_run_id), status_code=201)
 
     @get("/{run_id:str}", summary="Get a run: state, lineage, gates, approvals, artifacts")
     async def get_run(self, request: AnyRequest, run_id: FromPath[str]) -> RunDetail:
