@@ -138,7 +138,6 @@ class RunController(Controller):
     @get(
         "/{run_id:str}/artifacts/{name:str}",
         summary="An artifact's content, streamed with its content type",
-        media_type="application/octet-stream",
     )
     async def get_artifact(
         self, request: AnyRequest, run_id: FromPath[str], name: FromPath[str]
