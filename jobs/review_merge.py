@@ -106,6 +106,13 @@ async def complete_approval(
             return
         if not await _complete(bosun, port, run, shot, config, actor, number):
             return
+    why = (
+        "the branch kept moving while Bosun was merging; nothing was merged. Once it is "
+        "quiet, `/approve` again."
+    )
+    found = await read_run(bosun, run_id)
+    if found is not None and found[1].state is RunState.APPROVED:
+        await _back_to_review(bosun, port, found[0], number, why)
 
 
 async def _complete(

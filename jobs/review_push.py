@@ -53,7 +53,7 @@ async def handle_push(
         return "ignored: no Bosun run on this PR"
     run = found[0]
     if event.pull_request.head_sha == run.head_sha:
-        return "ignored: Bosun's own push"
+        return "ignored: the run is at this head already (Bosun's own push, or adopted)"
     if run.state not in REVIEWABLE:
         # Before review the pipeline owns the branch and its head; after the end nothing binds.
         return f"ignored: the run is {run.state.value}"

@@ -44,7 +44,7 @@ LOCK_LEASE_SECONDS = 30.0
 """How long a holder keeps the lock without renewing it (renewed every third of it)."""
 LOCK_WAIT_SECONDS = 20.0
 """How long a step waits for the lock before its delivery is retried later instead."""
-LOCK_POLL_SECONDS = 0.02
+LOCK_POLL_SECONDS = 0.005
 REDECIDE_LIMIT = 5
 """Decisions made again in one step when the run keeps moving under them."""
 

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from bot.settings import Settings
 from tests.services import POSTGRES_URL, REDIS_URL, missing
 
-pytest_plugins = ["tests.emulator.fixtures", "tests.stack"]
+pytest_plugins = ["tests.emulator.fixtures", "tests.stack", "tests.review_harness"]
 
 
 async def _pg_admin(sql: str) -> None:

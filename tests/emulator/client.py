@@ -204,8 +204,11 @@ class EmulatorClient:
         )
         return str(data["sha"])
 
-    def deliveries(self, wait: bool = True) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/deliveries", wait="1" if wait else "0"))
+    def deliveries(self, wait: bool = True, since: int = 0) -> list[dict[str, Any]]:
+        """Every delivery (from the ``since``-th on), oldest first."""
+        return list(
+            self._call("GET", "/deliveries", wait="1" if wait else "0", since=since or None)
+        )
 
     def redeliver(self, guid: str) -> None:
         self._call("POST", f"/deliveries/{guid}/redeliver")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 ZERO = "0" * 40
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -30,6 +37,32 @@ exit $status
 
 class GitError(Exception):
     pass
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def by_commit(function: F) -> F:
+    """Remember answers that depend only on commits named by full SHA (git objects never
+    change): a PR is rendered on every read and every webhook, like GitHub, which caches
+    mergeability and diff stats per head too."""
+    answers: dict[tuple[Any, ...], Any] = {}
+    lock = threading.Lock()
+
+    @functools.wraps(function)
+    def wrapper(repo: Path, *shas: str) -> Any:
+        if not all(_SHA.match(sha) for sha in shas):
+            return function(repo, *shas)
+        key = (str(repo), *shas)
+        with lock:
+            if key in answers:
+                return answers[key]
+        answer = function(repo, *shas)
+        with lock:
+            answers[key] = answer
+        return answer
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _env() -> dict[str, str]:
@@ -169,6 +202,7 @@ def update_ref(repo: Path, branch: str, new: str, old: str | None = None) -> Non
     git(repo, "update-ref", f"refs/heads/{branch}", new, *([old] if old else []))
 
 
+@by_commit
 def merge_tree(repo: Path, base: str, head: str) -> tuple[str | None, list[str]]:
     """Merge ``head`` into ``base``: the tree, or ``None`` and the conflicting paths."""
     result = git(repo, "merge-tree", "--write-tree", "--name-only", base, head, check=False)
@@ -193,6 +227,7 @@ def commit_tree(
     return git(repo, "commit-tree", tree_sha, *args, "-m", message, env=env).stdout.decode().strip()
 
 
+@by_commit
 def diff_stats(repo: Path, base: str, head: str) -> tuple[int, int, int, int]:
     """(commits, additions, deletions, changed files) of ``base...head``."""
     merge_base = git(repo, "merge-base", base, head, check=False).stdout.decode().strip() or base
@@ -206,6 +241,7 @@ def diff_stats(repo: Path, base: str, head: str) -> tuple[int, int, int, int]:
     return commits, additions, deletions, files
 
 
+@by_commit
 def commit_info(repo: Path, sha: str) -> dict[str, str]:
     fmt = "%H%x00%T%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B"
     fields = out(repo, "show", "-s", f"--format={fmt}", sha).split("\x00")
@@ -223,6 +259,7 @@ def commit_info(repo: Path, sha: str) -> dict[str, str]:
     return dict(zip(keys, fields, strict=True))
 
 
+@by_commit
 def changed_paths(repo: Path, old: str, new: str) -> dict[str, list[str]]:
     changes: dict[str, list[str]] = {"added": [], "removed": [], "modified": []}
     kinds = {"A": "added", "D": "removed"}
@@ -232,5 +269,6 @@ def changed_paths(repo: Path, old: str, new: str) -> dict[str, list[str]]:
     return changes
 
 
+@by_commit
 def is_ancestor(repo: Path, old: str, new: str) -> bool:
     return git(repo, "merge-base", "--is-ancestor", old, new, check=False).returncode == 0

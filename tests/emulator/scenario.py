@@ -237,8 +237,9 @@ def register(router: Router, ctx: Context) -> None:
     async def get_deliveries(request: Request) -> Response:
         if request.arg("wait", "1") != "0":
             await asyncio.to_thread(ctx.hooks.wait_idle, float(request.arg("timeout", "10")))
+        since = int(request.arg("since", "0") or 0)
         with s.lock:
-            items = [readouts.delivery(d) for d in s.deliveries]
+            items = [readouts.delivery(d) for d in s.deliveries[since:]]
         return Response(200, items)
 
     def post_redeliver(request: Request) -> Response:
