@@ -183,9 +183,7 @@ def _describe(kind: str, d: dict[str, Any]) -> tuple[str, str]:
             text += f" by {d['actor']}" if d.get("actor") else ""
             return "status", text + (f": {d['reason']}" if d.get("reason") else "")
         case "tool":
-            body = d.get("input") if d.get("input") is not None else d.get("output")
-            head = " ".join(str(d[k]) for k in ("phase", "name") if d.get(k))
-            return "tool", head + (f": {clip(str(body), 200)}" if body is not None else "")
+            return "tool", _tool(d)
         case "gate_result":
             result = "passed" if d.get("passed") else "FAILED"
             notes = [f"exit {d['exit_code']}"] if d.get("exit_code") is not None else []
@@ -213,8 +211,28 @@ def _describe(kind: str, d: dict[str, Any]) -> tuple[str, str]:
             model = f" {d['model']}" if d.get("model") else ""
             spent = f", spent {usd(d['spent_usd'])}" if d.get("spent_usd") is not None else ""
             tokens = f"{d.get('tokens_in', 0)} in / {d.get('tokens_out', 0)} out"
-            return "cost", f"{usd(d.get('usd'))}{model} ({tokens}){spent}"
+            return "cost", f"{_cents(d.get('usd'))}{model} ({tokens}){spent}"
     return kind, json.dumps(d, sort_keys=True, default=str)
+
+
+def _tool(d: dict[str, Any]) -> str:
+    """``Bash: {"command": …}`` for a call, ``result Bash (exit 1, error): …`` for a result."""
+    name = str(d.get("name") or "")
+    if d.get("phase") != "result":
+        return f"{name or '?'}: {clip(str(d.get('input') or ''), 200)}"
+    notes = [f"exit {d['exit_code']}"] if d.get("exit_code") is not None else []
+    notes += ["error"] if d.get("is_error") else []
+    head = " ".join(["result", *([name] if name else [])])
+    head += f" ({', '.join(notes)})" if notes else ""
+    output = clip(str(d.get("output") or ""), 200)
+    return f"{head}: {output or '(no output)'}"
+
+
+def _cents(amount: float | None) -> str:
+    """A model call's cost: small amounts keep four decimals."""
+    if amount is None:
+        return "-"
+    return f"${amount:.4f}" if amount < 1 else f"${amount:.2f}"
 
 
 def _progress(d: dict[str, Any]) -> str:
