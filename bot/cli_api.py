@@ -124,12 +124,8 @@ class Api:
     def get(self, path: str, model: type[M], **params: Any) -> M:
         return self.parse(self.request("GET", path, params=_params(params)), model)
 
-    def get_json(self, path: str, **params: Any) -> Any:
-        return self._json(self.request("GET", path, params=_params(params)))
-
-    def post(self, path: str, body: dict[str, Any], model: type[M]) -> tuple[int, M]:
-        response = self.request("POST", path, body=body)
-        return response.status_code, self.parse(response, model)
+    def post(self, path: str, body: dict[str, Any], model: type[M]) -> M:
+        return self.parse(self.request("POST", path, body=body), model)
 
     def parse(self, response: httpx.Response, model: type[M]) -> M:
         try:

@@ -51,7 +51,7 @@ IDLE = frozenset({"review_ready"})
 """Not terminal, but the pipeline is done: nothing more happens until someone reviews."""
 EVENTS_PAGE = 500
 PAGE_MAX = 200
-_TARGET = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)(?:#(?P<issue>\d+))?$")
+_TARGET = re.compile(r"^(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)#(?P<issue>[1-9]\d*)$")
 
 
 class EventPage(Page[EventOut]):
@@ -192,23 +192,31 @@ def diff(api: Api, fmt: str, run_id: str, stat: bool) -> None:
 
 @runs.command("start")
 @api_command
-@click.argument("what", metavar="OWNER/NAME[#ISSUE]")
+@click.argument("what", metavar="OWNER/NAME#ISSUE")
 @click.option("--profile", help="Agent profile (`bosun profiles`); default: the repository's.")
-@click.option("--instructions", default="", help="Extra instructions for the agent.")
+@click.option("--instructions", default="", help="Added to the agent's prompt.")
 def start(api: Api, fmt: str, what: str, profile: str | None, instructions: str) -> None:
-    """Start a run on an issue (or on the repository, with --instructions)."""
+    """Start a run on an issue, decided by the rules a `bosun` label meets."""
     match = _TARGET.match(what)
     if match is None:
         raise click.BadParameter(f"{what!r} is not like octo/hello#12", param_hint="TARGET")
-    issue = match.group("issue")
     body = {
         "repository": match.group("repo"),
-        "issue_number": int(issue) if issue else None,
-        "task_id": None,
+        "issue_number": int(match.group("issue")),
         "profile": profile,
         "instructions": instructions,
     }
-    _, run = api.post("/api/v1/runs", body, RunSummary)
+    response = api.request("POST", "/api/v1/runs", body=body)
+    if response.status_code == 202:  # the worker has not decided in time
+        pending = api.parse(response, ActionOut)
+        if fmt == "json":
+            emit_json(pending)
+        else:
+            click.echo(
+                f"start on {what}: pending; see `bosun runs list --repo {body['repository']}`"
+            )
+        return
+    run = api.parse(response, RunSummary)
     if fmt == "json":
         emit_json(run)
     else:
@@ -216,7 +224,7 @@ def start(api: Api, fmt: str, what: str, profile: str | None, instructions: str)
 
 
 def _act(api: Api, fmt: str, run_id: str, command: str, body: dict[str, Any]) -> None:
-    _, action = api.post(run_path(run_id, command), body, ActionOut)
+    action = api.post(run_path(run_id, command), body, ActionOut)
     if fmt == "json":
         emit_json(action)
     else:

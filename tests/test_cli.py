@@ -316,14 +316,21 @@ def test_actions_on_a_run(cli: Cli) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.xfail(reason="POST /api/v1/runs (manual start) is not served yet", strict=True)
 def test_start_a_run_from_the_cli(cli: Cli) -> None:
     stack = cli.stack
     cli.login("operate")
     number = stack.emulator.create_issue(stack.repo, "Add the feature", "Please.", "alice")
-    started = cli.json("runs", "start", f"{stack.repo}#{number}", "--instructions", "Be brief")
+    issue = f"{stack.repo}#{number}"
+    started = cli.json("runs", "start", issue, "--profile", "slow", "--instructions", "Be brief")
     assert started["repository"] == stack.repo and started["issue_number"] == number
-    assert wait_state(stack, started["id"], {"review_ready", "failed"}) == "review_ready"
+    assert started["requester"] == "token:test-operate" and started["trigger"] == "cli"
+    assert started["profile"] == "slow"
+    assert "Be brief" in cli.json("runs", "show", started["id"])["prompt_instructions"]
+    again = cli("runs", "start", issue)  # the slow agent is still at work
+    assert again.returncode == 4 and "already active" in again.stderr
+    assert cli("runs", "start", stack.repo).returncode == 2  # an issue is needed
+    assert cli.json("runs", "cancel", started["id"])["outcome"] in ("accepted", "pending")
+    assert wait_state(stack, started["id"], {"cancelled"}) == "cancelled"
 
 
 NOW = datetime.now(UTC)
