@@ -6,9 +6,13 @@ source; problems that name what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +21,8 @@ import pytest
 from bot.control.tokens import create_token
 from bot.db.engine import create_engine, session_factory
 from tests.stack import BosunStack
+
+BOSUN = str(Path(sys.executable).parent / "bosun")
 
 pytestmark = pytest.mark.docker
 
@@ -198,6 +204,14 @@ def test_the_same_decisions_from_a_comment_the_api_and_the_cli(
             number = next(p["number"] for p in pr if p["pull"]["head"] == run["branch"])
             stack.emulator.comment(stack.repo, number, text, "bob")
             return 200
+        if source == "cli":  # the installed `bosun`, as an operator types it
+            flags = ["--reason", body["reason"]] if "reason" in body else []
+            done = subprocess.run(
+                [BOSUN, "runs", verb, run["id"], *flags],
+                env={**os.environ, "BOSUN_URL": stack.url, "BOSUN_TOKEN": tokens["operate"]},
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            return {0: 200, 4: 409}.get(done.returncode, done.returncode)
         with client(stack, tokens["operate"], source) as http:
             return http.post(f"/runs/{run['id']}/{verb}", json=body).status_code
 
