@@ -314,6 +314,11 @@ def test_actions_on_a_run(cli: Cli) -> None:
     approvals = cli.json("status", second)["run"]["approvals"]
     assert [(a["sha"], a["actor"]) for a in approvals] == [(head, "token:reviewer")]
 
+    rejected = cli.ok("runs", "reject", second, "--reason", "not this way")
+    assert "reject" in rejected and "accepted" in rejected and "rejected" in rejected
+    last = [row for row in cli.ok("runs", "logs", second, "--kind", "status").splitlines()][-1]
+    assert "approved → rejected by token:reviewer" in last and "not this way" in last
+
 
 @pytest.mark.docker
 def test_start_a_run_from_the_cli(cli: Cli) -> None:
@@ -329,6 +334,9 @@ def test_start_a_run_from_the_cli(cli: Cli) -> None:
     again = cli("runs", "start", issue)  # the slow agent is still at work
     assert again.returncode == 4 and "already active" in again.stderr
     assert cli("runs", "start", stack.repo).returncode == 2  # an issue is needed
+    assert cli.json("runs", "budget", started["id"], "+5")["outcome"] == "accepted"
+    resumed = cli("runs", "resume", started["id"])
+    assert resumed.returncode == 4 and "only a timed-out run can be resumed" in resumed.stderr
     assert cli.json("runs", "cancel", started["id"])["outcome"] in ("accepted", "pending")
     assert wait_state(stack, started["id"], {"cancelled"}) == "cancelled"
 
