@@ -1,5 +1,10 @@
 """Diff policy before push (SPEC §7): path rules, size limits and the secret scanner, turned
-into one verdict with a ``policy`` decision per rule that decided."""
+into one verdict with a ``policy`` decision per rule that decided.
+
+The verdict's summary is published (status comment, check run, the run's reason): every path
+in it goes through ``bot.display.shown``. A decision's ``path`` is recorded C-quoted as git
+shows it (``bot.display.c_quote``: the same text for an ordinary path, one line and no byte
+that is not UTF-8 for any other)."""
 
 from __future__ import annotations
 
@@ -8,14 +13,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.display import c_quote, shown
 from bot.policy import (
+    AddedBinary,
     ChangedFile,
     PolicyResult,
     Violation,
     check_diff,
     check_tree_notes,
-    scan_secrets,
-    with_secrets,
+    with_scan,
 )
 from bot.repoconfig import RepoConfig
 from sandboxes.changes import Changes
@@ -45,13 +51,14 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
         )
         for f in changes.files
     ]
-    result = check_diff(files, config, diff_bytes=changes.diff_bytes)
-    notes = [(note.kind, note.path) for note in changes.notes]
+    result = check_diff(files, config, diff_bytes=changes.scan_bytes)
+    notes = [(note.kind, note.path, note.size) for note in changes.notes]
     refused, skipped = check_tree_notes(notes, changes.paths, config)
     if refused:
         result = dataclasses.replace(result, violations=(*result.violations, *refused))
-    if changes.diff and not result.oversized:
-        result = with_secrets(result, await asyncio.to_thread(scan_secrets, changes.diff))
+    binaries = [AddedBinary(b.path, b.new, b.old) for b in changes.binaries]
+    if (changes.diff or binaries) and not result.oversized:
+        result = await asyncio.to_thread(with_scan, result, changes.diff, binaries)
     elif changes.diff_omitted and not result.oversized:  # cannot happen with one limit; be sure
         result = PolicyResult(
             (
@@ -65,13 +72,19 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
     for violation in result.violations:
         decision: dict[str, Any] = {
             "rule": violation.rule,
-            "path": violation.path,
+            "path": None if violation.path is None else c_quote(violation.path),
             "decision": "deny",
             "message": violation.message,
         }
         decisions.append(decision)
     allowed = [
-        {"rule": v.rule, "path": v.path, "decision": "skip", "message": v.message} for v in skipped
+        {
+            "rule": v.rule,
+            "path": None if v.path is None else c_quote(v.path),
+            "decision": "skip",
+            "message": v.message,
+        }
+        for v in skipped
     ]
     if not decisions:
         decisions.extend(allowed)
@@ -85,11 +98,11 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
         )
         return DiffVerdict(True, "passed", decisions)
     lines = []
-    for d in decisions[:20]:
-        where = d.get("path") or ""
-        if d.get("line"):
-            where += f":{d['line']}"
-        lines.append(f"{where} ({d['rule']}): {d['message']}" if where else d["message"])
+    for violation in result.violations[:20]:
+        where = shown(violation.path) if violation.path else ""
+        lines.append(
+            f"{where} ({violation.rule}): {violation.message}" if where else violation.message
+        )
     more = f" (+{len(decisions) - 20} more)" if len(decisions) > 20 else ""
     return DiffVerdict(False, "; ".join(lines) + more, decisions + allowed)
 

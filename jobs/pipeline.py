@@ -324,9 +324,11 @@ class RunExecution(AgentSteps, PublishSteps):
     async def _cleanup(self) -> None:
         with contextlib.suppress(Exception):
             await self.events.close()
-        if self.sandbox is not None:
-            with contextlib.suppress(SandboxError):
+        with contextlib.suppress(SandboxError):
+            if self.sandbox is not None:
                 await self.bosun.backend.remove(self.sandbox)
+            else:  # a run ended for a dead worker: its sandbox goes before its files
+                await self.bosun.backend.remove_run(self.run.id)
         if self.gateway is not None:
             with contextlib.suppress(Exception):
                 await self.gateway.stop()

@@ -22,6 +22,7 @@ from jobs.run_base import (
 )
 from sandboxes.errors import PushRejected, SandboxError, UnreadableWorkspace
 from sandboxes.git import push_refusal_summary
+from sandboxes.treewalk import WalkLimits
 
 
 class PublishSteps(RunBase):
@@ -86,9 +87,17 @@ class PublishSteps(RunBase):
 
     async def _collect_changes(self) -> None:
         assert self.workspace is not None
-        limit = self.config.limits.max_diff_bytes  # a larger diff is refused unread
+        limits = self.config.limits
+        reading = WalkLimits(
+            max_file_bytes=limits.max_file_bytes,
+            max_read_bytes=self.settings.sandbox.workspace_limit_bytes,
+            max_new_files=max(10 * limits.max_files_changed, 10_000),
+        )
         try:
-            self.changes = await self.workspace.changes(max_diff_bytes=limit)
+            self.changes = await self.workspace.changes(
+                max_diff_bytes=limits.max_diff_bytes,  # a larger diff is refused unread
+                limits=reading,
+            )
         except UnreadableWorkspace as exc:
             raise StepFailed(str(exc), detail=exc.detail) from exc
         await self._annotate(self.changes.tree_files)

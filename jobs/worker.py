@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 import structlog
@@ -58,10 +59,20 @@ def cron_jobs(settings: Settings) -> list[Any]:
     ]
 
 
+def raise_descriptor_limit() -> None:
+    """Lift the soft open-file limit to the hard one: a worker holds sockets, pipes and one
+    descriptor per folder level while it measures a workspace (systemd's default soft limit
+    is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     """An arq ``Worker`` for ``settings`` (``poll_delay`` tuned for low pickup latency)."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        raise_descriptor_limit()
         services = Services.build(settings)
         ctx["bosun"] = JobContext(settings=settings, services=services)
         log.info("worker_started", worker=ctx["bosun"].worker_id, queue=settings.redis.queue_name)

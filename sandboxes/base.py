@@ -190,6 +190,11 @@ class SandboxBackend(abc.ABC):
         those at least that old (so a sandbox created a moment ago for a run not yet recorded
         survives). Returns the removed ids."""
 
+    @abc.abstractmethod
+    async def remove_run(self, run_id: str) -> list[str]:
+        """Remove every sandbox of ``run_id`` (a run ended by another worker than the one that
+        started its sandbox). Returns the removed ids."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release client resources."""
 

@@ -1,5 +1,11 @@
 """What a run changed: per-file stats and the unified diff between two trees, computed by git in
-the host-owned scratch repository (``sandboxes.scratch``), never in the agent's workspace."""
+the host-owned scratch repository (``sandboxes.scratch``), never in the agent's workspace.
+
+Paths are the agent's bytes, read losslessly: git's ``-z`` listings are decoded as UTF-8 with
+``surrogateescape``, so a byte that is not UTF-8 stays itself (``"x\udcfe"`` and
+``"x\udcff"`` are two paths with their own counts and sizes, never one). Show such a path to
+people through ``bot.display.shown``, which C-quotes it as git does (``"x\376"``).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +33,11 @@ class TreeNote:
     kind: str
     """``nested_git`` (a nested repository's ``.git``, left out), ``submodule`` (something
     written where the base has a submodule; the submodule is kept as it was) or
-    ``special_file`` (a FIFO, socket or device, skipped)."""
+    ``special_file`` (a FIFO, socket or device, skipped) or ``oversized`` (a new or changed
+    file over ``limits.max_file_bytes``, never read)."""
     path: str
+    size: int = 0
+    """Bytes of an ``oversized`` file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +56,30 @@ class FileChange:
     """Bytes of the file after the change (``None`` when deleted or a submodule)."""
     old_size: int | None = None
     """Bytes of the file before the change (``None`` when added)."""
+    blob: str | None = None
+    """The object id of the file after the change (``None`` when deleted)."""
+    old_blob: str | None = None
+    """The object id of the file before the change (``None`` when added)."""
 
     @property
     def grown_bytes(self) -> int:
         """Bytes the change adds to this file: its size if new, its growth if changed."""
         return max(0, (self.size or 0) - (self.old_size or 0))
+
+    @property
+    def binary_bytes(self) -> int:
+        """Bytes of both sides of a binary file (what scanning what it adds reads)."""
+        return (self.size or 0) + (self.old_size or 0) if self.binary else 0
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryContent:
+    """A file git calls binary, as it is after the change and before (``None``: added). The
+    unified diff says only "Binary files differ", so the secret scan reads these."""
+
+    path: str
+    new: bytes
+    old: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,20 @@ class Changes:
     """What reading the work tree left out (policy decides whether that is allowed)."""
     tree_files: frozenset[str] = frozenset()
     """Every regular file in ``tree`` (what gate annotations may point at)."""
+    binaries: tuple[BinaryContent, ...] = ()
+    """The content of every binary file the diff adds or changes; read, like ``diff``, only
+    when ``scan_bytes`` is within the limit ``changes`` was given."""
+
+    @property
+    def binary_bytes(self) -> int:
+        """Bytes of the binary files' content, both sides (``binaries``)."""
+        return sum(change.binary_bytes for change in self.files)
+
+    @property
+    def scan_bytes(self) -> int | None:
+        """What a secret scan reads: the unified diff and the binary files' content
+        (``None`` when the diff was not even produced)."""
+        return None if self.diff_bytes is None else self.diff_bytes + self.binary_bytes
 
     @property
     def diff_omitted(self) -> bool:
@@ -115,12 +157,13 @@ async def diff_changes(
     With ``max_diff_bytes`` the unified diff is read into memory only when it fits: file counts
     and sizes come first (cheap), the diff is written to a file by git and left unread
     (``diff == ""``) when it is larger, and not produced at all when the files it would hold
-    already add more than the limit."""
+    already add more than the limit. The binary files' content (``Changes.binaries``) is read
+    only when it fits too, together with the diff (``Changes.scan_bytes``)."""
     flags = ("-r", "-z", "-M", "--no-ext-diff", "--no-textconv")
     numstat = await git("diff-tree", *flags, "--numstat", base, tree)
     status = await git("diff-tree", *flags, "--name-status", base, tree)
     raw = await git("diff-tree", *flags, "--raw", "--no-abbrev", base, tree)
-    files = await _sized(git, _parse(numstat.text, status.text), raw.text)
+    files = await _sized(git, _parse(_paths(numstat), _paths(status)), _paths(raw))
     if max_diff_bytes is not None and sum(f.grown_bytes for f in files) > max_diff_bytes:
         return Changes(base, "", tuple(files), None, tree)
     patch = scratch / f"bosun-diff-{uuid.uuid4().hex}"
@@ -133,10 +176,50 @@ async def diff_changes(
         text = ""
         if max_diff_bytes is None or diff_bytes <= max_diff_bytes:
             text = (await asyncio.to_thread(patch.read_bytes)).decode("utf-8", "replace")
-        return Changes(base, text, tuple(files), diff_bytes, tree)
+        binaries: tuple[BinaryContent, ...] = ()
+        scan_bytes = diff_bytes + sum(f.binary_bytes for f in files)
+        if max_diff_bytes is None or scan_bytes <= max_diff_bytes:
+            binaries = await _binaries(git, files)
+        return Changes(base, text, tuple(files), diff_bytes, tree, binaries=binaries)
     finally:
         with contextlib.suppress(FileNotFoundError):
             await asyncio.to_thread(patch.unlink)
+
+
+def _paths(result: GitResult) -> str:
+    """A ``-z`` listing as text, every byte kept (``surrogateescape``)."""
+    return result.stdout.decode("utf-8", "surrogateescape")
+
+
+async def _binaries(git: _Git, files: list[FileChange]) -> tuple[BinaryContent, ...]:
+    """Both sides of every binary file in ``files``, read from the repository's objects."""
+    binary = [f for f in files if f.binary and f.blob]
+    wanted = sorted({sha for f in binary for sha in (f.blob, f.old_blob) if sha})
+    if not wanted:
+        return ()
+    batch = await git("cat-file", "--batch", stdin="".join(f"{sha}\n" for sha in wanted).encode())
+    blobs = _batch_contents(batch.stdout)
+    return tuple(
+        BinaryContent(f.path, blobs[f.blob], blobs.get(f.old_blob) if f.old_blob else None)
+        for f in binary
+        if f.blob in blobs
+    )
+
+
+def _batch_contents(out: bytes) -> dict[str, bytes]:
+    """``git cat-file --batch`` output: object id -> content."""
+    contents: dict[str, bytes] = {}
+    at = 0
+    while at < len(out):
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        at = end + 1
+        if len(header) != 3:  # "<id> missing"
+            continue
+        size = int(header[2])
+        contents[header[0].decode()] = out[at : at + size]
+        at += size + 1
+    return contents
 
 
 async def _sized(git: _Git, files: list[FileChange], raw: str) -> list[FileChange]:
@@ -157,7 +240,13 @@ async def _sized(git: _Git, files: list[FileChange], raw: str) -> list[FileChang
     for change in files:
         old_sha, new_sha = blobs.get(change.path, ("", ""))
         sized.append(
-            dataclasses.replace(change, size=sizes.get(new_sha), old_size=sizes.get(old_sha))
+            dataclasses.replace(
+                change,
+                size=sizes.get(new_sha),
+                old_size=sizes.get(old_sha),
+                blob=new_sha if new_sha in sizes else None,
+                old_blob=old_sha if old_sha in sizes else None,
+            )
         )
     return sized
 

@@ -8,6 +8,7 @@ tree the agent left. See ``docs/sandboxes.md`` for why each hardening flag is se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import secrets
 import tarfile
@@ -274,6 +275,19 @@ class DockerBackend(SandboxBackend):
                     continue
                 raise
             removed.append(entry["Id"])
+        return removed
+
+    async def remove_run(self, run_id: str) -> list[str]:
+        found: list[dict[str, Any]] = await self._call(
+            self.client.api.containers,
+            all=True,
+            filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_RUN_ID}={run_id}"]},
+        )
+        removed = []
+        for entry in found:
+            with contextlib.suppress(docker.errors.NotFound):
+                await self._call(self.client.api.remove_container, entry["Id"], force=True, v=True)
+                removed.append(entry["Id"])
         return removed
 
     async def close(self) -> None:

@@ -224,6 +224,13 @@ class FakeBackend(SandboxBackend):
             await self.remove(sandbox)
         return [sandbox.id for sandbox in doomed]
 
+    async def remove_run(self, run_id: str) -> list[str]:
+        self.calls.append(("remove_run", run_id))
+        doomed = [s.sandbox for s in self._states.values() if s.sandbox.spec.run_id == run_id]
+        for sandbox in doomed:
+            await self.remove(sandbox)
+        return [sandbox.id for sandbox in doomed]
+
 
 def _copy(source: Path, target: Path, name: str) -> None:
     if not source.exists():

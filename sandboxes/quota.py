@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
 import time
@@ -26,11 +27,25 @@ OnExceeded = Callable[[int], Awaitable[None]]
 """Called with the measured size in bytes."""
 
 
+MIN_CHARGE = 4096
+"""Bytes every file, folder and link counts at least: an empty file takes an inode and a
+directory entry, so millions of them count as what they cost the host, not zero."""
+MAX_DEPTH = 256
+"""Folders nested deeper than this cannot be measured (one descriptor per level): the
+workspace counts as over its limit."""
+
+
+class Unmeasurable(Exception):
+    """The workspace cannot be measured as a whole; it counts as over the limit."""
+
+
 def disk_usage(root: Path) -> int:
-    """Bytes allocated on disk under ``root`` (blocks, not apparent size), each hard-linked
-    inode once. Metadata only, and symlink-safe while the agent keeps writing: every folder is
-    opened relative to its parent's descriptor with ``O_NOFOLLOW``, so swapping a folder for a
-    symlink cannot send the walk outside the workspace. Entries that vanish are skipped."""
+    """Bytes the tree under ``root`` costs the host: allocated blocks (not apparent size), at
+    least ``MIN_CHARGE`` per entry, each hard-linked inode once. Metadata only, and
+    symlink-safe while the agent keeps writing: every folder is opened relative to its parent's
+    descriptor with ``O_NOFOLLOW``, so swapping a folder for a symlink cannot send the walk
+    outside the workspace. Entries that vanish are skipped. Raises ``Unmeasurable`` for folders
+    nested deeper than ``MAX_DEPTH`` or when the worker runs out of descriptors."""
     total = 0
     seen: set[tuple[int, int]] = set()
     try:
@@ -38,28 +53,37 @@ def disk_usage(root: Path) -> int:
     except OSError:
         return 0
     stack = [(top, _names(top))]  # open descriptors: one per level of the current path
-    while stack:
-        fd, names = stack[-1]
-        name = next(names, None)
-        if name is None:
-            os.close(fd)
-            stack.pop()
-            continue
-        try:
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except OSError:
-            continue
-        if info.st_nlink > 1:
-            if (info.st_dev, info.st_ino) in seen:
+    try:
+        while stack:
+            fd, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(fd)
+                stack.pop()
                 continue
-            seen.add((info.st_dev, info.st_ino))
-        total += info.st_blocks * 512
-        if stat.S_ISDIR(info.st_mode):
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except OSError:
                 continue
+            if info.st_nlink > 1:
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+            total += max(info.st_blocks * 512, MIN_CHARGE)
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            if len(stack) >= MAX_DEPTH:
+                raise Unmeasurable(f"its folders nest deeper than {MAX_DEPTH} levels")
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    raise Unmeasurable("the worker ran out of file descriptors") from exc
+                continue  # vanished, or not readable: the walk reads what it can
             stack.append((child, _names(child)))
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
     return total
 
 
@@ -90,6 +114,7 @@ class WorkspaceQuota:
         self.on_exceeded = on_exceeded
         self.interval = interval
         self.exceeded: int | None = None
+        self.unmeasurable: str | None = None
         self.baseline: int | None = None
         self.growth = 0
         self._task: asyncio.Task[None] | None = None
@@ -106,6 +131,11 @@ class WorkspaceQuota:
 
     def reason(self) -> str:
         """What the run's end says when the limit was broken."""
+        if self.unmeasurable is not None:
+            return (
+                f"the workspace grew past what Bosun can measure ({self.unmeasurable}); the "
+                "agent was stopped and nothing was pushed"
+            )
         return (
             f"the workspace grew past {self.limit_bytes / 1e6:.0f} MB (disk limit, "
             f"sandbox.workspace_limit_bytes): it had grown by {(self.exceeded or 0) / 1e6:.0f} MB "
@@ -120,7 +150,11 @@ class WorkspaceQuota:
             # a tree so large that one walk takes long is walked less often (at most ~20% busy)
             await asyncio.sleep(max(self.interval, 4 * walk))
             started = time.monotonic()
-            self.growth = await asyncio.to_thread(disk_usage, self.root) - self.baseline
+            try:
+                self.growth = await asyncio.to_thread(disk_usage, self.root) - self.baseline
+            except Unmeasurable as exc:  # fail closed
+                self.unmeasurable = str(exc)
+                self.growth = self.limit_bytes + 1
             walk = time.monotonic() - started
             if self.growth > self.limit_bytes:
                 self.exceeded = self.growth

@@ -27,34 +27,18 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sandboxes.changes import Changes, TreeNote, diff_changes
 from sandboxes.errors import GitError, UnreadableWorkspace
 from sandboxes.git import GitIdentity, GitResult, git_env, run_git, strip_credentials
-from sandboxes.treewalk import (
-    MODE_EXEC,
-    MODE_FILE,
-    NOTE_NESTED_GIT,
-    NOTE_SPECIAL,
-    NOTE_SUBMODULE,
-    Blob,
-    Entry,
-    FrameReader,
-    Note,
-    WalkError,
-)
-
-WALK_TIMEOUT = 900.0
-NOTE_NAMES = {
-    NOTE_NESTED_GIT: "nested_git",
-    NOTE_SUBMODULE: "submodule",
-    NOTE_SPECIAL: "special_file",
-}
+from sandboxes.treeframes import NOTES, Blob, Entry, FrameError, FrameReader, Note
+from sandboxes.treewalk import MODE_EXEC, MODE_FILE, WalkError, WalkLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,121 +90,34 @@ class ScratchRepo:
         return result.stdout[:limit] if result.returncode == 0 else None
 
     async def snapshot(
-        self, workspace: Path, start: str, owner: tuple[int, int] | None
+        self,
+        workspace: Path,
+        start: str,
+        owner: tuple[int, int] | None,
+        limits: WalkLimits | None = None,
     ) -> Snapshot:
         """Read the work tree at ``workspace`` into a tree object (see the module docstring).
         ``start`` is the commit the run began from: unchanged files are not copied again, and
-        tracked files stay recorded even where ``.gitignore`` now ignores them.
+        tracked files stay recorded even where ``.gitignore`` now ignores them. ``limits``
+        bound what reading costs the host (a deadline kills the walk; so does cancelling).
 
         Raises ``UnreadableWorkspace`` (a fixed message; the detail apart) when the tree cannot
         be read as a whole."""
-        listing = await self.git("ls-tree", "-r", "-z", "--full-tree", start)
-        ids = owner if owner is not None else (-1, -1)
+        limits = limits or WalkLimits()
+        listing = await self.git("ls-tree", "-r", "-z", "-l", "--full-tree", start)
+        ids = owner if owner is not None else (os.geteuid(), os.getegid())
         ref = f"refs/bosun/snapshots/{uuid.uuid4().hex}"
+        job = _Import(self, workspace, listing.stdout, ids, ref, limits)
         try:
-            files, notes = await asyncio.to_thread(
-                self._import, workspace, listing.stdout, ids, ref
-            )
-        except (WalkError, OSError, subprocess.SubprocessError) as exc:
-            raise UnreadableWorkspace(
-                "the agent's work could not be read as a plain tree of files; nothing was "
-                "pushed (the detail is in the run's `error` artifact)",
-                detail=str(exc),
-            ) from exc
+            files, notes = await asyncio.to_thread(job.run)
+        except asyncio.CancelledError:
+            job.kill()  # the thread then ends at once: its pipes close
+            raise
+        except (WalkError, FrameError, OSError, subprocess.SubprocessError) as exc:
+            limit = exc.limit if isinstance(exc, WalkError) else None
+            raise UnreadableWorkspace(_refusal(limit, limits), detail=str(exc)) from exc
         tree = await self.tree_of(ref)
         return Snapshot(tree, frozenset(files), tuple(notes))
-
-    def _import(
-        self, workspace: Path, listing: bytes, owner: tuple[int, int], ref: str
-    ) -> tuple[list[str], list[TreeNote]]:
-        with tempfile.TemporaryFile() as walk_err, tempfile.TemporaryFile() as import_err:
-            return self._run_import(workspace, listing, owner, ref, walk_err, import_err)
-
-    def _run_import(
-        self,
-        workspace: Path,
-        listing: bytes,
-        owner: tuple[int, int],
-        ref: str,
-        walk_err: IO[bytes],
-        import_err: IO[bytes],
-    ) -> tuple[list[str], list[TreeNote]]:
-        uid, gid = owner if owner[0] >= 0 else (os.geteuid(), os.getegid())
-        walker = subprocess.Popen(
-            [sys.executable, "-m", "sandboxes.treewalk", "walk", str(uid), str(gid),
-             str(workspace), self.algorithm],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=walk_err,
-            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}, cwd="/",
-        )  # fmt: skip
-        importer = subprocess.Popen(
-            ["git", "fast-import", "--quiet", "--done"],
-            cwd=self.path,
-            env=git_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=import_err,
-        )
-        assert walker.stdin and walker.stdout and importer.stdin
-        try:
-            with contextlib.suppress(BrokenPipeError):
-                walker.stdin.write(listing)
-            walker.stdin.close()
-            files, notes, lines = self._stream(FrameReader(walker.stdout.read), importer.stdin)
-            walker.stdout.close()
-            if walker.wait(timeout=WALK_TIMEOUT) != 0:
-                walk_err.seek(0)
-                why = walk_err.read(4000).decode("utf-8", "replace").strip()
-                raise WalkError(why or f"the tree walk exited {walker.returncode}")
-            out = importer.stdin
-            out.write(f"commit {ref}\n".encode())
-            out.write(b"committer Bosun <bosun@localhost> 0 +0000\ndata 9\nsnapshot\n")
-            out.write(b"deleteall\n")
-            out.write(b"".join(lines))
-            out.write(b"\ndone\n")
-            out.close()
-            if importer.wait(timeout=WALK_TIMEOUT) != 0:
-                import_err.seek(0)
-                errors = import_err.read().decode("utf-8", "replace").strip()
-                raise WalkError(f"git fast-import failed: {errors[-2000:]}")
-            return files, notes
-        finally:
-            for process in (walker, importer):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-                for pipe in (process.stdin, process.stdout):
-                    if pipe is not None:
-                        with contextlib.suppress(OSError):
-                            pipe.close()
-
-    @staticmethod
-    def _stream(
-        frames: FrameReader, out: IO[bytes]
-    ) -> tuple[list[str], list[TreeNote], list[bytes]]:
-        write = out.write
-        files: list[str] = []
-        notes: list[TreeNote] = []
-        lines: list[bytes] = []
-        mark = 0
-        for frame in frames:
-            if isinstance(frame, Note):
-                path = frame.path.decode("utf-8", "replace")
-                notes.append(TreeNote(NOTE_NAMES.get(frame.kind, "unknown"), path))
-                continue
-            if isinstance(frame, Entry):
-                ref = frame.oid.encode()
-            else:
-                assert isinstance(frame, Blob)
-                mark += 1
-                write(b"blob\nmark :%d\ndata %d\n" % (mark, frame.size))
-                for chunk in frames.content(frame):
-                    write(chunk)
-                write(b"\n")
-                ref = b":%d" % mark
-            lines.append(b"M " + frame.mode + b" " + ref + b" " + quote_path(frame.path) + b"\n")
-            if frame.mode in (MODE_FILE, MODE_EXEC):
-                files.append(frame.path.decode("utf-8", "surrogateescape"))
-        return files, notes, lines
 
     async def changes(
         self, base: str, snapshot: Snapshot, *, max_diff_bytes: int | None = None
@@ -292,3 +189,145 @@ def quote_path(path: bytes) -> bytes:
 
 
 __all__ = ["GitError", "ScratchRepo", "Snapshot", "quote_path"]
+
+
+def _refusal(limit: str | None, limits: WalkLimits) -> str:
+    """What the run may say about a tree it could not read (Bosun's words and numbers only,
+    never the agent's)."""
+    why = {
+        "new_files": f"it has more than {limits.max_new_files} new files",
+        "path": f"a path in it is longer than {limits.max_path_bytes} bytes",
+        "depth": f"its folders nest deeper than {limits.max_depth}",
+        "read_bytes": "it holds more bytes than the workspace limit allows to read",
+        "seconds": f"reading it took longer than {limits.seconds:.0f} s",
+        "gitignore": "a `.gitignore` pattern in it is too costly to match",
+    }.get(limit or "", "it is not a plain tree of files the host could read")
+    return (
+        f"the agent's work could not be read: {why}; nothing was pushed (the detail is in "
+        "the run's `error` artifact)"
+    )
+
+
+class _Import:
+    """One walk streamed into ``git fast-import``, in a thread; ``kill`` stops it from any
+    thread (a cancelled run, or the deadline's watchdog)."""
+
+    def __init__(
+        self,
+        repo: ScratchRepo,
+        workspace: Path,
+        listing: bytes,
+        owner: tuple[int, int],
+        ref: str,
+        limits: WalkLimits,
+    ) -> None:
+        self.repo, self.workspace, self.listing = repo, workspace, listing
+        self.owner, self.ref, self.limits = owner, ref, limits
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.killed = False
+        self._lock = threading.Lock()
+
+    def kill(self) -> None:
+        with self._lock:
+            self.killed = True
+            for process in self.processes:
+                if process.poll() is None:
+                    process.kill()
+
+    def _start(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self.killed:
+                raise WalkError("the walk was stopped")
+            process = subprocess.Popen(argv, **kw)
+            self.processes.append(process)
+            return process
+
+    def run(self) -> tuple[list[str], list[TreeNote]]:
+        with tempfile.TemporaryFile() as walk_err, tempfile.TemporaryFile() as import_err:
+            watchdog = threading.Timer(self.limits.seconds + 10, self.kill)
+            watchdog.start()
+            try:
+                return self._run(walk_err, import_err)
+            finally:
+                watchdog.cancel()
+                self.kill()
+                for process in self.processes:
+                    process.wait()
+                    for pipe in (process.stdin, process.stdout):
+                        if pipe is not None:
+                            with contextlib.suppress(OSError):
+                                pipe.close()
+
+    def _run(self, walk_err: IO[bytes], import_err: IO[bytes]) -> tuple[list[str], list[TreeNote]]:
+        uid, gid = self.owner
+        walker = self._start(
+            [sys.executable, "-m", "sandboxes.treewalk", "walk", str(uid), str(gid),
+             str(self.workspace), self.repo.algorithm, *self.limits.argv()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=walk_err,
+            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}, cwd="/",
+        )  # fmt: skip
+        importer = self._start(
+            ["git", "fast-import", "--quiet", "--done"],
+            cwd=self.repo.path,
+            env=git_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=import_err,
+        )
+        assert walker.stdin and walker.stdout and importer.stdin
+        with contextlib.suppress(BrokenPipeError):
+            walker.stdin.write(self.listing)
+        walker.stdin.close()
+        try:
+            files, notes, lines = _stream(FrameReader(walker.stdout.read), importer.stdin)
+        except FrameError:
+            if walker.wait() == 0:
+                raise
+            files, notes, lines = [], [], []  # the walker's own reason follows
+        if walker.wait() != 0:
+            walk_err.seek(0)
+            first, _, detail = walk_err.read(8000).decode("utf-8", "replace").partition("\n")
+            limit = first.removeprefix("limit:") if first.startswith("limit:") else None
+            why = detail.strip() or first or f"the tree walk exited {walker.returncode}"
+            if self.killed:
+                why = f"stopped (deadline {self.limits.seconds:.0f} s or cancelled): {why}"
+            raise WalkError(why, None if limit == "none" else limit)
+        out = importer.stdin
+        out.write(f"commit {self.ref}\n".encode())
+        out.write(b"committer Bosun <bosun@localhost> 0 +0000\ndata 9\nsnapshot\n")
+        out.write(b"deleteall\n")
+        out.write(b"".join(lines))
+        out.write(b"\ndone\n")
+        out.close()
+        if importer.wait() != 0:
+            import_err.seek(0)
+            errors = import_err.read().decode("utf-8", "replace").strip()
+            raise WalkError(f"git fast-import failed: {errors[-2000:]}")
+        return files, notes
+
+
+def _stream(frames: FrameReader, out: IO[bytes]) -> tuple[list[str], list[TreeNote], list[bytes]]:
+    write = out.write
+    files: list[str] = []
+    notes: list[TreeNote] = []
+    lines: list[bytes] = []
+    mark = 0
+    for frame in frames:
+        if isinstance(frame, Note):
+            path = frame.path.decode("utf-8", "replace")
+            notes.append(TreeNote(NOTES.get(frame.kind, "unknown"), path, frame.size))
+            continue
+        if isinstance(frame, Entry):
+            ref = frame.oid.encode()
+        else:
+            assert isinstance(frame, Blob)
+            mark += 1
+            write(b"blob\nmark :%d\ndata %d\n" % (mark, frame.size))
+            for chunk in frames.content(frame):
+                write(chunk)
+            write(b"\n")
+            ref = b":%d" % mark
+        lines.append(b"M " + frame.mode + b" " + ref + b" " + quote_path(frame.path) + b"\n")
+        if frame.mode in (MODE_FILE, MODE_EXEC):
+            files.append(frame.path.decode("utf-8", "surrogateescape"))
+    return files, notes, lines

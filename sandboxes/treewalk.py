@@ -28,42 +28,84 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import resource
+import signal
 import stat
-import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 
 import pathspec
+
+from sandboxes.treeframes import (
+    CHUNK,
+    NOTE_NESTED_GIT,
+    NOTE_OVERSIZED,
+    NOTE_SPECIAL,
+    NOTE_SUBMODULE,
+    blob_header,
+    entry_frame,
+    note_frame,
+)
 
 MODE_FILE = b"100644"
 MODE_EXEC = b"100755"
 MODE_LINK = b"120000"
 MODE_GITLINK = b"160000"
 MAX_GITIGNORE_BYTES = 1 << 20
-CHUNK = 1 << 20
-
-NOTE_NESTED_GIT = b"g"
-"""A ``.git`` entry below the top level (a nested repository) was left out."""
-NOTE_SUBMODULE = b"s"
-"""Something was written where the base tree has a submodule (gitlink)."""
-NOTE_SPECIAL = b"o"
-"""A FIFO, socket or device file was skipped (git records none)."""
+MATCH_SECONDS = 0.25
+"""Longest one ``.gitignore`` match may take (an agent's pattern can backtrack for ever)."""
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 
 
 class WalkError(Exception):
-    """The tree could not be read as a whole (it changed while read, or is unreadable)."""
+    """The tree could not be read as a whole. ``limit`` names a limit it broke (a fixed word,
+    never agent data): the worker turns it into a message it may publish."""
+
+    def __init__(self, detail: str, limit: str | None = None) -> None:
+        super().__init__(detail)
+        self.limit = limit
+
+
+class _Timeout(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class WalkLimits:
+    """What reading one tree may cost the host."""
+
+    max_file_bytes: int = 5_000_000
+    """A new or changed file larger than this is noted and never read."""
+    max_read_bytes: int = 2 << 30
+    """Bytes read beyond what the base tree's files hold (hard links count each time)."""
+    max_new_files: int = 10_000
+    """Paths the base tree does not have (ignored ones excepted)."""
+    max_path_bytes: int = 4096
+    max_depth: int = 200
+    seconds: float = 300.0
+    """The whole walk."""
+
+    def argv(self) -> list[str]:
+        return [str(self.max_file_bytes), str(self.max_read_bytes), str(self.max_new_files),
+                str(self.max_path_bytes), str(self.max_depth), str(self.seconds)]  # fmt: skip
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> WalkLimits:
+        file_bytes, read_bytes, new_files, path_bytes, depth = (int(a) for a in argv[:5])
+        return cls(file_bytes, read_bytes, new_files, path_bytes, depth, float(argv[5]))
 
 
 @dataclass(frozen=True, slots=True)
 class BaseEntry:
     mode: bytes
     oid: str
+    size: int = -1
+    """Bytes of the blob (-1 for a submodule)."""
 
 
 @dataclass
@@ -75,17 +117,21 @@ class BaseTree:
     """Every folder holding a tracked path (so an ignored folder still yields its tracked
     files, as in git)."""
     oids: set[str] = field(default_factory=set)
+    total_bytes: int = 0
 
     @classmethod
     def parse(cls, listing: bytes) -> BaseTree:
+        """From ``git ls-tree -r -z -l --full-tree`` (with sizes)."""
         tree = cls()
         for record in listing.split(b"\0"):
             if not record:
                 continue
             meta, _, path = record.partition(b"\t")
-            mode, _kind, oid = meta.split(b" ")
-            tree.entries[path] = BaseEntry(mode, oid.decode())
+            mode, _kind, oid, size = meta.split()
+            blob_size = int(size) if size != b"-" else -1
+            tree.entries[path] = BaseEntry(mode, oid.decode(), blob_size)
             tree.oids.add(oid.decode())
+            tree.total_bytes += max(blob_size, 0)
             parts = path.split(b"/")
             for depth in range(1, len(parts)):
                 tree.dirs.add(b"/".join(parts[:depth]))
@@ -117,31 +163,48 @@ class _Ignores:
         self.stack: list[tuple[str, pathspec.GitIgnoreSpec]] = []
 
     def ignored(self, path: str, is_dir: bool) -> bool:
+        if not self.stack:
+            return False
         probe = path + "/" if is_dir else path
-        for prefix, spec in reversed(self.stack):
-            verdict = spec.check_file(probe[len(prefix) :]).include
-            if verdict is not None:
-                return verdict
-        return False
+        signal.setitimer(signal.ITIMER_REAL, MATCH_SECONDS)
+        try:
+            for prefix, spec in reversed(self.stack):
+                verdict = spec.check_file(probe[len(prefix) :]).include
+                if verdict is not None:
+                    return verdict
+            return False
+        except _Timeout:
+            raise WalkError("a .gitignore pattern took too long to match", "gitignore") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 class Walker:
     """Walks ``root`` (already opened) and yields frames; see the module docstring."""
 
-    def __init__(self, root_fd: int, base: BaseTree, algorithm: str) -> None:
+    def __init__(
+        self, root_fd: int, base: BaseTree, algorithm: str, limits: WalkLimits | None = None
+    ) -> None:
         self.root_fd = root_fd
         self.base = base
         self.algorithm = algorithm
+        self.limits = limits or WalkLimits()
         self.ignores = _Ignores()
         self.seen_gitlinks: set[bytes] = set()
+        self.new_files = 0
+        self.read_budget = base.total_bytes + self.limits.max_read_bytes
 
     def frames(self) -> Iterator[bytes]:
         yield from self._folder(self.root_fd, "", only_tracked=False)
         for path, entry in sorted(self.base.entries.items()):
             if entry.mode == MODE_GITLINK and path not in self.seen_gitlinks:
-                yield _entry(entry.mode, entry.oid, path)  # an uninitialised submodule's folder
+                yield entry_frame(
+                    entry.mode, entry.oid, path
+                )  # an uninitialised submodule's folder
 
     def _folder(self, fd: int, rel: str, *, only_tracked: bool) -> Iterator[bytes]:
+        if rel.count("/") > self.limits.max_depth:
+            raise WalkError(f"folders nest deeper than {self.limits.max_depth}", "depth")
         names = sorted(os.listdir(fd))
         pushed = False
         if ".gitignore" in names:
@@ -154,7 +217,7 @@ class Walker:
                 if not is_dot_git(name):
                     yield from self._entry(fd, rel, name, only_tracked=only_tracked)
                 elif rel:  # a nested repository's metadata; the top one is the agent's own
-                    yield _note(NOTE_NESTED_GIT, os.fsencode(rel + name))
+                    yield note_frame(NOTE_NESTED_GIT, os.fsencode(rel + name))
         finally:
             if pushed:
                 self.ignores.stack.pop()
@@ -162,13 +225,15 @@ class Walker:
     def _entry(self, fd: int, rel: str, name: str, *, only_tracked: bool) -> Iterator[bytes]:
         path = rel + name
         key = os.fsencode(path)
+        if len(key) > self.limits.max_path_bytes:
+            raise WalkError(f"a path is longer than {self.limits.max_path_bytes} bytes", "path")
         info = os.stat(name, dir_fd=fd, follow_symlinks=False)
         base = self.base.entries.get(key)
         if base is not None and base.mode == MODE_GITLINK:
             self.seen_gitlinks.add(key)
             if not (stat.S_ISDIR(info.st_mode) and self._empty(fd, name)):
-                yield _note(NOTE_SUBMODULE, key)
-            yield _entry(base.mode, base.oid, key)  # the submodule stays as the base has it
+                yield note_frame(NOTE_SUBMODULE, key)
+            yield entry_frame(base.mode, base.oid, key)  # the submodule stays as the base has it
             return
         if stat.S_ISDIR(info.st_mode):
             tracked_below = key in self.base.dirs
@@ -185,6 +250,19 @@ class Walker:
         tracked = base is not None
         if not tracked and (only_tracked or self.ignores.ignored(path, is_dir=False)):
             return
+        if not tracked:
+            self.new_files += 1
+            if self.new_files > self.limits.max_new_files:
+                raise WalkError(f"more than {self.limits.max_new_files} new files", "new_files")
+        if (
+            stat.S_ISREG(info.st_mode)
+            and info.st_size > self.limits.max_file_bytes
+            and not (base is not None and base.size == info.st_size)
+        ):
+            yield note_frame(NOTE_OVERSIZED, key, info.st_size)  # never read
+            if base is not None:
+                yield entry_frame(base.mode, base.oid, key)
+            return
         if stat.S_ISLNK(info.st_mode):
             target = os.fsencode(os.readlink(name, dir_fd=fd))
             yield from self._content(MODE_LINK, key, base, len(target), lambda: iter([target]))
@@ -198,7 +276,7 @@ class Walker:
             finally:
                 os.close(handle)
         else:
-            yield _note(NOTE_SPECIAL, key)
+            yield note_frame(NOTE_SPECIAL, key)
 
     def _content(
         self,
@@ -208,11 +286,14 @@ class Walker:
         size: int,
         read: Callable[[], Iterator[bytes]],
     ) -> Iterator[bytes]:
+        self.read_budget -= size
+        if self.read_budget < 0:
+            raise WalkError("the tree holds more bytes than the host reads", "read_bytes")
         oid = blob_oid(self.algorithm, size, read())
         if oid in self.base.oids:
-            yield _entry(mode, oid, key)
+            yield entry_frame(mode, oid, key)
             return
-        yield b"B" + mode + _U64.pack(size) + _U32.pack(len(key)) + key
+        yield blob_header(mode, size, key)
         digest = hashlib.new(self.algorithm)
         digest.update(b"blob %d\0" % size)
         for chunk in read():
@@ -262,89 +343,6 @@ def _chunks(fd: int, size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _entry(mode: bytes, oid: str, key: bytes) -> bytes:
-    raw = oid.encode()
-    return b"E" + mode + _U32.pack(len(raw)) + raw + _U32.pack(len(key)) + key
-
-
-def _note(kind: bytes, key: bytes) -> bytes:
-    return b"N" + kind + _U32.pack(len(key)) + key
-
-
-# -- the reading side (the host process) ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    mode: bytes
-    path: bytes
-    oid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Blob:
-    mode: bytes
-    path: bytes
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    kind: bytes
-    path: bytes
-
-
-class FrameReader:
-    """Parses the walker's frames from a binary stream (the child's stdout)."""
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-
-    def exactly(self, size: int) -> bytes:
-        parts: list[bytes] = []
-        left = size
-        while left > 0:
-            chunk = self._read(min(left, CHUNK))
-            if not chunk:
-                raise WalkError("the tree walk ended early")
-            parts.append(chunk)
-            left -= len(chunk)
-        return b"".join(parts)
-
-    def __iter__(self) -> Iterator[Entry | Blob | Note]:
-        while True:
-            kind = self._read(1)
-            if not kind:
-                return
-            if kind == b"E":
-                mode = self.exactly(6)
-                oid = self._field().decode()
-                yield Entry(mode, self._field(), oid)
-            elif kind == b"B":
-                mode = self.exactly(6)
-                size = _U64.unpack(self.exactly(8))[0]
-                yield Blob(mode, self._field(), size)
-            elif kind == b"N":
-                note = self.exactly(1)
-                yield Note(note, self._field())
-            else:
-                raise WalkError(f"unexpected frame {kind!r} from the tree walk")
-
-    def _field(self) -> bytes:
-        (length,) = _U32.unpack(self.exactly(4))
-        return self.exactly(length)
-
-    def content(self, blob: Blob) -> Iterator[bytes]:
-        """The bytes that follow ``blob`` (must be consumed before the next frame)."""
-        left = blob.size
-        while left > 0:
-            chunk = self._read(min(left, CHUNK))
-            if not chunk:
-                raise WalkError("the tree walk ended early")
-            left -= len(chunk)
-            yield chunk
-
-
 # -- the child process ------------------------------------------------------------------------
 
 
@@ -388,46 +386,70 @@ def clear_capabilities() -> None:
         raise WalkError("capabilities could not be dropped: " + " ".join(held))
 
 
-def remove_contents(fd: int) -> None:
-    """Delete everything inside the folder open as ``fd``, never following a symlink (the
-    owner's clean-up of its workspace)."""
-    for name in os.listdir(fd):
+def remove_contents(top: int) -> None:
+    """Delete everything inside the folder open as ``top``, never following a symlink (the
+    owner's clean-up of its workspace). Iterative: one descriptor per level of the current
+    path, so any depth is removed."""
+    stack: list[tuple[int, Iterator[str], str]] = [(top, iter(os.listdir(top)), "")]
+    while stack:
+        fd, names, _ = stack[-1]
+        name = next(names, None)
+        if name is None:
+            _, _, own = stack.pop()
+            if stack:
+                os.close(fd)
+                os.rmdir(own, dir_fd=stack[-1][0])
+            continue
         info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        if stat.S_ISDIR(info.st_mode):
-            if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:  # as the owner: confined by uid
-                os.chmod(name, stat.S_IRWXU, dir_fd=fd)
-            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            try:
-                _same(child, info)
-                remove_contents(child)
-            finally:
-                os.close(child)
-            os.rmdir(name, dir_fd=fd)
-        else:
+        if not stat.S_ISDIR(info.st_mode):
             os.unlink(name, dir_fd=fd)
+            continue
+        if info.st_mode & stat.S_IRWXU != stat.S_IRWXU:  # as the owner: confined by uid
+            os.chmod(name, stat.S_IRWXU, dir_fd=fd)
+        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            _same(child, info)
+            stack.append((child, iter(os.listdir(child)), name))
+        except BaseException:
+            os.close(child)
+            raise
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise _Timeout
 
 
 def main(argv: list[str]) -> int:
-    """``python -m sandboxes.treewalk walk|remove UID GID PATH [sha1|sha256]``: the base tree's
-    ``ls-tree -r -z`` listing on stdin (walk), frames on stdout, a one-line reason on stderr."""
+    """``python -m sandboxes.treewalk walk UID GID PATH ALGORITHM LIMITS…`` (the base tree's
+    ``ls-tree -r -z -l`` listing on stdin, frames on stdout) or ``remove UID GID PATH``. On
+    failure, stderr's first line is ``limit:<name>`` when a limit was broken, then the detail."""
     try:
         command, uid, gid, root = argv[0], int(argv[1]), int(argv[2]), argv[3]
-        algorithm = argv[4] if len(argv) > 4 else "sha1"
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a descriptor per level
         listing = sys.stdin.buffer.read() if command == "walk" else b""
         drop_privileges(uid, gid)
         if command == "remove":
             os.chmod(root, stat.S_IRWXU)  # the agent may have locked its own top folder
-        fd = os.open(root, _DIR_FLAGS)
-        if command == "remove":
-            remove_contents(fd)
+            remove_contents(os.open(root, _DIR_FLAGS))
             return 0
+        algorithm = argv[4]
+        limits = WalkLimits.parse(argv[5:])
+        signal.signal(signal.SIGALRM, _on_alarm)
+        walker = Walker(os.open(root, _DIR_FLAGS), BaseTree.parse(listing), algorithm, limits)
         out = sys.stdout.buffer
-        for frame in Walker(fd, BaseTree.parse(listing), algorithm).frames():
+        deadline = time.monotonic() + limits.seconds
+        for frame in walker.frames():
+            if time.monotonic() > deadline:
+                raise WalkError(f"reading took longer than {limits.seconds:.0f} s", "seconds")
             out.write(frame)
         out.flush()
         return 0
-    except (OSError, WalkError, ValueError, IndexError, RecursionError) as exc:
-        sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+    except WalkError as exc:
+        sys.stderr.write(f"limit:{exc.limit or 'none'}\nWalkError: {exc}\n")
+        return 1
+    except (OSError, ValueError, IndexError, RecursionError, _Timeout) as exc:
+        sys.stderr.write(f"limit:none\n{type(exc).__name__}: {exc}\n")
         return 1
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +29,7 @@ from sandboxes.errors import GitError, WorkspaceError
 from sandboxes.git import GitIdentity, GitResult, run_git, strip_credentials
 from sandboxes.mirror import MirrorCache
 from sandboxes.scratch import ScratchRepo, Snapshot
+from sandboxes.treewalk import WalkLimits
 from sandboxes.userns import chown_tree
 
 log = structlog.get_logger(__name__)
@@ -53,9 +54,9 @@ class Workspace:
     """Host ``(uid, gid)`` owning the tree, ``None`` to leave ownership alone."""
     scratch: ScratchRepo
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, limits: WalkLimits | None = None) -> Snapshot:
         """The work tree as it is now, read as data into the scratch repository."""
-        return await self.scratch.snapshot(self.path, self.start_sha, self.owner)
+        return await self.scratch.snapshot(self.path, self.start_sha, self.owner, limits)
 
     async def changed(self) -> bool:
         """Whether the work tree differs from the commit the run started from."""
@@ -63,12 +64,16 @@ class Workspace:
         return snapshot.tree != await self.scratch.tree_of(self.start_sha)
 
     async def changes(
-        self, against: str | None = None, *, max_diff_bytes: int | None = None
+        self,
+        against: str | None = None,
+        *,
+        max_diff_bytes: int | None = None,
+        limits: WalkLimits | None = None,
     ) -> Changes:
         """Everything the work tree (tracked and untracked files, ``.gitignore`` honoured)
         changes relative to ``against`` (default: ``base_sha``); see ``diff_changes`` for
         ``max_diff_bytes``. ``Changes.tree`` is what ``commit`` records."""
-        snapshot = await self.snapshot()
+        snapshot = await self.snapshot(limits)
         return await self.scratch.changes(
             against or self.base_sha, snapshot, max_diff_bytes=max_diff_bytes
         )
@@ -176,7 +181,7 @@ class WorkspaceManager:
             await remove_as_owner(run_dir / "workspace")
         except WorkspaceError as exc:  # left: what the owner cannot delete, so not the agent's
             log.warning("workspace_owner_cleanup_incomplete", error=str(exc))
-        await asyncio.to_thread(_rmtree, run_dir)  # symlink-safe (fd-based) for the rest
+        await asyncio.to_thread(_rmtree, run_dir)  # what is left: never through a link
 
 
 async def remove_as_owner(path: Path) -> None:
@@ -225,12 +230,17 @@ class _Git:
 
 
 def _rmtree(path: Path) -> None:
-    if not path.exists():
+    """Remove ``path`` as the worker: GNU ``rm -rf`` never follows a symlink, opens nothing
+    it removes, and handles any depth (Python's ``shutil.rmtree`` recurses, and opens folders
+    without ``O_NOFOLLOW``)."""
+    if not os.path.lexists(path):
         return
-    try:
-        shutil.rmtree(path)
-    except PermissionError as exc:
+    done = subprocess.run(
+        ["rm", "-rf", "--one-file-system", "--", str(path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
         raise WorkspaceError(
-            f"cannot delete {path}: {exc}; files there belong to the sandbox's remapped uid, so "
-            "the worker needs root (or CAP_DAC_OVERRIDE) to clean up"
-        ) from exc
+            f"cannot delete {path}: {done.stderr.strip()[-500:]}; files there belong to the "
+            "sandbox's remapped uid, so the worker needs root (or CAP_DAC_OVERRIDE) to clean up"
+        )

@@ -40,10 +40,9 @@ WORKSPACE_LIMIT = 16 << 20
 """The module's ``sandbox.workspace_limit_bytes``: room for every agent here but the floods."""
 MAX_FILE_BYTES = 5_000_000  # limits.max_file_bytes, default
 MAX_DIFF_LINES = 5000  # limits.max_diff_lines, default
-UNREADABLE = (
-    "the agent's work could not be read as a plain tree of files; nothing was pushed "
-    "(the detail is in the run's `error` artifact)"
-)
+UNREADABLE = "the agent's work could not be read: "
+"""How a run refused for what the host cannot read begins (the rest says which limit, in
+Bosun's words, never the agent's)."""
 
 
 @dataclass
@@ -301,17 +300,10 @@ def test_a_file_name_cannot_add_lines_to_the_pr_body(attacker: Attacker) -> None
 # -- the host's resources -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the owner's clean-up (sandboxes/treewalk.py remove_contents) and then the worker's "
-    "(sandboxes/workspace.py _rmtree: shutil.rmtree, recursive on Python 3.11) recurse once per "
-    "folder level; 1,500 nested folders raise RecursionError in both, WorkspaceManager.cleanup "
-    "gives up silently and the run's folder (here with 4 MiB of ballast) stays on the host for "
-    "good: every run can leave up to sandbox.workspace_limit_bytes behind",
-)
 def test_deep_nesting_is_cleaned_up(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-deep-nesting")
-    assert run["state"] == "failed" and run["reason"] == UNREADABLE, run
+    assert run["state"] == "failed" and run["reason"].startswith(UNREADABLE), run
+    assert "nest deeper than" in run["reason"], run
     runs_dir = attacker.stack.settings.sandbox.workdir / "runs" / run["id"]
     deadline = time.monotonic() + 8
     while runs_dir.exists() and time.monotonic() < deadline:
@@ -319,14 +311,6 @@ def test_deep_nesting_is_cleaned_up(attacker: Attacker) -> None:
     assert not runs_dir.exists(), f"{runs_dir} was left on the host"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/treewalk.py hashes and streams every byte of every name before any size "
-    "limit is looked at, and sandboxes/scratch.py's WALK_TIMEOUT only bounds the wait after the "
-    "stream: a 1 TiB sparse file (0 blocks, so the quota sees nothing) with 4 hard links keeps a "
-    "worker thread and a host CPU busy for hours while the run shows 'gates' with a live "
-    "heartbeat; /cancel ends the run but leaves the walk (and the thread) running",
-)
 def test_a_sparse_file_is_refused_without_being_read(attacker: Attacker) -> None:
     ended, left = _stalled_read(attacker, "atk-sparse", 8)
     assert ended and not left, (
@@ -334,14 +318,6 @@ def test_a_sparse_file_is_refused_without_being_read(attacker: Attacker) -> None
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/treewalk.py checks every untracked name against the agent's .gitignore "
-    "through pathspec's regular expressions, which backtrack exponentially on '*a*a…*b' against "
-    "a long name: the walk never ends (no deadline on the stream), the worker thread waits "
-    "forever and the run stays in 'gates' with its heartbeat alive; /cancel ends the run but "
-    "leaves the walk (and the thread) running",
-)
 def test_a_hostile_gitignore_cannot_stall_the_walk(attacker: Attacker) -> None:
     ended, left = _stalled_read(attacker, "atk-redos", 8)
     assert ended and not left, (
@@ -349,12 +325,6 @@ def test_a_hostile_gitignore_cannot_stall_the_walk(attacker: Attacker) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/quota.py counts allocated blocks only: 70,000 empty files use 70,000 "
-    "host inodes and ~3 MB of folder blocks, under the 16 MiB limit; at the 2 GB default an "
-    "agent can take tens of millions of inodes (this host's / has 16.7 million)",
-)
 def test_empty_files_count_against_the_workspace_limit(attacker: Attacker) -> None:
     run = attacker.run_of(attacker.sec.start("atk-empty-files"))
     attacker.stack.wait_for(
@@ -366,14 +336,6 @@ def test_empty_files_count_against_the_workspace_limit(attacker: Attacker) -> No
     assert ended["reason"].startswith("the workspace grew past"), ended["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/quota.py disk_usage keeps one open descriptor per folder level in the "
-    "worker process and skips ('continue') a folder it cannot open: with the soft "
-    "RLIMIT_NOFILE of 1024 that the documented systemd unit leaves in place, 48 MiB written "
-    "1,500 levels down are never measured and the 16 MiB workspace limit never fires (any "
-    "amount fits there); meanwhile each measurement takes every free descriptor of the worker",
-)
 def test_the_workspace_limit_sees_deep_folders(attacker: Attacker) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 1024), hard))  # systemd's default
@@ -453,15 +415,6 @@ def test_gateway_request_bodies_are_bounded(attacker: Attacker) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the host holds every full path several times while it reads and judges the tree "
-    "(sandboxes/scratch.py _stream keeps every fast-import line and file name; "
-    "sandboxes/changes.py reads three diff-tree listings whole; jobs/run_publish.py stores "
-    "'diff-stats' and the manifest lists every path) before limits.max_files_changed is looked "
-    "at: 500 empty files 300 levels of 255-byte names down (~1.6 MB on disk) cost the worker "
-    "~335 MiB of memory and ~73 MiB of artifacts, plus a 77 MB patch file; it scales linearly",
-)
 def test_long_paths_cost_the_host_no_more_than_the_workspace(attacker: Attacker) -> None:
     grown, run = _peak_while_running(attacker, "atk-long-paths", _rss)
     stored = sum(p.stat().st_size for p in attacker.stack.artifacts(run["id"]).values())
@@ -475,7 +428,7 @@ def test_a_locked_work_tree_fails_clearly_and_is_cleaned_up(attacker: Attacker) 
     """``chmod 000`` on the workspace and inside it: the walk (as the owner) cannot open it,
     the run fails with the fixed message, and the owner's clean-up unlocks and removes it."""
     run = attacker.sec.probe("atk-locked-tree")
-    assert run["state"] == "failed" and run["reason"] == UNREADABLE, run
+    assert run["state"] == "failed" and run["reason"].startswith(UNREADABLE), run
     attacker.sec.settled(run["id"])
     assert run["branch"] not in attacker.sec.branches()
 

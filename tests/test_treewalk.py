@@ -52,6 +52,11 @@ def root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def subdir(root: Path, name: str) -> Path:
+    (root / name).mkdir()
+    return root / name
+
+
 def make_remote(root: Path, files: dict[str, str], extra: list[list[str]] | None = None) -> Path:
     remote = root / "remote.git"
     dev = root / "dev"
@@ -268,3 +273,49 @@ def test_names_git_takes_for_dot_git() -> None:
 def test_paths_are_quoted_for_fast_import() -> None:
     assert quote_path(b"plain/path.txt") == b'"plain/path.txt"'
     assert quote_path(b'a"b\\c\nd\xe9') == b'"a\\"b\\\\c\\012d\\351"'
+
+
+async def test_limits_bound_what_reading_costs_the_host(root: Path) -> None:
+    """A file over the size limit is noted and never read (a 1 TiB sparse file costs
+    nothing); too many new files, too deep a tree or too long a path end the read with a
+    reason in Bosun's words; a `.gitignore` that backtracks for ever is cut off."""
+    from sandboxes.treewalk import WalkLimits
+
+    ws = await workspace(root, make_remote(root, BASE))
+    with (ws.path / "huge.bin").open("wb") as handle:
+        handle.truncate(1 << 40)
+    (ws.path / "small.txt").write_text("ok\n")
+    as_agent(ws.path)
+    changes = await ws.changes(limits=WalkLimits(max_file_bytes=1000))
+    assert [c.path for c in changes.files] == ["small.txt"]
+    assert [(n.kind, n.path, n.size) for n in changes.notes] == [("oversized", "huge.bin", 1 << 40)]
+
+    many = await workspace(root, make_remote(subdir(root, "m"), BASE), "run-many")
+    for index in range(30):
+        (many.path / f"f{index}").write_text("x")
+    as_agent(many.path)
+    with pytest.raises(UnreadableWorkspace) as failure:
+        await many.changes(limits=WalkLimits(max_new_files=20))
+    assert "more than 20 new files" in str(failure.value)
+
+    deep = await workspace(root, make_remote(subdir(root, "d"), BASE), "run-deep")
+    folder = deep.path
+    for _ in range(12):
+        folder = folder / "d"
+    folder.mkdir(parents=True)
+    (folder / "leaf.txt").write_text("x")
+    as_agent(deep.path)
+    with pytest.raises(UnreadableWorkspace) as failure:
+        await deep.changes(limits=WalkLimits(max_depth=10))
+    assert "deeper than 10" in str(failure.value)
+    with pytest.raises(UnreadableWorkspace) as failure:
+        await deep.changes(limits=WalkLimits(max_path_bytes=20))
+    assert "longer than 20 bytes" in str(failure.value)
+
+    hostile = await workspace(root, make_remote(subdir(root, "h"), BASE), "run-regex")
+    (hostile.path / ".gitignore").write_text("*a" * 14 + "*b\n")
+    (hostile.path / ("a" * 120)).write_text("x")
+    as_agent(hostile.path)
+    with pytest.raises(UnreadableWorkspace) as failure:
+        await hostile.changes()
+    assert "too costly to match" in str(failure.value)
