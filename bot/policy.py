@@ -121,8 +121,8 @@ def check_diff(
 
     With ``diff_text`` (the unified diff), added lines are also scanned for credentials, and
     so is what ``binaries`` add, but only when the diff is within the size limits
-    (``diff_bytes`` is the unified diff's size): an oversized diff is refused without being
-    read.
+    (``diff_bytes`` is what the scan reads: the unified diff and the binary files' content):
+    an oversized diff is refused without being read.
     """
     violations = _path_violations(changed, config, protected)
     files = len(changed)

@@ -1,5 +1,10 @@
 """What Bosun shows on GitHub, rendered purely from a ``RunView`` (SPEC §3.3): the check run's
-output, the one status comment (found again by its hidden marker), and the PR body."""
+output, the one status comment (found again by its hidden marker), and the PR body.
+
+What the agent chose is shown, never rendered (``bot.display``): file names through
+``shown``, the transcript excerpt and the plan in a ``fence`` no line of theirs can close, and
+reasons and phase notes (Bosun's sentences, whose agent-derived parts their authors passed
+through ``shown``) kept on their line by ``one_line``."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bot.db.models import RunState
+from bot.display import fence, one_line, shown
 
 MAX_TEXT = 65_535
 STATUS_MARKER = "<!-- bosun:status -->"
@@ -76,7 +82,7 @@ def _phase_table(view: RunView) -> str:
     rows = ["| Phase | State | Notes |", "|---|---|---|"]
     for name in phase_names(view):
         state, note = view.phases.get(name, ("pending", ""))
-        cell = note.replace("|", "\\|")
+        cell = one_line(note).replace("|", "\\|")
         rows.append(f"| {name} | {_ICONS[state]} {state} | {cell} |")
     return "\n".join(rows)
 
@@ -137,7 +143,7 @@ def check_run_fields(
         _phase_table(view),
     ]
     if view.reason:
-        summary += ["", f"**{view.reason}**"]
+        summary += ["", f"**{one_line(view.reason)}**"]
     if view.waiting and view.state is RunState.QUEUED:
         summary += ["", f"⏳ {view.waiting}; it starts when its turn comes."]
     if view.dashboard_url:
@@ -173,7 +179,7 @@ def status_comment(view: RunView) -> str:
     if view.pr_number:
         lines.append(f"Pull request: #{view.pr_number} (branch `{view.branch}`)")
     if view.reason:
-        lines.append(f"> {view.reason}")
+        lines.append(f"> {one_line(view.reason)}")
     lines += ["", _phase_table(view)]
     if view.gates:
         lines += ["", _gates_table(view)]
@@ -199,10 +205,10 @@ def pr_body(view: RunView) -> str:
     ]
     for path, status, added, removed in view.file_stats[:100]:
         stats = "binary" if added is None else f"+{added} -{removed}"
-        lines.append(f"- `{path}` ({status}, {stats})")
+        lines.append(f"- {shown(path, code=True)} ({status}, {stats})")
     if view.plan:
         lines += ["", "<details><summary>The plan the agent followed</summary>", ""]
-        lines += [view.plan[:20_000], "", "</details>"]
+        lines += [*fence(view.plan[:20_000], "markdown"), "", "</details>"]
     lines += ["", "## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
     if view.dashboard_url:
         lines += ["", f"[Run in the dashboard]({view.dashboard_url})"]
@@ -212,9 +218,7 @@ def pr_body(view: RunView) -> str:
             "",
             "<details><summary>Transcript excerpt</summary>",
             "",
-            "~~~~text",
-            excerpt.replace("~~~~", "~~~"),
-            "~~~~",
+            *fence(excerpt),
             "</details>",
         ]
     lines += ["", STATUS_MARKER.replace("status", f"pr run={view.run_id}")]

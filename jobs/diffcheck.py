@@ -101,7 +101,9 @@ async def evaluate_diff(changes: Changes, config: RepoConfig) -> DiffVerdict:
     for violation in result.violations[:20]:
         where = shown(violation.path) if violation.path else ""
         lines.append(
-            f"{where} ({violation.rule}): {violation.message}" if where else violation.message
+            f"{where} ({violation.rule}): {violation.message}"
+            if where
+            else f"{violation.message} ({violation.rule})"
         )
     more = f" (+{len(decisions) - 20} more)" if len(decisions) > 20 else ""
     return DiffVerdict(False, "; ".join(lines) + more, decisions + allowed)

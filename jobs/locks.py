@@ -21,6 +21,7 @@ from sqlalchemy import delete, select, update
 
 from bot.db.engine import SessionFactory
 from bot.db.models import Repository, ScopeLock
+from bot.display import shown
 
 MAX_FOCUS_PATHS = 20
 _FOCUS_LINE = re.compile(r"^\s*focus\s*:\s*(?P<paths>.+?)\s*$", re.IGNORECASE)
@@ -117,8 +118,8 @@ class LockConflict:
     holder: str
 
     def describe(self) -> str:
-        shown = ", ".join(f"`{p}`" for p in self.paths[:5])
-        return f"run `{self.run_id}` holds overlapping focus paths ({shown})"
+        paths = ", ".join(shown(p, limit=120, code=True) for p in self.paths[:5])
+        return f"run `{self.run_id}` holds overlapping focus paths ({paths})"
 
 
 def _now() -> datetime:

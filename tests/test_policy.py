@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from bot.policy import ChangedFile, check_diff, matches, scan_secrets
-from bot.repoconfig import RepoConfig, parse_repo_config
+from bot.policy import (
+    AddedBinary,
+    ChangedFile,
+    DiffOutOfStep,
+    check_diff,
+    matches,
+    protected_folders,
+    scan_binary,
+    scan_secrets,
+)
+from bot.repoconfig import PROTECTED_PATHS, RepoConfig, parse_repo_config
 
 DEFAULT = RepoConfig()
 
@@ -283,3 +292,70 @@ def test_check_diff_reports_secrets_as_violations() -> None:
     ]
     assert "line 1 adds what looks like a GitHub token" in result.violations[0].message
     assert GH not in result.as_markdown()
+
+
+# --- what the scanner reads exactly as git writes it ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "breaker", ["\x0c", "\r", "\x0b", "\x1c", "\x1d", "\x1e", "\x85", "\u2028"]
+)
+def test_characters_python_splits_at_do_not_hide_later_lines(breaker: str) -> None:
+    """A form feed (or any other character ``str.splitlines`` breaks at and git does not) in
+    an added line used to count twice against the hunk, which then "ended" early: the token
+    on a later line was never scanned."""
+    lines = [f"OPTION_{i} = {i}{breaker}" for i in range(4)] + [f'GITHUB_TOKEN = "{GH}"']
+    findings = scan_secrets(diff("src/settings.py", *lines))
+    assert [(f.kind, f.path, f.line) for f in findings] == [("github_token", "src/settings.py", 5)]
+
+
+def test_a_diff_that_does_not_add_up_to_its_hunks_is_refused() -> None:
+    fine = diff("a.py", "x = 1", "y = 2")
+    short = fine.replace("+1,2 @@", "+1,1 @@")  # the second added line is beyond its hunk
+    long = fine.replace("+1,2 @@", "+1,3 @@")  # the diff ends inside the hunk
+    stray = fine + "+extra line between files\n"
+    for text in (short, long, stray):
+        with pytest.raises(DiffOutOfStep):
+            scan_secrets(text)
+        result = check_diff(changed("a.py", added=2), DEFAULT, diff_text=text)
+        assert [(v.rule, v.path) for v in result.violations] == [("secrets.unscanned", "a.py")]
+        assert "could not be scanned for secrets" in result.violations[0].message
+    assert check_diff(changed("a.py", added=2), DEFAULT, diff_text=fine).ok
+
+
+def test_a_quoted_header_names_the_exact_path() -> None:
+    text = diff("x", f'TOKEN = "{GH}"').replace("+++ b/x", '+++ "b/dir/x\\376\\t\\"y\\""')
+    (finding,) = scan_secrets(text)
+    assert finding.path == 'dir/x\udcfe\t"y"'  # the bytes git quoted, not the quoting
+
+
+def test_what_a_binary_file_adds_is_scanned() -> None:
+    """A NUL byte makes git print "Binary files differ" instead of lines."""
+    new = b'{"github_token": "' + GH.encode() + b'"}\n\0\x89PNG\n'
+    (finding,) = scan_binary("deploy.json", new)
+    assert (finding.kind, finding.path, finding.line) == ("github_token", "deploy.json", 1)
+    assert GH not in finding.redacted
+    # what the file already held before the change is not the agent's addition
+    assert scan_binary("deploy.json", new + b"more\0", old=new) == []
+    binary = AddedBinary("deploy.json", new)
+    result = check_diff(
+        [ChangedFile("deploy.json", "added", binary=True, size=len(new))], DEFAULT,
+        binaries=[binary],
+    )  # fmt: skip
+    assert [(v.rule, v.path) for v in result.violations] == [
+        ("secrets.github_token", "deploy.json")
+    ]
+
+
+@pytest.mark.parametrize("path", [".github/workflows", ".github"])
+def test_the_folders_of_protected_paths_are_protected_themselves(path: str) -> None:
+    """``.github/workflows`` (or ``.github``) made a link to a folder of workflows elsewhere:
+    no path under ``.github/workflows/`` is in the diff, but the workflows changed."""
+    link = ChangedFile(path, "added", added=1)
+    result = check_diff([link], parse_repo_config("paths:\n  allow: ['**']\n"))
+    assert [(v.rule, v.path) for v in result.violations] == [("paths.protected", path)]
+    assert check_diff([link], parse_repo_config("paths:\n  deny: []\n"), protected=()).ok
+    assert check_diff(changed(".github/dependabot.yml", ".githubx", "ci/workflows"), DEFAULT).ok
+    assert protected_folders(PROTECTED_PATHS) == {
+        ".github", ".github/workflows", ".github/bosun.yml"
+    }  # fmt: skip

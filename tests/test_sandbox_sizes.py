@@ -5,6 +5,7 @@ of a large allowed diff runs off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import time
@@ -127,3 +128,61 @@ async def test_scanning_a_large_allowed_diff_leaves_the_event_loop_free(root: Pa
     assert took > 0.5, "the scan was too quick to show anything; make the diff larger"
     assert len(gaps) > took / 0.1  # the loop kept turning while the scan ran
     assert max(gaps) < 0.25, max(gaps)
+
+
+async def test_names_that_differ_in_a_byte_that_is_not_utf8_keep_their_own_counts(
+    root: Path,
+) -> None:
+    """Decoded with ``errors="replace"``, ``x\\xfe`` and ``x\\xff`` were one key: the long
+    file and the big one were judged by their small twins' line count and size."""
+    ws = await workspace(root)
+    (ws.path / os.fsdecode(b"notes\xfe.txt")).write_text("line\n" * 300)
+    (ws.path / os.fsdecode(b"notes\xff.txt")).write_text("one\n")
+    (ws.path / os.fsdecode(b"model\xfe.bin")).write_bytes(b"\0" * 9000)
+    (ws.path / os.fsdecode(b"model\xff.bin")).write_bytes(b"\0tiny")
+    changes = await ws.changes()
+    counts = {f.path: (f.added, f.size, f.binary) for f in changes.files}
+    assert counts == {
+        os.fsdecode(b"notes\xfe.txt"): (300, 1500, False),
+        os.fsdecode(b"notes\xff.txt"): (1, 4, False),
+        os.fsdecode(b"model\xfe.bin"): (None, 9000, True),
+        os.fsdecode(b"model\xff.bin"): (None, 5, True),
+    }
+    config = parse_repo_config("limits:\n  max_diff_lines: 100\n  max_file_bytes: 5000\n")
+    verdict = await evaluate_diff(changes, config)
+    assert [(d["rule"], d["path"]) for d in verdict.decisions] == [
+        ("limits.max_diff_lines", None),
+        ("limits.max_file_bytes", '"model\\376.bin"'),  # recorded as git quotes it
+    ]
+    assert '`"model\\376.bin"` (limits.max_file_bytes)' in verdict.summary
+    assert "301 lines added or removed; the limit is 100 (limits.max_diff_lines)" in verdict.summary
+
+
+async def test_a_token_in_a_binary_file_is_found(root: Path) -> None:
+    """git shows a file with a NUL byte as "Binary files differ": its added content is read
+    from the scratch repository's objects and scanned."""
+    ws = await workspace(root)
+    (ws.path / "deploy.json").write_bytes(b'{"token": "' + GH.encode() + b'"}\n\0')
+    (ws.path / "logo.png").write_bytes(b"\x89PNG\0" + b"\1" * 1995 + b"\nkey " + GH.encode())
+    changes = await ws.changes(max_diff_bytes=1_000_000)
+    assert "Binary files /dev/null and b/deploy.json differ" in changes.diff
+    assert {b.path: b.old is None for b in changes.binaries} == {
+        "deploy.json": True,
+        "logo.png": False,
+    }
+    verdict = await evaluate_diff(changes, parse_repo_config(""))
+    assert not verdict.allowed
+    assert [(d["rule"], d["path"]) for d in verdict.decisions] == [
+        ("secrets.github_token", "deploy.json"),
+        ("secrets.github_token", "logo.png"),
+    ]
+    assert "logo.png (secrets.github_token): line 2 adds what looks like a GitHub token" in (
+        verdict.summary
+    )
+    assert GH not in verdict.summary
+    # the content to scan counts against limits.max_diff_bytes like the diff itself: past it,
+    # nothing is read and the change is refused on size
+    small = await ws.changes(max_diff_bytes=2000)
+    assert small.binaries == () and (small.scan_bytes or 0) > 2000
+    verdict = await evaluate_diff(small, parse_repo_config("limits:\n  max_diff_bytes: 2000\n"))
+    assert [d["rule"] for d in verdict.decisions] == ["limits.max_diff_bytes"]

@@ -191,13 +191,6 @@ def _stalled_read(attacker: Attacker, profile: str, seconds: float) -> tuple[boo
 # -- what the policy check sees -------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/policy.py scan_secrets splits the unified diff with str.splitlines(), which also "
-    "breaks at form feed (and \\r, \\x0b, \\x1c-\\x1e, \\x85, \\u2028/9) where git does not; each "
-    "such line is counted twice against the hunk, the hunk 'ends' early and later added lines "
-    "are never scanned: a plain GitHub token is pushed",
-)
 def test_a_form_feed_cannot_hide_a_token_from_the_scanner(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-scanner-desync")
     pushed = attacker.pushed(run)
@@ -206,12 +199,6 @@ def test_a_form_feed_cannot_hide_a_token_from_the_scanner(attacker: Attacker) ->
     assert "secrets.github_token" in run["reason"], run["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the secret scan reads only the added lines of the text diff; a file with a NUL byte "
-    "is 'Binary files differ' there, so a verbatim token in it is pushed (bot/policy.py "
-    "scan_secrets, jobs/diffcheck.py evaluate_diff)",
-)
 def test_a_token_in_a_file_git_calls_binary_is_refused(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-binary-secret")
     pushed = attacker.pushed(run)
@@ -219,13 +206,6 @@ def test_a_token_in_a_file_git_calls_binary_is_refused(attacker: Attacker) -> No
     assert run["state"] == "failed", run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandboxes/changes.py keys numstat counts and blob sizes by the path decoded with "
-    "errors='replace' (GitResult.text): two names differing in a non-UTF-8 byte share one key, "
-    "so an 8 MiB binary and a 20,000-line file are judged by their tiny twins' size and line "
-    "count and pushed past limits.max_file_bytes and limits.max_diff_lines",
-)
 def test_non_utf8_names_cannot_borrow_each_others_size(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-name-collision")
     pushed = attacker.pushed(run)
@@ -239,62 +219,49 @@ def test_non_utf8_names_cannot_borrow_each_others_size(attacker: Attacker) -> No
     assert "limits.max_file_bytes" in run["reason"] and "limits.max_diff_lines" in run["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PROTECTED_PATHS (bot/repoconfig/model.py) is '.github/workflows/**', the paths "
-    "*inside* the folder, not '.github/workflows' itself: a symlink there (to a folder of "
-    "workflows elsewhere in the tree) passes the policy and is pushed",
-)
 def test_workflows_folder_cannot_be_replaced_by_a_link(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-workflows-symlink")
     pushed = attacker.pushed(run)
     assert b".github/workflows" not in pushed, pushed.get(b".github/workflows")
     assert run["state"] == "failed", run
+    assert ".github/workflows (paths.protected)" in run["reason"], run["reason"]
 
 
 # -- what is published ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobs/diffcheck.py evaluate_diff quotes refused paths verbatim in the run's reason, "
-    "which bot/status.py puts in the status comment ('> reason'), the check run's summary and "
-    "the phase table: a newline in a file name starts a markdown line of the agent's choosing",
-)
 def test_a_refused_name_cannot_write_markdown_into_the_status(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-newline-reason")
     assert run["state"] == "failed", run
     assert "paths.protected" in run["reason"], run["reason"]
     injected = [text for text in attacker.published_texts(run) if INJECTED in text.splitlines()]
     assert injected == [], injected[0]
+    quoted = '`".github/workflows/ci.yml\\n\\n' + INJECTED + '\\n\\n"`'
+    assert quoted in run["reason"], run["reason"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/status.py pr_body fences the transcript excerpt with '~~~~text' and replaces "
-    "'~~~~' by '~~~', which leaves four tildes of any run of five or more: the agent's output "
-    "closes the fence and the rest is rendered as markdown (headings, mentions, HTML) in the PR",
-)
 def test_the_transcript_cannot_leave_its_fence_in_the_pr_body(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-transcript-fence")
     assert run["state"] == "review_ready", run
     lines = attacker.pull(run)["body"].splitlines()
-    start = lines.index("~~~~text")
-    fences = [i for i in range(start + 1, len(lines)) if re.fullmatch(r" {0,3}~{4,}\s*", lines[i])]
-    assert len(fences) == 1 and INJECTED in lines[start : fences[0]], lines[start:]
+    start = next(i for i, line in enumerate(lines) if re.fullmatch(r"~{4,}text", line))
+    opening = len(lines[start]) - len("text")
+    # CommonMark: the first line of at least as many tildes (and nothing else) closes the block
+    closes = [
+        i
+        for i in range(start + 1, len(lines))
+        if re.fullmatch(rf" {{0,3}}~{{{opening},}}\s*", lines[i])
+    ]
+    assert closes and INJECTED in lines[start : closes[0]], lines[start:]
+    assert lines[closes[0] + 1] == "</details>", lines[start:]  # Bosun's own fence closes it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/status.py pr_body lists changed files as '- `path`' with the path verbatim (from "
-    "diff-tree -z): a newline in a file name adds lines to the PR body, here a closing keyword "
-    "that closes issue #1 when the PR is merged",
-)
 def test_a_file_name_cannot_add_lines_to_the_pr_body(attacker: Attacker) -> None:
     run = attacker.sec.probe("atk-filelist-newline")
     assert run["state"] == "review_ready", run
     body = attacker.pull(run)["body"]
     assert INJECTED_CLOSE not in body.splitlines(), body
+    assert f'- ``"report`\\n\\n{INJECTED_CLOSE}\\n\\n- `x"`` (A, +1 -0)' in body.splitlines()
 
 
 # -- the host's resources -------------------------------------------------------------------

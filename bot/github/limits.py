@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from bot.display import shown
+
 COMMENT_MAX = 65_536
 """Characters GitHub accepts in an issue comment or a pull request review body."""
 CHECK_TEXT_MAX = 65_535
@@ -35,10 +37,11 @@ def listing(
     items: Iterable[str],
     *,
     limit: int = LIST_ITEMS,
-    show: Callable[[str], str] = lambda item: f"`{clip(item, 120)}`",
+    show: Callable[[str], str] = lambda item: shown(item, limit=120, code=True),
 ) -> str:
     """``a, b, c and 12 more``: the first ``limit`` items (each shown by ``show``, which
-    bounds its length) and a count of the rest."""
+    bounds its length; by default as inline code that no name can break out of, see
+    ``bot.display.shown``) and a count of the rest."""
     items = list(items)
     shown = ", ".join(show(item) for item in items[:limit])
     rest = len(items) - limit
