@@ -1,6 +1,7 @@
 """The review loop in-process, for races: Bosun's own delivery processing (``process_delivery``,
-with the retries arq would make) on SQLite and the test Redis, against a GitHub emulator on
-loopback whose webhooks the test hands over itself — when, and in which order, it chooses.
+with the retries arq would make) on SQLite and the test Redis, against a GitHub emulator (in a
+process of its own, on loopback) whose webhooks the test hands over itself — when, and in
+which order, it chooses.
 
 Humans act through the emulator's scenario API (comments, pushes); every delivery GitHub
 emits *arrives* at once (recorded, as Bosun's intake records it) and is *processed* when the
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from arq import Retry
@@ -54,8 +55,6 @@ from jobs.deliveries import DELIVERY_TRIES, process_delivery
 from tests.conftest import make_settings
 from tests.emulator.client import AppCredentials, EmulatorClient, RepoInfo
 from tests.emulator.world import make_source_repo
-
-T = TypeVar("T")
 
 REPO = "octo/hello"
 STATUS_MARKER = "<!-- bosun:status -->"
@@ -359,6 +358,7 @@ async def _serve_emulator(data_dir: Path) -> asyncio.subprocess.Process:
         "0",
         "--data",
         str(data_dir),
+        "--exit-with-parent",
         stdout=asyncio.subprocess.PIPE,
         cwd=Path(__file__).parent.parent,
     )

@@ -157,3 +157,15 @@ def test_a_flood_of_commands_is_bounded_and_does_nothing() -> None:
     assert len(parsed.commands) == MAX_COMMANDS
     assert parsed.action is None
     assert any(f"more than {MAX_COMMANDS} commands" in e.message for e in parsed.errors)
+
+
+def test_the_correction_reply_stays_short_whatever_the_comment_holds() -> None:
+    parsed = parse_commands("\n".join("/aprove" for _ in range(8000)))
+    reply = parsed.reply()
+    assert reply is not None and len(reply) < 2000
+    assert reply.count("did you mean `/approve`?") == 10
+    assert "- … and 7990 more like these" in reply
+    long_word = parse_commands("/aprove" + "e" * 60_000).reply()
+    assert long_word is None or len(long_word) < 2000
+    budget = parse_commands("/budget " + "9" * 60_000).reply()
+    assert budget is not None and len(budget) < 500

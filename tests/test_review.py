@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,11 @@ from bot.review import (
     authorize,
     button_command,
     decide_command,
+    decide_push,
     decide_review,
+    head_when_written,
     invalidate_on_push,
+    merge_refusal,
     partial_paths,
     review_section,
     with_review_section,
@@ -81,7 +85,7 @@ def decide(
     actor: str = "bob",
     permission: str | None = "write",
     config: RepoConfig = DEFAULT,
-    now_sha: str = HEAD,
+    now_sha: str | None = HEAD,
     actor_type: str = "User",
 ) -> ReviewDecision:
     return decide_command(
@@ -626,3 +630,89 @@ def test_review_section_is_edited_in_place() -> None:
     assert second.startswith(body.rstrip("\n"))
     tail = first + "\n\nfooter kept"
     assert with_review_section(tail, "X").endswith("X\n\nfooter kept")
+
+
+# --- decided on the run as it is now --------------------------------------------------------
+
+SINCE = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def test_a_comment_is_about_the_head_only_if_written_after_it_arrived() -> None:
+    run = snapshot(head_since=SINCE)
+    assert head_when_written(run, SINCE + timedelta(milliseconds=1)) == HEAD
+    assert head_when_written(run, SINCE - timedelta(milliseconds=1)) is None
+    naive = snapshot(head_since=SINCE.replace(tzinfo=None))  # SQLite hands back naive UTC
+    assert head_when_written(naive, SINCE + timedelta(seconds=1)) == HEAD
+    assert head_when_written(snapshot(head_since=None), SINCE) == HEAD
+
+
+def test_an_approval_is_never_bound_to_a_head_the_writer_may_not_have_seen() -> None:
+    unknown = decide("/approve", now_sha=None)
+    assert isinstance(unknown, Refuse) and unknown.rule == "approval.head_moved"
+    assert f"moved to `{HEAD[:12]}` after you wrote this" in unknown.reply
+    stale = decide("/approve", now_sha=OLD)
+    assert isinstance(stale, Refuse) and stale.rule == "approval.head_moved"
+    assert f"you approved `{OLD[:12]}`" in stale.reply
+    named = decide(f"/approve {HEAD[:10]}", now_sha=None)  # naming the head is seeing it
+    assert isinstance(named, Approve) and named.sha == HEAD
+
+
+def test_a_merged_run_answers_with_its_merge_commit() -> None:
+    merged = snapshot(S.MERGED, merged_sha=OLD)
+    reject = decide("/reject too late", merged)
+    assert isinstance(reject, Refuse) and reject.rule == "state.merged"
+    assert reject.reply == (
+        f"@bob, this run was already merged at `{OLD[:12]}`; there is nothing to reject."
+    )
+    approve = decide("/approve", merged)
+    assert isinstance(approve, Refuse) and "already merged at" in approve.reply
+    withdraw = decide("/approve cancel", merged)
+    assert isinstance(withdraw, Refuse) and "no approval to withdraw" in withdraw.reply
+
+
+def test_a_push_rebinds_on_the_same_tree_and_invalidates_otherwise() -> None:
+    approved = snapshot(S.APPROVED, approvals=(approval("bob", id=1), approval("carol", id=2)))
+    same = decide_push(approved, OLD, same_tree=True)
+    assert same.kind == "rebind" and not same.back_to_review
+    assert [(a.actor, a.sha, a.valid) for a in same.approvals] == [
+        ("bob", OLD, True),
+        ("carol", OLD, True),
+    ]
+    changed = decide_push(approved, OLD, same_tree=False)
+    assert changed.kind == "invalidate" and changed.back_to_review
+    assert [a.valid for a in changed.approvals] == [False, False]
+    in_review = decide_push(replace(approved, state=S.REVIEW_READY), OLD, same_tree=False)
+    assert in_review.kind == "invalidate" and not in_review.back_to_review
+    gone = approval("dave", valid=False, id=3)
+    assert decide_push(snapshot(approvals=(gone,)), OLD, same_tree=False).approvals == ()
+    merged = decide_push(snapshot(S.MERGED, merged_sha=OLD), "f" * 40, same_tree=False)
+    assert merged.kind == "ignore" and merged.reason == f"the run was merged at {OLD[:12]}"
+    assert decide_push(approved, HEAD, same_tree=False).kind == "ignore"
+
+
+def test_the_merge_is_refused_unless_the_approvals_cover_exactly_that_head() -> None:
+    ok = snapshot(S.APPROVED, approvals=(approval("bob"),))
+    assert merge_refusal(ok, DEFAULT, HEAD) is None
+    assert merge_refusal(replace(ok, state=S.REVIEW_READY), DEFAULT, HEAD) == (
+        "the run is review ready"
+    )
+    assert merge_refusal(replace(ok, on_hold=True), DEFAULT, HEAD) == "the run is on hold"
+    moved = merge_refusal(replace(ok, head_sha=OLD), DEFAULT, HEAD)
+    assert moved == f"the head is `{OLD[:12]}`, not `{HEAD[:12]}`"
+    stale = replace(ok, approvals=(approval("bob", sha=OLD),))
+    assert (
+        merge_refusal(stale, DEFAULT, HEAD)
+        == f"the approvals on `{HEAD[:12]}` do not suffice (0 of 1)"
+    )
+    # Bosun's revert commit of a partial approval: approvals on the approved head count.
+    reverted = replace(ok, head_sha=OLD)
+    assert merge_refusal(reverted, DEFAULT, HEAD, merge_sha=OLD) is None
+
+
+def test_the_review_section_stays_small_whatever_happened() -> None:
+    many = tuple(
+        approval(f"user{i}", paths=tuple(f"p{j}.py" for j in range(500))) for i in range(80)
+    )
+    section = review_section(snapshot(approvals=many), "x" * 100_000)
+    assert len(section) < 12_000
+    assert "60 earlier approval(s) not shown" in section and "and 490 more" in section

@@ -188,7 +188,13 @@ async def _lanes(root: Path, redis_url: str, namespace: str, seeds: list[int]) -
                 await _check(review, script)
                 ends.append((await review.run(script.run.run_id)).state.value)
 
-    await asyncio.gather(*(lane(n) for n in range(min(LANES, len(seeds)))))
+    # Every lane finishes (and stops its emulator) before the first failure is raised.
+    results = await asyncio.gather(
+        *(lane(n) for n in range(min(LANES, len(seeds)))), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
     return ends
 
 
