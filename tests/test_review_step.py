@@ -1,0 +1,95 @@
+"""The serialised step itself (``jobs.review_step``), on SQLite and the test Redis: a decision
+that lost a race is made again on the new state, the lock keeps a second step out, and a
+delivery that GitHub keeps failing ends with a visible trace on its run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from githubkit.exception import RequestFailed
+from sqlalchemy import select, update
+
+from bot.db.models import Run, RunEvent, RunState
+from bot.review import RunSnapshot
+from jobs.review_step import RunBusy, StaleRun, claim, run_lock, serialised
+from tests.review_harness import Review
+
+
+async def test_a_decision_that_lost_the_race_is_made_again_on_the_new_state(
+    review: Review,
+) -> None:
+    run = await review.ready_run(status_comment=False)
+    sessions = review.bosun.services.sessions
+    seen: list[tuple[int, bool]] = []
+
+    async def step(_row: Run, shot: RunSnapshot) -> str:
+        seen.append((shot.version, shot.on_hold))
+        if len(seen) == 1:  # something outside the step moves the run meanwhile
+            async with sessions.begin() as session:
+                await session.execute(
+                    update(Run)
+                    .where(Run.id == shot.run_id)
+                    .values(on_hold=True, version=Run.version + 1)
+                )
+        async with sessions.begin() as session:
+            await claim(session, shot.run_id, shot.version)
+        return "decided"
+
+    assert await serialised(review.bosun, run.run_id, step) == "decided"
+    first, second = seen
+    assert second == (first[0] + 1, True)  # decided again, on the run as it became
+
+
+async def test_a_step_that_keeps_losing_gives_up_with_a_conflict(review: Review) -> None:
+    run = await review.ready_run(status_comment=False)
+
+    async def step(_row: Run, shot: RunSnapshot) -> str:
+        raise StaleRun(shot.run_id)
+
+    with pytest.raises(StaleRun):
+        await serialised(review.bosun, run.run_id, step)
+
+
+async def test_the_lock_keeps_a_second_step_out_until_released(review: Review) -> None:
+    run = await review.ready_run(status_comment=False)
+    async with run_lock(review.bosun, run.run_id):
+        with pytest.raises(RunBusy):
+            async with run_lock(review.bosun, run.run_id, wait=0.1):
+                pass
+        waiting = asyncio.ensure_future(_hold_briefly(review, run.run_id))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+    await asyncio.wait_for(waiting, 5)
+
+
+async def _hold_briefly(review: Review, run_id: str) -> None:
+    async with run_lock(review.bosun, run_id, wait=5):
+        pass
+
+
+async def test_a_delivery_github_keeps_failing_leaves_a_trace_on_its_run(review: Review) -> None:
+    run = await review.ready_run()
+    review.em.fault(
+        "error", method="GET", path="/repos/*/*/collaborators/bob/permission", count=None
+    )
+    hook = await review.comment(run.pr, "/approve", "bob")
+    with pytest.raises(RequestFailed, match="502"):
+        await review.process(hook)
+
+    assert (await review.deliveries())[hook.guid] == "failed"
+    assert len(review.retries) == 4  # five tries in all
+    async with review.bosun.services.sessions() as session:
+        errors = (
+            await session.execute(
+                select(RunEvent.data).where(RunEvent.run_id == run.run_id, RunEvent.kind == "error")
+            )
+        ).scalars()
+        (error,) = list(errors)
+    assert error["delivery_id"] == hook.guid and error["event"] == "issue_comment.created"
+    status = next(c for c in await review.comments(run.issue) if "bosun:status" in c)
+    assert (
+        "A `issue_comment.created` from @bob could not be processed after several tries" in status
+    )
+    assert (await review.run(run.run_id)).state is RunState.REVIEW_READY
+    assert await review.approvals(run.run_id) == []
