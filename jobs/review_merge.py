@@ -20,9 +20,9 @@ from typing import Any
 
 import structlog
 from githubkit.exception import GitHubException
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from bot.db.models import Repository, Run, RunState
+from bot.db.models import Repository, Run, RunEvent, RunState
 from bot.github.limits import clip, listing
 from bot.github.repo import MergeOutcome, RepoPort
 from bot.repoconfig import RepoConfig
@@ -126,8 +126,9 @@ async def _complete(
 ) -> bool:
     """One try at completing ``run``; True when the head moved to one the approvals still
     cover (same files) and merging should be tried again there."""
-    approved = shot.head_sha or ""
-    refusal = merge_refusal(shot, config, approved)
+    head = shot.head_sha or ""
+    approved = await _approved_head(bosun, run.id, head)
+    refusal = merge_refusal(shot, config, approved, head)
     if refusal is not None:
         await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
         return False
@@ -137,8 +138,8 @@ async def _complete(
     if run.pr_number is not None:
         base_branch = (await port.get_pull(run.pr_number)).base_ref
     review: dict[str, Any] = {}
-    merge_sha = approved
-    if _partial(shot):
+    merge_sha = head
+    if approved == head and _partial(shot):
         try:
             revert = await _revert(bosun, port, run, shot, config, base_branch)
         except (BranchMoved, NothingApproved, WorkspaceError) as exc:
@@ -281,6 +282,21 @@ async def _head_moved(
     await note_on_status(bosun, port, run, why)
     await rewrite_manifest(bosun, run.id, review)
     return False
+
+
+async def _approved_head(bosun: JobContext, run_id: str, head: str) -> str:
+    """The head the approvals were given on: ``head``, unless ``head`` is the revert commit
+    Bosun itself pushed for a partial approval (then the commit it was made on)."""
+    async with bosun.services.sessions() as session:
+        events = await session.execute(
+            select(RunEvent.data)
+            .where(RunEvent.run_id == run_id, RunEvent.kind == "policy")
+            .order_by(RunEvent.seq.desc())
+        )
+        for data in events.scalars():
+            if data.get("rule") == "approval.partial" and data.get("commit") == head:
+                return str(data.get("approved_sha") or head)
+    return head
 
 
 def _partial(shot: RunSnapshot) -> bool:

@@ -202,6 +202,27 @@ async def test_a_merge_whose_answer_is_lost_is_finished_by_the_retried_delivery(
     assert len(await review.audit(run.run_id)) == 1  # decided once
 
 
+async def test_a_partial_approval_whose_merge_answer_is_lost_merges_its_revert_commit(
+    review: Review,
+) -> None:
+    """The retried delivery finds the revert commit already pushed: it merges that commit,
+    counting the approvals on the commit they were given on, and reverts nothing twice."""
+    run = await review.ready_run()
+    review.em.fault("error", method="PUT", path=MERGE, status=502, count=7)
+    outcome = await review.process(await review.comment(run.pr, "/approve src/feature.py", "bob"))
+
+    assert outcome == "processed: resumed a decision already made"
+    pull = await review.pull(run.pr)
+    assert pull["merged"] is True and (await review.merges(run.pr)).count(200) == 1
+    assert await review.main_files() == ["README.md", "src/app.py", "src/feature.py"]
+    row = await review.run(run.run_id)
+    assert row.state is RunState.MERGED and row.head_sha == pull["head_sha"] != run.head
+    (approval,) = await review.approvals(run.run_id)
+    assert approval.sha == run.head and approval.invalidated_at is None
+    reverts = [c for c in await review.comments(run.pr) if c.startswith("Kept only")]
+    assert len(reverts) == 1
+
+
 # --- 3. a push's invalidation is never lost --------------------------------------------------
 
 
