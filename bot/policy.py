@@ -189,8 +189,8 @@ def check_tree_notes(
     for kind, path, size in found:
         message = TREE_NOTE_MESSAGES.get(kind, kind)
         if kind == "oversized":
-            limit = config.limits.max_file_bytes
-            message = f"{size:,} bytes, over the {limit:,}-byte limit (never read)"
+            limit = _megabytes(config.limits.max_file_bytes)
+            message = f"file of {_megabytes(size)}; the limit is {limit} per file (not read)"
         if path == ".gitmodules":
             message = "changes the submodule list, which Bosun never updates"
         if refuse.get(kind, True):

@@ -314,7 +314,7 @@ def _stream(frames: FrameReader, out: IO[bytes]) -> tuple[list[str], list[TreeNo
     mark = 0
     for frame in frames:
         if isinstance(frame, Note):
-            path = frame.path.decode("utf-8", "replace")
+            path = frame.path.decode("utf-8", "surrogateescape")  # exact, like every path
             notes.append(TreeNote(NOTES.get(frame.kind, "unknown"), path, frame.size))
             continue
         if isinstance(frame, Entry):
