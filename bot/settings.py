@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
+from bot.gateway.limits import GatewayLimits
 from bot.gateway.routes import Upstream
 from bot.profiles import ProfileConfig, load_profiles
 from sandboxes.seccomp import check_profile_name
@@ -327,6 +328,68 @@ class GatewaySettings(_Group):
         ),
     )
     max_concurrent: int = Field(default=8, gt=0, description="Model requests in flight per run.")
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Largest request body an agent may send (413 above, refused before any of it is "
+            "read). Claude Code's and Codex's requests start near 90 KB and 40 KB; a whole "
+            "200K-token context is about 1 MiB."
+        ),
+    )
+    max_buffered_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Request body bytes one run's gateway holds at once; a request whose body does not "
+            "fit waits. At least `max_body_bytes`."
+        ),
+    )
+    max_connections: int = Field(
+        default=16,
+        gt=0,
+        description=(
+            "Open connections to one run's gateway, at least `max_concurrent`. Past it the one "
+            "idle longest is closed; when every one is busy the new one gets a 503."
+        ),
+    )
+    client_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long the gateway waits on the agent: for a request's head (from its first "
+            "byte) and body (from when it may be read), 408 past it; and for the agent to take "
+            "each piece of a response, the connection is closed past it."
+        ),
+    )
+    idle_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a connection may wait for its next request before it is closed.",
+    )
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> GatewaySettings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                "max_buffered_bytes must be at least max_body_bytes, or a request at the size "
+                "limit could never be read"
+            )
+        if self.max_connections < self.max_concurrent:
+            raise ValueError(
+                "max_connections must be at least max_concurrent, or requests allowed in "
+                "flight could not all have a connection"
+            )
+        return self
+
+    def limits(self) -> GatewayLimits:
+        return GatewayLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_buffered_bytes=self.max_buffered_bytes,
+            max_connections=self.max_connections,
+            client_timeout=self.client_timeout_seconds,
+            idle_timeout=self.idle_timeout_seconds,
+        )
 
 
 class Settings(BaseSettings):

@@ -15,6 +15,7 @@ import structlog
 from bot.errors import BosunError
 from bot.gateway import (
     FORWARDER_PORT,
+    GatewayRefusal,
     MissingKey,
     ModelGateway,
     UsageRecord,
@@ -97,6 +98,8 @@ class AgentSteps(RunBase):
             sandbox_gid=sandbox_gid,
             default_route=default_route(self.profile.runner, routes),
             max_concurrent=self.settings.gateway.max_concurrent,
+            limits=self.settings.gateway.limits(),
+            on_refused=self._on_gateway_refused,
         )
         try:
             await self.gateway.start()
@@ -113,6 +116,10 @@ class AgentSteps(RunBase):
         self.view.tokens_in += record.usage.total_input_tokens
         self.view.tokens_out += record.usage.output_tokens
         self.reporter.changed()
+
+    def _on_gateway_refused(self, refusal: GatewayRefusal) -> None:
+        """A request or connection the gateway refused (counted: a flood is a few events)."""
+        self.events.buffer(refusal.event, refusal.event_data())
 
     async def _on_budget_exhausted(self) -> None:
         self.budget_exhausted = True
@@ -306,6 +313,8 @@ class AgentSteps(RunBase):
                 cancelled=True,
             )
         await splitter.flush()
+        if self.gateway is not None:  # refusals still waiting for their counted report
+            await self.gateway.report_refusals()
         await self.events.flush()
         elapsed = round(time.monotonic() - t0, 3)
         self.timings["agent"] = round(self.timings.get("agent", 0.0) + elapsed, 3)

@@ -30,7 +30,8 @@ LONG_PATH_FILES = 500
 EMPTY_FILES = 70_000
 GATEWAY_CONNECTIONS = 3000
 GATEWAY_BODIES = 16
-GATEWAY_BODY_BYTES = 56 << 20  # under the gateway's 64 MiB request limit
+GATEWAY_BODY_BYTES = 56 << 20  # under the 64 MiB the gateway once read whole, for any route
+GATEWAY_ALLOWED_BODY_BYTES = 8 << 20  # gateway.max_body_bytes, the default
 
 # The scanner reads the unified diff with ``str.splitlines()``, which also breaks lines at
 # form feed, \x1c-\x1e, \x85, \u2028 … where git does not: each such line counts twice against
@@ -190,10 +191,12 @@ print("holding", len(held), "connections", flush=True)
 time.sleep(3)
 """
 
-# Request bodies just under the gateway's 64 MiB limit on many connections at once, never
-# finished: the gateway reads each whole into memory before it looks at the route. (The route
-# is refused anyway, so nothing would ever be forwarded.)
-GATEWAY_BODIES_FLOOD = rf"""
+
+def _bodies_flood(method: str, target: str, declared: int, sent: int) -> str:
+    """``GATEWAY_BODIES`` requests at once, each announcing ``declared`` bytes of body and
+    sending ``sent`` of them, never finished. A send the gateway does not take within 10 s is
+    given up (the gateway holds those connections; the agent moves on)."""
+    return rf"""
 import socket, threading, time
 chunk = memoryview(b"x" * (1 << 20))
 done = []
@@ -201,12 +204,16 @@ done = []
 def send():
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect("/bosun-gw/gateway.sock")
-    sock.sendall(
-        b"PUT /bosun-attacker/never HTTP/1.1\r\nhost: gateway\r\n"
-        b"content-length: {GATEWAY_BODY_BYTES + (1 << 20)}\r\n\r\n"
-    )
-    for _ in range({GATEWAY_BODY_BYTES} >> 20):
-        sock.sendall(chunk)
+    sock.settimeout(10)
+    try:
+        sock.sendall(
+            b"{method} {target} HTTP/1.1\r\nhost: gateway\r\n"
+            b"content-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+        )
+        for _ in range({sent} >> 20):
+            sock.sendall(chunk)
+    except OSError as exc:  # refused (the gateway closed it) or not read in time
+        print("send stopped:", type(exc).__name__, flush=True)
     done.append(sock)
 
 threads = [threading.Thread(target=send) for _ in range({GATEWAY_BODIES})]
@@ -217,6 +224,23 @@ for thread in threads:
 print("sent", len(done), "bodies", flush=True)
 time.sleep(3)
 """
+
+
+# Request bodies just under the 64 MiB the gateway once read whole, before it looked at the
+# route, on many connections at once, never finished. (The route is refused anyway, so nothing
+# would ever be forwarded.)
+GATEWAY_BODIES_FLOOD = _bodies_flood(
+    "PUT", "/bosun-attacker/never", GATEWAY_BODY_BYTES + (1 << 20), GATEWAY_BODY_BYTES
+)
+
+# The same on an allowed endpoint, with bodies of the largest size the gateway accepts: it reads
+# them, so what it holds at once is what the limits allow.
+GATEWAY_ALLOWED_BODIES_FLOOD = _bodies_flood(
+    "POST",
+    "/anthropic/v1/messages",
+    GATEWAY_ALLOWED_BODY_BYTES,
+    GATEWAY_ALLOWED_BODY_BYTES - (1 << 20),
+)
 
 # ``.github/workflows`` itself as a link to a folder of workflows elsewhere in the tree.
 WORKFLOWS_SYMLINK = r"""
@@ -334,6 +358,7 @@ def attacker_profiles(victim: str, victim_dir: str) -> dict[str, dict[str, Any]]
         "atk-empty-files": script(EMPTY_FILES_FLOOD),
         "atk-gateway-connections": script(GATEWAY_CONNECTIONS_FLOOD, **gateway),
         "atk-gateway-bodies": script(GATEWAY_BODIES_FLOOD, **gateway),
+        "atk-gateway-bodies-allowed": script(GATEWAY_ALLOWED_BODIES_FLOOD, **gateway),
         "atk-workflows-symlink": script(WORKFLOWS_SYMLINK),
         "atk-locked-tree": script(LOCKED_TREE),
         "atk-hopper": script(HOPPER, workflow="plan_implement"),

@@ -3,8 +3,12 @@ key injection, allow-lists, metering of every API shape (streamed and not), doll
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import shutil
+import socket
 import stat
 import time
 import uuid
@@ -12,11 +16,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import pytest
 
 from bot.gateway import (
     DUMMY_KEY,
+    GatewayLimits,
+    GatewayRefusal,
     MissingKey,
     ModelGateway,
     Price,
@@ -26,7 +33,9 @@ from bot.gateway import (
     Usage,
     UsageRecord,
 )
+from bot.gateway.limits import BodyBuffer
 from bot.gateway.pricing import DEFAULT_PRICES
+from bot.settings import GatewaySettings
 from tests.test_gateway_stub import (
     ANTHROPIC_MODEL,
     ANTHROPIC_USAGE,
@@ -391,3 +400,280 @@ async def test_keys_never_reach_the_logs(make_gateway: Factory) -> None:
     names = {entry["event"] for entry in logs}
     assert {"gateway_request_metered", "gateway_request_refused", "gateway_stopped"} <= names
     assert REAL_ANTHROPIC not in text and REAL_OPENAI not in text
+
+
+# -- limits: everything the agent sends is hostile -----------------------------------------
+
+
+async def _raw(gateway: ModelGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_unix_connection(str(gateway.socket_path))
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
+    """One response read off a raw connection: status, headers and the JSON body."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="POST", target="/", headers=[("host", "gateway")]))
+    conn.send(h11.EndOfMessage())  # (what was sent is the caller's; h11 only reads here)
+    status, headers, body = 0, {}, b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            headers = {k.decode(): v.decode() for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            return status, headers, json.loads(body) if body.startswith(b"{") else body
+
+
+def _head(target: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST {target} HTTP/1.1", "host: gateway", "content-type: application/json"]
+    lines += [f"content-length: {length}", *extra, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "rule"),
+    [
+        ("/anthropic/v1/messages", 413, "gateway.max_body_bytes"),  # over the size limit
+        ("/bosun-attacker/never", 403, "gateway.routes"),  # not a route
+        ("/anthropic/v1/messages/batches", 403, "gateway.routes"),  # not an endpoint
+    ],
+)
+async def test_a_request_is_refused_from_its_head_before_any_of_its_body_is_read(
+    target: str, status: int, rule: str, make_gateway: Factory, stub: StubUpstream
+) -> None:
+    refusals: list[GatewayRefusal] = []
+    gateway = await make_gateway(on_refused=refusals.append)
+    before = len(stub.requests())
+    reader, writer = await _raw(gateway)
+    # A 56 MiB body is announced and not one byte of it sent: the answer comes anyway.
+    writer.write(_head(target, 56 << 20))
+    code, headers, body = await _response(reader)
+    assert code == status and headers["connection"] == "close"
+    assert body["error"]["type"] == ("request_too_large" if status == 413 else "forbidden")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await gateway.stop()
+    assert len(stub.requests()) == before
+    assert [(r.rule, r.status, r.count) for r in refusals] == [(rule, status, 1)]
+    assert refusals[0].event_data()["decision"] == "refuse"
+
+
+async def test_a_body_over_the_limit_gets_413_however_it_is_sent(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    refusals: list[GatewayRefusal] = []
+    limits = GatewayLimits(max_body_bytes=1 << 20, max_buffered_bytes=2 << 20)
+    gateway = await make_gateway(limits=limits, on_refused=refusals.append)
+    before = len(stub.requests())
+
+    async def chunked() -> AsyncIterator[bytes]:  # no declared size: cut off at the limit
+        for _ in range(64):
+            yield b"x" * (64 << 10)
+
+    async with sandbox_client(gateway) as client:
+        whole = await client.post("/anthropic/v1/messages", content=b"x" * (2 << 20))
+        streamed = await client.post("/anthropic/v1/messages", content=chunked())
+        fits = await client.post(
+            "/anthropic/v1/messages",
+            json={"model": "claude", "messages": [MESSAGE], "pad": "x" * (1 << 19)},
+        )
+    # An SDK that sends its whole body anyway reads the answer (the rest is read and dropped).
+    assert (whole.status_code, streamed.status_code, fits.status_code) == (413, 413, 200)
+    assert "1048576 bytes" in whole.json()["error"]["message"]
+    assert len(stub.requests()) == before + 1 and len(stub.requests()[-1].body) > 1 << 19
+    await gateway.stop()
+    assert [(r.rule, r.count) for r in refusals] == [
+        ("gateway.max_body_bytes", 1),
+        ("gateway.max_body_bytes", 2),  # the second within the interval: reported at stop
+    ]
+
+
+async def test_slow_heads_and_bodies_get_408_and_idle_connections_are_closed(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    refusals: list[GatewayRefusal] = []
+    limits = GatewayLimits(client_timeout=0.3, idle_timeout=0.6)
+    gateway = await make_gateway(limits=limits, on_refused=refusals.append)
+    before = len(stub.requests())
+
+    async def answer(data: bytes) -> tuple[int, float]:
+        reader, writer = await _raw(gateway)
+        started = time.monotonic()
+        writer.write(data)
+        code, _, body = await _response(reader)
+        assert body["error"]["type"] == "request_timeout"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection is closed
+        writer.close()
+        return code, time.monotonic() - started
+
+    # A head that never ends, a body that stops short.
+    for data in (b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: gw\r\n", _head("/v1", 9) + b"{"):
+        code, took = await answer(data.replace(b"/v1 ", b"/anthropic/v1/messages "))
+        assert code == 408 and 0.25 < took < 2
+
+    # A connection that sends nothing, and one kept alive after a request: closed when idle.
+    idle, idle_writer = await _raw(gateway)
+    kept, writer = await _raw(gateway)
+    request = json.dumps({"model": "claude", "messages": [MESSAGE]}).encode()
+    writer.write(_head("/anthropic/v1/messages", len(request)) + request)
+    started = time.monotonic()
+    assert (await _response(kept))[0] == 200
+    assert await asyncio.wait_for(idle.read(), 5) == b""
+    assert await asyncio.wait_for(kept.read(), 5) == b""
+    assert 0.5 < time.monotonic() - started < 3
+    idle_writer.close()
+    writer.close()
+    await gateway.stop()
+    assert len(stub.requests()) == before + 1
+    assert {(r.rule, r.status) for r in refusals} == {("gateway.client_timeout_seconds", 408)}
+    assert refusals[-1].count == 2
+
+
+def _descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _open_connections(
+    path: Path, count: int, held: list[socket.socket] | None = None
+) -> list[socket.socket]:
+    """``count`` connections to the gateway (from another thread), as the agent would open them
+    (a full backlog makes ``connect`` wait, so the gateway has to take each in turn)."""
+    held = [] if held is None else held
+    for _ in range(count):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))  # blocking: with a timeout it would fail at once instead
+        held.append(sock)
+    return held
+
+
+def _still_open(socks: list[socket.socket]) -> int:
+    """How many of ``socks`` the gateway has not closed (a closed one reads end of file)."""
+    open_ = 0
+    for sock in socks:
+        sock.setblocking(False)
+        try:
+            open_ += sock.recv(1) != b""
+        except BlockingIOError:
+            open_ += 1
+    return open_
+
+
+async def test_open_connections_are_capped(make_gateway: Factory, stub: StubUpstream) -> None:
+    refusals: list[GatewayRefusal] = []
+    limits = GatewayLimits(max_connections=4)
+    gateway = await make_gateway(max_concurrent=2, limits=limits, on_refused=refusals.append)
+    before = _descriptors()
+
+    # 300 idle connections: each new one takes the place of the one idle longest. The
+    # descriptors this process holds beyond the flood's own are the gateway's.
+    flood: list[socket.socket] = []
+    opening = asyncio.create_task(
+        asyncio.to_thread(_open_connections, gateway.socket_path, 300, flood)
+    )
+    peak = 0
+    while not opening.done():
+        peak = max(peak, _descriptors() - before - len(flood))
+        await asyncio.sleep(0)
+    await opening
+    await _settle()
+    # the cap; a flood socket not yet in the list, one being taken, one being closed
+    assert peak <= 4 + 3, peak
+    assert _descriptors() - before - len(flood) <= 4
+    assert _still_open(flood) <= 4
+    for sock in flood:
+        sock.close()
+    await _settle()
+
+    # Four busy connections (two forwarding, two waiting for a slot): a fifth is refused.
+    body = {"model": "claude-sonnet-4-5", "stream": True, "messages": [MESSAGE]}
+    clients = [sandbox_client(gateway) for _ in range(4)]
+    busy = [
+        asyncio.create_task(
+            client.post("/anthropic/v1/messages", json=body, headers={"x-stub-pause": "0.8"})
+        )
+        for client in clients
+    ]
+    await asyncio.sleep(0.3)
+    reader, writer = await _raw(gateway)
+    code, _, refused = await _response(reader)
+    assert code == 503 and refused["error"]["type"] == "too_many_connections"
+    writer.close()
+    assert [r.status_code for r in await asyncio.gather(*busy)] == [200] * 4
+    for client in clients:
+        await client.aclose()
+    async with sandbox_client(gateway) as client:  # room again
+        assert (await client.post("/anthropic/v1/messages", json=body)).status_code == 200
+
+    await gateway.stop()
+    assert {r.rule for r in refusals} == {"gateway.max_connections"}
+    assert sum(r.status == 503 for r in refusals) >= 1
+    assert max(r.count for r in refusals) >= 296  # every closed or refused one is counted
+    assert len(refusals) <= 4  # ... in a few reports, not one event each
+
+
+async def test_a_body_is_read_only_while_its_request_holds_a_slot(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    gateway = await make_gateway(max_concurrent=1)
+    streamed = {"model": "claude-sonnet-4-5", "stream": True, "messages": [MESSAGE]}
+    payload = json.dumps({"model": "claude", "messages": [MESSAGE], "pad": "x" * (6 << 20)})
+    data = _head("/anthropic/v1/messages", len(payload)) + payload.encode()
+
+    def send_until_stuck(sock: socket.socket) -> int:
+        sent = 0
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while sent < len(data):
+                sent += sock.send(data[sent : sent + (64 << 10)])
+        return sent
+
+    async with sandbox_client(gateway) as client:
+        holder = asyncio.create_task(
+            client.post("/anthropic/v1/messages", json=streamed, headers={"x-stub-pause": "1.5"})
+        )
+        await asyncio.sleep(0.2)  # the first request holds the only slot
+        (sock,) = await asyncio.to_thread(_open_connections, gateway.socket_path, 1)
+        sent = await asyncio.to_thread(send_until_stuck, sock)
+        # Only what the socket buffers hold was taken: the gateway is not reading the body.
+        assert sent < 2 << 20, sent
+        assert not holder.done()
+        assert (await holder).status_code == 200
+    sock.settimeout(10)
+    await asyncio.to_thread(sock.sendall, data[sent:])
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    assert (await _response(reader))[0] == 200
+    writer.close()
+    assert len(stub.requests()[-1].body) == len(payload)
+
+
+async def test_the_buffer_makes_a_request_wait_until_its_body_fits() -> None:
+    buffer = BodyBuffer(10)
+    order: list[str] = []
+
+    async def take(name: str, size: int, hold: float) -> None:
+        async with buffer.reserve(size) as reservation:
+            order.append(f"{name}+")
+            reservation.shrink(size // 2)
+            await asyncio.sleep(hold)
+            order.append(f"{name}-")
+
+    first = asyncio.create_task(take("a", 8, 0.1))
+    await asyncio.sleep(0.01)
+    assert buffer.held == 4  # shrunk to what it used
+    await asyncio.gather(take("b", 6, 0), take("c", 8, 0), first)
+    assert order.index("c+") > order.index("a-")  # 8 fitted only once "a" let go
+    assert order.index("b+") < order.index("a-")  # 6 fitted beside a's 4
+    assert buffer.held == 0
+
+
+def test_limits_that_could_never_be_met_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        GatewaySettings(max_body_bytes=2 << 20, max_buffered_bytes=1 << 20)
+    with pytest.raises(ValueError, match="max_connections"):
+        GatewaySettings(max_concurrent=8, max_connections=4)
+    limits = GatewaySettings(max_connections=40, idle_timeout_seconds=5).limits()
+    assert (limits.max_connections, limits.idle_timeout) == (40, 5.0)

@@ -11,6 +11,7 @@ from bot.gateway.layout import (
     sandbox_mount,
     socket_dir,
 )
+from bot.gateway.limits import GatewayLimits, GatewayRefusal
 from bot.gateway.metering import Usage, UsageMeter, UsageRecord
 from bot.gateway.pricing import DEFAULT_PRICES, UNKNOWN_MODEL_PRICE, Price, PricingTable
 from bot.gateway.routes import (
@@ -31,6 +32,8 @@ __all__ = [
     "KNOWN_UPSTREAMS",
     "UNKNOWN_MODEL_PRICE",
     "GatewayError",
+    "GatewayLimits",
+    "GatewayRefusal",
     "MissingKey",
     "ModelGateway",
     "Price",

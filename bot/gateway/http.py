@@ -88,6 +88,31 @@ def error_body(kind: str, message: str) -> bytes:
     ).encode()
 
 
+REASONS = {400: "Bad Request", 408: "Request Timeout", 503: "Service Unavailable"}
+
+
+def raw_error(status: int, kind: str, body: bytes) -> bytes:
+    """A whole error response that closes the connection, for when no request was parsed."""
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"x-bosun-gateway: {kind}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def declared_length(raw: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The body size a request declares: its ``Content-Length``, 0 without one, ``None`` for a
+    chunked body (h11 has checked the framing headers are well formed and consistent)."""
+    length = 0
+    for name, value in raw:
+        if name.lower() == b"transfer-encoding":
+            return None
+        if name.lower() == b"content-length":
+            length = int(value)
+    return length
+
+
 class BodyRefused(ValueError):
     """The request body asks for something the gateway cannot meter."""
 

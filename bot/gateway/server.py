@@ -5,6 +5,13 @@ not allow-listed (403) or past the budget (402), drop the container's credential
 real key, forward with httpx streaming both ways, meter the response as it flows back, and
 report a ``UsageRecord``. The first request that brings spending to the budget fires
 ``on_budget_exhausted`` once; ``raise_budget`` re-opens the gate (and re-arms the callback).
+
+Everything the agent sends is hostile, so nothing it sends is held without a bound
+(``limits.py``): a request's route, method and declared size are checked before any of its body
+is read; a body is read only while it holds one of ``max_concurrent`` slots and its bytes are
+reserved in the run's buffer; heads, bodies, idle connections and the agent's reading of
+responses have deadlines; open connections are capped. Every refusal reaches ``on_refused``
+(an event on the run) and the log, a flood of them as a few counted reports.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import h11
 import httpx
 import structlog
 
-from bot.gateway import http
+from bot.gateway import http, wire
 from bot.gateway.errors import MissingKey, SocketSetupError
 from bot.gateway.layout import SOCKET_NAME, prepare_dir, share_socket
+from bot.gateway.limits import BodyBuffer, GatewayLimits, GatewayRefusal, OnRefused, RefusalTally
+from bot.gateway.listener import Listener
 from bot.gateway.metering import UsageMeter, UsageRecord
 from bot.gateway.pricing import PricingTable
 from bot.gateway.routes import Upstream
@@ -35,15 +44,8 @@ log = structlog.get_logger("bot.gateway")
 OnUsage = Callable[[UsageRecord], Awaitable[None] | None]
 OnExhausted = Callable[[], Awaitable[None] | None]
 
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
-READ_SIZE = 64 * 1024
 MAX_SOCKET_PATH = 107
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
+Refused = wire.Refused
 
 
 class ModelGateway:
@@ -65,6 +67,8 @@ class ModelGateway:
         default_route: str | None = None,
         max_concurrent: int = 8,
         timeout: httpx.Timeout | None = None,
+        limits: GatewayLimits | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self.run_id = run_id
         self.socket_dir = socket_dir.absolute()
@@ -85,10 +89,20 @@ class ModelGateway:
         self._sandbox_gid = sandbox_gid
         self._keys: dict[str, str] = {}
         self._limit = asyncio.Semaphore(max_concurrent)
+        self.limits = limits or GatewayLimits()
+        self._buffer = BodyBuffer(self.limits.max_buffered_bytes)
+        self._on_refused = on_refused
+        self._refusals = RefusalTally(run_id, self._report_refusal)
         self._timeout = timeout or httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=None)
-        self._server: asyncio.Server | None = None
+        self._listener = Listener(
+            run_id,
+            self.socket_path,
+            self.limits.max_connections,
+            self.limits.client_timeout,
+            self._serve,
+            self._refuse,
+        )
         self._client: httpx.AsyncClient | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
         self._callbacks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -113,25 +127,25 @@ class ModelGateway:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._client = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
+        self._listener.start()
         share_socket(self.socket_path, self._sandbox_gid)
         log.info("gateway_started", run_id=self.run_id, routes=sorted(self.routes))
 
     async def stop(self) -> None:
         """Stop serving, cut open connections and remove the socket."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._listener.stop()
+        await self._refusals.flush()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         log.info("gateway_stopped", run_id=self.run_id, spent_usd=round(self.spent_usd, 6))
+
+    async def report_refusals(self) -> None:
+        """Report refusals still counted for a later report now (when the agent's turn ends:
+        the run's events are still being written then)."""
+        await self._refusals.flush()
 
     async def __aenter__(self) -> ModelGateway:
         await self.start()
@@ -161,11 +175,12 @@ class ModelGateway:
     def _refuse_if_exhausted(self) -> None:
         if self.exhausted:
             self._check_exhausted()
-            raise _Refused(
+            raise Refused(
                 402,
                 "budget_exhausted",
                 f"this run's model budget of ${self.budget_usd:.2f} is spent "
                 f"(${self.spent_usd:.4f}); a maintainer can raise it with /budget +N",
+                "budget",
             )
 
     def _check_exhausted(self) -> None:
@@ -191,41 +206,56 @@ class ModelGateway:
             log.warning("gateway_callback_failed", run_id=self.run_id, error=redact_text(str(exc)))
 
     # -- connections -----------------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, link: wire.Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         conn = h11.Connection(h11.SERVER)
+        limits = self.limits
         while True:
-            event = await _next_event(conn, reader)
-            if not isinstance(event, h11.Request):
-                return
             try:
-                await self._request(conn, reader, writer, event)
-            except _Refused as refused:
-                await _reply_error(conn, writer, refused.status, refused.kind, refused.message)
-                log.info(
-                    "gateway_request_refused",
-                    run_id=self.run_id,
-                    status=refused.status,
-                    kind=refused.kind,
-                    reason=refused.message,
+                request = await wire.next_request(
+                    conn,
+                    reader,
+                    link,
+                    idle_timeout=limits.idle_timeout,
+                    head_timeout=limits.client_timeout,
                 )
+                if request is None:
+                    return
+                await self._request(conn, reader, writer, request)
+            except Refused as refused:
+                await self._answer(conn, reader, writer, refused)
+            except h11.RemoteProtocolError as exc:
+                message = f"the request is not valid HTTP/1.1: {exc}"
+                malformed = Refused(
+                    exc.error_status_hint, "invalid_request_error", message, "gateway.http"
+                )
+                await self._answer(conn, reader, writer, malformed)
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()
             else:
                 return
+
+    async def _answer(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        refused: Refused,
+    ) -> None:
+        """Answer a refusal, count it, and drop a refused body the agent is still sending."""
+        self._refuse(refused)
+        unread = conn.their_state is h11.SEND_BODY and refused.status != 408
+        await wire.reply_error(conn, writer, refused, self.limits.client_timeout)
+        if unread:
+            await wire.linger(reader, writer)
+
+    def _refuse(self, refused: Refused) -> None:
+        self._refusals.add(refused.rule, refused.status, refused.message, refused.event)
+
+    async def _report_refusal(self, refusal: GatewayRefusal) -> None:
+        if self._on_refused is not None and refusal.rule != "budget":  # has its own callback
+            await self._call(self._on_refused, refusal)
 
     async def _request(
         self,
@@ -234,6 +264,8 @@ class ModelGateway:
         writer: asyncio.StreamWriter,
         request: h11.Request,
     ) -> None:
+        """Check the route and the declared size with nothing of the body read; then, holding
+        a slot and the body's bytes in the run's buffer, read the body and forward it."""
         method = request.method.decode("ascii", "replace").upper()
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
@@ -241,24 +273,61 @@ class ModelGateway:
         if prefix not in self.routes and self.default_route is not None:
             prefix, rest = self.default_route, path.lstrip("/")
         endpoint = f"{method} /{rest}"
-        body = await _read_body(conn, reader, writer)
         upstream = self.routes.get(prefix)
         if upstream is None:
-            raise _Refused(403, "forbidden", f"/{prefix} is not an upstream this run may use")
+            message = f"/{prefix} is not an upstream this run may use"
+            raise Refused(403, "forbidden", message, "gateway.routes")
         if not upstream.allows(method, f"/{rest}"):
-            raise _Refused(403, "forbidden", f"{endpoint} is not an allowed endpoint of /{prefix}")
-        try:
-            body, model = http.adjust_body(endpoint, body)
-        except http.BodyRefused as exc:
-            raise _Refused(400, "invalid_request_error", str(exc)) from exc
-        key = self._keys.get(prefix)
-        auth = http.auth_header(upstream.auth_style or "none", key) if key else None
-        url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
+            message = f"{endpoint} is not an allowed endpoint of /{prefix}"
+            raise Refused(403, "forbidden", message, "gateway.routes")
+        limits = self.limits
+        declared = http.declared_length(request.headers)
+        if declared is not None and declared > limits.max_body_bytes:
+            raise wire.too_large(limits.max_body_bytes)
         async with self._limit:  # checked after the wait: others may have spent the rest
             self._refuse_if_exhausted()
-            await self._forward(
-                conn, writer, upstream, endpoint, method, url, body, model, auth, request.headers
-            )
+            wanted = limits.max_body_bytes if declared is None else declared
+            async with self._buffer.reserve(wanted) as reservation:
+                body = await wire.read_body(
+                    conn,
+                    reader,
+                    writer,
+                    max_bytes=limits.max_body_bytes,
+                    timeout=limits.client_timeout,
+                )
+                reservation.shrink(len(body))
+                try:
+                    body, model = http.adjust_body(endpoint, body)
+                except http.BodyRefused as exc:
+                    raise Refused(
+                        400, "invalid_request_error", str(exc), "gateway.metering"
+                    ) from exc
+                key = self._keys.get(prefix)
+                auth = http.auth_header(upstream.auth_style or "none", key) if key else None
+                url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
+                await self._forward(
+                    conn,
+                    writer,
+                    upstream,
+                    endpoint,
+                    method,
+                    url,
+                    body,
+                    model,
+                    auth,
+                    request.headers,
+                )
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the agent takes what was written, for at most ``client_timeout``."""
+        try:
+            async with asyncio.timeout(self.limits.client_timeout):
+                await writer.drain()
+        except TimeoutError:
+            seconds = self.limits.client_timeout
+            message = f"the agent read nothing of a response for {seconds:g}s; it was cut off"
+            self._refuse(Refused(0, "response_not_read", message, "gateway.client_timeout_seconds"))
+            raise ConnectionError("the agent stopped reading the response") from None
 
     async def _forward(
         self,
@@ -286,8 +355,12 @@ class ModelGateway:
                 upstream=upstream.prefix,
                 error=redact_text(f"{type(exc).__name__}: {exc}"),
             )
-            raise _Refused(
-                502, "api_error", f"the upstream {upstream.base_url} is unreachable"
+            raise Refused(
+                502,
+                "api_error",
+                f"the upstream {upstream.base_url} is unreachable",
+                "gateway.upstream",
+                "error",
             ) from exc
         content_type = response.headers.get("content-type", "")
         meter = UsageMeter(
@@ -306,13 +379,13 @@ class ModelGateway:
             async for chunk in response.aiter_bytes():
                 meter.feed(chunk)
                 writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
+                await self._drain(writer)
             # Account before the last byte: the agent's next request sees the new total.
             meter.finish()
             accounted = True
             await self._account(upstream, endpoint, response.status_code, meter, started)
             writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
+            await self._drain(writer)
         except httpx.HTTPError as exc:
             log.warning(
                 "gateway_upstream_cut",
@@ -366,46 +439,3 @@ class ModelGateway:
         if self._on_usage is not None:
             await self._call(self._on_usage, record)
         self._check_exhausted()
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(READ_SIZE))
-
-
-async def _read_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bytes:
-    if conn.they_are_waiting_for_100_continue:
-        writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-    body = bytearray()
-    while True:
-        event = await _next_event(conn, reader)
-        if isinstance(event, h11.Data):
-            body.extend(event.data)
-            if len(body) > MAX_REQUEST_BYTES:
-                raise _Refused(413, "request_too_large", "request body over the gateway's limit")
-        elif isinstance(event, h11.EndOfMessage):
-            return bytes(body)
-        else:
-            raise ConnectionError("client went away mid-request")
-
-
-async def _reply_error(
-    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, kind: str, message: str
-) -> None:
-    body = http.error_body(kind, message)
-    headers = [
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        ("x-bosun-gateway", kind),
-    ]
-    if conn.their_state is not h11.DONE:
-        headers.append(("connection", "close"))
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-    writer.write(conn.send(h11.Data(data=body)))
-    writer.write(conn.send(h11.EndOfMessage()))
-    await writer.drain()
