@@ -33,6 +33,7 @@ from bot.gateway import (
     Usage,
     UsageRecord,
 )
+from bot.gateway.http import adjust_body
 from bot.gateway.limits import BodyBuffer
 from bot.gateway.pricing import DEFAULT_PRICES
 from bot.settings import GatewaySettings
@@ -677,3 +678,27 @@ def test_limits_that_could_never_be_met_are_refused() -> None:
         GatewaySettings(max_concurrent=8, max_connections=4)
     limits = GatewaySettings(max_connections=40, idle_timeout_seconds=5).limits()
     assert (limits.max_connections, limits.idle_timeout) == (40, 5.0)
+
+
+async def test_a_body_of_countless_tiny_json_values_is_refused_unparsed(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    # ``[]`` is 3 bytes in the body and ~64 once parsed: 1 MiB of them would be ~20 MiB.
+    refusals: list[GatewayRefusal] = []
+    limits = GatewayLimits(max_body_bytes=1 << 20, max_buffered_bytes=1 << 20)
+    gateway = await make_gateway(limits=limits, on_refused=refusals.append)
+    before = len(stub.requests())
+    dense = b'{"model":"claude","messages":[],"pad":[' + b"[]," * 70_000 + b"[]]}"
+    wordy = {"model": "claude", "messages": [{"role": "user", "content": "[], " * 200_000}]}
+    async with sandbox_client(gateway) as client:
+        refused = await client.post("/anthropic/v1/messages", content=dense)
+        fine = await client.post("/anthropic/v1/messages", json=wordy)  # text, however it reads
+    assert refused.status_code == 413 and "65536 JSON values" in refused.json()["error"]["message"]
+    assert fine.status_code == 200
+    assert len(stub.requests()) == before + 1
+    assert [r.rule for r in refusals] == ["gateway.max_body_bytes"]
+
+
+def test_a_body_nested_too_deep_to_parse_is_passed_on_as_it_is() -> None:
+    body = b"[" * 100_000
+    assert adjust_body("POST /v1/messages", body, max_values=1 << 20) == (body, None)

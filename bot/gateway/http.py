@@ -4,6 +4,7 @@ JSON errors it answers with (shaped so both the Anthropic and the OpenAI SDKs sh
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,15 +118,36 @@ class BodyRefused(ValueError):
     """The request body asks for something the gateway cannot meter."""
 
 
-def adjust_body(endpoint: str, body: bytes) -> tuple[bytes, str | None]:
+class BodyTooComplex(BodyRefused):
+    """The request body holds more JSON values than the gateway will parse."""
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_values(body: bytes) -> int:
+    """An upper bound on the values parsing ``body`` as JSON makes (their separators outside
+    strings). Each costs up to ~100 bytes once parsed, however few bytes it takes in the body:
+    ``[[],[],…]`` grows some 30 times its size."""
+    bare = _STRING.sub(b"", body)
+    return sum(bare.count(mark) for mark in (b",", b":", b"[", b"{"))
+
+
+def adjust_body(endpoint: str, body: bytes, max_values: int) -> tuple[bytes, str | None]:
     """The body to forward and the model it names.
 
     Streamed Chat Completions get ``stream_options.include_usage = true`` (otherwise the stream
     carries no usage and the request could not be metered); background Responses are refused
-    (their usage arrives later, on a request the gateway does not allow)."""
+    (their usage arrives later, on a request the gateway does not allow). A body with more than
+    ``max_values`` JSON values is refused unparsed."""
+    if json_values(body) > max_values:
+        raise BodyTooComplex(
+            f"the request body holds more than {max_values} JSON values, more than the gateway "
+            "parses"
+        )
     try:
         payload: Any = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (or nested too deep): the API will say
         return body, None
     if not isinstance(payload, dict):
         return body, None

@@ -36,6 +36,12 @@ class GatewayLimits:
     idle_timeout: float = 120.0
     """Seconds a connection may wait for its next request before it is closed."""
 
+    @property
+    def max_json_values(self) -> int:
+        """JSON values a body may hold (one per 16 bytes of ``max_body_bytes``). Parsing costs
+        up to ~100 bytes a value, so no body costs more than ~6 ``max_body_bytes`` to parse."""
+        return self.max_body_bytes // 16
+
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_buffered_bytes", "max_connections"):
             if getattr(self, name) <= 0:

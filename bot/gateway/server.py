@@ -297,7 +297,11 @@ class ModelGateway:
                 )
                 reservation.shrink(len(body))
                 try:
-                    body, model = http.adjust_body(endpoint, body)
+                    body, model = http.adjust_body(endpoint, body, limits.max_json_values)
+                except http.BodyTooComplex as exc:
+                    raise Refused(
+                        413, "request_too_large", str(exc), "gateway.max_body_bytes"
+                    ) from exc
                 except http.BodyRefused as exc:
                     raise Refused(
                         400, "invalid_request_error", str(exc), "gateway.metering"
