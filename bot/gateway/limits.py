@@ -152,6 +152,7 @@ class RefusalTally:
     report: Callable[[GatewayRefusal], Awaitable[None]]
     interval: float = 5.0
     _rules: dict[str, _Rule] = field(default_factory=dict)
+    _running: set[asyncio.Task[None]] = field(default_factory=set)  # the loop keeps weak refs
 
     def add(self, rule: str, status: int, message: str, event: EventKind = "policy") -> None:
         state = self._rules.setdefault(rule, _Rule())
@@ -161,6 +162,8 @@ class RefusalTally:
             return
         wait = state.last_report + self.interval - time.monotonic()
         state.pending = asyncio.create_task(self._report_later(rule, state, max(wait, 0.0)))
+        self._running.add(state.pending)
+        state.pending.add_done_callback(self._running.discard)
 
     async def _report_later(self, rule: str, state: _Rule, wait: float) -> None:
         if wait:
@@ -185,7 +188,8 @@ class RefusalTally:
         await self.report(refusal)
 
     async def flush(self) -> None:
-        """Report what is still waiting for its interval (when the gateway stops)."""
+        """Report now what is waiting for its interval (at the end of the agent's turn, while
+        the run still writes events, and when the gateway stops)."""
         for rule, state in self._rules.items():
             if state.pending is not None:
                 state.pending.cancel()
