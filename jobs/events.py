@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.db.engine import SessionFactory
@@ -15,9 +16,17 @@ FLUSH_LINES = 200
 
 
 class EventWriter:
-    def __init__(self, sessions: SessionFactory, run_id: str) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        run_id: str,
+        on_flushed: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.sessions = sessions
         self.run_id = run_id
+        self.on_flushed = on_flushed
+        """Called after each batch is committed (``bot.web.live.publish_run``): wakes the
+        streams that follow the run."""
         self._buffer: list[tuple[str, dict[str, Any]]] = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -50,6 +59,8 @@ class EventWriter:
         async with self.sessions.begin() as session:
             for kind, data in batch:
                 await append_event(session, self.run_id, kind, data)
+        if self.on_flushed is not None:
+            await self.on_flushed()
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

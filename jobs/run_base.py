@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import update
 
 from bot.artifacts import store_artifact
+from bot.control.live import publish_run
 from bot.db.models import Repository, Run, RunState, Task
 from bot.errors import BosunError
 from bot.gateway import ModelGateway
@@ -78,7 +79,7 @@ class RunBase:
         self.config = RepoConfig.model_validate(self.run.repo_config or {})
         server = self.settings.agent_profiles().get(self.run.profile) or ProfileConfig()
         self.profile, self.narrowed = effective_profile(self.run.profile, server, self.config)
-        self.events = EventWriter(self.sessions, self.run.id)
+        self.events = EventWriter(self.sessions, self.run.id, on_flushed=self.publish)
         self.port: RepoPort = bosun.repo(
             self.repository.installation_id or 0, self.repository.full_name
         )
@@ -152,6 +153,10 @@ class RunBase:
         for key, value in values.items():
             setattr(self.run, key, value)
 
+    async def publish(self) -> None:
+        """Wake whoever follows this run live (never slows the run)."""
+        await publish_run(self.bosun.services.redis, self.settings.redis, self.run.id)
+
     async def move(self, target: RunState, *, reason: str = "", actor: str = "bosun") -> None:
         await self.events.flush()
         async with self.sessions.begin() as session:
@@ -159,6 +164,7 @@ class RunBase:
             assert run is not None
             await transition(session, run, target, actor=actor, reason=reason)
             self.run.state = run.state
+        await self.publish()
         self.view.state = target
         self.view.reason = reason if target in TERMINAL or reason else self.view.reason
         log.info("run_" + target.value, reason=reason or None)

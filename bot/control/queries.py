@@ -239,6 +239,16 @@ class RunStore:
             prompt_instructions=run.instructions,
         )
 
+    async def last_seq(self, run_id: str) -> int:
+        """The ``seq`` of the run's latest event (0 for none)."""
+        async with self.sessions() as session:
+            seq = (
+                await session.execute(select(Run.last_seq).where(Run.id == run_id))
+            ).scalar_one_or_none()
+        if seq is None:
+            raise NotFoundError(f"run {run_id} does not exist")
+        return int(seq)
+
     async def repository_of(self, run_id: str) -> str:
         async with self.sessions() as session:
             name = (

@@ -14,10 +14,17 @@ from litestar.middleware import DefineMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.appcreds import load_stored
+from bot.control.live import LiveHub
 from bot.intake import DeliveryIntake
 from bot.services import Services
 from bot.settings import Settings
-from bot.web.api import api_router, app_exception_handler, describe_problem, openapi_config
+from bot.web.api import (
+    api_plugins,
+    api_router,
+    app_exception_handler,
+    describe_problem,
+    openapi_config,
+)
 from bot.web.health import healthz, readyz
 from bot.web.middleware import request_logging
 from bot.web.setup import setup_callback, setup_page
@@ -48,9 +55,12 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         await _adopt_stored_secret(app.state.services)
         app.state.intake = DeliveryIntake(app.state.services.engine, app.state.services.redis)
         app.state.intake.start()
+        app.state.live = LiveHub(settings.redis)
+        app.state.live.start()
         try:
             yield
         finally:
+            await app.state.live.stop()
             await app.state.intake.stop()
             if owned:
                 await app.state.services.close()
@@ -66,6 +76,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             describe_problem,
         ],
         openapi_config=openapi_config(_version()),
+        plugins=api_plugins(),
         exception_handlers={HTTPException: app_exception_handler},
         request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],

@@ -10,8 +10,12 @@ from litestar import Request, Router
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, RedocRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Schema, SecurityScheme
+from litestar.plugins import OpenAPISchemaPlugin, PluginProtocol
+from litestar.plugins.pydantic import PydanticPlugin, PydanticSchemaPlugin
 from litestar.response import Response
+from litestar.typing import FieldDefinition
+from pydantic import BaseModel
 
 from bot.web.api.actions import RunActionController
 from bot.web.api.auth import api_guard
@@ -24,6 +28,7 @@ from bot.web.api.resources import (
     TokenController,
 )
 from bot.web.api.runs import RunController
+from bot.web.api.stream import StreamController, run_socket
 
 API_PREFIX = "/api/"
 
@@ -35,6 +40,8 @@ def api_router() -> Router:
         route_handlers=[
             RunController,
             RunActionController,
+            StreamController,
+            run_socket,
             RepositoryController,
             ProfileController,
             TaskController,
@@ -64,6 +71,32 @@ def openapi_config(version: str) -> OpenAPIConfig:
     )
 
 
+class ClosedModelSchemas(OpenAPISchemaPlugin):
+    """Request bodies that refuse unknown fields (pydantic ``extra="forbid"``, a 400 naming the
+    field) say so in the document: ``additionalProperties: false``, which Litestar's own
+    pydantic schemas leave out."""
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        model = field_definition.annotation
+        return (
+            isinstance(model, type)
+            and issubclass(model, BaseModel)
+            and model.model_config.get("extra") == "forbid"
+        )
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: Any) -> Schema:
+        schema = PydanticSchemaPlugin.for_pydantic_model(field_definition, schema_creator)
+        schema.additional_properties = False
+        return schema
+
+
+def api_plugins() -> list[PluginProtocol]:
+    """The app's plugins the API needs: bodies validated strictly (``"enabled": 1`` is not
+    ``true``, ``"5"`` is not ``5``: the document's JSON types, as ``Body`` says) and closed
+    bodies documented as such."""
+    return [ClosedModelSchemas(), PydanticPlugin(validate_strict=True)]
+
+
 def app_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Errors raised before an API route matched (unknown path, method) as problems too;
     other paths keep Litestar's plain answers."""
@@ -76,4 +109,11 @@ def app_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -
     )
 
 
-__all__ = ["api_router", "app_exception_handler", "describe_problem", "openapi_config"]
+__all__ = [
+    "ClosedModelSchemas",
+    "api_plugins",
+    "api_router",
+    "app_exception_handler",
+    "describe_problem",
+    "openapi_config",
+]
