@@ -245,6 +245,14 @@ class WorkerSettings(_Group):
     """The arq worker."""
 
     max_jobs: int = Field(default=10, gt=0, description="Jobs one worker runs at once.")
+    stall_seconds: float = Field(
+        default=300,
+        gt=0,
+        description=(
+            "A running run with no event for this long is marked stalled (an event, a field "
+            "in the API, a line on GitHub) until its events resume."
+        ),
+    )
     poll_delay: float = Field(
         default=0.05, gt=0, description="Seconds between queue polls (lower = faster pickup)."
     )

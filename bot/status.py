@@ -60,6 +60,8 @@ class RunView:
     queue_position: int | None = None
     waiting: str = ""
     """While a queued run may not start: why, e.g. "waiting: position 2 of 3 in the o/r queue"."""
+    stalled: str = ""
+    """While a running run has gone quiet: for how long, e.g. "no event for 6 minutes"."""
     agent_phases: tuple[str, ...] = ("agent",)
     """The agent's rows in the phase table: ``agent``, or one per workflow phase."""
     plan: str = ""
@@ -146,6 +148,8 @@ def check_run_fields(
         summary += ["", f"**{one_line(view.reason)}**"]
     if view.waiting and view.state is RunState.QUEUED:
         summary += ["", f"⏳ {view.waiting}; it starts when its turn comes."]
+    if view.stalled:
+        summary += ["", f"⚠️ Stalled: {view.stalled}. `/cancel` stops it."]
     if view.dashboard_url:
         summary += ["", f"[Open this run in the dashboard]({view.dashboard_url})"]
     text = ["## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
@@ -176,6 +180,8 @@ def status_comment(view: RunView) -> str:
     lines = [STATUS_MARKER, f"**Bosun** · run `{view.run_id}` · **{state}**", ""]
     if view.waiting and view.state is RunState.QUEUED:
         lines.append(f"⏳ {view.waiting}; it starts when its turn comes.")
+    if view.stalled:
+        lines.append(f"⚠️ Stalled: {view.stalled}. `/cancel` stops it.")
     if view.pr_number:
         lines.append(f"Pull request: #{view.pr_number} (branch `{view.branch}`)")
     if view.reason:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,17 +29,23 @@ class EventWriter:
         """Called after each batch is committed (``bot.web.live.publish_run``): wakes the
         streams that follow the run."""
         self._buffer: list[tuple[str, dict[str, Any]]] = []
+        self.last_activity = time.monotonic()
+        """When the run last produced an event of its own (stall detection)."""
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
-    async def emit(self, kind: str, data: dict[str, Any]) -> None:
-        """Append one event now (and whatever is buffered before it, to keep order)."""
+    async def emit(self, kind: str, data: dict[str, Any], *, quiet: bool = False) -> None:
+        """Append one event now (and whatever is buffered before it, to keep order).
+        ``quiet`` events (Bosun's own notes about the run) are not activity of the run."""
+        if not quiet:
+            self.last_activity = time.monotonic()
         async with self._lock:
             self._buffer.append((kind, data))
             await self._flush_locked()
 
     def buffer(self, kind: str, data: dict[str, Any]) -> None:
         """Queue an event for the next batch."""
+        self.last_activity = time.monotonic()
         self._buffer.append((kind, data))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._later())

@@ -190,6 +190,9 @@ class RunExecution(AgentSteps, PublishSteps):
                 next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
                     await self._save(heartbeat_at=utc_now())
+            if ticks % 10 == 0:
+                with contextlib.suppress(Exception):
+                    await self._watch_stall()
             actor: str | None = None
             if (signalled or ticks % 10 == 0) and await self._cancel_requested():
                 actor = self.cancelled_by or "request"
@@ -201,6 +204,28 @@ class RunExecution(AgentSteps, PublishSteps):
                         await self.bosun.backend.stop(self.sandbox, timeout=1.0)
                 main.cancel()
                 return
+
+    async def _watch_stall(self) -> None:
+        """Flag the run stalled after ``worker.stall_seconds`` without an event of its own
+        while it works; lift the flag when its events resume."""
+        quiet = time.monotonic() - self.events.last_activity
+        working = self.run.state in (RunState.RUNNING, RunState.GATES)
+        limit = self.settings.worker.stall_seconds
+        if working and quiet >= limit and not self.view.stalled:
+            minutes = max(1, round(quiet / 60))
+            self.view.stalled = f"no event for {minutes} minute{'s' if minutes > 1 else ''}"
+            await self._save(stalled_since=utc_now())
+            await self.events.emit(
+                "progress", {"stalled": True, "quiet_seconds": round(quiet)}, quiet=True
+            )
+            log.warning("run_stalled", quiet_seconds=round(quiet))
+            self.reporter.changed()
+        elif self.view.stalled and (quiet < limit or not working):
+            self.view.stalled = ""
+            await self._save(stalled_since=None)
+            await self.events.emit("progress", {"stalled": False}, quiet=True)
+            log.info("run_resumed")
+            self.reporter.changed()
 
     async def _apply_budget(self) -> None:
         """Give the gateway the run's budget as the database has it, when it was raised."""

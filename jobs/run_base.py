@@ -28,7 +28,7 @@ from bot.profiles import ProfileConfig, effective_profile
 from bot.repoconfig import RepoConfig
 from bot.runners import RunnerEvent
 from bot.runners.base import RunnerOutcome
-from bot.runs import TERMINAL, transition
+from bot.runs import TERMINAL, append_event, transition
 from bot.status import RunView
 from jobs import sessions
 from jobs.admission import Admission
@@ -164,6 +164,10 @@ class RunBase:
             assert run is not None
             await transition(session, run, target, actor=actor, reason=reason)
             self.run.state = run.state
+            if run.stalled_since is not None and target not in (RunState.RUNNING, RunState.GATES):
+                run.stalled_since = None  # it moved on: whatever it waited for is over
+                self.view.stalled = ""
+                await append_event(session, run.id, "progress", {"stalled": False})
         await self.publish()
         self.view.state = target
         self.view.reason = reason if target in TERMINAL or reason else self.view.reason

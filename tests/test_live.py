@@ -217,3 +217,44 @@ def _ok(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_quiet_run_is_flagged_stalled_and_unflagged(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> None:
+    """No event for ``worker.stall_seconds``: an event, the API's ``stalled`` and a line in the
+    status comment; the agent's next line lifts all three."""
+    quiet = {"runner": "script", "command": ["sh", "-c", "echo start; sleep 6; echo resumed"]}
+    with open_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root,
+        profiles={**PROFILES, "quiet": quiet}, worker={"poll_delay": 0.05, "stall_seconds": 2},
+    ) as stack:  # fmt: skip
+        token = make_token(stack, "watcher", "read")
+        number = stack.emulator.create_issue(stack.repo, "Quiet", "Wait.", "alice")
+        stack.label(number, "bosun:quiet")
+        api = httpx.Client(
+            base_url=f"{stack.url}/api/v1", headers={"Authorization": f"Bearer {token}"}
+        )
+        with api:
+            run_id = stack.wait_for(lambda: (stack.runs() or [{}])[0].get("id"), 30, "the run")
+
+            def flagged() -> bool:
+                return bool(api.get(f"/runs/{run_id}").json()["stalled"])
+
+            stack.wait_for(flagged, 20, "the run flagged stalled")
+
+            def comment() -> str | None:
+                issue = next(i for i in stack.state()["issues"] if i["number"] == number)
+                bodies = [c["body"] for c in issue["comments"] if "Stalled:" in c["body"]]
+                return bodies[0] if bodies else None
+
+            assert "no event for" in stack.wait_for(comment, 20, "the stall on GitHub")
+            stack.wait_for(lambda: not flagged(), 20, "the flag lifted")
+            marks = [
+                e["data"]["stalled"]
+                for e in api.get(f"/runs/{run_id}/events", params={"kind": "progress"}).json()[
+                    "items"
+                ]
+                if "stalled" in e["data"]
+            ]
+            assert marks[:2] == [True, False]

@@ -95,6 +95,8 @@ def summary(run: Run, repository: str, task: Task) -> RunSummary:
         parent_run_id=run.parent_run_id,
         on_hold=run.on_hold,
         cancel_requested=run.cancel_requested,
+        stalled=run.stalled_since is not None,
+        last_seq=run.last_seq,
         gates_passed=run.gates_passed,
         cost_usd=run.cost_usd,
         budget_usd=run.budget_usd,
@@ -231,23 +233,12 @@ class RunStore:
         return RunDetail(
             **base,
             phase=(progress or {}).get("phase"),
-            last_seq=run.last_seq,
             lineage=Lineage(parent=run.parent_run_id, children=children),
             gates=[_gate(e) for e in gate_events],
             approvals=approvals,
             artifacts=artifacts,
             prompt_instructions=run.instructions,
         )
-
-    async def last_seq(self, run_id: str) -> int:
-        """The ``seq`` of the run's latest event (0 for none)."""
-        async with self.sessions() as session:
-            seq = (
-                await session.execute(select(Run.last_seq).where(Run.id == run_id))
-            ).scalar_one_or_none()
-        if seq is None:
-            raise NotFoundError(f"run {run_id} does not exist")
-        return int(seq)
 
     async def repository_of(self, run_id: str) -> str:
         async with self.sessions() as session:

@@ -24,8 +24,15 @@ from bot.errors import ConflictError, NotFoundError, PermissionDenied
 Scope = Literal["read", "operate", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "operate", "admin")
 PREFIX = "bosun_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_DURATION = re.compile(r"^(\d+)([hdw])$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+_SEGMENT = r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.\.[A-Za-z0-9_.-]+)"
+REPO_PATTERN = rf"^{_SEGMENT}/{_SEGMENT}$"
+"""``OWNER/NAME``: letters, digits, ``_.-``; neither part ``.`` or ``..`` (GitHub allows neither,
+and in a URL path they would name another resource)."""
+DURATION_PATTERN = r"^0*[1-9][0-9]{0,4}[hdw]$"
+"""An expiry: hours, days or weeks, at most 99999 of them (a date Python can still hold)."""
+_NAME = re.compile(NAME_PATTERN)
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 class TokenRefused(PermissionDenied):
@@ -59,10 +66,10 @@ def hash_token(token: str) -> str:
 
 def parse_duration(text: str) -> timedelta:
     """``12h``, ``30d``, ``2w`` → a timedelta (ValueError with the accepted forms)."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match.group(1)) == 0:
+    text = text.strip()
+    if not _DURATION.match(text):
         raise ValueError(f"expiry {text!r} is not like 12h, 30d or 2w")
-    amount, unit = int(match.group(1)), match.group(2)
+    amount, unit = int(text[:-1]), text[-1]
     return {
         "h": timedelta(hours=amount),
         "d": timedelta(days=amount),
@@ -85,7 +92,7 @@ async def create_token(
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
     for repo in repos:
-        if not re.match(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", repo):
+        if not re.match(REPO_PATTERN, repo):
             raise ValueError(f"repository {repo!r} is not like OWNER/NAME")
     secret = PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(

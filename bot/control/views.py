@@ -4,12 +4,21 @@ Built only by ``bot.control.queries``."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
+
+
+def _utc(value: datetime) -> datetime:
+    """Timestamps are stored in UTC; SQLite hands them back without the zone."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+"""A moment, always with its zone (RFC 3339 ``date-time``: ``2026-05-01T12:00:00Z``)."""
 
 
 class _View(BaseModel):
@@ -43,15 +52,19 @@ class RunSummary(_View):
     parent_run_id: str | None
     on_hold: bool
     cancel_requested: bool
+    stalled: bool = Field(
+        description="A running run with no event for `worker.stall_seconds` (until they resume)."
+    )
+    last_seq: int = Field(description="The `seq` of its latest event.")
     gates_passed: bool | None
     cost_usd: float
     budget_usd: float | None
     tokens_in: int
     tokens_out: int
     reason: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
 
 class GateOut(_View):
@@ -68,7 +81,7 @@ class ArtifactOut(_View):
     size: int
     sha256: str
     storage: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class ApprovalOut(_View):
@@ -78,11 +91,11 @@ class ApprovalOut(_View):
     source: str
     valid: bool
     invalidated_reason: str | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AuditOut(_View):
-    created_at: datetime
+    created_at: Timestamp
     run_id: str | None
     repository: str
     actor: str
@@ -104,7 +117,6 @@ class Lineage(_View):
 
 class RunDetail(RunSummary):
     phase: str | None = Field(description="The phase of the latest progress event.")
-    last_seq: int
     lineage: Lineage
     gates: list[GateOut]
     approvals: list[ApprovalOut]
@@ -116,7 +128,7 @@ class EventOut(_View):
     seq: int
     kind: str
     data: dict[str, Any]
-    created_at: datetime
+    created_at: Timestamp
 
 
 class FileStat(_View):
@@ -149,7 +161,7 @@ class RepositoryOut(_View):
     local_path: str | None
     installed: bool
     enabled: bool
-    created_at: datetime
+    created_at: Timestamp
 
 
 class CapabilitiesOut(_View):
@@ -182,7 +194,7 @@ class TaskOut(_View):
     pr_number: int | None
     branch: str | None
     last_run: RunSummary | None
-    created_at: datetime
+    created_at: Timestamp
 
 
 class TokenOut(_View):
@@ -190,10 +202,10 @@ class TokenOut(_View):
     prefix: str
     scope: str
     repos: list[str]
-    expires_at: datetime | None
+    expires_at: Timestamp | None
     revoked: bool
-    created_at: datetime
-    last_used_at: datetime | None
+    created_at: Timestamp
+    last_used_at: Timestamp | None
 
 
 class NewToken(TokenOut):

@@ -188,6 +188,8 @@ class Run(Base):
     head_since: Mapped[datetime | None] = mapped_column()
     """When the current ``head_sha`` became the PR head as Bosun knows it: a comment written
     before then was not written about this head (``bot.review.head_when_written``)."""
+    stalled_since: Mapped[datetime | None] = mapped_column()
+    """Set while the run has gone ``worker.stall_seconds`` without an event."""
     merged_sha: Mapped[str | None] = mapped_column(String(64))
     """The merge commit on the base branch once Bosun merged the PR."""
     job_id: Mapped[str | None] = mapped_column(String(128))

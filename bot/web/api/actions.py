@@ -16,6 +16,7 @@ from typing import Annotated
 
 from litestar import Controller, Response, post
 from litestar.exceptions import ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import Field
 
@@ -30,12 +31,35 @@ from bot.control.views import ActionOut
 from bot.db.models import ControlCommand
 from bot.errors import ConflictError
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
+from bot.web.api.problems import problem_responses
 from bot.web.api.resources import Body, services_of, store
 
 Wait = Annotated[
     float, QueryParameter(ge=0, le=30, description="Seconds to wait for the worker's decision.")
 ]
 PERMISSION_OF_SCOPE = {"operate": "write", "admin": "admin"}
+ACTION_RESPONSES = {
+    200: ResponseSpec(
+        ActionOut,
+        description="Accepted (`outcome: accepted`), with the run as it is now",
+        generate_examples=False,
+    ),
+    202: ResponseSpec(
+        ActionOut,
+        description="Not decided within `wait` seconds (`outcome: pending`); follow the run's "
+        "audit",
+        generate_examples=False,
+    ),
+    **problem_responses(400, 401, 403, 404, 409, 413),
+}
+"""An action's answers: the 409 problem is a refusal by the run's state, its `detail` the
+reason the comment command would have been given."""
+
+
+def action(path: str, summary: str) -> post:
+    """``POST /api/v1/runs/{run_id}/<path>``: needs an operate token, answers 200, 202 or a
+    problem."""
+    return post(path, summary=summary, status_code=200, responses=ACTION_RESPONSES)
 
 
 class RetryIn(Body):
@@ -52,7 +76,9 @@ class RejectIn(Body):
 
 
 class BudgetIn(Body):
-    add_usd: float = Field(gt=0, le=100_000, description="Dollars to add to the budget.")
+    add_usd: float = Field(
+        ge=0.01, le=100_000, description="Dollars to add to the budget (rounded to the cent)."
+    )
 
 
 class EmptyIn(Body):
@@ -64,50 +90,50 @@ class RunActionController(Controller):
     tags = ["runs"]
     opt = {"scope": "operate"}
 
-    @post("/cancel", summary="Cancel a run before it is review-ready (like /cancel)")
+    @action("/cancel", "Cancel a run before it is review-ready (like /cancel)")
     async def cancel(
         self, request: AnyRequest, run_id: FromPath[str], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "cancel", "", wait)
 
-    @post("/retry", summary="Run the agent again with feedback (like /retry)")
+    @action("/retry", "Run the agent again with feedback (like /retry)")
     async def retry(
         self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[RetryIn], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "retry", data.feedback, wait)
 
-    @post("/approve", summary="Approve the run's head, or only some paths (like /approve)")
+    @action("/approve", "Approve the run's head, or only some paths (like /approve)")
     async def approve(
         self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[ApproveIn], wait: Wait = 10
     ) -> Response[ActionOut]:
         args = " ".join([*([data.sha] if data.sha else []), *data.paths])
         return await act(request, run_id, "approve", args, wait)
 
-    @post("/reject", summary="Reject the change; the run ends (like /reject)")
+    @action("/reject", "Reject the change; the run ends (like /reject)")
     async def reject(
         self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[RejectIn], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "reject", data.reason, wait)
 
-    @post("/hold", summary="Hold the run: no start, no merge (like /hold)")
+    @action("/hold", "Hold the run: no start, no merge (like /hold)")
     async def hold(
         self, request: AnyRequest, run_id: FromPath[str], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "hold", "", wait)
 
-    @post("/unhold", summary="Lift a hold (like /unhold)")
+    @action("/unhold", "Lift a hold (like /unhold)")
     async def unhold(
         self, request: AnyRequest, run_id: FromPath[str], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "unhold", "", wait)
 
-    @post("/budget", summary="Raise the run's budget (like /budget +N)")
+    @action("/budget", "Raise the run's budget (like /budget +N)")
     async def budget(
         self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[BudgetIn], wait: Wait = 10
     ) -> Response[ActionOut]:
-        return await act(request, run_id, "budget", f"+{data.add_usd:g}", wait)
+        return await act(request, run_id, "budget", f"+{data.add_usd:.2f}", wait)
 
-    @post("/resume", summary="Continue a timed-out run from its branch (like /resume)")
+    @action("/resume", "Continue a timed-out run from its branch (like /resume)")
     async def resume(
         self, request: AnyRequest, run_id: FromPath[str], wait: Wait = 10
     ) -> Response[ActionOut]:

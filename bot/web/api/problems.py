@@ -15,7 +15,9 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions import NotFoundException as RouteNotFound
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
+from pydantic import BaseModel, Field
 
 from bot.control.queries import BadCursor
 from bot.errors import BosunError, ConflictError, NotFoundError, PermissionDenied
@@ -45,6 +47,39 @@ PROBLEMS: dict[str, tuple[int, str, str]] = {
                  "detail."),
 }  # fmt: skip
 _BY_STATUS = {status: slug for slug, (status, _, _) in reversed(PROBLEMS.items())}
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The parameter or body field, as the client spells it.")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(description="A stable URI per kind of error; GET it for its meaning.")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong and what to do about it.")
+    errors: list[FieldError] | None = Field(
+        default=None, description="For `invalid-request`: each invalid field and why."
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The problems a route may answer, for its OpenAPI ``responses`` (each status with the
+    problem types it stands for)."""
+    specs = {}
+    for status in statuses:
+        kinds = [f"`{slug}`" for slug, (code, _, _) in PROBLEMS.items() if code == status]
+        titles = "; ".join(t for code, t, _ in PROBLEMS.values() if code == status)
+        specs[status] = ResponseSpec(
+            data_container=Problem,
+            media_type=MEDIA_TYPE,
+            description=f"{titles} (problem {', '.join(kinds)})",
+            generate_examples=False,
+        )
+    return specs
 
 
 def problem(
@@ -108,7 +143,7 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
             slug = _BY_STATUS.get(
                 exc.status_code, "invalid-request" if exc.status_code < 500 else "internal"
             )
-            return problem(slug, exc.detail)
+            return problem(slug, exc.detail, headers=exc.headers)  # a 405's `Allow`
         case BosunError() | ValueError():
             return problem("invalid-request", str(exc))
     log.exception("api_request_failed", path=request.url.path)

@@ -6,25 +6,51 @@ from datetime import timedelta
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
-from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field
+from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select
 
 from bot.control.queries import RunStore, profile_out, repository_out
-from bot.control.tokens import Scope, create_token, list_tokens, parse_duration, revoke_token
+from bot.control.tokens import (
+    DURATION_PATTERN,
+    NAME_PATTERN,
+    REPO_PATTERN,
+    Scope,
+    create_token,
+    list_tokens,
+    parse_duration,
+    revoke_token,
+)
 from bot.control.views import AuditOut, NewToken, Page, ProfileOut, RepositoryOut, TaskOut, TokenOut
 from bot.db.models import ApiToken, Repository
 from bot.errors import NotFoundError
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
+from bot.web.api.problems import problem_responses
 
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
+OwnerName = Annotated[str, StringConstraints(pattern=REPO_PATTERN)]
+MAX_ID = 2**31 - 1
+"""The largest id, issue or sequence number the database holds (a 32-bit integer column)."""
+
+
+def _integral(value: object) -> object:
+    """JSON does not tell ``12.0`` from ``12`` (nor does JSON Schema's ``integer``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer in a strictly validated body: ``12`` or ``12.0``, not ``"12"`` or ``true``."""
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: exactly the documented fields, each of the documented JSON type (no
+    `"enabled": 1` for `true`, no `"5"` for `5`; the app validates bodies strictly too,
+    ``bot.web.api.api_plugins``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def store(request: AnyRequest) -> RunStore:
@@ -45,7 +71,7 @@ class RepositoryController(Controller):
     path = "/api/v1/repositories"
     tags = ["repositories"]
 
-    @get("/", summary="List repositories")
+    @get("/", summary="List repositories", responses=problem_responses(400, 401))
     async def list_repositories(
         self, request: AnyRequest, cursor: Cursor = None, limit: Limit = 50
     ) -> Page[RepositoryOut]:
@@ -54,7 +80,11 @@ class RepositoryController(Controller):
         items = [r for r in page.items if caller.may_act_on(r.full_name)]
         return Page[RepositoryOut](items=items, next_cursor=page.next_cursor)
 
-    @get("/{owner:str}/{name:str}", summary="Get a repository")
+    @get(
+        "/{owner:str}/{name:str}",
+        summary="Get a repository",
+        responses=problem_responses(400, 401, 403, 404),
+    )
     async def get_repository(
         self, request: AnyRequest, owner: FromPath[str], name: FromPath[str]
     ) -> RepositoryOut:
@@ -65,6 +95,7 @@ class RepositoryController(Controller):
         "/{owner:str}/{name:str}",
         summary="Enable or disable a repository",
         opt={"scope": "admin"},
+        responses=problem_responses(400, 401, 403, 404, 413),
     )
     async def patch_repository(
         self,
@@ -93,7 +124,11 @@ class ProfileController(Controller):
     path = "/api/v1/profiles"
     tags = ["profiles"]
 
-    @get("/", summary="List agent profiles with their runners' capabilities")
+    @get(
+        "/",
+        summary="List agent profiles with their runners' capabilities",
+        responses=problem_responses(401),
+    )
     async def list_profiles(self, request: AnyRequest) -> list[ProfileOut]:
         settings: Settings = request.app.state.settings
         default = settings.default_profile
@@ -107,7 +142,11 @@ class TaskController(Controller):
     path = "/api/v1/tasks"
     tags = ["tasks"]
 
-    @get("/", summary="List tasks (issues Bosun worked on, and local tasks)")
+    @get(
+        "/",
+        summary="List tasks (issues Bosun worked on, and local tasks)",
+        responses=problem_responses(400, 401),
+    )
     async def list_tasks(
         self,
         request: AnyRequest,
@@ -120,8 +159,14 @@ class TaskController(Controller):
             repository=repo, allowed_repos=caller.repos, cursor=cursor, limit=limit
         )
 
-    @get("/{task_id:int}", summary="Get a task with its last run")
-    async def get_task(self, request: AnyRequest, task_id: FromPath[int]) -> TaskOut:
+    @get(
+        "/{task_id:int}",
+        summary="Get a task with its last run",
+        responses=problem_responses(400, 401, 403, 404),
+    )
+    async def get_task(
+        self, request: AnyRequest, task_id: Annotated[int, Parameter(ge=1, le=MAX_ID)]
+    ) -> TaskOut:
         task = await store(request).task(task_id)
         require_repo(caller_of(request), task.repository)
         return task
@@ -131,7 +176,11 @@ class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
 
-    @get("/", summary="The command audit: every command, accepted or refused, newest first")
+    @get(
+        "/",
+        summary="The command audit: every command, accepted or refused, newest first",
+        responses=problem_responses(400, 401),
+    )
     async def list_audit(
         self,
         request: AnyRequest,
@@ -147,10 +196,24 @@ class AuditController(Controller):
 
 
 class TokenIn(Body):
-    name: str = Field(description="A unique name; audit rows record `token:<name>`.")
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN)] = Field(
+        description="A unique name (letters, digits, `._@-`, at most 64); audit rows record "
+        "`token:<name>`."
+    )
     scope: Scope = Field(default="read")
-    repos: list[str] = Field(default_factory=list, description="OWNER/NAME; empty: all.")
-    expires_in: str | None = Field(default=None, description="Like `12h`, `30d`, `2w`.")
+    repos: list[OwnerName] = Field(
+        default_factory=list,
+        description="OWNER/NAME; empty: all.",
+        # Litestar drops the constraints of list items and optional fields from the document.
+        json_schema_extra={"items": {"type": "string", "pattern": REPO_PATTERN}},
+    )
+    expires_in: Annotated[str, StringConstraints(pattern=DURATION_PATTERN)] | None = Field(
+        default=None,
+        description="Hours, days or weeks, at most 99999: `12h`, `30d`, `2w` (null: never).",
+        json_schema_extra={
+            "oneOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "null"}]
+        },
+    )
 
 
 def token_out(row: ApiToken) -> TokenOut:
@@ -171,12 +234,18 @@ class TokenController(Controller):
     tags = ["tokens"]
     opt = {"scope": "admin"}
 
-    @get("/", summary="List API tokens (never their secrets)")
+    @get(
+        "/", summary="List API tokens (never their secrets)", responses=problem_responses(401, 403)
+    )
     async def list_api_tokens(self, request: AnyRequest) -> list[TokenOut]:
         async with services_of(request).sessions() as session:
             return [token_out(row) for row in await list_tokens(session)]
 
-    @post("/", summary="Create an API token (its secret is in this answer only)")
+    @post(
+        "/",
+        summary="Create an API token (its secret is in this answer only)",
+        responses=problem_responses(400, 401, 403, 409, 413),
+    )
     async def create_api_token(self, request: AnyRequest, data: JSONBody[TokenIn]) -> NewToken:
         expires: timedelta | None = parse_duration(data.expires_in) if data.expires_in else None
         async with services_of(request).sessions.begin() as session:
@@ -185,7 +254,12 @@ class TokenController(Controller):
             )
             return NewToken(**token_out(row).model_dump(), token=secret)
 
-    @delete("/{name:str}", summary="Revoke an API token", status_code=200)
+    @delete(
+        "/{name:str}",
+        summary="Revoke an API token",
+        status_code=200,
+        responses=problem_responses(400, 401, 403, 404),
+    )
     async def revoke_api_token(self, request: AnyRequest, name: FromPath[str]) -> TokenOut:
         async with services_of(request).sessions.begin() as session:
             return token_out(await revoke_token(session, name))

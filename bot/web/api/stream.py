@@ -28,7 +28,8 @@ from bot.control.views import EventOut, RunSummary
 from bot.db.models import RunState
 from bot.runs import TERMINAL
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
-from bot.web.api.resources import services_of, store
+from bot.web.api.problems import problem_responses
+from bot.web.api.resources import MAX_ID, services_of, store
 
 HEARTBEAT_SECONDS = 15.0
 SEND_TIMEOUT = 30.0
@@ -109,7 +110,7 @@ async def fleet_frames(
             current[run_id] = summary
         changed = False
         for run in current.values():
-            mark = (run.state, run.cost_usd, await runs.last_seq(run.id))
+            mark = (run.state, run.cost_usd, run.last_seq)
             if seen.get(run.id) != mark:
                 seen[run.id] = mark
                 changed = True
@@ -149,12 +150,14 @@ class StreamController(Controller):
         "`?after_seq=`) to resume exactly. Each event's `event:` is its kind; a final `end` "
         "event follows the move into a terminal state. Comment lines keep the connection "
         "open every 15 s.",
+        media_type="text/event-stream",
+        responses=problem_responses(400, 401, 403, 404),
     )
     async def run_stream(
         self,
         request: AnyRequest,
         run_id: FromPath[str],
-        after_seq: Annotated[int | None, QueryParameter(ge=0)] = None,
+        after_seq: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
     ) -> ServerSentEvent:
         runs = store(request)
         require_repo(caller_of(request), await runs.repository_of(run_id))
@@ -166,6 +169,8 @@ class StreamController(Controller):
         summary="Every run's state, phase and cost as they change (Server-Sent Events)",
         description="A `run` event carries the run's summary each time its state, cost or "
         "event count changes, for runs not yet ended (and once more when one ends).",
+        media_type="text/event-stream",
+        responses=problem_responses(400, 401),
     )
     async def fleet_stream(
         self,
