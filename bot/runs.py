@@ -18,6 +18,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.db.models import Run, RunEvent, RunState
 from bot.errors import ConflictError, NotFoundError
+from bot.notify.outbox import enqueue_transition
 
 S = RunState
 
@@ -106,7 +107,8 @@ async def transition(
     if not can_transition(current, target):
         raise IllegalTransition(f"run {run.id}: {current.value} → {target.value} is not allowed")
     now = datetime.now(UTC)
-    values: dict[str, Any] = {"state": target, "version": Run.version + 1}
+    since = run.state_since or run.created_at  # when the run entered ``current``
+    values: dict[str, Any] = {"state": target, "version": Run.version + 1, "state_since": now}
     if target is S.PREPARING and run.started_at is None:
         values["started_at"] = now
     if target is S.REVIEW_READY and current in ACTIVE:
@@ -133,7 +135,16 @@ async def transition(
             set_committed_value(run, key, value)
     set_committed_value(run, "version", version)
     data = {"from": current.value, "to": target.value, "actor": actor, "reason": reason, **extra}
-    return await append_event(session, run.id, "status", data)
+    if since is not None:  # how long the run was in ``from`` (for /metrics)
+        data["in_state_s"] = round(max(0.0, (now - _utc(since)).total_seconds()), 3)
+    status = await append_event(session, run.id, "status", data)
+    await enqueue_transition(session, run, current, target, status.seq)
+    return status
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they are stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def get_run(session: AsyncSession, run_id: str) -> Run:

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bot.errors import ConfigError
 from bot.gateway.limits import GatewayLimits
 from bot.gateway.routes import Upstream
+from bot.metrics.settings import MetricsSettings
+from bot.notify.settings import NotifySettings
 from bot.profiles import ProfileConfig, load_profiles
 from sandboxes.seccomp import check_profile_name
 
@@ -443,6 +445,8 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     def agent_profiles(self) -> dict[str, ProfileConfig]:
         return load_profiles(self.profiles, self.profiles_file)

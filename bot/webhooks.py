@@ -19,9 +19,11 @@ import msgspec
 import structlog
 from litestar import Request, Response, post
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.intake import PROCESS_JOB, DeliveryIntake, IncomingDelivery
+from bot.metrics.local import webhook_rejected
 from bot.services import Services
 
 log = structlog.get_logger("bot.webhooks")
@@ -37,7 +39,8 @@ def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, header.removeprefix("sha256="))
 
 
-def _error(status: int, message: str) -> Response[dict[str, str]]:
+def _error(status: int, message: str, reason: str) -> Response[dict[str, str]]:
+    webhook_rejected(reason)
     return Response({"error": message}, status_code=status)
 
 
@@ -62,19 +65,25 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
     services: Services = state.services
     secret = services.webhook_secret()
     if secret is None:
-        return _error(503, "webhook secret not configured: set BOSUN_GITHUB__WEBHOOK_SECRET")
-    body = await request.body()
+        return _error(
+            503, "webhook secret not configured: set BOSUN_GITHUB__WEBHOOK_SECRET", "no_secret"
+        )
+    try:
+        body = await request.body()
+    except HTTPException as exc:  # over max_webhook_bytes: 413
+        webhook_rejected("too_large" if exc.status_code == 413 else "headers")
+        raise
     if not signature_valid(secret, body, request.headers.get("x-hub-signature-256")):
         log.warning("delivery_signature_rejected")
-        return _error(401, "missing or invalid X-Hub-Signature-256")
+        return _error(401, "missing or invalid X-Hub-Signature-256", "signature")
     event = request.headers.get("x-github-event")
     delivery_id = request.headers.get("x-github-delivery")
     if not event or not delivery_id or len(delivery_id) > 64:
-        return _error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required")
+        return _error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required", "headers")
     try:
         payload = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        return _error(400, f"body is not valid JSON: {exc}")
+        return _error(400, f"body is not valid JSON: {exc}", "json")
     action, installation_id, repository = _summary(payload)
     structlog.contextvars.bind_contextvars(
         delivery_id=delivery_id, installation_id=installation_id, repo=repository
@@ -92,7 +101,9 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
         recorded = await intake.submit(incoming)
     except SQLAlchemyError as exc:
         log.error("delivery_store_failed", gh_event=event, error=str(exc))
-        return _error(503, "the delivery could not be stored; GitHub can redeliver it later")
+        return _error(
+            503, "the delivery could not be stored; GitHub can redeliver it later", "store_failed"
+        )
     if recorded.duplicate and not recorded.process:
         log.info("delivery_duplicate_ignored", gh_event=event)
         return Response({"delivery": delivery_id, "status": "duplicate"}, status_code=202)

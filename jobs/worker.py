@@ -11,11 +11,14 @@ from arq.worker import Worker, func
 
 from bot import jobcodec
 from bot.control.actions import API_COMMAND_JOB
+from bot.metrics.local import job_started
+from bot.metrics.worker import start_worker_metrics, stop_worker_metrics
 from bot.services import Services, queue_client
 from bot.settings import Settings
 from jobs.api_commands import api_command
 from jobs.context import JobContext
 from jobs.deliveries import process_delivery
+from jobs.notify import notify_crons, notify_functions, notify_startup
 from jobs.ping import ping
 from jobs.pipeline import execute_run
 from jobs.reconcile import reconcile
@@ -31,6 +34,7 @@ def job_functions() -> list[Any]:
         func(process_delivery, name="process_delivery", max_tries=5),
         func(execute_run, name="execute_run", max_tries=3),
         func(api_command, name=API_COMMAND_JOB, max_tries=3),
+        *notify_functions(),
     ]
 
 
@@ -56,6 +60,7 @@ def cron_jobs(settings: Settings) -> list[Any]:
             run_at_startup=True,
             unique=True,
         ),
+        *notify_crons(settings),
     ]
 
 
@@ -75,9 +80,12 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         raise_descriptor_limit()
         services = Services.build(settings)
         ctx["bosun"] = JobContext(settings=settings, services=services)
+        await notify_startup(ctx["bosun"])
+        ctx["metrics_server"] = await start_worker_metrics(settings.metrics)
         log.info("worker_started", worker=ctx["bosun"].worker_id, queue=settings.redis.queue_name)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await stop_worker_metrics(ctx.get("metrics_server"))
         bosun: JobContext | None = ctx.get("bosun")
         if bosun is not None:
             await bosun.close()
@@ -86,6 +94,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
     async def on_job_start(ctx: dict[str, Any]) -> None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(job_id=ctx.get("job_id"))
+        job_started(ctx)
         bosun: JobContext | None = ctx.get("bosun")
         if bosun is not None:
             await bosun.adopt_stored_app()

@@ -198,6 +198,8 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    state_since: Mapped[datetime | None] = mapped_column()
+    """When the run entered its current state (``created_at`` while it never moved)."""
 
     __table_args__ = (
         Index("ix_runs_state", "state"),
@@ -218,7 +220,10 @@ class RunEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (UniqueConstraint("run_id", "seq"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq"),
+        Index("ix_run_events_kind", "kind"),  # /metrics aggregates status, gate and cost events
+    )
 
 
 class Artifact(Base):
@@ -361,3 +366,72 @@ class AppCredentials(Base):
     client_id: Mapped[str | None] = mapped_column(String(255))
     client_secret: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """Where Bosun sends signed notifications (``bot.notify``): configured in
+    ``notify.endpoints`` (``source`` = ``settings``, kept in step at start) or through the API."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text)
+    """The HMAC-SHA256 key notifications are signed with (needed to sign, so kept as is)."""
+    events: Mapped[list[Any]] = mapped_column(default=list)
+    """Notification types it wants; empty: every type."""
+    repos: Mapped[list[Any]] = mapped_column(default=list)
+    """Repositories (``owner/name`` or ``owner/*``) it wants; empty: every repository."""
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Notification(Base):
+    """One notification for one endpoint: written in the transaction that changed the run,
+    sent (and retried with backoff) by the worker's ``send_notifications`` job."""
+
+    __tablename__ = "notify_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    delivery_id: Mapped[str] = mapped_column(String(64), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(32))
+    repository: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(32))
+    previous_state: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(Integer)
+    """The run's ``status`` event this notification is about."""
+    body: Mapped[str | None] = mapped_column(Text)
+    """The exact bytes sent, fixed at the first attempt so every retry is identical."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """``pending`` (to send, or to retry), ``delivered`` or ``failed`` (out of attempts)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+
+    __table_args__ = (
+        Index("ix_notify_outbox_due", "status", "next_attempt_at"),
+        Index("ix_notify_outbox_endpoint", "endpoint_id", "id"),
+    )
+
+
+class NotificationAttempt(Base):
+    """One try at sending a notification: the delivery log ``/api/v1/webhooks/{id}/deliveries``
+    shows."""
+
+    __tablename__ = "notify_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notify_outbox.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_notify_attempts_notification", "notification_id", "attempt"),)

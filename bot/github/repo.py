@@ -30,6 +30,7 @@ from githubkit_schemas.latest.models import (
 from bot.events import RepositoryRef
 from bot.github.limits import fit_comment
 from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
+from bot.metrics.local import GITHUB_HOOKS
 
 T = TypeVar("T")
 
@@ -147,6 +148,7 @@ class GitHubRepo:
             auto_retry=self.app.retry,
             http_cache=False,
             user_agent="Bosun",
+            async_event_hooks=GITHUB_HOOKS,
             ssl_verify=self.app.ssl_context,
         )
 

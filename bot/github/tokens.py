@@ -16,6 +16,7 @@ from githubkit_schemas.latest.models import Installation, InstallationToken
 
 from bot.errors import ConfigError
 from bot.github.retry import RetryPolicy
+from bot.metrics.local import GITHUB_HOOKS
 from bot.settings import GitHubSettings
 
 log = structlog.get_logger("bot.github")
@@ -68,6 +69,7 @@ class GitHubApp:
             auto_retry=self.retry,
             http_cache=False,
             user_agent="Bosun",
+            async_event_hooks=GITHUB_HOOKS,
             ssl_verify=self.ssl_context,
         )
         self._tokens: dict[tuple[Any, ...], Token] = {}

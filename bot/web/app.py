@@ -16,6 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.appcreds import load_stored
 from bot.control.live import LiveHub
 from bot.intake import DeliveryIntake
+from bot.metrics.web import metrics
+from bot.notify.store import sync_quietly
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.api import (
@@ -53,6 +55,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         owned = services is None
         app.state.services = services or Services.build(settings)
         await _adopt_stored_secret(app.state.services)
+        await sync_quietly(app.state.services.sessions, settings.notify)
         app.state.intake = DeliveryIntake(app.state.services.engine, app.state.services.redis)
         app.state.intake.start()
         app.state.live = LiveHub(settings.redis)
@@ -69,6 +72,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         route_handlers=[
             healthz,
             readyz,
+            metrics,
             receive_webhook,
             setup_page,
             setup_callback,

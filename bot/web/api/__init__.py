@@ -29,6 +29,7 @@ from bot.web.api.resources import (
 )
 from bot.web.api.runs import RunController
 from bot.web.api.stream import StreamController, run_socket
+from bot.web.api.webhooks import WebhookController
 
 API_PREFIX = "/api/"
 
@@ -47,6 +48,7 @@ def api_router() -> Router:
             TaskController,
             AuditController,
             TokenController,
+            WebhookController,
         ],
         guards=[api_guard],
         exception_handlers={Exception: handle},

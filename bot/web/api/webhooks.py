@@ -1,0 +1,90 @@
+"""``/api/v1/webhooks``: outbound notification endpoints and their delivery log (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bot.control.views import Page
+from bot.notify.settings import NotificationType, check_repo_pattern, check_url
+from bot.notify.store import DeliveryOut, NewWebhook, WebhookOut, WebhookStore
+from bot.services import Services
+from bot.web.api.auth import AnyRequest
+
+Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, description="A unique name.")
+    url: str = Field(max_length=2000, description="Where notifications are POSTed (http(s)).")
+    secret: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        description="Signing secret (at least 16 characters); omitted: one is generated.",
+    )
+    events: list[NotificationType] = Field(
+        default_factory=list, description="Types to send; empty: every type."
+    )
+    repos: list[str] = Field(
+        default_factory=list, description="`OWNER/NAME` or `OWNER/*`; empty: every repository."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_url(value)
+
+    @field_validator("repos")
+    @classmethod
+    def _repos(cls, value: list[str]) -> list[str]:
+        return [check_repo_pattern(v) for v in value]
+
+
+def webhooks(request: AnyRequest) -> WebhookStore:
+    services: Services = request.app.state.services
+    return WebhookStore(services.sessions)
+
+
+class WebhookController(Controller):
+    path = "/api/v1/webhooks"
+    tags = ["webhooks"]
+    opt = {"scope": "admin"}
+
+    @get("/", summary="List outbound webhook endpoints (never their secrets)")
+    async def list_webhooks(self, request: AnyRequest) -> list[WebhookOut]:
+        return await webhooks(request).endpoints()
+
+    @post("/", summary="Add an endpoint (its secret is in this answer only)")
+    async def create_webhook(self, request: AnyRequest, data: JSONBody[WebhookIn]) -> NewWebhook:
+        return await webhooks(request).create(
+            name=data.name, url=data.url, secret=data.secret, events=data.events, repos=data.repos
+        )
+
+    @get("/{webhook_id:int}", summary="Get an endpoint")
+    async def get_webhook(self, request: AnyRequest, webhook_id: FromPath[int]) -> WebhookOut:
+        return await webhooks(request).get(webhook_id)
+
+    @delete(
+        "/{webhook_id:int}",
+        summary="Delete an endpoint added through the API, with its delivery log",
+        status_code=200,
+    )
+    async def delete_webhook(self, request: AnyRequest, webhook_id: FromPath[int]) -> WebhookOut:
+        return await webhooks(request).delete(webhook_id)
+
+    @get("/{webhook_id:int}/deliveries", summary="An endpoint's notifications and attempts")
+    async def list_webhook_deliveries(
+        self,
+        request: AnyRequest,
+        webhook_id: FromPath[int],
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> Page[DeliveryOut]:
+        return await webhooks(request).deliveries(webhook_id, cursor=cursor, limit=limit)
