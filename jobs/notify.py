@@ -70,7 +70,7 @@ def notify_crons(settings: Settings) -> list[Any]:
             name=f"{settings.redis.namespace}:notify",
             second=set(range(0, 60, settings.notify.sweep_seconds)),
             unique=True,
-            keep_result=0,
+            keep_result=60,  # a tick's id stays taken while other workers could enqueue it
             max_tries=1,
         )
     ]

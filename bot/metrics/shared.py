@@ -381,10 +381,11 @@ async def collect(services: Services) -> list[Metric]:
     started = time.monotonic()
     try:
         async with asyncio.timeout(10), services.sessions() as session:
-            now = datetime.now(UTC)
-            for part in (_deliveries, _transitions, _gates, _costs, _commands, _notifications):
+            # Runs first: a state read is then never newer than the events read after it
+            # (a transition writes both in one transaction).
+            await _runs(session, out, datetime.now(UTC))
+            for part in (_transitions, _deliveries, _gates, _costs, _commands, _notifications):
                 await part(session, out)
-            await _runs(session, out, now)
         up.add_metric(["database"], 1)
     except Exception as exc:  # noqa: BLE001 -- the scrape answers; the gauge says what failed
         log.warning("metrics_source_failed", source="database", error=str(exc)[:300])
