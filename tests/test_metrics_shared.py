@@ -27,6 +27,7 @@ from bot.db.models import (
     Task,
 )
 from bot.metrics import shared
+from bot.metrics.events import EventCounts, EventTotals, read_counts
 from bot.metrics.settings import MetricsSettings
 from bot.metrics.web import _Fixed, refusal
 from bot.runs import append_event, transition
@@ -196,6 +197,46 @@ async def test_a_source_that_cannot_be_read_is_reported_not_fatal(
     assert value(found, "bosun_metrics_source_up", source="database") == 0
     assert value(found, "bosun_metrics_source_up", source="redis") == 1
     assert not any(name == "bosun_runs" for name, _ in found)
+
+
+def rounded(counts: EventCounts) -> dict[str, Any]:
+    """The counts with sums rounded (added up in another order, floats differ in the last bit)."""
+    return {
+        name: {k: [round(x, 6) for x in v] if isinstance(v, list) else round(v, 6)
+               for k, v in getattr(counts, name).items()}
+        for name in ("transitions", "gates", "costs")
+    }  # fmt: skip
+
+
+async def test_running_totals_equal_a_full_read(
+    db_url: str, tmp_path: Path, redis_url: str, redis_namespace: str
+) -> None:
+    """Settled stretches are read once and added up; the sum is what reading the whole log
+    says, however the scrapes fall."""
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    await engine.dispose()
+    services = Services.build(make_settings(tmp_path, db_url, redis_url, redis_namespace))
+    totals = EventTotals(settle_seconds=0)
+    try:
+        await seed(services)
+        for round_ in range(3):
+            async with services.sessions() as session:
+                running = await totals.read(session)
+                whole = await read_counts(session, 0, None)
+            assert rounded(running) == rounded(whole), round_
+            async with services.sessions.begin() as session:
+                await append_event(
+                    session, "r-ok", "gate_result", {"name": "tests", "passed": True}
+                )
+                run = await session.get(Run, "r-wait")
+                assert run is not None
+                if run.state is S.QUEUED:
+                    await transition(session, run, S.CANCELLED, actor="bosun")
+        assert totals.settled_id > 0
+        assert totals.settled.gates[("tests", "passed")] == 3
+    finally:
+        await services.close()
 
 
 def test_failure_sentences_are_the_ones_runs_end_with() -> None:

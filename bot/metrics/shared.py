@@ -1,17 +1,17 @@
 """Counts every process shares, read from the database and Redis when ``/metrics`` is scraped,
 so a scrape of any web process sees what every worker did.
 
-Each is one aggregate query (``run_events`` is read through its ``kind`` index) or one Redis
-round trip; the results are kept ``metrics.cache_seconds`` so frequent scrapes cost the
-database one read per interval. A source that cannot be read is reported as
-``bosun_metrics_source_up{source=…} 0`` and leaves its metrics out; the scrape still answers.
+Each is one aggregate query or one Redis round trip; the event log's metrics are running
+totals that read only recent events (``bot.metrics.events``). The results are kept
+``metrics.cache_seconds``, so frequent scrapes cost the database one read per interval. A
+source that cannot be read is reported as ``bosun_metrics_source_up{source=…} 0`` and leaves
+its metrics out; the scrape still answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,10 +21,9 @@ import structlog
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
-from sqlalchemy import Float, and_, case, cast, func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import (
@@ -33,15 +32,13 @@ from bot.db.models import (
     Notification,
     NotificationAttempt,
     Run,
-    RunEvent,
     RunState,
 )
+from bot.metrics import events
+from bot.metrics.events import EventTotals
 from bot.services import Services
 
 log = structlog.get_logger("bot.metrics")
-
-STATE_BUCKETS: tuple[float, ...] = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
-"""Upper bounds (seconds) of the time-in-state histogram."""
 
 SANDBOX_FAILURES: tuple[tuple[str, str], ...] = (
     ("the sandbox did not start%", "start"),
@@ -54,10 +51,6 @@ SANDBOX_FAILURES: tuple[tuple[str, str], ...] = (
 ``jobs.run_agent``, ``jobs.run_publish`` and ``sandboxes.quota`` end runs with)."""
 
 BUDGET_STOP = "the run's budget of %"
-
-
-def _float(expression: Any) -> Any:
-    return cast(expression.as_string(), Float)
 
 
 @dataclass
@@ -160,131 +153,6 @@ async def _runs(session: AsyncSession, out: _Families, now: datetime) -> None:
     )
 
 
-async def _transitions(session: AsyncSession, out: _Families) -> None:
-    previous, target = RunEvent.data["from"].as_string(), RunEvent.data["to"].as_string()
-    seconds = _float(RunEvent.data["in_state_s"])
-    timed = RunEvent.data["in_state_s"].as_string().is_not(None)
-    columns = [
-        func.count(),
-        func.sum(case((timed, 1), else_=0)),
-        func.coalesce(func.sum(case((timed, seconds), else_=0.0)), 0.0),
-        *(func.sum(case((and_(timed, seconds <= bound), 1), else_=0)) for bound in STATE_BUCKETS),
-    ]
-    rows = (
-        await session.execute(
-            select(previous.label("source"), target.label("dest"), *columns)
-            .where(RunEvent.kind == "status")
-            .group_by("source", "dest")
-        )
-    ).all()
-    transitions = CounterMetricFamily(
-        "bosun_run_transitions", "Run state changes, by from and to state.", labels=["from", "to"]
-    )
-    durations: dict[str, list[float]] = defaultdict(lambda: [0.0] * (len(STATE_BUCKETS) + 2))
-    starts = 0.0
-    for row in rows:
-        source, dest, total, timed_count, seconds_sum, *buckets = row
-        transitions.add_metric([str(source), str(dest)], float(total))
-        if source == RunState.PREPARING.value and dest == RunState.RUNNING.value:
-            starts += float(total)
-        acc = durations[str(source)]
-        for i, n in enumerate(buckets):
-            acc[i] += float(n or 0)
-        acc[-2] += float(timed_count or 0)
-        acc[-1] += float(seconds_sum or 0)
-    out.items.append(transitions)
-    histogram = HistogramMetricFamily(
-        "bosun_run_state_duration_seconds",
-        "Time runs spent in a state before leaving it, by that state (queued: the wait to start).",
-        labels=["state"],
-    )
-    for state, acc in sorted(durations.items()):
-        buckets = [(_le(b), acc[i]) for i, b in enumerate(STATE_BUCKETS)]
-        buckets.append(("+Inf", acc[-2]))
-        histogram.add_metric([state], buckets, acc[-1])
-    out.items.append(histogram)
-    out.counter(
-        "bosun_sandbox_starts",
-        "Sandboxes started with the repository checked out (runs that went from preparing "
-        "to running).",
-        [],
-        [(starts,)],
-    )
-
-
-async def _gates(session: AsyncSession, out: _Families) -> None:
-    name = RunEvent.data["name"].as_string()
-    passed = RunEvent.data["passed"].as_string()
-    timed_out = RunEvent.data["timed_out"].as_string()
-    rows = await session.execute(
-        select(name.label("gate"), passed.label("ok"), timed_out.label("late"), func.count())
-        .where(RunEvent.kind == "gate_result")
-        .group_by("gate", "ok", "late")
-    )
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for gate, ok, late, n in rows.all():
-        result = "passed" if _true(ok) else "timed_out" if _true(late) else "failed"
-        counts[(str(gate), result)] += int(n)
-    out.counter(
-        "bosun_gate_results",
-        "Gate runs by gate name and result (passed, failed, timed_out).",
-        ["gate", "result"],
-        ((gate, result, n) for (gate, result), n in sorted(counts.items())),
-    )
-
-
-async def _costs(session: AsyncSession, out: _Families) -> None:
-    data = RunEvent.data
-    model = func.coalesce(data["model"].as_string(), "unknown")
-    rows = (
-        await session.execute(
-            select(
-                model.label("model"),
-                func.count(),
-                *(
-                    func.coalesce(func.sum(_float(data[key])), 0)
-                    for key in (
-                        "tokens_in",
-                        "tokens_out",
-                        "cache_read_tokens",
-                        "cache_write_tokens",
-                        "usd",
-                    )
-                ),
-            )
-            .where(RunEvent.kind == "cost", data["source"].as_string() == "gateway")
-            .group_by("model")
-        )
-    ).all()
-    out.counter(
-        "bosun_gateway_requests",
-        "Model requests the gateway metered, by model.",
-        ["model"],
-        ((m, n) for m, n, *_ in rows),
-    )
-    tokens = CounterMetricFamily(
-        "bosun_gateway_tokens",
-        "Tokens through the model gateway, by model and kind (input includes cache reads "
-        "and writes; cache_read and cache_write are those parts).",
-        labels=["model", "kind"],
-    )
-    for m, _, tin, tout, cread, cwrite, _usd in rows:
-        for kind, value in (
-            ("input", tin),
-            ("output", tout),
-            ("cache_read", cread),
-            ("cache_write", cwrite),
-        ):
-            tokens.add_metric([str(m), kind], float(value or 0))
-    out.items.append(tokens)
-    out.counter(
-        "bosun_gateway_cost_usd",
-        "Cost of model requests through the gateway in US dollars, by model.",
-        ["model"],
-        ((m, usd) for m, *_, usd in rows),
-    )
-
-
 async def _commands(session: AsyncSession, out: _Families) -> None:
     rows = await session.execute(
         select(
@@ -370,8 +238,9 @@ async def _redis(services: Services, out: _Families) -> None:
     )
 
 
-async def collect(services: Services) -> list[Metric]:
-    """Every shared metric, read now."""
+async def collect(services: Services, totals: EventTotals | None = None) -> list[Metric]:
+    """Every shared metric, read now (the event log's through ``totals``, this process's
+    running totals; without them the whole log is read)."""
     out = _Families()
     up = GaugeMetricFamily(
         "bosun_metrics_source_up",
@@ -384,7 +253,8 @@ async def collect(services: Services) -> list[Metric]:
             # Runs first: a state read is then never newer than the events read after it
             # (a transition writes both in one transaction).
             await _runs(session, out, datetime.now(UTC))
-            for part in (_transitions, _deliveries, _gates, _costs, _commands, _notifications):
+            out.items.extend(events.families(await (totals or EventTotals()).read(session)))
+            for part in (_deliveries, _commands, _notifications):
                 await part(session, out)
         up.add_metric(["database"], 1)
     except Exception as exc:  # noqa: BLE001 -- the scrape answers; the gauge says what failed
@@ -413,6 +283,7 @@ class SharedMetrics:
     def __init__(self, services: Services, cache_seconds: float) -> None:
         self.services = services
         self.cache_seconds = cache_seconds
+        self.totals = EventTotals()
         self._lock = asyncio.Lock()
         self._cached: tuple[float, list[Metric]] | None = None
 
@@ -420,17 +291,9 @@ class SharedMetrics:
         async with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self.cache_seconds:
                 return self._cached[1]
-            families = await collect(self.services)
+            families = await collect(self.services, self.totals)
             self._cached = (time.monotonic(), families)
             return families
-
-
-def _le(bound: float) -> str:
-    return f"{float(bound)}"
-
-
-def _true(value: Any) -> bool:
-    return str(value).lower() in ("1", "true")
 
 
 def _utc(moment: datetime) -> datetime:

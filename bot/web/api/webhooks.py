@@ -13,6 +13,7 @@ from bot.notify.settings import NotificationType, check_repo_pattern, check_url
 from bot.notify.store import DeliveryOut, NewWebhook, WebhookOut, WebhookStore
 from bot.services import Services
 from bot.web.api.auth import AnyRequest
+from bot.web.api.problems import problem_responses
 
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
@@ -57,17 +58,29 @@ class WebhookController(Controller):
     tags = ["webhooks"]
     opt = {"scope": "admin"}
 
-    @get("/", summary="List outbound webhook endpoints (never their secrets)")
+    @get(
+        "/",
+        summary="List outbound webhook endpoints (never their secrets)",
+        responses=problem_responses(401, 403),
+    )
     async def list_webhooks(self, request: AnyRequest) -> list[WebhookOut]:
         return await webhooks(request).endpoints()
 
-    @post("/", summary="Add an endpoint (its secret is in this answer only)")
+    @post(
+        "/",
+        summary="Add an endpoint (its secret is in this answer only)",
+        responses=problem_responses(400, 401, 403, 409, 413),
+    )
     async def create_webhook(self, request: AnyRequest, data: JSONBody[WebhookIn]) -> NewWebhook:
         return await webhooks(request).create(
             name=data.name, url=data.url, secret=data.secret, events=data.events, repos=data.repos
         )
 
-    @get("/{webhook_id:int}", summary="Get an endpoint")
+    @get(
+        "/{webhook_id:int}",
+        summary="Get an endpoint",
+        responses=problem_responses(400, 401, 403, 404),
+    )
     async def get_webhook(self, request: AnyRequest, webhook_id: FromPath[int]) -> WebhookOut:
         return await webhooks(request).get(webhook_id)
 
@@ -75,11 +88,16 @@ class WebhookController(Controller):
         "/{webhook_id:int}",
         summary="Delete an endpoint added through the API, with its delivery log",
         status_code=200,
+        responses=problem_responses(400, 401, 403, 404, 409),
     )
     async def delete_webhook(self, request: AnyRequest, webhook_id: FromPath[int]) -> WebhookOut:
         return await webhooks(request).delete(webhook_id)
 
-    @get("/{webhook_id:int}/deliveries", summary="An endpoint's notifications and attempts")
+    @get(
+        "/{webhook_id:int}/deliveries",
+        summary="An endpoint's notifications, newest first, with every attempt",
+        responses=problem_responses(400, 401, 403, 404),
+    )
     async def list_webhook_deliveries(
         self,
         request: AnyRequest,
