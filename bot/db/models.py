@@ -220,10 +220,7 @@ class RunEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (
-        UniqueConstraint("run_id", "seq"),
-        Index("ix_run_events_kind", "kind"),  # /metrics aggregates status, gate and cost events
-    )
+    __table_args__ = (UniqueConstraint("run_id", "seq"),)
 
 
 class Artifact(Base):

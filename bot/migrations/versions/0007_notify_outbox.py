@@ -1,5 +1,4 @@
-"""notifications: webhook_endpoints, notify_outbox, notify_attempts; runs.state_since; an index
-on run_events.kind for /metrics
+"""notifications: webhook_endpoints, notify_outbox, notify_attempts; runs.state_since
 
 Revision ID: 0007
 Revises: 0006
@@ -75,11 +74,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("state_since", sa.DateTime(timezone=True), nullable=True))
-    op.create_index("ix_run_events_kind", "run_events", ["kind"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_run_events_kind", table_name="run_events")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_column("state_since")
     op.drop_index("ix_notify_attempts_notification", table_name="notify_attempts")
