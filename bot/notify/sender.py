@@ -35,7 +35,6 @@ from bot.notify.settings import NotifySettings
 log = structlog.get_logger("bot.notify")
 
 SIGNATURE_HEADER = "X-Bosun-Signature-256"
-BATCH = 100
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -101,7 +100,9 @@ class Outcome:
 
 
 class Sender:
-    """Sends the notifications due, with at most ``settings.concurrency`` in flight."""
+    """Sends the notifications due, ``settings.concurrency`` at a time: each round claims that
+    many and waits for all of them (at most ``timeout_seconds``), well inside the claim's
+    lease."""
 
     def __init__(
         self,
@@ -114,7 +115,6 @@ class Sender:
         self.settings = settings
         self.public_url = public_url
         self.client = client
-        self._slots = asyncio.Semaphore(settings.concurrency)
 
     async def send_due(self, *, deadline: float | None = None) -> int:
         """Send every notification due now (and those falling due meanwhile), until none is
@@ -139,7 +139,7 @@ class Sender:
                     .join(WebhookEndpoint, WebhookEndpoint.id == Notification.endpoint_id)
                     .where(Notification.status == "pending", Notification.next_attempt_at <= now)
                     .order_by(Notification.next_attempt_at, Notification.id)
-                    .limit(BATCH)
+                    .limit(self.settings.concurrency)
                 )
             ).all()
             session.expunge_all()  # the rows are read once; updates go by compare-and-set
@@ -163,9 +163,8 @@ class Sender:
         return claimed
 
     async def _attempt(self, claimed: Claimed) -> None:
-        async with self._slots:
-            started = datetime.now(UTC)
-            outcome = await self._post(claimed, started)
+        started = datetime.now(UTC)
+        outcome = await self._post(claimed, started)
         await self._record(claimed, started, outcome)
 
     async def _post(self, claimed: Claimed, now: datetime) -> Outcome:
