@@ -16,6 +16,7 @@ GitHub emulator) with finished runs and tokens made as an operator would.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -52,6 +53,8 @@ ROUTES = {
     ("GET", f"{API}/runs/{{run_id}}/diff"),
     ("GET", f"{API}/runs/{{run_id}}/approvals"),
     ("GET", f"{API}/runs/{{run_id}}/audit"),
+    ("GET", f"{API}/runs/{{run_id}}/events/stream"),
+    ("GET", f"{API}/events/stream"),
     ("POST", f"{API}/runs/{{run_id}}/cancel"),
     ("POST", f"{API}/runs/{{run_id}}/retry"),
     ("POST", f"{API}/runs/{{run_id}}/approve"),
@@ -70,12 +73,17 @@ ROUTES = {
     ("GET", f"{API}/tokens"),
     ("POST", f"{API}/tokens"),
     ("DELETE", f"{API}/tokens/{{name}}"),
+    ("GET", f"{API}/webhooks"),
+    ("POST", f"{API}/webhooks"),
+    ("GET", f"{API}/webhooks/{{webhook_id}}"),
+    ("DELETE", f"{API}/webhooks/{{webhook_id}}"),
+    ("GET", f"{API}/webhooks/{{webhook_id}}/deliveries"),
 }
 
 
 def scope_of(method: str, path: str) -> str:
     """The scope a route needs (the ``opt`` of its controller or handler)."""
-    if path.startswith(f"{API}/tokens") or method == "PATCH":
+    if path.startswith((f"{API}/tokens", f"{API}/webhooks")) or method == "PATCH":
         return "admin"
     return "operate" if method == "POST" else "read"
 
@@ -104,7 +112,7 @@ def conform(doc: dict[str, Any], method: str, path: str, response: httpx.Respons
     """``response`` is an answer the document describes for ``method path``."""
     documented = doc["paths"][path][method.lower()]["responses"]
     status = str(response.status_code)
-    where = f"{method} {response.request.url} -> {status}: {response.text[:400]}"
+    where = f"{method} {response.request.url} -> {status}: {_text(response)}"
     assert status in documented, f"undocumented status (documented {sorted(documented)}); {where}"
     spec = documented[status]
     for name, header in (spec.get("headers") or {}).items():
@@ -126,6 +134,41 @@ def conform(doc: dict[str, Any], method: str, path: str, response: httpx.Respons
         assert not errors, f"{where}\n" + "\n".join(errors)
 
 
+def _text(response: httpx.Response) -> str:
+    try:
+        return response.text[:400]
+    except httpx.ResponseNotRead:
+        return "(a stream, read in part)"
+
+
+def validate(doc: dict[str, Any], component: str, instance: object) -> None:
+    """``instance`` is a ``component`` of the document (``RunSummary``, ``EventOut``, …)."""
+    schema = {"$ref": f"#/components/schemas/{component}", "components": doc["components"]}
+    errors = list(Draft202012Validator(schema, format_checker=FORMATS).iter_errors(instance))
+    assert not errors, f"{component}: {instance}\n" + "\n".join(e.message for e in errors)
+
+
+def read_events(
+    http: httpx.Client, url: str, until: str, headers: dict[str, str] | None = None, **params: Any
+) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    """Server-Sent Events from ``url`` up to the first ``until`` event: ``{id, event, data}``
+    each, ``data`` parsed."""
+    events: list[dict[str, Any]] = []
+    frame: dict[str, Any] = {}
+    with http.stream("GET", url, params=params, headers=headers) as response:
+        for line in response.iter_lines():
+            if line:
+                key, _, value = line.partition(":")
+                frame[key] = value.strip()
+                continue
+            if "event" in frame:
+                events.append({**frame, "data": json.loads(frame["data"])})
+                if frame["event"] == until:
+                    break
+            frame = {}
+    return response, events
+
+
 def routes_of(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {
         (method.upper(), path)
@@ -144,6 +187,11 @@ class Bosun:
     stack: BosunStack
     tokens: dict[str, str]
     doc: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> set[str]:
+        """The names of the tokens the tests use."""
+        return {f"schema-{scope}" for scope in self.tokens}
 
     def client(self, scope: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[scope]}"} if scope else {}
@@ -185,6 +233,9 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
     run, repo = {"run_id": first["id"]}, {"owner": owner, "name": name}
     with bosun.client("read") as http:
         task_id = http.get(f"{API}/runs/{first['id']}").json()["task_id"]
+    hook = {"name": "described", "url": "http://127.0.0.1:9/hook", "repos": [stack.repo]}
+    with bosun.client("admin") as http:
+        webhook = {"webhook_id": http.post(f"{API}/webhooks", json=hook).json()["id"]}
     reads = [
         Call("GET", f"{API}/runs", params={"repo": stack.repo, "state": "review_ready"}),
         Call("GET", f"{API}/runs/{{run_id}}", run),
@@ -211,6 +262,11 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
         ),
         Call("DELETE", f"{API}/tokens/{{name}}", {"name": "described"}),
         Call("PATCH", f"{API}/repositories/{{owner}}/{{name}}", repo, json={"enabled": True}),
+        Call("GET", f"{API}/webhooks"),
+        Call("POST", f"{API}/webhooks", json={**hook, "name": "second"}, expect=201),
+        Call("GET", f"{API}/webhooks/{{webhook_id}}", webhook),
+        Call("GET", f"{API}/webhooks/{{webhook_id}}/deliveries", webhook, params={"limit": 5}),
+        Call("DELETE", f"{API}/webhooks/{{webhook_id}}", webhook),
     ]
     # Decided by the worker as the comment commands are, in an order where each is allowed or
     # refused by the run's state (409); wait=0 answers 202 before the worker has decided.
@@ -249,6 +305,31 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
                         30,
                         "the hold",
                     )
+    # Live events, once the first run has ended (rejected): its whole history, then `end`.
+    streams = [
+        Call("GET", f"{API}/runs/{{run_id}}/events/stream", run),
+        Call("GET", f"{API}/events/stream", params={"repo": stack.repo}),
+    ]
+    with bosun.client("read") as http:
+        response, events = read_events(http, f"{API}/runs/{first['id']}/events/stream", "end")
+        conform(doc, "GET", streams[0].path, response)
+        history = [e for e in events if e["event"] != "end"]
+        assert [int(e["id"]) for e in history] == list(range(1, len(history) + 1))
+        for event in history:
+            validate(doc, "EventOut", event["data"])
+        assert events[-1]["data"]["state"] == "rejected"
+        assert events[-1]["data"]["last_seq"] == len(history)
+        # A resume point past any sequence number is ignored (it was a 500).
+        bogus = {"Last-Event-ID": str(10**20)}
+        url = f"{API}/runs/{first['id']}/events/stream"
+        _, again = read_events(http, url, "end", headers=bogus)
+        assert again == events
+        _, tail = read_events(http, url, "end", after_seq=len(history) - 1)
+        assert [e["event"] for e in tail] == [history[-1]["event"], "end"]
+        response, events = read_events(http, streams[1].path, "run", repo=stack.repo)
+        conform(doc, "GET", streams[1].path, response)
+        validate(doc, "RunSummary", events[-1]["data"])
+        answered |= {call.route for call in streams}
     assert answered == ROUTES
 
     with bosun.client("read") as http:
@@ -264,8 +345,9 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
         stack.wait_run({"review_ready"}, 120, count=2)
 
     # The documented problems, on every route: no token, too small a scope, nothing there.
-    samples = {call.route: call for call in reads + admin + actions}
+    samples = {call.route: call for call in reads + admin + actions + streams}
     missing = {"run_id": "r0000", "owner": "octo", "name": "absent", "task_id": 999_999}
+    missing["webhook_id"] = 999_999
     with (
         bosun.client(None) as anonymous,
         bosun.client("read") as reader,
@@ -351,12 +433,26 @@ def test_generated_requests_get_documented_answers(bosun: Bosun) -> None:
     run = ready_run(stack, "Fuzzed")
     make_token(stack, "victim", "read")  # revoked (again and again) by DELETE /tokens/victim
     owner, name = stack.repo.split("/")
-
     with bosun.client("read") as http:
         task_id = http.get(f"{API}/runs/{run['id']}").json()["task_id"]
+    hook = {"url": "http://127.0.0.1:9/hook", "repos": [stack.repo]}
+    with bosun.client("admin") as http:  # one kept, one deleted (again and again)
+        kept, victim = (
+            http.post(f"{API}/webhooks", json={**hook, "name": label}).json()["id"]
+            for label in ("kept", "victim")
+        )
 
-    def real(path: str) -> dict[str, Any]:
+    def spare(case: Case) -> None:
+        """Deletes aim at the victims, never at what the fuzz itself stands on."""
+        target = case.path_parameters or {}
+        if case.method.upper() == "DELETE" and target.get("webhook_id") == kept:
+            target["webhook_id"] = victim
+        if case.method.upper() == "DELETE" and target.get("name") in bosun.names:
+            target["name"] = "victim"
+
+    def real(method: str, path: str) -> dict[str, Any]:
         values: dict[str, Any] = {"run_id": run["id"], "owner": owner, "task_id": task_id}
+        values["webhook_id"] = victim if method == "DELETE" else kept
         if "/artifacts/" in path:
             values["name"] = "transcript"
         elif path.startswith(f"{API}/repositories/"):
@@ -366,8 +462,11 @@ def test_generated_requests_get_documented_answers(bosun: Bosun) -> None:
         return {key: values[key] for key in path_names(path)}
 
     # The token goes in every request (below): generated Authorization headers would only
-    # make every case a 401.
-    config = schemathesis.Config.from_dict({"generation": {"with-security-parameters": False}})
+    # make every case a 401. A live stream is read up to its first event (or half a second
+    # of silence).
+    config = schemathesis.Config.from_dict(
+        {"generation": {"with-security-parameters": False}, "max-stream-events": 1}
+    )
     schema = schemathesis.openapi.from_url(f"{stack.url}/api/openapi.json", config=config)
     failures: dict[str, BaseException] = {}
     answers: dict[str, Counter[int | str]] = {}
@@ -381,14 +480,18 @@ def test_generated_requests_get_documented_answers(bosun: Bosun) -> None:
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=strategy_for(operation, real(operation.path)))
+        @given(case=strategy_for(operation, real(operation.method.upper(), operation.path)))
         def check(case: Case) -> None:
             # A cursor is opaque: the document cannot say which strings are one.
             opaque = [positive_data_acceptance] if "cursor" in (case.query or {}) else []
             needed = scope_of(case.method.upper(), case.path)
+            timeout = 0.5 if case.path.endswith("/stream") else 60
+            spare(case)
             for scope in dict.fromkeys(("read", needed)):
                 headers = {"Authorization": f"Bearer {bosun.tokens[scope]}"}
-                response = case.call_and_validate(headers=headers, excluded_checks=opaque)
+                response = case.call_and_validate(
+                    headers=headers, excluded_checks=opaque, timeout=timeout
+                )
                 seen[outcome(response)] += 1  # noqa: B023 -- called before the loop moves on
 
         try:

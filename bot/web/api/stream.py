@@ -43,9 +43,9 @@ def hub_of(request: Any) -> LiveHub:
 
 
 def _resume_point(request: AnyRequest, after_seq: int | None) -> int:
-    header = request.headers.get("last-event-id", "")
-    if header.strip().isdigit():
-        return int(header.strip())
+    header = request.headers.get("last-event-id", "").strip()
+    if header.isascii() and header.isdigit() and int(header) <= MAX_ID:
+        return int(header)
     return after_seq or 0
 
 
@@ -70,9 +70,9 @@ async def run_frames(
                 summary = await runs.run_summary(run_id)
                 yield "", "end", {"run_id": run_id, "state": summary.state, "last_seq": last}
                 return
-        elif last == after_seq and after_seq > 0:
+        else:
             summary = await runs.run_summary(run_id)
-            if summary.terminal:  # resumed after the end: nothing more will come
+            if summary.terminal:  # resumed after its move into the end: nothing more comes
                 yield "", "end", {"run_id": run_id, "state": summary.state, "last_seq": last}
                 return
         if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
@@ -157,7 +157,7 @@ class StreamController(Controller):
         self,
         request: AnyRequest,
         run_id: FromPath[str],
-        after_seq: Annotated[int | None, QueryParameter(ge=0, le=MAX_ID)] = None,
+        after_seq: Annotated[int, QueryParameter(ge=0, le=MAX_ID)] = 0,
     ) -> ServerSentEvent:
         runs = store(request)
         require_repo(caller_of(request), await runs.repository_of(run_id))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from bot.control.views import Page
 from bot.notify.settings import NotificationType, check_repo_pattern, check_url
@@ -17,24 +17,36 @@ from bot.web.api.problems import problem_responses
 
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#][^\s]*)?$"
+"""What the document promises ``check_url`` accepts: http(s), a host (no credentials), a port."""
+REPOS_PATTERN = r"^[^/]+/[^/]+$"
+"""``check_repo_pattern``: ``OWNER/NAME`` or ``OWNER/*``."""
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=128, description="A unique name.")
-    url: str = Field(max_length=2000, description="Where notifications are POSTed (http(s)).")
+    url: Annotated[str, StringConstraints(pattern=URL_PATTERN)] = Field(
+        max_length=2000, description="Where notifications are POSTed (http(s)://host[:port]/…)."
+    )
     secret: str | None = Field(
         default=None,
         min_length=16,
         max_length=256,
         description="Signing secret (at least 16 characters); omitted: one is generated.",
+        # Litestar leaves the constraints of optional fields and list items out of the document.
+        json_schema_extra={
+            "oneOf": [{"type": "string", "minLength": 16, "maxLength": 256}, {"type": "null"}]
+        },
     )
     events: list[NotificationType] = Field(
         default_factory=list, description="Types to send; empty: every type."
     )
     repos: list[str] = Field(
-        default_factory=list, description="`OWNER/NAME` or `OWNER/*`; empty: every repository."
+        default_factory=list,
+        description="`OWNER/NAME` or `OWNER/*`; empty: every repository.",
+        json_schema_extra={"items": {"type": "string", "pattern": REPOS_PATTERN}},
     )
 
     @field_validator("url")
