@@ -143,4 +143,6 @@ def test_metrics_follow_a_run_through_its_states(metered: tuple[BosunStack, int]
     own = scrape(worker_url)
     assert total(own, "bosun_job_pickup_seconds_count", kind="delivery") >= 1
     assert total(own, "bosun_github_requests_total", method="POST") >= 1
+    assert 0 < value(own, "bosun_github_rate_limit_remaining", resource="core") < 5000
+    assert value(own, "bosun_github_rate_limit_reset_timestamp_seconds", resource="core") > 0
     assert not any(name == "bosun_runs" for name, _ in own)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +33,9 @@ from bot.metrics.settings import MetricsSettings
 from bot.metrics.web import _Fixed, refusal
 from bot.runs import append_event, transition
 from bot.services import Services
+from bot.settings import Settings
+from bot.web.app import create_app
+from jobs.capacity import Capacity
 from jobs.run_agent import SANDBOX_LOST
 from sandboxes.quota import WorkspaceQuota
 from tests.conftest import make_settings
@@ -141,6 +145,8 @@ async def test_shared_counts_from_the_database_and_redis(
         await services.redis.zadd(queue, {"due-1": now_ms - 4000, "later": now_ms + 600_000})
         held = f"{redis_namespace}:capacity:global:held"
         await services.redis.zadd(held, {"r-ok": now_ms + 60_000, "gone": now_ms - 1000})
+        alive = f"{redis_namespace}:capacity:global:alive"
+        await services.redis.zadd(alive, {"r-wait": now_ms + 30_000, "lapsed": now_ms - 1})
         found = samples(await shared.collect(services))
     finally:
         await services.close()
@@ -182,6 +188,38 @@ async def test_shared_counts_from_the_database_and_redis(
     assert 3.5 < value(found, "bosun_queue_oldest_due_seconds") < 60
     assert value(found, "bosun_capacity_in_use") == 1
     assert value(found, "bosun_capacity_limit") == settings.worker.max_concurrent_runs
+    assert value(found, "bosun_runs_waiting") == 1
+
+
+def test_capacity_keys_are_the_ones_admission_uses() -> None:
+    capacity = Capacity.__new__(Capacity)
+    capacity.namespace = "ns"
+    assert capacity._keys(7)[:3] == [f"ns:capacity:global:{part}" for part in shared.CAPACITY_PARTS]
+
+
+@pytest.mark.parametrize("public", [False, True])
+async def test_loopback_only_unless_public(settings: Settings, public: bool) -> None:
+    """Without a token, a client elsewhere is refused unless metrics are public; a loopback
+    client is answered, with the shared and the process's metrics."""
+    settings = settings.model_copy(update={"metrics": MetricsSettings(public=public)})
+    engine = create_engine(settings.database.url)
+    await upgrade(engine)
+    await engine.dispose()
+    services = Services.build(settings)
+    app = create_app(settings, services)
+    app.state.services = services  # what the lifespan does, without its background tasks
+    answers = {}
+    try:
+        for host in ("10.0.0.9", "127.0.0.1"):
+            transport = httpx.ASGITransport(app, client=(host, 40000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://bosun") as http:
+                answers[host] = await http.get("/metrics")
+    finally:
+        await services.close()
+    assert answers["10.0.0.9"].status_code == (200 if public else 403)
+    assert answers["127.0.0.1"].status_code == 200
+    names = {f.name for f in text_string_to_metric_families(answers["127.0.0.1"].text)}
+    assert {"bosun_runs", "bosun_webhook_rejected", "bosun_metrics_source_up"} <= names
 
 
 async def test_a_source_that_cannot_be_read_is_reported_not_fatal(

@@ -52,6 +52,9 @@ SANDBOX_FAILURES: tuple[tuple[str, str], ...] = (
 
 BUDGET_STOP = "the run's budget of %"
 
+CAPACITY_PARTS = ("waiting", "alive", "held")
+"""``jobs.capacity``'s sorted sets of a scope (``<namespace>:capacity:<scope>:<part>``)."""
+
 
 @dataclass
 class _Families:
