@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from githubkit.exception import GitHubException
 from sqlalchemy import func, select, update
 
 from bot.control.actions import CLIENT_SOURCES, parse_action
@@ -38,10 +39,15 @@ async def api_command(ctx: dict[str, Any], command_id: str) -> dict[str, Any]:
         return {"command_id": command_id, "outcome": "ignored: no such command"}
     if recorded.processed_at is not None:
         return {"command_id": command_id, "outcome": f"already {recorded.outcome}"}
-    if recorded.verb == "start":
-        outcome, reason, new_run = await _start(bosun, recorded)
-    else:
-        outcome, reason, new_run = await _act(bosun, recorded)
+    try:
+        if recorded.verb == "start":
+            outcome, reason, new_run = await _start(bosun, recorded)
+        else:
+            outcome, reason, new_run = await _act(bosun, recorded)
+    except GitHubException as exc:
+        if int(ctx.get("job_try") or 1) < 3:
+            raise  # arq tries it again; the caller is told it is pending meanwhile
+        outcome, reason, new_run = "refused", f"GitHub did not answer: {type(exc).__name__}", None
     async with bosun.services.sessions.begin() as session:
         await session.execute(
             update(ControlCommand)
