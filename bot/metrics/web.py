@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 from typing import Any
 
-import structlog
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -21,8 +20,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from bot.metrics.settings import MetricsSettings
 from bot.metrics.shared import SharedMetrics
-
-log = structlog.get_logger("bot.metrics")
 
 
 def is_loopback(host: str | None) -> bool:
@@ -78,13 +75,13 @@ async def exposition(shared: SharedMetrics | None) -> bytes:
 
 
 @get("/metrics", include_in_schema=False)
-async def metrics(request: Request[Any, Any, Any], state: State) -> Response[bytes | str]:
+async def metrics(request: Request[Any, Any, Any], state: State) -> Response[Any]:
     settings: MetricsSettings = state.settings.metrics
     refused = refusal(
         settings, request.headers.get("authorization", ""), request.client and request.client.host
     )
     if refused is not None:
-        return refused  # type: ignore[return-value]
+        return refused
     shared: SharedMetrics | None = state.get("shared_metrics")
     if shared is None and "services" in state:
         shared = state.shared_metrics = SharedMetrics(state.services, settings.cache_seconds)
