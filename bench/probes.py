@@ -20,9 +20,9 @@ from typing import Any
 import structlog
 
 from bot.github.repo import GitHubRepo
-from jobs.events import EventWriter
-from jobs.pipeline import RunExecution
-from jobs.reporter import StatusReporter
+from jobs.run.event_log import EventWriter
+from jobs.run.pipeline import RunExecution
+from jobs.run.reporter import StatusReporter
 from sandboxes.docker import DockerBackend
 from sandboxes.mirror import MirrorCache
 from sandboxes.workspace import WorkspaceManager

@@ -22,7 +22,7 @@ BUCKETS = {
     "structlog / logging": ("structlog/", "logging/", "bot/logs.py"),
     "litestar": "litestar/",
     "uvicorn / h11 / httptools": ("uvicorn/", "h11/", "httptools/"),
-    "bot.webhooks (handler)": "bot/webhooks.py",
+    "bot.web.webhooks (handler)": "bot/web/webhooks.py",
     "asyncio event loop": "asyncio/",
     "json": "json/",
     "hmac / hashlib": ("hmac.py", "hashlib"),

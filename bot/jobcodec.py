@@ -4,7 +4,7 @@ arq stores every job (``arq:job:<id>``) and every result (``arq:result:<id>``) a
 a serializer, pickle by default. Unpickling runs whatever the bytes say, so with pickle anyone
 who can write to Redis could run code in the worker. Bosun's jobs take JSON-safe arguments and
 return JSON-safe results, and every ``ArqRedis`` and ``Worker`` it builds uses this pair
-(``bot.services.redis_pool``, ``jobs.worker.build_worker``; ``bot.intake`` serializes with it
+(``bot.services.redis_pool``, ``jobs.worker.build_worker``; ``bot.web.intake`` serializes with it
 directly). A payload that is not a JSON object is refused with a warning; arq then records the
 job as failed without running it.
 

@@ -13,9 +13,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bot.domain.repoconfig import RepoConfig
+from bot.domain.repoconfig.narrow import ProfileLimits, narrow_profile
 from bot.errors import ConfigError
-from bot.repoconfig import RepoConfig
-from bot.repoconfig.narrow import ProfileLimits, narrow_profile
 
 RunnerName = Literal["claude-code", "codex", "aider", "opencode", "gemini", "script"]
 Workflow = Literal["implement", "plan", "plan_implement", "plan_implement_test"]

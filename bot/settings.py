@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.agents.gateway.limits import GatewayLimits
+from bot.agents.gateway.routes import Upstream
 from bot.errors import ConfigError
-from bot.gateway.limits import GatewayLimits
-from bot.gateway.routes import Upstream
 from bot.metrics.settings import MetricsSettings
 from bot.notify.settings import NotifySettings
 from bot.profiles import ProfileConfig, load_profiles

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.appcreds import load_stored, with_stored
-from bot.artifacts import ArtifactStore, artifact_store
+from bot.db.artifacts import ArtifactStore, artifact_store
 from bot.github.repo import GitHubRepo
 from bot.github.retry import RetryPolicy
 from bot.github.tokens import GitHubApp

@@ -10,19 +10,19 @@ from arq.cron import cron
 from arq.worker import Worker, func
 
 from bot import jobcodec
-from bot.control.actions import API_COMMAND_JOB
+from bot.jobids import API_COMMAND, EXECUTE_RUN, PROCESS_DELIVERY
 from bot.metrics.local import job_started
 from bot.metrics.worker import start_worker_metrics, stop_worker_metrics
 from bot.services import Services, queue_client
 from bot.settings import Settings
-from jobs.api_commands import api_command
 from jobs.context import JobContext
-from jobs.deliveries import process_delivery
-from jobs.notify import notify_crons, notify_functions, notify_startup
-from jobs.ping import ping
-from jobs.pipeline import execute_run
-from jobs.reconcile import reconcile
-from jobs.sweeper import sweep_deliveries
+from jobs.deliveries.commands import api_command
+from jobs.deliveries.process import process_delivery
+from jobs.deliveries.sweeper import sweep_deliveries
+from jobs.run.pipeline import execute_run
+from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
+from jobs.upkeep.ping import ping
+from jobs.upkeep.reconcile import reconcile
 
 log = structlog.get_logger("jobs.worker")
 
@@ -31,9 +31,9 @@ def job_functions() -> list[Any]:
     """Every job the worker runs. Each takes ``ctx`` and JSON-safe keyword arguments."""
     return [
         func(ping, name="ping"),
-        func(process_delivery, name="process_delivery", max_tries=5),
-        func(execute_run, name="execute_run", max_tries=3),
-        func(api_command, name=API_COMMAND_JOB, max_tries=3),
+        func(process_delivery, name=PROCESS_DELIVERY, max_tries=5),
+        func(execute_run, name=EXECUTE_RUN, max_tries=3),
+        func(api_command, name=API_COMMAND, max_tries=3),
         *notify_functions(),
     ]
 

@@ -4,7 +4,7 @@ the host-owned scratch repository (``sandboxes.scratch``), never in the agent's 
 Paths are the agent's bytes, read losslessly: git's ``-z`` listings are decoded as UTF-8 with
 ``surrogateescape``, so a byte that is not UTF-8 stays itself (``"x\udcfe"`` and
 ``"x\udcff"`` are two paths with their own counts and sizes, never one). Show such a path to
-people through ``bot.display.shown``, which C-quotes it as git does (``"x\376"``).
+people through ``bot.domain.display.shown``, which C-quotes it as git does (``"x\376"``).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bot.agents.runners import get_runner  # noqa: E402
 from bot.profiles import ProfileConfig  # noqa: E402
-from bot.runners import get_runner  # noqa: E402
 from sandboxes.base import Sandbox, open_sandbox  # noqa: E402
 from sandboxes.docker import DockerBackend  # noqa: E402
 from sandboxes.spec import BindMount, SandboxSpec  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.repoconfig import render_json_schema  # noqa: E402
+from bot.domain.repoconfig import render_json_schema  # noqa: E402
 
 TARGET = ROOT / "docs" / "bosun.schema.json"
 

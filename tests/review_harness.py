@@ -32,7 +32,7 @@ import pytest
 from arq import Retry
 from sqlalchemy import select
 
-from bot.artifacts import artifact_store, store_artifact
+from bot.db.artifacts import artifact_store, store_artifact
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
 from bot.db.models import (
@@ -40,18 +40,17 @@ from bot.db.models import (
     Artifact,
     CommandAudit,
     Delivery,
-    DeliveryStatus,
     Installation,
     Repository,
     Run,
-    RunState,
     Task,
 )
+from bot.db.runlog import new_run_id
+from bot.domain.states import DeliveryStatus, RunState
 from bot.github.repo import GitHubRepo
-from bot.runs import new_run_id
 from bot.services import Services
 from jobs.context import JobContext
-from jobs.deliveries import DELIVERY_TRIES, process_delivery
+from jobs.deliveries.process import DELIVERY_TRIES, process_delivery
 from tests.conftest import make_settings
 from tests.emulator.client import AppCredentials, EmulatorClient, RepoInfo
 from tests.emulator.world import make_source_repo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bot.annotations import gate_annotations
+from bot.domain.annotations import gate_annotations
 from tests.stack import BosunStack
 
 OUTPUT = """\

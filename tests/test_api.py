@@ -245,7 +245,7 @@ def test_the_same_decisions_from_a_comment_the_api_and_the_cli(
 def test_a_forged_action_job_acts_on_nothing(api: tuple[BosunStack, dict[str, str]]) -> None:
     """Whoever can write to Redis can enqueue ``api_command``, but the job names a command the
     web process recorded (actor, permission, verb); a made-up id is never acted on."""
-    from bot.control.actions import API_COMMAND_JOB, command_job_id
+    from bot.jobids import API_COMMAND, command_job_id
     from bot.services import queue_client
 
     stack, _tokens = api
@@ -255,10 +255,10 @@ def test_a_forged_action_job_acts_on_nothing(api: tuple[BosunStack, dict[str, st
         redis = queue_client(stack.settings.redis)
         try:
             for forged in ("api-0000", run["id"]):
-                await redis.enqueue_job(API_COMMAND_JOB, forged, _job_id=command_job_id(forged))
+                await redis.enqueue_job(API_COMMAND, forged, _job_id=command_job_id(forged))
             # A job that names its own actor and permission, as if it were trusted.
             await redis.enqueue_job(
-                API_COMMAND_JOB,
+                API_COMMAND,
                 command_id="api-1111",
                 run_id=run["id"],
                 verb="approve",

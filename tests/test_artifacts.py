@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from bot.artifacts import (
+from bot.db.artifacts import (
     CHUNK,
     ArtifactUnavailable,
     DatabaseArtifacts,
@@ -23,8 +23,9 @@ from bot.artifacts import (
 )
 from bot.db.engine import create_engine, session_factory
 from bot.db.migrate import upgrade
-from bot.db.models import Repository, Run, RunEvent, RunState, Task
-from bot.runs import new_run_id
+from bot.db.models import Repository, Run, RunEvent, Task
+from bot.db.runlog import new_run_id
+from bot.domain.states import RunState
 
 
 async def _run(sessions) -> str:  # type: ignore[no-untyped-def]

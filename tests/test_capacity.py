@@ -12,7 +12,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from bot.services import redis_pool
-from jobs.capacity import Capacity, Slot
+from jobs.admission.capacity import Capacity, Slot
 from tests.services import REDIS_URL
 
 T0 = 1_700_000_000.0  # enqueue times: fixed, so the expected order is explicit

@@ -16,14 +16,15 @@ from arq.constants import retry_key_prefix
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.db.models import Repository, Run, RunState, Task
-from bot.repoconfig import RepoConfig
-from bot.runs import new_run_id
+from bot.db.models import Repository, Run, Task
+from bot.db.runlog import new_run_id
+from bot.domain.repoconfig import RepoConfig
+from bot.domain.states import RunState
+from bot.domain.status import RunView, status_comment
 from bot.services import Services
-from bot.status import RunView, status_comment
-from jobs.admission import Admission, Refused, Waiting
+from jobs.admission.gate import Admission, Refused, Waiting
 from jobs.context import JobContext
-from jobs.reporter import StatusReporter
+from jobs.run.reporter import StatusReporter
 from tests.conftest import make_settings
 
 ISSUES = itertools.count(1)

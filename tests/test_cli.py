@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bot.cli_render import event_line
+from bot.agents.runners import get_runner
 from bot.control.views import EventOut
-from bot.runners import get_runner
+from bot.entrypoints.cli_render import event_line
 from tests.emulator.world import World
 from tests.stack import BosunStack, free_port, open_stack
 

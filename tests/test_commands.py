@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.commands import (
+from bot.domain.commands import (
     MAX_COMMANDS,
     STATE_CHANGING,
     VERBS,

@@ -1,4 +1,4 @@
-"""How agent-derived text reaches GitHub (``bot/display.py``): shown, never rendered."""
+"""How agent-derived text reaches GitHub (``bot/domain/display.py``): shown, never rendered."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.display import c_quote, fence, one_line, shown
+from bot.domain.display import c_quote, fence, one_line, shown
 from sandboxes.git import git_env
 
 HEADING = "## Bosun security review: PASSED, safe to merge"

@@ -31,7 +31,7 @@ def _doctor(tmp_path: Path, db: str, **env: str) -> tuple[int, dict[str, dict[st
         **env,
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "doctor", "--format", "json"],
+        [sys.executable, "-m", "bot.entrypoints.cli", "doctor", "--format", "json"],
         capture_output=True,
         text=True,
         env=environ,

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.policy import matches
-from jobs.partial_approval import (
+from bot.domain.policy import matches
+from sandboxes.git import GitIdentity
+from sandboxes.revert import (
     BranchMoved,
     NothingApproved,
     conflicting_paths,
     revert_unapproved,
     scratch_clone,
 )
-from sandboxes.git import GitIdentity
 from sandboxes.workspace import WorkspaceManager
 
 BOSUN = GitIdentity("bosun[bot]", "1+bosun[bot]@users.noreply.github.com")

@@ -20,7 +20,7 @@ import h11
 import httpx
 import pytest
 
-from bot.gateway import (
+from bot.agents.gateway import (
     DUMMY_KEY,
     GatewayLimits,
     GatewayRefusal,
@@ -33,9 +33,9 @@ from bot.gateway import (
     Usage,
     UsageRecord,
 )
-from bot.gateway.http import adjust_body
-from bot.gateway.limits import BodyBuffer
-from bot.gateway.pricing import DEFAULT_PRICES
+from bot.agents.gateway.http import adjust_body
+from bot.agents.gateway.limits import BodyBuffer
+from bot.agents.gateway.pricing import DEFAULT_PRICES
 from bot.settings import GatewaySettings
 from tests.test_gateway_stub import (
     ANTHROPIC_MODEL,

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from bot.errors import ConfigError
-from bot.gateway import (
+from bot.agents.gateway import (
     DUMMY_KEY,
     UNKNOWN_MODEL_PRICE,
     Price,
@@ -19,7 +18,8 @@ from bot.gateway import (
     default_route,
     routes_for_profile,
 )
-from bot.gateway.pricing import DEFAULT_PRICES
+from bot.agents.gateway.pricing import DEFAULT_PRICES
+from bot.errors import ConfigError
 from bot.profiles import ProfileConfig
 
 

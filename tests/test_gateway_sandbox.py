@@ -15,7 +15,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from bot.gateway import (
+from bot.agents.gateway import (
     DUMMY_KEY,
     FORWARDER_PORT,
     ModelGateway,

@@ -4,7 +4,7 @@ a longer one with 422)."""
 
 from __future__ import annotations
 
-from bot.github.limits import COMMENT_MAX, TRUNCATED, clip, fit_comment, listing
+from bot.domain.limits import COMMENT_MAX, TRUNCATED, clip, fit_comment, listing
 from tests.review_harness import Review
 
 

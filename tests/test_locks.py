@@ -12,7 +12,7 @@ from sqlalchemy import select
 from bot.db.engine import SessionFactory, create_engine, session_factory
 from bot.db.migrate import upgrade
 from bot.db.models import Repository, ScopeLock
-from jobs.locks import (
+from jobs.admission.locks import (
     acquire_scope,
     focus_from_issue,
     globs_overlap,

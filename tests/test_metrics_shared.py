@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jobs.admission.capacity import Capacity
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -18,25 +19,17 @@ from pydantic import SecretStr
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.db.models import (
-    CommandAudit,
-    Delivery,
-    DeliveryStatus,
-    Repository,
-    Run,
-    RunState,
-    Task,
-)
+from bot.db.models import CommandAudit, Delivery, Repository, Run, Task
+from bot.db.runlog import append_event, transition
+from bot.domain.states import DeliveryStatus, RunState
 from bot.metrics import shared
 from bot.metrics.events import EventCounts, EventTotals, read_counts
 from bot.metrics.settings import MetricsSettings
 from bot.metrics.web import _Fixed, refusal
-from bot.runs import append_event, transition
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
-from jobs.capacity import Capacity
-from jobs.run_agent import SANDBOX_LOST
+from jobs.run.agent import SANDBOX_LOST
 from sandboxes.quota import WorkspaceQuota
 from tests.conftest import make_settings
 

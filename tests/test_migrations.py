@@ -9,7 +9,8 @@ from sqlalchemy.engine import Connection
 
 from bot.db.engine import create_engine, session_factory
 from bot.db.migrate import current_revision, head_revision, upgrade
-from bot.db.models import Base, Repository, Run, RunState, Task
+from bot.db.models import Base, Repository, Run, Task
+from bot.domain.states import RunState
 
 
 async def test_migrations_apply_and_match_models(db_url: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.db.models import RunState
+from bot.domain.states import RunState
 from bot.notify.outbox import repo_matches, types_of, wanted
 from bot.notify.sender import sign
 from tests.emulator.world import World

@@ -13,11 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 
 from bot.db.engine import create_engine, session_factory
 from bot.db.migrate import upgrade
-from bot.db.models import Notification, NotificationAttempt, WebhookEndpoint
+from bot.db.models import Notification, NotificationAttempt, Repository, Run, Task, WebhookEndpoint
+from bot.db.runlog import transition
+from bot.domain.states import RunState
+from bot.notify.outbox import install_waker
 from bot.notify.sender import Sender
 from bot.notify.settings import NotifySettings
 from bot.notify.store import WebhookStore, sync_configured
@@ -143,5 +147,51 @@ async def test_configured_endpoints_follow_the_settings(db_url: str, tmp_path: P
         after = {e.name: e for e in await store.endpoints()}
         assert set(after) == {"kept", "y"}
         assert after["y"].url == "http://127.0.0.1:9/z" and after["y"].id == names["y"].id
+    finally:
+        await engine.dispose()
+
+
+async def test_the_sender_is_woken_after_the_commit_that_notifies(db_url: str) -> None:
+    """A transition that wrote notifications wakes the sender once its transaction commits;
+    one rolled back, or one no endpoint wants, does not."""
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    sessions = session_factory(engine)
+    woken: list[int] = []
+    install_waker(sessions, lambda: woken.append(1))
+    try:
+        async with sessions.begin() as session:
+            repo = Repository(full_name="octo/hello")
+            session.add(repo)
+            await session.flush()
+            task = Task(repository_id=repo.id, issue_number=1)
+            session.add(task)
+            await session.flush()
+            session.add(Run(id="r1", task_id=task.id, repository_id=repo.id))
+            session.add(WebhookEndpoint(name="e", url="http://127.0.0.1:9/", secret=SECRET,
+                                        events=["run.finished"]))  # fmt: skip
+        async with sessions.begin() as session:  # nobody wants run.state_changed alone
+            run = await session.get(Run, "r1")
+            assert run is not None
+            await transition(session, run, RunState.PREPARING, actor="bosun")
+        assert woken == []
+        with pytest.raises(RuntimeError):
+            async with sessions.begin() as session:
+                run = await session.get(Run, "r1")
+                assert run is not None
+                await transition(session, run, RunState.FAILED, actor="bosun", reason="x")
+                raise RuntimeError("rolled back")
+        assert woken == []
+        async with sessions.begin() as session:
+            run = await session.get(Run, "r1")
+            assert run is not None
+            await transition(session, run, RunState.FAILED, actor="bosun", reason="x")
+            assert woken == []  # not before the commit
+        assert woken == [1]
+        async with sessions() as session:
+            rows = (await session.execute(select(Notification))).scalars().all()
+        assert [(n.type, n.state, n.previous_state) for n in rows] == [
+            ("run.finished", "failed", "preparing")
+        ]
     finally:
         await engine.dispose()

@@ -9,7 +9,7 @@ from typing import Any
 from bot.services import Services
 from bot.settings import Settings
 from jobs.context import JobContext
-from jobs.deliveries import permission_of
+from jobs.deliveries.process import permission_of
 
 
 class RecordingPort:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.policy import (
+from bot.domain.policy import (
     AddedBinary,
     ChangedFile,
     DiffOutOfStep,
@@ -14,7 +14,7 @@ from bot.policy import (
     scan_binary,
     scan_secrets,
 )
-from bot.repoconfig import PROTECTED_PATHS, RepoConfig, parse_repo_config
+from bot.domain.repoconfig import PROTECTED_PATHS, RepoConfig, parse_repo_config
 
 DEFAULT = RepoConfig()
 

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.localredis import server_config
+from bot.entrypoints.localredis import server_config
 from bot.web.app import create_app
 from tests.conftest import make_settings
 from tests.services import docker_client, missing

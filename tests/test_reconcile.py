@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.db.models import Delivery, DeliveryStatus
+from bot.db.models import Delivery
+from bot.domain.states import DeliveryStatus
 from bot.services import Services
 from bot.settings import Settings
 from jobs.worker import build_worker

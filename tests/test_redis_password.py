@@ -21,8 +21,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from bot.entrypoints.localredis import ensure_redis
 from bot.errors import ConfigError
-from bot.localredis import ensure_redis
 from bot.settings import RedisSettings, Settings
 from tests.lifecycle_stack import BOSUN, BosunProcess
 from tests.services import REDIS_PASSWORD_FILE, REDIS_URL, missing
@@ -211,7 +211,7 @@ def test_password_never_reaches_logs_doctor_or_config_docs(
         {"BOSUN_REDIS__URL": plain_url, "BOSUN_REDIS__PASSWORD_FILE": str(password_file)},
     ):
         doctor = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "doctor", "--format", "json"],
+            [sys.executable, "-m", "bot.entrypoints.cli", "doctor", "--format", "json"],
             capture_output=True,
             text=True,
             env=_environ(tmp_path, **env),
@@ -222,7 +222,7 @@ def test_password_never_reaches_logs_doctor_or_config_docs(
         assert checks["redis"]["status"] == "ok", checks["redis"]
         assert checks["redis"]["detail"].startswith(plain_url)
     wrong = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "doctor", "--format", "json"],
+        [sys.executable, "-m", "bot.entrypoints.cli", "doctor", "--format", "json"],
         capture_output=True,
         text=True,
         env=_environ(

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bot.repoconfig import (
+from bot.domain.repoconfig import (
     ProfileLimits,
     ProfileOverride,
     RepoConfig,

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from bot.commands import Command, parse_commands
-from bot.db.models import RunState
-from bot.events import ParsedEvent, parse_event
-from bot.repoconfig import RepoConfig, parse_repo_config
-from bot.review import (
+from bot.domain.commands import Command, parse_commands
+from bot.domain.payloads import ParsedEvent, parse_event
+from bot.domain.repoconfig import RepoConfig, parse_repo_config
+from bot.domain.review import (
     REVIEW_END,
     REVIEW_START,
     ApprovalSnapshot,
@@ -23,14 +22,14 @@ from bot.review import (
     Cancel,
     FoldFeedback,
     Hold,
-    Ignore,
+    IgnoreCommand,
     RaiseBudget,
-    Refuse,
+    RefuseCommand,
     Reject,
     ReplyHelp,
     ReplyStatus,
     Resume,
-    Retry,
+    RetryRun,
     ReviewDecision,
     RevokeApproval,
     RunSnapshot,
@@ -48,6 +47,7 @@ from bot.review import (
     review_section,
     with_review_section,
 )
+from bot.domain.states import RunState
 
 S = RunState
 HEAD = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -108,7 +108,7 @@ def approval(actor: str, sha: str = HEAD, **changes: Any) -> ApprovalSnapshot:
 CASES: list[tuple[str, RunState, type]] = [
     ("/approve", S.REVIEW_READY, Approve),
     ("/reject too broad", S.REVIEW_READY, Reject),
-    ("/retry add a test", S.FAILED, Retry),
+    ("/retry add a test", S.FAILED, RetryRun),
     ("/cancel", S.RUNNING, Cancel),
     ("/resume", S.TIMED_OUT, Resume),
     ("/hold", S.QUEUED, Hold),
@@ -146,7 +146,7 @@ def test_unhold_by_writer() -> None:
 def test_reader_is_refused_with_the_requirement(text: str, state: RunState, needs: str) -> None:
     run = snapshot(state, on_hold=text == "/unhold")
     decision = decide(text, run, actor="mallory", permission="read")
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert decision.outcome == "refused"
     assert decision.reply.startswith("@mallory, ")
     assert needs in decision.reply
@@ -162,7 +162,7 @@ def test_anyone_may_ask_for_status_and_help(text: str) -> None:
 
 def test_unknown_permission_is_said_so() -> None:
     decision = decide("/hold", snapshot(S.QUEUED), actor="mallory", permission=None)
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert "your permission could not be checked" in decision.reply
 
 
@@ -170,7 +170,7 @@ def test_unknown_permission_is_said_so() -> None:
 def test_requester_without_write_may_retry_cancel_resume(text: str) -> None:
     state = {"/cancel": S.RUNNING, "/resume": S.TIMED_OUT}.get(text, S.FAILED)
     decision = decide(text, snapshot(state), actor="Alice", permission="read")
-    assert isinstance(decision, Retry | Cancel | Resume)
+    assert isinstance(decision, RetryRun | Cancel | Resume)
     assert decision.rule == "command.requester"
 
 
@@ -181,13 +181,13 @@ def test_requester_without_write_may_retry_cancel_resume(text: str) -> None:
 def test_bots_are_ignored_whatever_their_permission(actor: str, actor_type: str) -> None:
     for text in ("/approve", "/status", "/cancel"):
         decision = decide(text, actor=actor, permission="admin", actor_type=actor_type)
-        assert isinstance(decision, Ignore)
+        assert isinstance(decision, IgnoreCommand)
         assert decision.rule == "command.bots_ignored"
 
 
 def test_no_run_is_ignored() -> None:
     decision = decide_command(cmd("/approve"), None, "bob", "write", DEFAULT, now_sha=HEAD)
-    assert isinstance(decision, Ignore)
+    assert isinstance(decision, IgnoreCommand)
 
 
 # --- approve rules ------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_approval_is_bound_to_the_head_at_comment_time() -> None:
 
 def test_approve_names_a_sha_that_is_no_longer_the_head() -> None:
     decision = decide(f"/approve {OLD[:7]}")
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert decision.rule == "approval.sha_bound"
     assert f"the PR head is now `{HEAD[:12]}`" in decision.reply
     assert isinstance(decide(f"/approve {HEAD[:9].upper()}"), Approve)
@@ -211,7 +211,7 @@ def test_approve_names_a_sha_that_is_no_longer_the_head() -> None:
 
 def test_self_approval_is_refused_by_default() -> None:
     decision = decide("/approve", actor="alice", permission="admin")
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert decision.rule == "approval.allow_self_approval"
     assert "you requested this run" in decision.reply
 
@@ -228,7 +228,7 @@ def test_self_approval_allowed_by_config_counts() -> None:
 def test_approvers_list_is_exclusive() -> None:
     config = parse_repo_config("approval:\n  approvers: [carol, Dave]\n")
     refused = decide("/approve", actor="bob", permission="admin", config=config)
-    assert isinstance(refused, Refuse)
+    assert isinstance(refused, RefuseCommand)
     assert "one of @carol, @Dave" in refused.reply
     allowed = decide("/approve", actor="dave", permission="read", config=config)
     assert isinstance(allowed, Approve)
@@ -237,10 +237,10 @@ def test_approvers_list_is_exclusive() -> None:
 
 def test_approvers_minimum_permission() -> None:
     config = parse_repo_config("approval:\n  approvers: maintain\n")
-    assert isinstance(decide("/approve", permission="write", config=config), Refuse)
+    assert isinstance(decide("/approve", permission="write", config=config), RefuseCommand)
     assert isinstance(decide("/approve", permission="maintain", config=config), Approve)
     # /reject follows the same rule; /hold stays a write-access command.
-    assert isinstance(decide("/reject no", permission="write", config=config), Refuse)
+    assert isinstance(decide("/reject no", permission="write", config=config), RefuseCommand)
     assert isinstance(decide("/hold", permission="write", config=config), Hold)
 
 
@@ -255,7 +255,7 @@ def test_approvers_minimum_permission() -> None:
 )
 def test_approve_only_in_review_ready(state: RunState, says: str) -> None:
     decision = decide("/approve", snapshot(state))
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert says in decision.reply
 
 
@@ -265,7 +265,7 @@ def test_approve_cancel_withdraws_only_your_own_approval() -> None:
     # Losing write access does not stop you withdrawing your approval.
     assert isinstance(decide("/approve cancel", run, permission="read"), RevokeApproval)
     refused = decide("/approve cancel", run, actor="carol")
-    assert isinstance(refused, Refuse)
+    assert isinstance(refused, RefuseCommand)
     assert "no approval on this run" in refused.reply
 
 
@@ -333,7 +333,7 @@ def test_partial_approval_reverts_the_rest() -> None:
 
 def test_partial_approval_of_nothing_changed_is_refused() -> None:
     decision = decide("/approve looks good")
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert "`looks`, `good` match no changed file" in decision.reply
 
 
@@ -366,7 +366,7 @@ def test_path_approver_may_approve_but_does_not_count_as_general() -> None:
 def test_path_approver_of_an_unchanged_path_is_not_an_approver() -> None:
     run = snapshot(changed_paths=("src/app.py",))
     decision = decide("/approve", run, actor="dana", permission="read", config=PATHS)
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseCommand)
     assert "`approval.path_approvers` of a changed path" in decision.reply
 
 
@@ -413,7 +413,7 @@ REFUSALS: list[tuple[str, RunState, str]] = [
 @pytest.mark.parametrize(("text", "state", "says"), REFUSALS)
 def test_state_rules_refuse_politely(text: str, state: RunState, says: str) -> None:
     decision = decide(text, snapshot(state))
-    assert isinstance(decision, Refuse), decision
+    assert isinstance(decision, RefuseCommand), decision
     assert decision.rule.startswith("state.")
     assert decision.reply.startswith(f"@bob, this run is {state.value.replace('_', ' ')}; ")
     assert says in decision.reply
@@ -429,7 +429,7 @@ def test_cancel_before_review(state: RunState) -> None:
 @pytest.mark.parametrize("state", [S.REVIEW_READY, S.FAILED, S.TIMED_OUT, S.CANCELLED])
 def test_retry_states(state: RunState) -> None:
     decision = decide("/retry cover the empty case\nand the None case", snapshot(state))
-    assert isinstance(decision, Retry)
+    assert isinstance(decision, RetryRun)
     assert decision.feedback == "cover the empty case\nand the None case"
 
 
@@ -448,9 +448,9 @@ def test_reject_in_review() -> None:
 def test_hold_and_unhold() -> None:
     assert isinstance(decide("/hold", snapshot(S.REVIEW_READY)), Hold)
     held = decide("/hold", snapshot(S.REVIEW_READY, on_hold=True))
-    assert isinstance(held, Refuse) and "already on hold" in held.reply
+    assert isinstance(held, RefuseCommand) and "already on hold" in held.reply
     not_held = decide("/unhold", snapshot(S.RUNNING))
-    assert isinstance(not_held, Refuse) and "not on hold" in not_held.reply
+    assert isinstance(not_held, RefuseCommand) and "not on hold" in not_held.reply
 
 
 def test_budget_raise() -> None:
@@ -538,9 +538,9 @@ def test_approve_button_is_permission_checked_and_bound_to_its_commit() -> None:
     button = button_command("approve", head_sha=OLD)
     assert button is not None
     stale = decide_command(button, snapshot(), "bob", "write", DEFAULT, now_sha=HEAD)
-    assert isinstance(stale, Refuse) and "the PR head is now" in stale.reply
+    assert isinstance(stale, RefuseCommand) and "the PR head is now" in stale.reply
     reader = decide_command(button, snapshot(), "eve", "read", DEFAULT, now_sha=OLD)
-    assert isinstance(reader, Refuse)
+    assert isinstance(reader, RefuseCommand)
     fresh = button_command("approve", head_sha=HEAD)
     assert fresh is not None
     ok = decide_command(fresh, snapshot(), "bob", "write", DEFAULT, now_sha=HEAD)
@@ -551,7 +551,7 @@ def test_rerun_link_retries_a_failed_run() -> None:
     button = button_command("rerequested")
     assert button is not None
     decision = decide_command(button, snapshot(S.FAILED), "alice", "read", DEFAULT, now_sha=HEAD)
-    assert isinstance(decision, Retry) and decision.feedback == ""
+    assert isinstance(decision, RetryRun) and decision.feedback == ""
 
 
 # --- GitHub reviews -----------------------------------------------------------------------
@@ -572,7 +572,7 @@ def test_real_commented_reviews_are_recorded_only() -> None:
         decision = decide_review(
             event.review, snapshot(), "write", DEFAULT, now_sha=event.pull_request.head_sha
         )
-        assert isinstance(decision, Ignore) and decision.rule == "review.commented"
+        assert isinstance(decision, IgnoreCommand) and decision.rule == "review.commented"
 
 
 def test_approved_review_counts_as_approve_bound_to_its_commit() -> None:
@@ -584,16 +584,16 @@ def test_approved_review_counts_as_approve_bound_to_its_commit() -> None:
     assert isinstance(decision, Approve)
     assert (decision.actor, decision.sha) == (event.review.user.login, event.review.commit_id)
     newer = decide_review(event.review, run, "write", DEFAULT, now_sha=HEAD)
-    assert isinstance(newer, Refuse) and "the PR head is now" in newer.reply
+    assert isinstance(newer, RefuseCommand) and "the PR head is now" in newer.reply
     reader = decide_review(event.review, run, "read", DEFAULT, now_sha=head)
-    assert isinstance(reader, Refuse)
+    assert isinstance(reader, RefuseCommand)
 
 
 def test_changes_requested_review_is_recorded_only() -> None:
     event = review_event("CHANGES_REQUESTED")
     assert event.review is not None
     decision = decide_review(event.review, snapshot(), "write", DEFAULT, now_sha=HEAD)
-    assert isinstance(decision, Ignore)
+    assert isinstance(decision, IgnoreCommand)
     assert decision.rule == "review.changes_requested"
 
 
@@ -648,10 +648,10 @@ def test_a_comment_is_about_the_head_only_if_written_after_it_arrived() -> None:
 
 def test_an_approval_is_never_bound_to_a_head_the_writer_may_not_have_seen() -> None:
     unknown = decide("/approve", now_sha=None)
-    assert isinstance(unknown, Refuse) and unknown.rule == "approval.head_moved"
+    assert isinstance(unknown, RefuseCommand) and unknown.rule == "approval.head_moved"
     assert f"moved to `{HEAD[:12]}` after you wrote this" in unknown.reply
     stale = decide("/approve", now_sha=OLD)
-    assert isinstance(stale, Refuse) and stale.rule == "approval.head_moved"
+    assert isinstance(stale, RefuseCommand) and stale.rule == "approval.head_moved"
     assert f"you approved `{OLD[:12]}`" in stale.reply
     named = decide(f"/approve {HEAD[:10]}", now_sha=None)  # naming the head is seeing it
     assert isinstance(named, Approve) and named.sha == HEAD
@@ -660,14 +660,14 @@ def test_an_approval_is_never_bound_to_a_head_the_writer_may_not_have_seen() -> 
 def test_a_merged_run_answers_with_its_merge_commit() -> None:
     merged = snapshot(S.MERGED, merged_sha=OLD)
     reject = decide("/reject too late", merged)
-    assert isinstance(reject, Refuse) and reject.rule == "state.merged"
+    assert isinstance(reject, RefuseCommand) and reject.rule == "state.merged"
     assert reject.reply == (
         f"@bob, this run was already merged at `{OLD[:12]}`; there is nothing to reject."
     )
     approve = decide("/approve", merged)
-    assert isinstance(approve, Refuse) and "already merged at" in approve.reply
+    assert isinstance(approve, RefuseCommand) and "already merged at" in approve.reply
     withdraw = decide("/approve cancel", merged)
-    assert isinstance(withdraw, Refuse) and "no approval to withdraw" in withdraw.reply
+    assert isinstance(withdraw, RefuseCommand) and "no approval to withdraw" in withdraw.reply
 
 
 def test_a_push_rebinds_on_the_same_tree_and_invalidates_otherwise() -> None:

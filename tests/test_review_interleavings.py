@@ -31,8 +31,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.db.models import RunState
-from bot.review import REVIEWABLE
+from bot.domain.review import REVIEWABLE
+from bot.domain.states import RunState
 from tests.review_harness import Hook, ReadyRun, Review, open_review
 
 SEEDS = int(os.environ.get("BOSUN_INTERLEAVING_SEEDS", "200"))

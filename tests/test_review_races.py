@@ -17,8 +17,8 @@ import asyncio
 
 import pytest
 
-from bot.db.models import RunState
-from bot.github.limits import COMMENT_MAX
+from bot.domain.limits import COMMENT_MAX
+from bot.domain.states import RunState
 from tests.review_harness import Review
 
 PERMISSION = "/repos/*/*/collaborators/{login}/permission"

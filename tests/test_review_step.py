@@ -1,4 +1,4 @@
-"""The serialised step itself (``jobs.review_step``), on SQLite and the test Redis: a decision
+"""The serialised step itself (``jobs.review.step``), on SQLite and the test Redis: a decision
 that lost a race is made again on the new state, the lock keeps a second step out, and a
 delivery that GitHub keeps failing ends with a visible trace on its run."""
 
@@ -10,9 +10,10 @@ import pytest
 from githubkit.exception import RequestFailed
 from sqlalchemy import select, update
 
-from bot.db.models import Run, RunEvent, RunState
-from bot.review import RunSnapshot
-from jobs.review_step import RunBusy, StaleRun, claim, run_lock, serialised
+from bot.db.models import Run, RunEvent
+from bot.domain.review import RunSnapshot
+from bot.domain.states import RunState
+from jobs.review.step import RunBusy, StaleRun, claim, run_lock, serialised
 from tests.review_harness import Review
 
 

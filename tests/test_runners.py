@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.agents.runners import RUNNERS, get_runner
+from bot.agents.runners.base import GATEWAY_KEY, Invocation, RunnerEvent
 from bot.profiles import ProfileConfig
-from bot.runners import RUNNERS, get_runner
-from bot.runners.base import GATEWAY_KEY, Invocation, RunnerEvent
 
 FIXTURES = Path(__file__).parent / "fixtures" / "runners"
 GATEWAY = "http://127.0.0.1:8788"

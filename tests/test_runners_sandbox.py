@@ -15,8 +15,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
+from bot.agents.runners import RunnerEvent, get_runner
 from bot.profiles import ProfileConfig
-from bot.runners import RunnerEvent, get_runner
 from sandboxes.base import Sandbox, open_sandbox
 from sandboxes.docker import DockerBackend
 from sandboxes.output import LineSplitter, OutputChunk

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.repoconfig import parse_repo_config
-from jobs.diffcheck import evaluate_diff
+from bot.domain.repoconfig import parse_repo_config
+from jobs.run.diffcheck import evaluate_diff
 from sandboxes.git import GitIdentity, git_env
 from sandboxes.workspace import Workspace, WorkspaceManager
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bot.status import STATUS_MARKER
+from bot.domain.status import STATUS_MARKER
 from tests.attacker_agents import (
     GATEWAY_ALLOWED_BODY_BYTES,
     GATEWAY_BODIES,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.configdoc import render
+from bot.entrypoints.configdoc import render
 from bot.settings import Settings
 
 

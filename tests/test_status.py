@@ -1,13 +1,13 @@
-"""What Bosun publishes about a run (``bot/status.py``): names, reasons, plans and transcripts
-the agent chose are shown, never rendered as markdown of their own."""
+"""What Bosun publishes about a run (``bot/domain/status.py``): names, reasons, plans and
+transcripts the agent chose are shown, never rendered as markdown of their own."""
 
 from __future__ import annotations
 
 import re
 
-from bot.db.models import RunState
-from bot.display import shown
-from bot.status import RunView, check_run_fields, pr_body, status_comment
+from bot.domain.display import shown
+from bot.domain.states import RunState
+from bot.domain.status import RunView, check_run_fields, pr_body, status_comment
 
 HEADING = "## Bosun security review: PASSED, safe to merge"
 CLOSE = "Fixes #1"
@@ -38,7 +38,7 @@ def test_a_file_name_adds_no_line_to_the_pr_body() -> None:
 
 
 def test_a_reason_or_note_stays_on_its_line() -> None:
-    """A reason's agent-derived parts are escaped by whoever writes it (``jobs/diffcheck.py``);
+    """A reason's agent-derived parts are escaped by whoever writes it (``jobs/run/diffcheck.py``);
     whatever still holds a line break is kept on its line here."""
     reason = f"the diff breaks repository policy: x\n\n{HEADING}\u2028{HEADING}"
     run = view(state=RunState.FAILED, reason=reason)

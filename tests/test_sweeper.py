@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from jobs.sweeper import Attempt, to_redeliver
+from jobs.deliveries.sweeper import Attempt, to_redeliver
 from tests.emulator.world import World
 from tests.stack import free_port, make_stack_settings, running_stack
 

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from bot.events import ParsedEvent, parse_event
-from bot.repoconfig import RepoConfig, parse_repo_config
-from bot.triggers import (
+from bot.domain.payloads import ParsedEvent, parse_event
+from bot.domain.repoconfig import RepoConfig, parse_repo_config
+from bot.domain.triggers import (
     CancelRuns,
     Decision,
-    Ignore,
-    Refuse,
+    IgnoreRequest,
+    RefuseStart,
     StartRun,
     TriggerRequest,
     UnknownProfile,
@@ -238,7 +238,7 @@ def test_write_or_higher_starts_with_default_profile(permission: str) -> None:
 @pytest.mark.parametrize("permission", ["read", "triage", "none"])
 def test_below_write_is_refused_with_one_reply(permission: str) -> None:
     decision = run(LABEL, permission)
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseStart)
     assert decision.reply == (
         "@alice, only people with write access to acme/app can start Bosun runs "
         f"(you have {permission})."
@@ -248,7 +248,7 @@ def test_below_write_is_refused_with_one_reply(permission: str) -> None:
 
 def test_unknown_permission_is_refused_and_says_so() -> None:
     decision = run(LABEL, None)
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseStart)
     assert "your permission could not be checked" in decision.reply
 
 
@@ -264,7 +264,9 @@ def test_server_allow_list_and_teams_also_trust() -> None:
     assert isinstance(by_server, StartRun) and by_server.rule == "server.allowed_users"
     by_team = run(event, "read", CONFIG, requester_teams=frozenset({"acme/platform"}))
     assert isinstance(by_team, StartRun) and by_team.rule == "trigger.allowed_teams"
-    assert isinstance(run(event, "read", CONFIG, requester_teams=frozenset({"acme/x"})), Refuse)
+    assert isinstance(
+        run(event, "read", CONFIG, requester_teams=frozenset({"acme/x"})), RefuseStart
+    )
 
 
 def test_unlisted_bot_reaching_decide_is_ignored_without_reply() -> None:
@@ -272,7 +274,7 @@ def test_unlisted_bot_reaching_decide_is_ignored_without_reply() -> None:
     decision = decide(
         req, DEFAULT, "admin", server_allowed_users=frozenset(), known_profiles=PROFILES
     )
-    assert isinstance(decision, Ignore)
+    assert isinstance(decision, IgnoreRequest)
     assert decision.rule == "trigger.bots_ignored"
 
 
@@ -297,7 +299,7 @@ def test_repo_default_profile_is_used_and_checked() -> None:
 
 def test_untrusted_requester_gets_refusal_before_profile_check() -> None:
     decision = run(payload("issues", "labeled", label="bosun:turbo"), "read")
-    assert isinstance(decision, Refuse)
+    assert isinstance(decision, RefuseStart)
 
 
 def test_unlabel_cancels_for_trusted_and_is_refused_for_others() -> None:
@@ -306,7 +308,7 @@ def test_unlabel_cancels_for_trusted_and_is_refused_for_others() -> None:
     assert isinstance(cancel, CancelRuns)
     assert cancel.rule == "trigger.label_removed"
     refused = run(event, "triage")
-    assert isinstance(refused, Refuse)
+    assert isinstance(refused, RefuseStart)
     assert "can cancel Bosun runs (you have triage)" in refused.reply
 
 

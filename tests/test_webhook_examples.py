@@ -11,9 +11,15 @@ from typing import Any
 
 import pytest
 
-from bot.events import HANDLED_ACTIONS, EventParseError, IgnoredEvent, ParsedEvent, parse_event
-from bot.repoconfig import RepoConfig, parse_repo_config
-from bot.triggers import CancelRuns, Refuse, StartRun, decide, trigger_request
+from bot.domain.payloads import (
+    HANDLED_ACTIONS,
+    EventParseError,
+    IgnoredEvent,
+    ParsedEvent,
+    parse_event,
+)
+from bot.domain.repoconfig import RepoConfig, parse_repo_config
+from bot.domain.triggers import CancelRuns, RefuseStart, StartRun, decide, trigger_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 BOT = "bosun[bot]"
@@ -156,7 +162,7 @@ def _check_routing(event: str, parsed: ParsedEvent, payload: dict[str, Any]) -> 
         refused = decide(
             request, config, "read", server_allowed_users=frozenset(), known_profiles=PROFILES
         )
-        assert isinstance(refused, Refuse)
+        assert isinstance(refused, RefuseStart)
         assert refused.reply.startswith(f"@{payload['sender']['login']}, only people")
     elif event == "issues" and parsed.action == "closed":
         assert request is not None and request.kind == "cancel"

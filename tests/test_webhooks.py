@@ -1,5 +1,5 @@
 """``POST /webhooks/github`` through the real app on SQLite and PostgreSQL with the real Redis:
-verify, store, enqueue, answer — and group commit under a burst (bot/intake.py)."""
+verify, store, enqueue, answer — and group commit under a burst (bot/web/intake.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from sqlalchemy import text
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.intake import DeliveryIntake, IncomingDelivery
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
+from bot.web.intake import DeliveryIntake, IncomingDelivery
 from tests.conftest import make_settings
 
 SECRET = "webhook-secret"

@@ -1,7 +1,7 @@
 """Actions on a run from the REST API, the CLI and the dashboard (SPEC §9), in the terms of the
 comment commands they mirror: ``parse_action`` turns one into the ``Command`` that
 ``/<verb> <args>`` would be, so the worker decides it with the very code that decides comments
-(``jobs.api_commands``). Pure: no I/O.
+(``jobs.deliveries.commands``). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -9,16 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from bot.commands import Command, Source, parse_commands
+from bot.domain.commands import Command, Source, parse_commands
 
-API_COMMAND_JOB = "api_command"
 ClientSource = Literal["api", "cli", "dashboard"]
 CLIENT_SOURCES: dict[str, ClientSource] = {"api": "api", "cli": "cli", "dashboard": "dashboard"}
 """``X-Bosun-Client`` header values and the audit source each records."""
-
-
-def command_job_id(command_id: str) -> str:
-    return f"cmd:{command_id}"
 
 
 def parse_action(verb: str, args: str, source: Source) -> Command | str:

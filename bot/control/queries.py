@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.artifacts import get_artifact, read_artifact
+from bot.agents.runners import get_runner
 from bot.control.views import (
     ApprovalOut,
     ArtifactOut,
@@ -35,21 +35,12 @@ from bot.control.views import (
     RunSummary,
     TaskOut,
 )
+from bot.db.artifacts import get_artifact, read_artifact
 from bot.db.engine import SessionFactory
-from bot.db.models import (
-    Approval,
-    Artifact,
-    CommandAudit,
-    Repository,
-    Run,
-    RunEvent,
-    RunState,
-    Task,
-)
+from bot.db.models import Approval, Artifact, CommandAudit, Repository, Run, RunEvent, Task
+from bot.domain.states import TERMINAL, RunState
 from bot.errors import NotFoundError
 from bot.profiles import ProfileConfig
-from bot.runners import get_runner
-from bot.runs import TERMINAL
 
 MAX_PAGE = 200
 WORKFLOWS = ("implement", "plan", "plan_implement", "plan_implement_test")

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import true
 
+from bot.domain.states import DeliveryStatus, RunState
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -35,28 +37,6 @@ class Base(DeclarativeBase):
         list[Any]: JSON,
         datetime: DateTime(timezone=True),
     }
-
-
-class RunState(enum.StrEnum):
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    RUNNING = "running"
-    GATES = "gates"
-    REVIEW_READY = "review_ready"
-    APPROVED = "approved"
-    MERGED = "merged"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed_out"
-    REJECTED = "rejected"
-
-
-class DeliveryStatus(enum.StrEnum):
-    RECEIVED = "received"
-    PROCESSING = "processing"
-    PROCESSED = "processed"
-    IGNORED = "ignored"
-    FAILED = "failed"
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -184,10 +164,10 @@ class Run(Base):
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Bumped by every state transition and every review-loop decision: a decision commits
-    only if the run still has the version it was decided on (``jobs.review_step``)."""
+    only if the run still has the version it was decided on (``jobs.review.step``)."""
     head_since: Mapped[datetime | None] = mapped_column()
     """When the current ``head_sha`` became the PR head as Bosun knows it: a comment written
-    before then was not written about this head (``bot.review.head_when_written``)."""
+    before then was not written about this head (``bot.domain.review.head_when_written``)."""
     stalled_since: Mapped[datetime | None] = mapped_column()
     """Set while the run has gone ``worker.stall_seconds`` without an event."""
     merged_sha: Mapped[str | None] = mapped_column(String(64))
@@ -295,7 +275,7 @@ class CommandAudit(Base):
 class ControlCommand(Base):
     """An action on a run from the API, the CLI or the dashboard, recorded by the web process
     before its job is enqueued: the job carries only this row's id, so whoever can write to
-    Redis cannot make up an actor, a permission or a command (``jobs.api_commands``)."""
+    Redis cannot make up an actor, a permission or a command (``jobs.deliveries.commands``)."""
 
     __tablename__ = "control_commands"
 

@@ -27,8 +27,8 @@ from githubkit_schemas.latest.models import (
     RepositoryCollaboratorPermission,
 )
 
-from bot.events import RepositoryRef
-from bot.github.limits import fit_comment
+from bot.domain.limits import fit_comment
+from bot.domain.payloads import RepositoryRef
 from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
 from bot.metrics.local import GITHUB_HOOKS
 

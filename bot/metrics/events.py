@@ -22,7 +22,8 @@ from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.db.models import RunEvent, RunState
+from bot.db.models import RunEvent
+from bot.domain.states import RunState
 
 SETTLE_SECONDS = 300.0
 

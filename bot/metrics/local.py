@@ -1,7 +1,7 @@
 """Metrics only one process knows, counted in that process (prometheus-client's default
 registry, with its ``process_*`` and ``python_*`` metrics).
 
-- Webhook requests this web process refused (``bot.webhooks``): never stored, so nowhere else
+- Webhook requests this web process refused (``bot.web.webhooks``): never stored, so nowhere else
   to count them, and counting them in memory lets no unauthenticated sender write to Redis.
 - GitHub API calls this process made and the rate limit GitHub last reported to it (an
   ``httpx`` response hook on every githubkit client).

@@ -26,14 +26,8 @@ from prometheus_client.core import (
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.db.models import (
-    CommandAudit,
-    Delivery,
-    Notification,
-    NotificationAttempt,
-    Run,
-    RunState,
-)
+from bot.db.models import CommandAudit, Delivery, Notification, NotificationAttempt, Run
+from bot.domain.states import RunState
 from bot.metrics import events
 from bot.metrics.events import EventTotals
 from bot.services import Services
@@ -47,13 +41,14 @@ SANDBOX_FAILURES: tuple[tuple[str, str], ...] = (
     ("the workspace grew past%", "workspace_limit"),
     ("could not stop the sandbox%", "stop"),
 )
-"""How a failed run's reason names a sandbox failure (the sentences ``jobs.pipeline``,
-``jobs.run_agent``, ``jobs.run_publish`` and ``sandboxes.quota`` end runs with)."""
+"""How a failed run's reason names a sandbox failure (the sentences ``jobs.run.pipeline``,
+``jobs.run.agent``, ``jobs.run.publish`` and ``sandboxes.quota`` end runs with)."""
 
 BUDGET_STOP = "the run's budget of %"
 
 CAPACITY_PARTS = ("waiting", "alive", "held")
-"""``jobs.capacity``'s sorted sets of a scope (``<namespace>:capacity:<scope>:<part>``)."""
+"""``jobs.admission.capacity``'s sorted sets of a scope
+(``<namespace>:capacity:<scope>:<part>``)."""
 
 
 @dataclass

@@ -2,10 +2,9 @@
 configure (``notify.endpoints`` or ``/api/v1/webhooks``), from a durable outbox.
 
 A run's transition writes one outbox row per interested endpoint in its own transaction
-(``bot.notify.outbox``); the worker's ``send_notifications`` job (``jobs/notify.py``, woken after
-that commit and swept by a cron) POSTs them, signed, and retries with backoff
+(``bot.notify.outbox``); the worker's ``send_notifications`` job (``jobs/upkeep/notify.py``, woken
+after that commit and swept by a cron) POSTs them, signed, and retries with backoff
 (``bot.notify.sender``). A failing endpoint never slows a run: it costs the run one insert.
 """
 
-SEND_JOB = "send_notifications"
 """The arq job that sends due notifications (at most one queued at a time, under this id)."""

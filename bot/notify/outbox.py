@@ -1,6 +1,6 @@
 """Notifications enter the outbox in the transaction that changes the run.
 
-``enqueue_transition`` is called by ``bot.runs.transition``: it reads the endpoints (a small
+``enqueue_transition`` is called by ``bot.db.runlog.transition``: it reads the endpoints (a small
 table), decides purely which of them want which notification types, and inserts their rows in
 one statement. Nothing here touches the network, so a failing endpoint costs a run nothing.
 After the commit the process's waker (``install_waker``; the worker's enqueues the send job)
@@ -19,7 +19,8 @@ from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.engine import SessionFactory
-from bot.db.models import Notification, Repository, Run, RunState, WebhookEndpoint
+from bot.db.models import Notification, Repository, Run, WebhookEndpoint
+from bot.domain.states import RunState
 from bot.notify.settings import NotificationType
 
 WAKE_KEY = "bosun.notify.wake"

@@ -15,7 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.appcreds import load_stored
 from bot.control.live import LiveHub
-from bot.intake import DeliveryIntake
 from bot.metrics.web import metrics
 from bot.notify.store import sync_quietly
 from bot.services import Services
@@ -28,9 +27,10 @@ from bot.web.api import (
     openapi_config,
 )
 from bot.web.health import healthz, readyz
+from bot.web.intake import DeliveryIntake
 from bot.web.middleware import request_logging
 from bot.web.setup import setup_callback, setup_page
-from bot.webhooks import receive_webhook
+from bot.web.webhooks import receive_webhook
 
 log = structlog.get_logger("bot.web")
 

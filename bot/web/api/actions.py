@@ -1,7 +1,7 @@
 """``POST /api/v1/runs/{id}/<action>``: cancel, retry, approve, reject, hold, unhold, budget,
 resume — decided by the worker exactly as the comment command they mirror
-(``bot.control.actions``, ``jobs.api_commands``), audited with the source ``api`` (or ``cli``,
-``dashboard``: the ``X-Bosun-Client`` header). The answer waits for the decision (``wait``
+(``bot.control.actions``, ``jobs.deliveries.commands``), audited with the source ``api`` (or
+``cli``, ``dashboard``: the ``X-Bosun-Client`` header). The answer waits for the decision (``wait``
 seconds, 10 by default): ``200`` accepted, a ``409`` problem when the run's state refuses it, or
 ``202`` with ``pending`` when the worker has not decided yet (follow the run's audit).
 """
@@ -21,15 +21,14 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from pydantic import Field
 
 from bot.control.actions import (
-    API_COMMAND_JOB,
     CLIENT_SOURCES,
     ClientSource,
-    command_job_id,
     parse_action,
 )
 from bot.control.views import ActionOut
 from bot.db.models import ControlCommand
 from bot.errors import ConflictError
+from bot.jobids import API_COMMAND, command_job_id
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 from bot.web.api.problems import problem_responses
 from bot.web.api.resources import Body, services_of, store
@@ -193,9 +192,7 @@ async def submit(
                 requested_at=datetime.now(UTC),
             )
         )
-    await services.redis.enqueue_job(
-        API_COMMAND_JOB, command_id, _job_id=command_job_id(command_id)
-    )
+    await services.redis.enqueue_job(API_COMMAND, command_id, _job_id=command_job_id(command_id))
     deadline = time.monotonic() + wait
     while True:
         async with services.sessions() as session:

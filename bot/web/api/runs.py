@@ -17,7 +17,6 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from pydantic import Field
 
-from bot.artifacts import artifact_chunks
 from bot.control.views import (
     ActionOut,
     ApprovalOut,
@@ -29,7 +28,8 @@ from bot.control.views import (
     RunDetail,
     RunSummary,
 )
-from bot.db.models import RunState
+from bot.db.artifacts import artifact_chunks
+from bot.domain.states import RunState
 from bot.errors import ConflictError
 from bot.web.api.actions import submit
 from bot.web.api.auth import AnyRequest, caller_of, require_repo

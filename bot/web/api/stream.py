@@ -25,8 +25,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from bot.control.live import FLEET, POLL_SECONDS, LiveHub
 from bot.control.queries import RunStore
 from bot.control.views import EventOut, RunSummary
-from bot.db.models import RunState
-from bot.runs import TERMINAL
+from bot.domain.states import TERMINAL, RunState
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 from bot.web.api.problems import problem_responses
 from bot.web.api.resources import MAX_ID, services_of, store

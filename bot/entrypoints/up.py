@@ -1,0 +1,57 @@
+"""``bosun up``: the whole of Bosun in one process on the embedded defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+import uvicorn
+from pydantic import SecretStr
+
+from bot.db.engine import create_engine
+from bot.db.migrate import upgrade
+from bot.entrypoints.localredis import ensure_redis
+from bot.settings import Settings
+from bot.web.app import create_app
+from jobs.worker import build_worker
+
+log = structlog.get_logger("bot.entrypoints.up")
+
+
+async def run_all(settings: Settings, *, host: str, port: int) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    redis_child = (
+        await ensure_redis(settings.redis.url, settings.data_dir, settings.redis.password_value())
+        if settings.redis.spawn_local
+        else None
+    )
+    if redis_child is not None and redis_child.generated:
+        # The private server's password lives in this process only: web and worker share it.
+        redis = settings.redis.model_copy(update={"password": SecretStr(redis_child.password)})
+        settings = settings.model_copy(update={"redis": redis})
+    try:
+        engine = create_engine(settings.database.url)
+        try:
+            revision = await upgrade(engine)
+        finally:
+            await engine.dispose()
+        log.info("database_ready", revision=revision)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings), host=host, port=port, log_config=None, access_log=False
+            )
+        )
+        worker = build_worker(settings, handle_signals=False)
+        worker_task = asyncio.create_task(worker.async_run())
+        log.info("bosun_up", url=f"http://{host}:{port}", public_url=settings.public_url)
+        try:
+            await server.serve()
+        finally:
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker_task
+            await worker.close()
+    finally:
+        if redis_child is not None:
+            redis_child.stop()

@@ -1,0 +1,538 @@
+"""``process_delivery``: turn one recorded webhook delivery into decisions and their effects.
+
+Parse at the edge (``bot.domain.payloads``), decide purely (``bot.domain.triggers``), then act:
+keep the installation tables current, start or cancel runs, reply to refused requesters once. A
+delivery is processed at most once; a transient GitHub failure retries the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from arq import Retry
+from githubkit.exception import GitHubException
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import Delivery, Installation, Repository, Run, Task
+from bot.db.runlog import append_event, new_run_id
+from bot.db.upsert import insert_ignore
+from bot.domain.payloads import (
+    EventParseError,
+    IgnoredEvent,
+    ParsedEvent,
+    RepositoryRef,
+    parse_event,
+)
+from bot.domain.prompt import PromptComment, branch_name, build_prompt
+from bot.domain.repoconfig import CONFIG_PATH, RepoConfig, RepoConfigError, parse_repo_config
+from bot.domain.states import ACTIVE, DeliveryStatus
+from bot.domain.triggers import (
+    CancelRuns,
+    Decision,
+    IgnoreRequest,
+    RefuseStart,
+    StartRun,
+    UnknownProfile,
+    decide,
+    trigger_request,
+    trusted_by,
+)
+from bot.errors import ConflictError
+from bot.github.repo import RepoPort
+from bot.jobids import EXECUTE_RUN, run_job_id
+from bot.profiles import ProfileConfig, effective_profile
+from bot.settings import Settings
+from jobs.admission.cancel import signal_cancel
+from jobs.context import JobContext, job_context
+from jobs.review.handle import (
+    handle_button,
+    handle_commands,
+    handle_push,
+    handle_review,
+    trace_failed_delivery,
+)
+
+log = structlog.get_logger("jobs.deliveries.process")
+
+PERMISSION_TTL = 60
+DELIVERY_TRIES = 5
+"""Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
+REVIEW_EVENTS = {"issue_comment", "pull_request", "pull_request_review", "check_run"}
+CONFIG_ERROR_MARKER = "<!-- bosun:config-error -->"
+REFUSED_MARKER = "<!-- bosun:refused user={login} -->"
+TRIGGER_EVENTS = {"issues", "issue_comment"}
+
+
+async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, Any]:
+    bosun = job_context(ctx)
+    structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
+    async with bosun.services.sessions.begin() as session:
+        delivery = await session.get(Delivery, delivery_id)
+        if delivery is None:
+            return {"delivery": delivery_id, "outcome": "unknown delivery"}
+        if delivery.status in (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED):
+            return {"delivery": delivery_id, "outcome": f"already {delivery.status.value}"}
+        delivery.status = DeliveryStatus.PROCESSING
+        delivery.attempts += 1
+        event_name, payload = delivery.event, delivery.payload
+    structlog.contextvars.bind_contextvars(
+        installation_id=delivery.installation_id, repo=delivery.repository
+    )
+    parsed: ParsedEvent | IgnoredEvent | None = None
+    tries = int(ctx.get("job_try") or 1)
+    try:
+        parsed = parse_event(event_name, payload)
+        outcome = await route(bosun, delivery_id, parsed)
+    except EventParseError as exc:
+        await _finish(bosun, delivery_id, DeliveryStatus.FAILED, f"unparseable: {exc}")
+        return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
+    except ConflictError as exc:
+        # The run was busy or moved under the decision: decide again later, on its new state.
+        if tries < DELIVERY_TRIES:
+            log.info("delivery_conflict_retry", error=str(exc)[:300], job_try=tries)
+            raise Retry(defer=conflict_backoff(tries)) from exc
+        await _failed(bosun, delivery_id, parsed, repr(exc))
+        return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
+    except GitHubException as exc:
+        if tries < DELIVERY_TRIES:
+            log.warning("delivery_retry", error=repr(exc)[:300], job_try=tries)
+            raise Retry(defer=min(60, 2**tries)) from exc
+        await _failed(bosun, delivery_id, parsed, repr(exc))
+        raise
+    except Exception as exc:
+        log.exception("delivery_failed")
+        await _failed(bosun, delivery_id, parsed, repr(exc))
+        raise
+    status = DeliveryStatus.IGNORED if outcome.startswith("ignored") else DeliveryStatus.PROCESSED
+    await _finish(
+        bosun, delivery_id, status, None if status is DeliveryStatus.PROCESSED else outcome
+    )
+    log.info("delivery_processed", gh_event=event_name, outcome=outcome)
+    return {"delivery": delivery_id, "outcome": outcome}
+
+
+def conflict_backoff(tries: int) -> float:
+    """Seconds before a delivery that met a busy or moving run is tried again: doubling from
+    half a second, at most 30, with jitter so a flood on one run spreads out."""
+    return float(min(30.0, 0.5 * 2 ** (tries - 1)) * random.uniform(0.5, 1.0))
+
+
+async def _failed(
+    bosun: JobContext,
+    delivery_id: str,
+    parsed: ParsedEvent | IgnoredEvent | None,
+    error: str,
+) -> None:
+    """A delivery that finally failed: recorded as failed and, when it concerns a run, left
+    as a visible trace on it (an ``error`` event and a note in the status comment)."""
+    await _finish(bosun, delivery_id, DeliveryStatus.FAILED, error[:1000])
+    if not isinstance(parsed, ParsedEvent) or parsed.event not in REVIEW_EVENTS:
+        return
+    if parsed.installation_id is None or parsed.repository is None:
+        return
+    port = bosun.repo(parsed.installation_id, parsed.repository.full_name)
+    try:
+        await trace_failed_delivery(bosun, port, parsed, delivery_id, error)
+    except Exception:
+        log.exception("delivery_trace_failed")
+
+
+async def _finish(
+    bosun: JobContext, delivery_id: str, status: DeliveryStatus, error: str | None
+) -> None:
+    async with bosun.services.sessions.begin() as session:
+        await session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id)
+            .values(status=status, error=error, processed_at=datetime.now(UTC))
+        )
+
+
+async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | IgnoredEvent) -> str:
+    if isinstance(parsed, IgnoredEvent):
+        return f"ignored: {parsed.reason}"
+    if parsed.event in ("installation", "installation_repositories"):
+        return await sync_installation(bosun, parsed)
+    if parsed.event == "ping":
+        return "processed: ping"
+    if parsed.installation_id is None or parsed.repository is None:
+        return f"ignored: {parsed.key} without an installation"
+    port = bosun.repo(parsed.installation_id, parsed.repository.full_name)
+
+    async def permission(login: str) -> str:
+        return await permission_of(bosun, port, login)
+
+    if parsed.key == "issue_comment.created" and parsed.comment and parsed.issue:
+        if parsed.comment.user.is_bot:
+            return "ignored: comments by bots are never commands"
+        if not parsed.issue.is_pull_request and "/bosun" in parsed.comment.body.lower():
+            outcome = await handle_trigger(bosun, delivery_id, parsed)
+            if not outcome.startswith("ignored"):
+                return outcome
+        return await handle_commands(bosun, port, delivery_id, parsed, permission)
+    if parsed.event == "issues" and parsed.issue and not parsed.issue.is_pull_request:
+        return await handle_trigger(bosun, delivery_id, parsed)
+    if parsed.key == "pull_request_review.submitted" and parsed.review:
+        return await handle_review(bosun, port, delivery_id, parsed, permission)
+    if parsed.key == "pull_request.synchronize" and parsed.pull_request:
+        return await handle_push(bosun, port, parsed, delivery_id)
+    if parsed.event == "check_run" and parsed.check_run:
+        return await handle_button(bosun, port, delivery_id, parsed, permission)
+    return f"ignored: {parsed.key} is not acted on"
+
+
+# -- installations --------------------------------------------------------------------------
+
+
+async def sync_installation(bosun: JobContext, event: ParsedEvent) -> str:
+    installation = event.installation
+    if installation is None:
+        return "ignored: no installation in payload"
+    async with bosun.services.sessions.begin() as session:
+        row = await session.get(Installation, installation.id)
+        if row is None:
+            row = Installation(id=installation.id, account_login="")
+            session.add(row)
+        if installation.account is not None:
+            row.account_login = installation.account.login
+            row.account_type = installation.account.type
+        row.deleted = event.action == "deleted"
+        row.suspended = event.action == "suspend"
+        await session.flush()
+        for ref in event.repositories_added:
+            await upsert_repository(session, ref, installation.id)
+        for ref in event.repositories_removed:
+            await session.execute(
+                update(Repository)
+                .where(Repository.full_name == ref.full_name)
+                .values(active=False, installation_id=None)
+            )
+    return (
+        f"processed: installation {installation.id} {event.action}: "
+        f"+{len(event.repositories_added)} -{len(event.repositories_removed)} repositories"
+    )
+
+
+async def upsert_repository(
+    session: AsyncSession, ref: RepositoryRef, installation_id: int | None
+) -> Repository:
+    if installation_id is not None:
+        # Installed before Bosun saw the installation event: record it from what we know.
+        await insert_ignore(
+            session, Installation, {"id": installation_id, "account_login": ref.owner}, ["id"]
+        )
+    await insert_ignore(
+        session, Repository, {"full_name": ref.full_name, "github_id": ref.id}, ["full_name"]
+    )
+    repo = (
+        await session.execute(select(Repository).where(Repository.full_name == ref.full_name))
+    ).scalar_one()
+    repo.github_id = ref.id
+    repo.installation_id = installation_id
+    repo.private = ref.private
+    repo.active = True
+    if ref.default_branch:
+        repo.default_branch = ref.default_branch
+    await session.flush()
+    return repo
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+
+async def permission_of(bosun: JobContext, port: RepoPort, login: str) -> str:
+    """The requester's collaborator permission, checked live and cached briefly."""
+    key = bosun.settings.redis.key("perm", port.full_name, login.lower())
+    signer = _cache_signer(bosun, f"{port.full_name}|{login.lower()}")
+    try:
+        cached = await bosun.services.redis.get(key)
+    except Exception:  # noqa: BLE001 -- the cache is optional
+        cached = None
+    if cached and signer is not None:
+        text = bytes(cached).decode(errors="replace")
+        remembered, _, signature = text.partition(".")
+        if hmac.compare_digest(signature, signer(remembered)):
+            return remembered
+        log.warning("permission_cache_forged", login=login)  # not written by Bosun: ignored
+    permission = await port.permission(login)
+    if signer is None:
+        return permission
+    try:
+        await bosun.services.redis.set(key, f"{permission}.{signer(permission)}", ex=PERMISSION_TTL)
+    except Exception:  # noqa: BLE001
+        log.debug("permission_cache_write_failed")
+    return permission
+
+
+def _cache_signer(bosun: JobContext, subject: str) -> Callable[[str], str] | None:
+    """Signs cached permissions with a key Redis does not hold (derived from the App's webhook
+    secret), so whoever can write to Redis cannot make a login look like a maintainer."""
+    secret = bosun.settings.github.webhook_secret
+    if secret is None:
+        return None
+    key = hashlib.sha256(b"bosun-permission-cache|" + secret.get_secret_value().encode()).digest()
+
+    def sign(permission: str) -> str:
+        return hmac.new(key, f"{subject}|{permission}".encode(), hashlib.sha256).hexdigest()
+
+    return sign
+
+
+async def load_repo_config(port: RepoPort, default_branch: str) -> tuple[RepoConfig, str | None]:
+    """The repository's config from its default branch, or defaults and the error text."""
+    text = await port.file_text(CONFIG_PATH, default_branch)
+    try:
+        return parse_repo_config(text), None
+    except RepoConfigError as exc:
+        return RepoConfig(), str(exc)
+
+
+async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent) -> str:
+    assert event.repository is not None and event.issue is not None
+    if event.installation_id is None:
+        return "ignored: no installation id"
+    port = bosun.repo(event.installation_id, event.repository.full_name)
+    default_branch = event.repository.default_branch or "main"
+    profiles = bosun.settings.agent_profiles()
+    known = frozenset(profiles)
+    bot_login = bosun.settings.github.bot_login
+    # Cheap pre-check with defaults, so most deliveries cost no API call.
+    if trigger_request(
+        event, RepoConfig(), bot_login, known_profiles=known
+    ) is None and event.key not in ("issues.labeled", "issues.unlabeled"):
+        return f"ignored: {event.key} asks nothing of Bosun"
+    config, config_error = await load_repo_config(port, default_branch)
+    request = trigger_request(event, config, bot_login, known_profiles=known)
+    if request is None:
+        return f"ignored: {event.key} asks nothing of Bosun"
+    if config_error is not None and request.kind == "start":
+        await _reply_once(
+            bosun,
+            port,
+            event.issue.number,
+            CONFIG_ERROR_MARKER,
+            f"Bosun cannot start: `{CONFIG_PATH}` on `{default_branch}` is invalid.\n\n"
+            f"```\n{config_error}\n```\nFix the file on the default branch, then try again.",
+        )
+        return "processed: refused, repository config invalid"
+    permission = None
+    if request.source != "close":
+        permission = await permission_of(bosun, port, request.requester)
+    decision = decide(
+        request,
+        config,
+        permission,
+        server_allowed_users=frozenset(bosun.settings.allowed_users),
+        known_profiles=known,
+        server_default_profile=config.default_profile or bosun.settings.default_profile,
+    )
+    log.info("trigger_decided", decision=decision.kind, rule=decision.rule)
+    return await apply_decision(bosun, port, delivery_id, event, config, decision, permission)
+
+
+async def _reply_once(
+    bosun: JobContext, port: RepoPort, number: int, marker: str, body: str
+) -> bool:
+    """Post ``body`` on ``number`` unless a comment with ``marker`` is there already.
+
+    A Redis claim closes the race between two deliveries processed at the same moment; the
+    marker search keeps the rule when Redis forgets."""
+    claim = bosun.settings.redis.key("reply", port.full_name, str(number), marker)
+    try:
+        first = await bosun.services.redis.set(claim, "1", nx=True, ex=7 * 86400)
+    except Exception:  # noqa: BLE001 -- fall back to the marker search alone
+        first = True
+    if not first or await port.find_comment(number, marker) is not None:
+        return False
+    await port.create_comment(number, f"{marker}\n{body}")
+    return True
+
+
+async def apply_decision(
+    bosun: JobContext,
+    port: RepoPort,
+    delivery_id: str,
+    event: ParsedEvent,
+    config: RepoConfig,
+    decision: Decision,
+    permission: str | None,
+) -> str:
+    assert event.issue is not None and event.repository is not None
+    number = event.issue.number
+    comment_id = event.comment.id if event.comment else None
+    match decision:
+        case IgnoreRequest():
+            return f"ignored: {decision.reason} ({decision.rule})"
+        case RefuseStart() | UnknownProfile():
+            marker = REFUSED_MARKER.format(login=decision.requester.lower())
+            if isinstance(decision, UnknownProfile):
+                marker = f"<!-- bosun:unknown-profile delivery={delivery_id} -->"
+            replied = await _reply_once(bosun, port, number, marker, decision.reply)
+            if comment_id:
+                await port.react("-1", comment_id=comment_id, issue=None)
+            return f"processed: refused ({decision.rule}){'' if replied else ', already told'}"
+        case CancelRuns():
+            cancelled = await cancel_runs(bosun, event, decision.requester, decision.reason)
+            return f"processed: cancel requested for {cancelled} run(s) ({decision.rule})"
+        case StartRun():
+            run_id = await start_run(bosun, port, delivery_id, event, config, decision, permission)
+            if comment_id and run_id:
+                await port.react("eyes", comment_id=comment_id, issue=None)
+            return (
+                f"processed: run {run_id} queued"
+                if run_id
+                else "processed: a run is already active"
+            )
+    return "ignored: unknown decision"
+
+
+async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason: str) -> int:
+    assert event.repository is not None and event.issue is not None
+    async with bosun.services.sessions.begin() as session:
+        rows = await session.execute(
+            select(Run)
+            .join(Repository, Repository.id == Run.repository_id)
+            .join(Task, Task.id == Run.task_id)
+            .where(
+                Repository.full_name == event.repository.full_name,
+                Task.issue_number == event.issue.number,
+                Run.state.in_(list(ACTIVE)),
+            )
+        )
+        runs = list(rows.scalars())
+        for run in runs:
+            run.cancel_requested = True
+            run.cancel_actor = actor
+            await append_event(
+                session, run.id, "command", {"command": "cancel", "actor": actor, "reason": reason}
+            )
+    await signal_cancel(bosun, [run.id for run in runs], actor)
+    return len(runs)
+
+
+async def _trusted_comments(
+    bosun: JobContext, port: RepoPort, number: int, config: RepoConfig
+) -> list[PromptComment]:
+    comments = await port.list_comments(number)
+    bot_login = bosun.settings.github.bot_login
+    out: list[PromptComment] = []
+    for comment in comments:
+        if comment.author == bot_login or comment.author_type == "Bot":
+            continue
+        permission = await permission_of(bosun, port, comment.author)
+        trusted = trusted_by(
+            comment.author,
+            comment.author_type,
+            config,
+            permission,
+            server_allowed_users=frozenset(bosun.settings.allowed_users),
+        )
+        out.append(PromptComment(comment.author, comment.body, trusted is not None, permission))
+    return out
+
+
+def run_workflow(settings: Settings, profile: str, config: RepoConfig) -> str:
+    """The workflow a new run goes through: its profile's, as the repository narrows it."""
+    server = settings.agent_profiles().get(profile) or ProfileConfig()
+    return effective_profile(profile, server, config)[0].workflow
+
+
+async def start_run(
+    bosun: JobContext,
+    port: RepoPort,
+    delivery_id: str,
+    event: ParsedEvent,
+    config: RepoConfig,
+    decision: StartRun,
+    permission: str | None,
+) -> str | None:
+    assert event.repository is not None and event.issue is not None
+    issue = event.issue
+    comments = await _trusted_comments(bosun, port, issue.number, config)
+    async with bosun.services.sessions.begin() as session:
+        repo = await upsert_repository(session, event.repository, event.installation_id)
+        await insert_ignore(
+            session,
+            Task,
+            {"repository_id": repo.id, "issue_number": issue.number},
+            ["repository_id", "issue_number"],
+        )
+        task = (
+            await session.execute(
+                select(Task).where(Task.repository_id == repo.id, Task.issue_number == issue.number)
+            )
+        ).scalar_one()
+        task.title, task.body = issue.title, issue.body
+        await session.flush()
+        active = (
+            await session.execute(
+                select(Run.id).where(Run.task_id == task.id, Run.state.in_(list(ACTIVE)))
+            )
+        ).first()
+        if active is not None:
+            await append_event(
+                session,
+                active[0],
+                "command",
+                {
+                    "command": "start",
+                    "actor": decision.requester,
+                    "outcome": "ignored: already active",
+                },
+            )
+            return None
+        branch = task.branch or branch_name(config.branch.prefix, issue.number, issue.title)
+        prompt = build_prompt(
+            issue.title,
+            issue.body,
+            issue.user.login,
+            comments,
+            decision.instructions,
+            repository=repo.full_name,
+            issue_number=issue.number,
+            phase="implement",
+        )
+        run = Run(
+            id=new_run_id(),
+            task_id=task.id,
+            repository_id=repo.id,
+            profile=decision.profile,
+            workflow=run_workflow(bosun.settings, decision.profile, config),
+            trigger=decision.source,
+            requester=decision.requester,
+            delivery_id=delivery_id,
+            instructions=decision.instructions,
+            prompt=prompt,
+            branch=branch,
+            repo_config=config.model_dump(mode="json"),
+        )
+        session.add(run)
+        await session.flush()
+        await append_event(
+            session,
+            run.id,
+            "status",
+            {"from": None, "to": "queued", "actor": decision.requester, "reason": decision.source},
+        )
+        await append_event(
+            session,
+            run.id,
+            "policy",
+            {
+                "rule": decision.rule,
+                "decision": "allow",
+                "permission": permission,
+                "message": f"@{decision.requester} may start runs",
+            },
+        )
+        run_id = run.id
+    await bosun.services.redis.enqueue_job(EXECUTE_RUN, run_id, _job_id=run_job_id(run_id))
+    log.info("run_queued", run_id=run_id, profile=decision.profile)
+    return run_id

@@ -1,0 +1,367 @@
+"""``execute_run``: one run from ``queued`` to ``review_ready`` (or exactly one terminal state).
+
+queued → preparing (mirror fetch, per-run clone on the run's branch) → running (the agent in a
+hardened sandbox, output streamed as events) → gates (configured commands in the same sandbox)
+→ diff artifact, diff policy and secret scan → commit and push from outside the sandbox →
+open or update the PR → review_ready. Every failure ends in one terminal state with its events,
+artifacts and an explanation on GitHub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from arq.worker import Retry
+
+from bot.agents.gateway import sandbox_mount
+from bot.db.models import Repository, Run, Task
+from bot.domain.states import TERMINAL, RunState
+from bot.domain.status import phase_names
+from bot.errors import BosunError
+from jobs.admission.cancel import request_cancel_key
+from jobs.admission.gate import Waiting
+from jobs.context import JobContext, job_context
+from jobs.run.agent import AgentSteps
+from jobs.run.base import (
+    INPUT_MOUNT,
+    Loaded,
+    StepFailed,
+    utc_now,
+    write_input,
+)
+from jobs.run.publish import PublishSteps
+from sandboxes.errors import SandboxError
+from sandboxes.spec import BindMount, SandboxSpec
+
+log = structlog.get_logger("jobs.run.pipeline")
+
+
+async def execute_run(ctx: dict[str, Any], run_id: str) -> dict[str, Any]:
+    bosun = job_context(ctx)
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+    loaded = await _load(bosun, run_id)
+    if loaded is None:
+        return {"run_id": run_id, "skipped": "unknown run"}
+    if loaded.run.state in TERMINAL or loaded.run.state in (
+        RunState.REVIEW_READY,
+        RunState.APPROVED,
+    ):
+        return {"run_id": run_id, "skipped": f"already {loaded.run.state.value}"}
+    execution = RunExecution(bosun, loaded)
+    return await execution.execute()
+
+
+async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
+    async with bosun.services.sessions() as session:
+        run = await session.get(Run, run_id)
+        if run is None:
+            return None
+        task = await session.get(Task, run.task_id)
+        repository = await session.get(Repository, run.repository_id)
+        assert task is not None and repository is not None
+        return Loaded(run, task, repository)
+
+
+class RunExecution(AgentSteps, PublishSteps):
+    """One run's execution: the steps in order, the cancel watch, the ending and clean-up."""
+
+    async def execute(self) -> dict[str, Any]:
+        refusal = await self._admit()
+        self.reporter.start()
+        started = time.monotonic()
+        watcher = asyncio.create_task(self._watch_cancel(asyncio.current_task()))
+        try:
+            if self.run.state is not RunState.QUEUED:
+                raise StepFailed(
+                    f"interrupted: the worker stopped while the run was {self.run.state.value}; "
+                    "comment `/retry` to run it again"
+                )
+            if self.run.cancel_requested:
+                raise asyncio.CancelledError
+            if refusal is not None:
+                raise StepFailed(refusal)
+            await self._steps()
+        except asyncio.CancelledError:
+            if self.cancelled_by is None and not await self._cancel_requested():
+                raise  # worker shutdown: the reconciler picks the run up again
+            await self._end(RunState.CANCELLED, f"cancelled by {self.cancelled_by or 'request'}")
+        except StepFailed as exc:
+            await self._end(exc.state, exc.reason, detail=exc.detail)
+        except Exception as exc:
+            log.exception("run_crashed")
+            reason = f"internal error ({type(exc).__name__}); the detail is in the run's log"
+            await self._end(RunState.FAILED, reason, detail=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._stop_watch.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.shield(self._cleanup())
+        self.timings["total"] = round(time.monotonic() - started, 3)
+        return {"run_id": self.run.id, "state": self.run.state.value}
+
+    async def _admit(self) -> str | None:
+        """Capacity slot and scope lock (jobs/admission/gate.py). While the run may not start it
+        stays queued, GitHub shows its place in line, and arq runs the job again later (woken
+        early when a slot frees). Returns why the run is refused, if it is."""
+        if self.run.state is not RunState.QUEUED or self.run.cancel_requested:
+            return None
+        outcome = await self.admission.enter()
+        if isinstance(outcome, Waiting):
+            await self.admission.show(
+                outcome, self.view, self.reporter, port=self.port, remote_url=self._remote_url()
+            )
+            await self.admission.not_a_try()
+            raise Retry(defer=outcome.defer)
+        self.admission.adopt_check_run(self.reporter)
+        return outcome.reason if outcome is not None else None
+
+    async def _steps(self) -> None:
+        await self.move(RunState.PREPARING)
+        await self._prepare()
+        await self.move(RunState.RUNNING)
+        result, failed_phase = await self._run_workflow()
+        await self.move(RunState.GATES)
+        plan_only = self.phases[-1].name == "plan"
+        if plan_only:
+            self.view.phase("gates", "skipped", "a plan changes no code")
+        else:
+            await self._gates()
+        await self._keep_session()
+        await self._freeze()
+        await self._collect_changes()
+        if result.timed_out:
+            await self._save_before_timeout()
+            return
+        if self.budget_exhausted:
+            await self._save_partial_work_at_budget()
+            return
+        if failed_phase is not None:
+            where = f" in the {failed_phase.name} phase" if failed_phase.total > 1 else ""
+            raise StepFailed(
+                f"the agent failed{where} (exit code {result.exit_code}); see the transcript"
+            )
+        if plan_only:
+            await self._post_plan()
+            return
+        assert self.changes is not None
+        if self.changes.empty:
+            raise StepFailed("the agent changed nothing; nothing to review")
+        verdict = await self._check_policy()
+        if not verdict.allowed:
+            raise StepFailed(
+                "the diff breaks repository policy, nothing was pushed: " + verdict.summary
+            )
+        await self._commit_and_push(wip=False)
+        await self._open_pull_request()
+        self.view.phase("pull request", "done", f"#{self.view.pr_number}")
+        await self._finish_artifacts(RunState.REVIEW_READY, "")
+        await self.move(RunState.REVIEW_READY, reason="")
+
+    async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
+        """Poll for ``/cancel`` and budget raises, and write the heartbeat. Redis only wakes
+        the watch early; what it acts on is read from the database (a cancel recorded there,
+        the run's budget), so whoever can write to Redis cannot cancel a run or raise its
+        budget. Stopped through ``_stop_watch`` rather than cancelled, so no database or Redis
+        call is ever interrupted half-way."""
+        key = request_cancel_key(self.settings, self.run.id)
+        budget_key = self.settings.redis.key("budget", self.run.id)
+        ticks = 0
+        next_beat = 0.0  # the first tick beats: a run never goes long without a heartbeat
+        while True:
+            try:
+                async with asyncio.timeout(0.2):
+                    await self._stop_watch.wait()
+                return
+            except TimeoutError:
+                ticks += 1
+            signalled = raised = False
+            with contextlib.suppress(Exception):
+                signalled = bool(await self.bosun.services.redis.get(key))
+                raised = bool(await self.bosun.services.redis.getdel(budget_key))
+            if (raised or ticks % 10 == 0) and self.gateway is not None:
+                with contextlib.suppress(Exception):
+                    await self._apply_budget()
+            if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
+                next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
+                with contextlib.suppress(Exception):
+                    await self._save(heartbeat_at=utc_now())
+            if ticks % 10 == 0:
+                with contextlib.suppress(Exception):
+                    await self._watch_stall()
+            actor: str | None = None
+            if (signalled or ticks % 10 == 0) and await self._cancel_requested():
+                actor = self.cancelled_by or "request"
+            if actor is not None and main is not None:
+                self.cancelled_by = actor
+                log.info("run_cancel_requested", actor=actor)
+                if self.sandbox is not None:
+                    with contextlib.suppress(SandboxError):
+                        await self.bosun.backend.stop(self.sandbox, timeout=1.0)
+                main.cancel()
+                return
+
+    async def _watch_stall(self) -> None:
+        """Flag the run stalled after ``worker.stall_seconds`` without an event of its own
+        while it works; lift the flag when its events resume."""
+        quiet = time.monotonic() - self.events.last_activity
+        working = self.run.state in (RunState.RUNNING, RunState.GATES)
+        limit = self.settings.worker.stall_seconds
+        if working and quiet >= limit and not self.view.stalled:
+            minutes = max(1, round(quiet / 60))
+            self.view.stalled = f"no event for {minutes} minute{'s' if minutes > 1 else ''}"
+            await self._save(stalled_since=utc_now())
+            await self.events.emit(
+                "progress", {"stalled": True, "quiet_seconds": round(quiet)}, quiet=True
+            )
+            log.warning("run_stalled", quiet_seconds=round(quiet))
+            self.reporter.changed()
+        elif self.view.stalled and (quiet < limit or not working):
+            self.view.stalled = ""
+            await self._save(stalled_since=None)
+            await self.events.emit("progress", {"stalled": False}, quiet=True)
+            log.info("run_resumed")
+            self.reporter.changed()
+
+    async def _apply_budget(self) -> None:
+        """Give the gateway the run's budget as the database has it, when it was raised."""
+        assert self.gateway is not None
+        async with self.sessions() as session:
+            run = await session.get(Run, self.run.id, populate_existing=True)
+        wanted, cap = (run.budget_usd if run else None), self.gateway.budget_usd
+        if wanted is not None and cap is not None and wanted > cap + 1e-9:
+            raised = self.gateway.raise_budget(wanted - cap)
+            await self.events.emit("cost", {"source": "budget", "budget_usd": raised})
+
+    async def _prepare(self) -> None:
+        t0 = time.monotonic()
+        self.view.phase("prepare", "running", "fetching the repository")
+        self.reporter.changed()
+        for note in self.narrowed:
+            await self.events.emit(
+                "policy", {"rule": "profiles", "decision": "narrow", "message": note}
+            )
+        backend = self.bosun.backend
+        spec = self._spec(Path("/nonexistent"))
+        owner = await backend.host_ids(spec)
+        auth = await self.port.git_auth_header()
+        continue_branch = self.run.parent_run_id is not None
+        try:
+            self.workspace = await self.bosun.workspaces.prepare(
+                run_id=self.run.id,
+                repo=self.repository.full_name,
+                remote_url=self._remote_url(),
+                branch=self.run.branch or f"bosun/run-{self.run.id}",
+                base_ref=self.repository.default_branch,
+                auth_header=auth,
+                owner=owner,
+                continue_branch=continue_branch,
+            )
+        except SandboxError as exc:
+            raise StepFailed(
+                "could not fetch and check out the repository; the detail is in the run's "
+                "`error` artifact",
+                detail=str(exc),
+            ) from exc
+        self.timings["workspace"] = round(time.monotonic() - t0, 3)
+        self.view.base_sha = self.workspace.base_sha
+        await self._save(
+            base_sha=self.workspace.base_sha, worker=self.bosun.worker_id, heartbeat_at=utc_now()
+        )
+        input_dir = self.workspace.run_dir / "input"
+        await asyncio.to_thread(write_input, input_dir, self.run.prompt)
+        await self._start_gateway(owner[1])
+        t1 = time.monotonic()
+        try:
+            spec = self._spec(self.workspace.path, input_dir)
+            self.sandbox = await backend.create(spec)
+            await backend.start(self.sandbox)
+        except SandboxError as exc:
+            raise StepFailed(f"the sandbox did not start: {exc}") from exc
+        self.timings["sandbox_start"] = round(time.monotonic() - t1, 3)
+        await self._restore_session(input_dir)
+        self.view.phase("prepare", "done", f"base `{self.workspace.base_sha[:12]}`")
+        await self.events.emit(
+            "progress",
+            {
+                "phase": "prepare",
+                "base_sha": self.workspace.base_sha,
+                "workspace": str(self.workspace.path),
+                "timings": dict(self.timings),
+            },
+        )
+
+    def _spec(self, workspace: Path, input_dir: Path | None = None) -> SandboxSpec:
+        sandbox = self.settings.sandbox
+        mounts: tuple[BindMount, ...] = ()
+        if input_dir is not None:
+            mounts = (BindMount(source=input_dir, target=INPUT_MOUNT, read_only=True),)
+            if self.gateway is not None:
+                mounts += (sandbox_mount(self.gateway.socket_dir),)
+        return SandboxSpec(
+            run_id=self.run.id,
+            image=self.profile.image or sandbox.image,
+            workspace=workspace,
+            user=sandbox.user,
+            memory=sandbox.memory,
+            cpus=sandbox.cpus,
+            pids=sandbox.pids,
+            tmpfs_size=sandbox.tmpfs_size,
+            timeout_seconds=self.profile.timeout or sandbox.timeout_seconds,
+            output_limit_bytes=sandbox.output_limit_bytes,
+            runtime=sandbox.runtime,
+            seccomp_profile=sandbox.seccomp_profile,
+            mounts=mounts,
+            labels={"repo": self.repository.full_name.replace("/", "_")},
+        )
+
+    async def _end(self, state: RunState, reason: str, *, detail: str | None = None) -> None:
+        if detail:  # for maintainers: may quote agent-written data, so never published
+            with contextlib.suppress(Exception):
+                await self.artifact("error", detail)
+        for phase in phase_names(self.view):
+            current = self.view.phases.get(phase)
+            if current is not None and current[0] == "running":
+                self.view.phase(phase, "failed", current[1])
+        with contextlib.suppress(Exception):
+            await self.events.emit(
+                "error" if state is RunState.FAILED else "log",
+                {"stream": "bosun", "line": reason, "state": state.value},
+            )
+        if self.transcript_pending:  # the agent was stopped before its transcript was kept
+            with contextlib.suppress(Exception):
+                await self._save_transcript()
+        if self.policy:
+            with contextlib.suppress(Exception):
+                await self._record_policy()
+        with contextlib.suppress(Exception):
+            await self._finish_artifacts(state, reason)
+        try:
+            await self.move(state, reason=reason)
+        except BosunError as exc:
+            log.warning("run_end_transition_refused", error=str(exc))
+        await self._metrics()
+
+    async def _cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.events.close()
+        with contextlib.suppress(SandboxError):
+            if self.sandbox is not None:
+                await self.bosun.backend.remove(self.sandbox)
+            else:  # a run ended for a dead worker: its sandbox goes before its files
+                await self.bosun.backend.remove_run(self.run.id)
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                await self.gateway.stop()
+            with contextlib.suppress(Exception):
+                await self._save_cost()
+        with contextlib.suppress(Exception):
+            await self.bosun.workspaces.cleanup(self.run.id)
+        await self.admission.leave()  # frees the slot and lock, wakes the next waiting run
+        await self.reporter.close()
+        with contextlib.suppress(Exception):
+            await self.bosun.services.redis.delete(request_cancel_key(self.settings, self.run.id))
