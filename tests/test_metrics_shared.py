@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from jobs.admission.capacity import Capacity
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
@@ -29,6 +28,7 @@ from bot.metrics.web import _Fixed, refusal
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
+from jobs.admission.capacity import Capacity
 from jobs.run.agent import SANDBOX_LOST
 from sandboxes.quota import WorkspaceQuota
 from tests.conftest import make_settings

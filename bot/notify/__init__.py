@@ -6,5 +6,3 @@ A run's transition writes one outbox row per interested endpoint in its own tran
 after that commit and swept by a cron) POSTs them, signed, and retries with backoff
 (``bot.notify.sender``). A failing endpoint never slows a run: it costs the run one insert.
 """
-
-"""The arq job that sends due notifications (at most one queued at a time, under this id)."""
