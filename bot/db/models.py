@@ -96,6 +96,9 @@ class Delivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column()
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
+    """W3C ``traceparent`` of the span that received it, when tracing is on: processing
+    continues that trace (``bot.tracing``)."""
 
     __table_args__ = (Index("ix_deliveries_status", "status", "received_at"),)
 
@@ -180,6 +183,9 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     state_since: Mapped[datetime | None] = mapped_column()
     """When the run entered its current state (``created_at`` while it never moved)."""
+    trace_parent: Mapped[str | None] = mapped_column(String(64))
+    """W3C ``traceparent`` under which every job of the run records its spans, when tracing
+    is on (``bot.tracing``): one trace per run, from the delivery that started it."""
 
     __table_args__ = (
         Index("ix_runs_state", "state"),
