@@ -326,6 +326,19 @@ ensure_python() {
     (cd "$BOSUN_ROOT" && UV_PROJECT_ENVIRONMENT="$BOSUN_ROOT/.venv" uv "${args[@]}" --quiet)
 }
 
+# The dashboard's browser libraries (htmx, its SSE extension, SortableJS; axe-core for the
+# tests): pinned npm tarballs, sha512-verified (scripts/fetch_assets.py), into gitignored folders.
+ensure_assets() {
+    local args=()
+    if [ "$profile" = test ]; then args+=(--test); fi
+    if [ -n "$CHECK_ONLY" ]; then
+        python3 "$BOSUN_ROOT/scripts/fetch_assets.py" "${args[@]}" --check >/dev/null 2>&1 ||
+            todo "fetching the dashboard assets (scripts/fetch_assets.py)" || true
+        return 0
+    fi
+    python3 "$BOSUN_ROOT/scripts/fetch_assets.py" "${args[@]}"
+}
+
 main() {
     local start=${EPOCHREALTIME/./}
     say "bootstrap ($profile profile) in $BOSUN_ROOT"
@@ -342,6 +355,7 @@ main() {
         step agent-image ensure_agent_image
     fi
     step python ensure_python
+    step assets ensure_assets
     local elapsed=$((${EPOCHREALTIME/./} - start))
     printf 'timing: %-18s %4d.%01ds\n' total $((elapsed / 1000000)) $((elapsed % 1000000 / 100000)) >&2
     if [ ${#MISSING[@]} -gt 0 ]; then
