@@ -19,6 +19,7 @@ from bot.errors import ConfigError
 from bot.metrics.settings import MetricsSettings
 from bot.notify.settings import NotifySettings
 from bot.profiles import ProfileConfig, load_profiles
+from bot.web.dashboard.settings import DashboardSettings
 from sandboxes.seccomp import check_profile_name
 
 DEFAULT_DATA_DIR = Path("var")
@@ -447,6 +448,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     def agent_profiles(self) -> dict[str, ProfileConfig]:
         return load_profiles(self.profiles, self.profiles_file)
