@@ -20,8 +20,9 @@ from githubkit.exception import GitHubException
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.control.start import RunRequest, active_run, create_run, queue_run
 from bot.db.models import Delivery, Installation, Repository, Run, Task
-from bot.db.runlog import append_event, new_run_id
+from bot.db.runlog import append_event
 from bot.db.upsert import insert_ignore
 from bot.domain.payloads import (
     EventParseError,
@@ -30,7 +31,7 @@ from bot.domain.payloads import (
     RepositoryRef,
     parse_event,
 )
-from bot.domain.prompt import PromptComment, branch_name, build_prompt
+from bot.domain.prompt import PromptComment, branch_name
 from bot.domain.repoconfig import CONFIG_PATH, RepoConfig, RepoConfigError, parse_repo_config
 from bot.domain.states import ACTIVE, DeliveryStatus
 from bot.domain.triggers import (
@@ -46,7 +47,6 @@ from bot.domain.triggers import (
 )
 from bot.errors import ConflictError
 from bot.github.repo import RepoPort
-from bot.jobids import EXECUTE_RUN, run_job_id
 from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
 from jobs.admission.cancel import signal_cancel
@@ -471,15 +471,11 @@ async def start_run(
         ).scalar_one()
         task.title, task.body = issue.title, issue.body
         await session.flush()
-        active = (
-            await session.execute(
-                select(Run.id).where(Run.task_id == task.id, Run.state.in_(list(ACTIVE)))
-            )
-        ).first()
+        active = await active_run(session, task.id)
         if active is not None:
             await append_event(
                 session,
-                active[0],
+                active,
                 "command",
                 {
                     "command": "start",
@@ -488,51 +484,34 @@ async def start_run(
                 },
             )
             return None
-        branch = task.branch or branch_name(config.branch.prefix, issue.number, issue.title)
-        prompt = build_prompt(
-            issue.title,
-            issue.body,
-            issue.user.login,
-            comments,
-            decision.instructions,
-            repository=repo.full_name,
-            issue_number=issue.number,
-            phase="implement",
-        )
-        run = Run(
-            id=new_run_id(),
-            task_id=task.id,
-            repository_id=repo.id,
-            profile=decision.profile,
-            workflow=run_workflow(bosun.settings, decision.profile, config),
-            trigger=decision.source,
-            requester=decision.requester,
-            delivery_id=delivery_id,
-            instructions=decision.instructions,
-            prompt=prompt,
-            branch=branch,
-            repo_config=config.model_dump(mode="json"),
-        )
-        session.add(run)
-        await session.flush()
-        await append_event(
+        run = await create_run(
             session,
-            run.id,
-            "status",
-            {"from": None, "to": "queued", "actor": decision.requester, "reason": decision.source},
-        )
-        await append_event(
-            session,
-            run.id,
-            "policy",
-            {
-                "rule": decision.rule,
-                "decision": "allow",
-                "permission": permission,
-                "message": f"@{decision.requester} may start runs",
-            },
+            task,
+            RunRequest(
+                profile=decision.profile,
+                workflow=run_workflow(bosun.settings, decision.profile, config),
+                trigger=decision.source,
+                requester=decision.requester,
+                branch=task.branch or branch_name(config.branch.prefix, issue.number, issue.title),
+                repository=repo.full_name,
+                repo_config=config.model_dump(mode="json"),
+                author=issue.user.login,
+                instructions=decision.instructions,
+                comments=comments,
+                delivery_id=delivery_id,
+                first_events=[
+                    (
+                        "policy",
+                        {
+                            "rule": decision.rule,
+                            "decision": "allow",
+                            "permission": permission,
+                            "message": f"@{decision.requester} may start runs",
+                        },
+                    )
+                ],
+            ),
         )
         run_id = run.id
-    await bosun.services.redis.enqueue_job(EXECUTE_RUN, run_id, _job_id=run_job_id(run_id))
-    log.info("run_queued", run_id=run_id, profile=decision.profile)
+    await queue_run(bosun.services, run_id)
     return run_id

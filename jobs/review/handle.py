@@ -23,12 +23,12 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.control.start import RunRequest, create_run, queue_run
 from bot.db.models import Approval, CommandAudit, Run, Task
-from bot.db.runlog import append_event, new_run_id, transition
+from bot.db.runlog import append_event, transition
 from bot.domain.commands import Command, parse_commands
 from bot.domain.limits import clip
 from bot.domain.payloads import ParsedEvent
-from bot.domain.prompt import build_prompt
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import (
     Approve,
@@ -55,7 +55,6 @@ from bot.domain.review import (
 )
 from bot.domain.states import ACTIVE, RunState
 from bot.github.repo import RepoPort
-from bot.jobids import EXECUTE_RUN, run_job_id
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext
 from jobs.review.merge import complete_approval, waiting_note
@@ -409,9 +408,7 @@ async def apply(
         case RetryRun() | Resume():
             await signal_cancel(bosun, superseded, "superseded")
             assert follow_up is not None
-            await bosun.services.redis.enqueue_job(
-                EXECUTE_RUN, follow_up, _job_id=run_job_id(follow_up)
-            )
+            await queue_run(bosun.services, follow_up)
             await port.create_comment(number, f"Started run `{follow_up}` (follows `{run_id}`).")
         case FoldFeedback():
             pass
@@ -468,16 +465,6 @@ async def _follow_up(
     assert row is not None
     notes = [*(row.pending_feedback or []), *([feedback] if feedback else [])]
     row.pending_feedback = []
-    prompt = build_prompt(
-        row.title,
-        row.body,
-        parent.requester,
-        [],
-        parent.instructions,
-        notes,
-        repository=port.full_name,
-        issue_number=row.issue_number,
-    )
     if parent.state is RunState.REVIEW_READY:
         await transition(
             session, parent, RunState.REJECTED, actor=actor, reason="superseded by a retry"
@@ -490,28 +477,23 @@ async def _follow_up(
     ).scalars():
         older.cancel_requested, older.cancel_actor = True, "superseded"
         superseded.append(older.id)
-    run = Run(
-        id=new_run_id(),
-        task_id=row.id,
-        repository_id=parent.repository_id,
-        parent_run_id=parent.id,
-        profile=parent.profile,
-        workflow=parent.workflow,
-        trigger="retry",
-        requester=actor,
-        instructions=parent.instructions,
-        prompt=prompt,
-        branch=row.branch or parent.branch,
-        repo_config=config.model_dump(mode="json"),
-        budget_usd=parent.budget_usd,
-    )
-    session.add(run)
-    await session.flush()
-    await append_event(
+    run = await create_run(
         session,
-        run.id,
-        "status",
-        {"from": None, "to": "queued", "actor": actor, "reason": "retry", "parent": parent.id},
+        row,
+        RunRequest(
+            profile=parent.profile,
+            workflow=parent.workflow,
+            trigger="retry",
+            requester=actor,
+            branch=row.branch or parent.branch,
+            repository=port.full_name,
+            repo_config=config.model_dump(mode="json"),
+            author=parent.requester,
+            instructions=parent.instructions or "",
+            feedback=notes,
+            parent=parent,
+            budget_usd=parent.budget_usd,
+        ),
     )
     return run.id, superseded
 
