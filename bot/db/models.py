@@ -418,3 +418,16 @@ class NotificationAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_notify_attempts_notification", "notification_id", "attempt"),)
+
+
+class BoardPosition(Base):
+    """Where a person put a task on the dashboard's board (its order within its column)."""
+
+    __tablename__ = "board_positions"
+
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    position: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
