@@ -29,6 +29,7 @@ from bot.control.views import ActionOut
 from bot.db.models import ControlCommand
 from bot.errors import ConflictError
 from bot.jobids import API_COMMAND, command_job_id
+from bot.services import Services
 from bot.web.api.auth import AnyRequest, caller_of, require_repo
 from bot.web.api.problems import problem_responses
 from bot.web.api.resources import Body, services_of, store
@@ -176,9 +177,33 @@ async def submit(
     """Record the caller's command, enqueue its job (which carries only the command's id) and
     wait up to ``wait`` seconds for the worker's decision; the row as it is then."""
     caller = caller_of(request)
-    source = client_source(request)
+    return await submit_command(
+        services_of(request),
+        verb,
+        args,
+        run_id=run_id,
+        actor=caller.actor,
+        permission=PERMISSION_OF_SCOPE.get(caller.scope, "read"),
+        source=client_source(request),
+        wait=wait,
+    )
+
+
+async def submit_command(
+    services: Services,
+    verb: str,
+    args: str,
+    *,
+    run_id: str | None,
+    actor: str,
+    permission: str,
+    source: ClientSource,
+    wait: float,
+) -> ControlCommand:
+    """The one path every client's command takes (API, CLI, dashboard): a ``control_commands``
+    row, the ``api_command`` job the worker decides it in, and the row once decided (or after
+    ``wait`` seconds)."""
     command_id = f"{source}-{uuid.uuid4().hex}"
-    services = services_of(request)
     async with services.sessions.begin() as session:
         session.add(
             ControlCommand(
@@ -186,8 +211,8 @@ async def submit(
                 run_id=run_id,
                 verb=verb,
                 args=args,
-                actor=caller.actor,
-                permission=PERMISSION_OF_SCOPE.get(caller.scope, "read"),
+                actor=actor,
+                permission=permission,
                 source=source,
                 requested_at=datetime.now(UTC),
             )
@@ -203,4 +228,4 @@ async def submit(
         await asyncio.sleep(0.1)
 
 
-__all__ = ["RunActionController", "act", "client_source", "submit"]
+__all__ = ["RunActionController", "act", "client_source", "submit", "submit_command"]
