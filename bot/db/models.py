@@ -117,6 +117,18 @@ class Task(Base):
     branch: Mapped[str | None] = mapped_column(String(255))
     status_comment_id: Mapped[int | None] = mapped_column(BigInteger)
     pending_feedback: Mapped[list[Any]] = mapped_column(default=list)
+    labels: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Higher first on the board (a local task's; an issue's is 0)."""
+    acceptance: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    """A local task's acceptance checklist: one criterion per item, given to the agent."""
+    focus: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    """A local task's focus paths (as an issue's ``Focus:`` line)."""
+    profile: Mapped[str | None] = mapped_column(String(128))
+    """The profile a local task's runs use unless a start names another."""
+    author: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    state: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    """``open`` or ``closed`` (a local task; an issue's state lives on GitHub)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
