@@ -32,7 +32,7 @@ RUN set -eu; \
         /opt/bosun/bin/pip install --no-cache-dir --no-index --no-deps /tmp/ctx/.bundle/wheels/bosun-*.whl; \
     else \
         python3 -m venv /tmp/uv && /tmp/uv/bin/pip install --no-cache-dir uv; \
-        cd /tmp/ctx && UV_PROJECT_ENVIRONMENT=/opt/bosun /tmp/uv/bin/uv sync --frozen --no-editable \
+        cd /tmp/ctx && UV_PROJECT_ENVIRONMENT=/opt/bosun /tmp/uv/bin/uv sync --frozen --no-editable --extra otel \
             --no-cache --python /usr/bin/python3; \
     fi; \
     /opt/bosun/bin/python -m compileall -q /opt/bosun/lib; \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import resource
 from typing import Any
 
@@ -9,7 +10,7 @@ import structlog
 from arq.cron import cron
 from arq.worker import Worker, func
 
-from bot import jobcodec
+from bot import jobcodec, tracing
 from bot.jobids import API_COMMAND, EXECUTE_RUN, PROCESS_DELIVERY
 from bot.metrics.local import job_started
 from bot.metrics.worker import start_worker_metrics, stop_worker_metrics
@@ -19,6 +20,7 @@ from jobs.context import JobContext
 from jobs.deliveries.commands import api_command
 from jobs.deliveries.process import process_delivery
 from jobs.deliveries.sweeper import sweep_deliveries
+from jobs.deliveries.traced import traced_delivery
 from jobs.run.pipeline import execute_run
 from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
 from jobs.upkeep.ping import ping
@@ -31,7 +33,7 @@ def job_functions() -> list[Any]:
     """Every job the worker runs. Each takes ``ctx`` and JSON-safe keyword arguments."""
     return [
         func(ping, name="ping"),
-        func(process_delivery, name=PROCESS_DELIVERY, max_tries=5),
+        func(traced_delivery(process_delivery), name=PROCESS_DELIVERY, max_tries=5),
         func(execute_run, name=EXECUTE_RUN, max_tries=3),
         func(api_command, name=API_COMMAND, max_tries=3),
         *notify_functions(),
@@ -78,6 +80,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         raise_descriptor_limit()
+        ctx["traced"] = tracing.acquire()
         services = Services.build(settings)
         ctx["bosun"] = JobContext(settings=settings, services=services)
         await notify_startup(ctx["bosun"])
@@ -89,6 +92,8 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         bosun: JobContext | None = ctx.get("bosun")
         if bosun is not None:
             await bosun.close()
+        if ctx.pop("traced", False):
+            await asyncio.to_thread(tracing.release)  # flushes: may wait on the collector
         log.info("worker_stopped")
 
     async def on_job_start(ctx: dict[str, Any]) -> None:

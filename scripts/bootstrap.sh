@@ -311,7 +311,9 @@ ensure_python() {
         hash -r
         find_uv || die "uv was installed but is not on PATH"
     fi
-    local args=(sync --frozen)
+    # The `otel` extra in both profiles: traces are one environment variable away, and the
+    # tests export them to a receiver of their own.
+    local args=(sync --frozen --extra otel)
     # The run profile adds what `bosun` needs but keeps dev tools a test run installed.
     if [ "$profile" = test ]; then args+=(--extra dev); else args+=(--inexact); fi
     if [ -n "$CHECK_ONLY" ]; then

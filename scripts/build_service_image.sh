@@ -59,7 +59,8 @@ else
         'import platform; print(platform.python_version())')
 fi
 say "resolving the locked requirements for the image's Python $pyversion"
-uv export --frozen --no-hashes --no-emit-project --no-dev --quiet -o "$bundle/locked.txt"
+# The `otel` extra too: traces are one environment variable away (docs/operations.md#tracing).
+uv export --frozen --no-hashes --no-emit-project --no-dev --extra otel --quiet -o "$bundle/locked.txt"
 uv pip compile --quiet --no-header --no-annotate --python-version "$pyversion" \
     --python-platform "$(uname -m)-manylinux_2_36" "$bundle/locked.txt" -o "$bundle/requirements.txt"
 step bosun-wheel uv build --wheel --quiet --out-dir "$bundle/wheels"

@@ -23,6 +23,16 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid configuration:\n{exc}") from exc
 
 
+def _check_tracing() -> None:
+    """Traces asked for (``OTEL_EXPORTER_OTLP_ENDPOINT``) but impossible: say so and stop."""
+    from bot.tracing import TracingUnavailable, check
+
+    try:
+        check()
+    except TracingUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 @click.version_option(package_name="bosun")
 def main() -> None:
@@ -46,6 +56,7 @@ def serve(host: str, port: int, workers: int) -> None:
     from bot.web.app import create_app
 
     settings = _settings()
+    _check_tracing()
     configure_logging(settings.log_level, settings.log_format)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
@@ -69,6 +80,7 @@ def worker(burst: bool) -> None:
     from jobs.worker import build_worker
 
     settings = _settings()
+    _check_tracing()
     configure_logging(settings.log_level, settings.log_format)
     build_worker(settings, burst=burst).run()
 
@@ -101,6 +113,7 @@ def up(host: str, port: int) -> None:
     from bot.entrypoints.up import run_all
 
     settings = _settings()
+    _check_tracing()
     configure_logging(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_all(settings, host=host, port=port))

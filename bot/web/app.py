@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import tracing
 from bot.appcreds import load_stored
 from bot.control.live import LiveHub
 from bot.metrics.web import metrics
@@ -26,6 +28,10 @@ from bot.web.api import (
     describe_problem,
     openapi_config,
 )
+from bot.web.dashboard.access import Access
+from bot.web.dashboard.render import template_config
+from bot.web.dashboard.routes import dashboard_router
+from bot.web.dashboard.runpage import DiffCache
 from bot.web.health import healthz, readyz
 from bot.web.intake import DeliveryIntake
 from bot.web.middleware import request_logging
@@ -53,6 +59,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         owned = services is None
+        traced = tracing.acquire()
         app.state.services = services or Services.build(settings)
         await _adopt_stored_secret(app.state.services)
         await sync_quietly(app.state.services.sessions, settings.notify)
@@ -60,6 +67,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         app.state.intake.start()
         app.state.live = LiveHub(settings.redis)
         app.state.live.start()
+        app.state.dashboard_access = Access(settings, app.state.services)
+        app.state.dashboard_diffs = DiffCache()
         try:
             yield
         finally:
@@ -67,6 +76,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             await app.state.intake.stop()
             if owned:
                 await app.state.services.close()
+            if traced:
+                await asyncio.to_thread(tracing.release)  # flushes: may wait on the collector
 
     return Litestar(
         route_handlers=[
@@ -78,7 +89,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             setup_callback,
             api_router(),
             describe_problem,
+            dashboard_router(settings),
         ],
+        template_config=template_config(),
         openapi_config=openapi_config(_version()),
         plugins=api_plugins(),
         exception_handlers={HTTPException: app_exception_handler},

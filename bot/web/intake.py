@@ -62,6 +62,8 @@ class IncomingDelivery:
     installation_id: int | None
     repository: str | None
     payload: str
+    trace_parent: str | None = None
+    """The span that received it (tracing on), continued by its processing."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ class DeliveryIntake:
                 "repository": d.repository,
                 "payload": d.payload,
                 "status": DeliveryStatus.RECEIVED,
+                "trace_parent": d.trace_parent,
             }
             for d in deliveries
         ]

@@ -22,6 +22,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from sqlalchemy.exc import SQLAlchemyError
 
+from bot import tracing
 from bot.jobids import PROCESS_DELIVERY
 from bot.metrics.local import webhook_rejected
 from bot.services import Services
@@ -90,20 +91,44 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
         delivery_id=delivery_id, installation_id=installation_id, repo=repository
     )
     intake: DeliveryIntake = state.intake
-    incoming = IncomingDelivery(
-        id=delivery_id,
-        event=event,
-        action=action,
-        installation_id=installation_id,
-        repository=repository,
-        payload=body.decode(),
-    )
-    try:
-        recorded = await intake.submit(incoming)
-    except SQLAlchemyError as exc:
-        log.error("delivery_store_failed", gh_event=event, error=str(exc))
-        return _error(
-            503, "the delivery could not be stored; GitHub can redeliver it later", "store_failed"
+    # A delivery starts a trace (tracing on): its processing and the run it starts continue it.
+    with tracing.span(
+        "receive_delivery",
+        {
+            "bosun.delivery.id": delivery_id,
+            "github.event": event,
+            "github.action": action,
+            "github.installation.id": installation_id,
+            "bosun.repository": repository,
+        },
+        kind="server",
+        parent=None,
+    ) as current:
+        incoming = IncomingDelivery(
+            id=delivery_id,
+            event=event,
+            action=action,
+            installation_id=installation_id,
+            repository=repository,
+            payload=body.decode(),
+            trace_parent=tracing.traceparent_of(current),
+        )
+        try:
+            recorded = await intake.submit(incoming)
+        except SQLAlchemyError as exc:
+            log.error("delivery_store_failed", gh_event=event, error=str(exc))
+            tracing.failed(current, "store_failed")
+            return _error(
+                503,
+                "the delivery could not be stored; GitHub can redeliver it later",
+                "store_failed",
+            )
+        tracing.set_attributes(
+            current,
+            {
+                "bosun.delivery.duplicate": recorded.duplicate,
+                "bosun.delivery.queued": recorded.queued,
+            },
         )
     if recorded.duplicate and not recorded.process:
         log.info("delivery_duplicate_ignored", gh_event=event)
