@@ -30,7 +30,7 @@ from bot.web.api import (
 )
 from bot.web.dashboard.access import Access
 from bot.web.dashboard.render import template_config
-from bot.web.dashboard.routes import dashboard_router
+from bot.web.dashboard.routes import dashboard_middleware, dashboard_router
 from bot.web.dashboard.runpage import DiffCache
 from bot.web.health import healthz, readyz
 from bot.web.intake import DeliveryIntake
@@ -98,7 +98,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        middleware=[DefineMiddleware(request_logging)],
+        middleware=[DefineMiddleware(request_logging), dashboard_middleware(settings)],
         debug=False,
     )
 

@@ -1,0 +1,280 @@
+"""The dashboard over HTTP (issue 15), on SQLite and the test Redis: signing in (the one-time
+admin link works once; pages need a session), security headers on every page, CSRF refusals
+that change nothing, each page and tab rendering seeded runs, lazy per-file diffs, the run
+bundle; and the pure parts (ANSI colours, diff splitting, side-by-side rows, allowed actions)."""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select
+
+from bot.db.engine import create_engine
+from bot.db.migrate import upgrade
+from bot.db.models import BoardPosition, ControlCommand
+from bot.services import Services
+from bot.settings import Settings
+from bot.web.app import create_app
+from bot.web.dashboard.access import allowed_actions
+from bot.web.dashboard.ansi import ansi_html
+from bot.web.dashboard.diffs import rows_of, side_by_side, split_files
+from bot.web.dashboard.login import issue_admin_link
+from bot.web.dashboard.security import Viewer
+from tests.dashboard_seed import Seeded, make_diff, seed
+
+CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
+
+
+@dataclass
+class Dash:
+    client: AsyncTestClient[Any]
+    settings: Settings
+    services: Services
+    seeded: Seeded
+
+    async def sign_in(self, client: AsyncTestClient[Any] | None = None) -> str:
+        """Sign ``client`` in as the admin through a one-time link; its CSRF token."""
+        client = client or self.client
+        link = await issue_admin_link(self.settings, self.services.redis)
+        path = link.split("127.0.0.1:8000", 1)[1]
+        page = await client.get(path)
+        token = CSRF.search(page.text)
+        assert token, page.text
+        once = path.split("token=", 1)[1]
+        answer = await client.post(
+            "/login/once",
+            data={"_csrf": token.group(1), "token": _unquote(once)},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303, answer.text
+        home = await client.get("/")
+        found = CSRF.search(home.text)
+        assert home.status_code == 200 and found
+        return found.group(1)
+
+    async def commands(self) -> int:
+        async with self.services.sessions() as session:
+            return int((await session.execute(select(func.count(ControlCommand.id)))).scalar_one())
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(text)
+
+
+@pytest.fixture
+async def dash(settings: Settings) -> AsyncIterator[Dash]:
+    engine = create_engine(settings.database.url)
+    await upgrade(engine)
+    await engine.dispose()
+    services = Services.build(settings)
+    seeded = await seed(services.sessions, settings)
+    app = create_app(settings)  # its own clients: the test client serves it from another loop
+    try:
+        async with AsyncTestClient(app, base_url="http://127.0.0.1:8000") as client:
+            yield Dash(client, settings, services, seeded)
+    finally:
+        await services.close()
+
+
+async def test_pages_need_a_session_and_the_admin_link_works_once(dash: Dash) -> None:
+    answer = await dash.client.get("/", follow_redirects=False)
+    assert answer.status_code in (302, 303, 307)
+    assert answer.headers["location"].startswith("/login?next=/")
+    login = await dash.client.get("/login")
+    assert login.status_code == 200 and "Sign in" in login.text
+    link = await issue_admin_link(dash.settings, dash.services.redis)
+    path = link.split("127.0.0.1:8000", 1)[1]
+    token = _unquote(path.split("token=", 1)[1])
+    page = await dash.client.get(path)
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    first = await dash.client.post(
+        "/login/once", data={"_csrf": csrf.group(1), "token": token}, follow_redirects=False
+    )
+    assert first.status_code == 303, first.text
+    assert (await dash.client.get("/")).status_code == 200
+    # The same link again, from another browser: refused.
+    dash.client.cookies.clear()
+    page = await dash.client.get(path)
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    again = await dash.client.post(
+        "/login/once", data={"_csrf": csrf.group(1), "token": token}, follow_redirects=False
+    )
+    assert again.status_code == 403
+    assert (await dash.client.get("/", follow_redirects=False)).status_code in (302, 303, 307)
+
+
+async def test_every_page_renders_with_secure_headers(dash: Dash) -> None:
+    await dash.sign_in()
+    run = dash.seeded.review_run
+    paths = [
+        "/",
+        "/fleet/body",
+        "/board",
+        "/repositories",
+        f"/runs/{run}",
+        f"/runs/{run}?tab=diff",
+        f"/runs/{run}?tab=diff&view=split",
+        f"/runs/{run}?tab=gates",
+        f"/runs/{run}?tab=summary",
+        f"/runs/{run}?tab=events",
+        f"/runs/{dash.seeded.running_run}",
+        "/login",
+    ]
+    for path in paths:
+        answer = await dash.client.get(path)
+        assert answer.status_code == 200, (path, answer.text[:500])
+        csp = answer.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, path
+        assert "unsafe-inline" not in csp
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in answer.text and " on" + "click=" not in answer.text
+    fleet = (await dash.client.get("/")).text
+    assert "Needs you" in fleet and "Task number 1" in fleet and "review" in fleet
+    log = (await dash.client.get(f"/runs/{dash.seeded.running_run}")).text
+    assert '<span class="ansi-fg-green">line 5</span>' in log
+    summary = (await dash.client.get(f"/runs/{run}?tab=summary")).text
+    assert "<h1>Done</h1>" in summary and "<em>Changed</em>" in summary
+    assert "/static/vendor/htmx.min.js" in fleet
+    assert (await dash.client.get("/static/vendor/htmx.min.js")).status_code == 200
+
+
+async def test_the_diff_lists_files_and_loads_each_on_demand(dash: Dash) -> None:
+    await dash.sign_in()
+    run = dash.seeded.review_run
+    page = (await dash.client.get(f"/runs/{run}?tab=diff")).text
+    for path in ("README.md", "src/feature.py", "notes.txt"):
+        assert f'value="{path}"' in page  # a checkbox per file
+    assert "line 0 of README.md" not in page  # bodies are not in the page
+    part = await dash.client.get(f"/runs/{run}/diff/file", params={"file": "src/feature.py"})
+    assert part.status_code == 200
+    assert "line 1 of src/feature.py" in part.text and "README.md" not in part.text
+    split = await dash.client.get(
+        f"/runs/{run}/diff/file", params={"file": "README.md", "view": "split"}
+    )
+    assert 'class="diff split"' in split.text
+    missing = await dash.client.get(f"/runs/{run}/diff/file", params={"file": "nope"})
+    assert missing.status_code == 404
+
+
+async def test_forged_posts_are_refused_and_change_nothing(dash: Dash) -> None:
+    token = await dash.sign_in()
+    run = dash.seeded.review_run
+    before = await dash.commands()
+    action = f"/runs/{run}/actions/approve"
+    no_token = await dash.client.post(action, data={"sha": "a" * 40}, follow_redirects=False)
+    assert no_token.status_code == 403
+    wrong = await dash.client.post(
+        action, data={"_csrf": "x" + token[1:], "sha": "a" * 40}, follow_redirects=False
+    )
+    assert wrong.status_code == 403
+    # Another user's token with this session, and this token with another session: refused.
+    mine = dict(dash.client.cookies)
+    dash.client.cookies.clear()
+    other_token = await dash.sign_in()
+    theirs = dict(dash.client.cookies)
+    assert other_token != token
+    took = await dash.client.post(action, data={"_csrf": token}, follow_redirects=False)
+    assert took.status_code == 403
+    dash.client.cookies.clear()
+    dash.client.cookies.update(mine)
+    mixed = await dash.client.post(
+        action, data={"_csrf": other_token, "sha": "a" * 40}, follow_redirects=False
+    )
+    assert mixed.status_code == 403
+    assert theirs != mine
+    cross = await dash.client.post(
+        action,
+        data={"_csrf": token, "sha": "a" * 40},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert cross.status_code == 403
+    order = await dash.client.post("/board/order", json={"tasks": dash.seeded.tasks[::-1]})
+    assert order.status_code == 403
+    assert await dash.commands() == before
+    async with dash.services.sessions() as session:
+        assert (await session.execute(select(BoardPosition))).first() is None
+
+
+async def test_board_order_persists(dash: Dash) -> None:
+    token = await dash.sign_in()
+    order = list(reversed(dash.seeded.tasks))
+    saved = await dash.client.post(
+        "/board/order", json={"tasks": order}, headers={"X-CSRF-Token": token}
+    )
+    assert saved.status_code == 201, saved.text
+    async with dash.services.sessions() as session:
+        rows = {
+            p.task_id: p.position for p in (await session.execute(select(BoardPosition))).scalars()
+        }
+    assert [t for t, _ in sorted(rows.items(), key=lambda kv: kv[1])] == order
+
+
+async def test_the_run_bundle_holds_events_and_artifacts(dash: Dash) -> None:
+    await dash.sign_in()
+    run = dash.seeded.review_run
+    answer = await dash.client.get(f"/runs/{run}/bundle")
+    assert answer.status_code == 200
+    assert "attachment" in answer.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(answer.content), mode="r:gz") as archive:
+        names = {m.name.split("/", 1)[1] for m in archive.getmembers()}
+        events = archive.extractfile(f"bosun-run-{run}/events.jsonl")
+        assert events is not None and b'"kind": "log"' in events.read()
+    assert {"run.json", "events.jsonl", "diff.patch", "summary.md", "transcript.txt"} <= names
+
+
+def test_ansi_colours_become_classes_and_text_is_escaped() -> None:
+    html = str(ansi_html("\x1b[1;31mbad <b>\x1b[0m ok \x1b]0;title\x07\x1b[2K"))
+    assert html == '<span class="ansi-bold ansi-fg-red">bad &lt;b&gt;</span> ok '
+
+
+def test_a_diff_splits_into_files_with_rows_and_side_by_side_pairs() -> None:
+    text, _ = make_diff({"a.txt": 2, "dir/b.py": 1})
+    text += (
+        "diff --git a/c.md b/c.md\nindex 1..2 100644\n--- a/c.md\n+++ b/c.md\n"
+        "@@ -1,3 +1,3 @@\n keep\n-old\n+new\n keep2\n"
+    )
+    files = split_files(text)
+    assert [f.path for f in files] == ["a.txt", "dir/b.py", "c.md"]
+    rows = rows_of(text[files[2].start : files[2].end]).rows
+    assert [(r.kind, r.old, r.new) for r in rows] == [
+        ("hunk", None, None),
+        ("context", 1, 1),
+        ("del", 2, None),
+        ("add", None, 2),
+        ("context", 3, 3),
+    ]
+    pairs = side_by_side(rows)
+    changed = [p for p in pairs if p.left and p.right and p.left.kind == "del"]
+    assert len(changed) == 1 and changed[0].right is not None and changed[0].right.text == "new"
+
+
+def test_actions_are_disabled_with_the_reason() -> None:
+    reader = Viewer("mallory", "github", "t")
+    actions = allowed_actions(
+        state="review_ready", on_hold=False, requester="alice", viewer=reader, permission="read"
+    )
+    assert not actions["approve"].enabled and "write permission" in actions["approve"].reason
+    assert not actions["cancel"].enabled and "queued or working" in actions["cancel"].reason
+    writer = Viewer("bob", "github", "t")
+    actions = allowed_actions(
+        state="review_ready", on_hold=False, requester="alice", viewer=writer, permission="write"
+    )
+    assert actions["approve"].enabled and actions["reject"].enabled and actions["retry"].enabled
+    mine = allowed_actions(
+        state="running", on_hold=False, requester="alice", viewer=Viewer("alice", "github", "t"),
+        permission="read",
+    )  # fmt: skip
+    assert mine["cancel"].enabled and not mine["hold"].enabled
