@@ -34,6 +34,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("post", "/app/hook/deliveries/{delivery_id}/attempts"),
     ("post", "/app-manifests/{code}/conversions"),
     ("get", "/rate_limit"),
+    ("get", "/user"),
     ("get", "/repos/{owner}/{repo}"),
     ("get", "/repos/{owner}/{repo}/installation"),
     ("get", "/repos/{owner}/{repo}/contents/{path}"),

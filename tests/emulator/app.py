@@ -9,7 +9,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import auth, git_http, routes_app, routes_issues, routes_pulls, routes_repos, scenario
+from . import (
+    auth,
+    git_http,
+    routes_app,
+    routes_issues,
+    routes_oauth,
+    routes_pulls,
+    routes_repos,
+    scenario,
+)
 from .context import Context
 from .faults import SECONDARY, Fault
 from .gitrepo import GitError
@@ -37,6 +46,7 @@ class EmulatorApp:
         routes_repos.register(self.rest, self.ctx)
         routes_issues.register(self.rest, self.ctx)
         routes_pulls.register(self.rest, self.ctx)
+        routes_oauth.register(self.rest, self.ctx)
         self.scenario = Router()
         scenario.register(self.scenario, self.ctx)
 

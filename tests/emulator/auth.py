@@ -96,6 +96,9 @@ def identify(store: Store, request: Request) -> Credential:
     if value.count(".") == 2:
         verify_jwt(store, value)
         return Credential("jwt", key="jwt")
+    users = getattr(store, "user_tokens", {})  # OAuth user tokens (routes_oauth)
+    if value in users:
+        return Credential("user", key=f"user:{users[value][0]}")
     token = store.tokens.get(value)
     if token is None or not token.valid():
         raise HttpError(401, BAD_CREDENTIALS)
