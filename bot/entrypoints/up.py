@@ -14,6 +14,7 @@ from bot.db.migrate import upgrade
 from bot.entrypoints.localredis import ensure_redis
 from bot.settings import Settings
 from bot.web.app import create_app
+from bot.web.dashboard.login import print_admin_link
 from jobs.worker import build_worker
 
 log = structlog.get_logger("bot.entrypoints.up")
@@ -45,6 +46,7 @@ async def run_all(settings: Settings, *, host: str, port: int) -> None:
         worker = build_worker(settings, handle_signals=False)
         worker_task = asyncio.create_task(worker.async_run())
         log.info("bosun_up", url=f"http://{host}:{port}", public_url=settings.public_url)
+        await print_admin_link(settings)  # the dashboard's one-time sign-in for the local admin
         try:
             await server.serve()
         finally:
