@@ -11,6 +11,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.appcreds import load_stored, with_stored
 from bot.db.artifacts import ArtifactStore, artifact_store
+from bot.db.models import Repository
+from bot.forge.local import LocalForge
+from bot.forge.port import Forge
 from bot.github.repo import GitHubRepo
 from bot.github.retry import RetryPolicy
 from bot.github.tokens import GitHubApp
@@ -61,6 +64,18 @@ class JobContext:
 
     def repo(self, installation_id: int, full_name: str) -> GitHubRepo:
         return GitHubRepo(self.github_app(), installation_id, full_name)
+
+    def forge(self, repository: Repository) -> Forge:
+        """The forge ``repository`` lives on: a local git repository, or GitHub."""
+        if repository.local_path:
+            return LocalForge(
+                repository,
+                sessions=self.services.sessions,
+                workspaces=self.workspaces,
+                identity=self.commit_identity(),
+                public_url=self.settings.public_url,
+            )
+        return self.repo(repository.installation_id or 0, repository.full_name)
 
     @property
     def backend(self) -> SandboxBackend:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sandboxes.errors import MirrorLockTimeout, WorkspaceError
 from sandboxes.git import run_git, strip_credentials
+from sandboxes.localrepo import GitRemote, LocalRepository
 
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
@@ -64,16 +65,23 @@ class MirrorCache:
             finally:
                 os.close(fd)  # closing releases the flock
 
-    async def update(self, repo: str, remote_url: str, *, auth_header: str | None = None) -> Path:
+    async def update(
+        self, repo: str, remote_url: GitRemote, *, auth_header: str | None = None
+    ) -> Path:
         """Create or incrementally fetch the mirror of ``repo``; returns its path."""
         async with self.locked(repo) as path:
             await self.update_locked(path, remote_url, auth_header=auth_header)
         return path
 
     async def update_locked(
-        self, path: Path, remote_url: str, *, auth_header: str | None = None
+        self, path: Path, remote_url: GitRemote, *, auth_header: str | None = None
     ) -> None:
-        """``update`` for a caller already holding ``locked``."""
+        """``update`` for a caller already holding ``locked``. A local repository pushes its
+        branches into the mirror itself (``LocalRepository.export_to``): no git process is
+        ever started inside it by a transport."""
+        if isinstance(remote_url, LocalRepository):
+            await remote_url.export_to(path)
+            return
         url = strip_credentials(remote_url)
         if not await asyncio.to_thread((path / "HEAD").exists):
             await self._create(path, url, auth_header)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sandboxes.errors import GitError, PushRejected, WorkspaceError
 from sandboxes.git import GitIdentity, run_git
+from sandboxes.localrepo import GitRemote, LocalRepository
 from sandboxes.workspace import WorkspaceManager
 
 NULL_SHA = "0" * 40
@@ -52,8 +53,8 @@ class Scratch:
     """A bare clone of one repository's mirror, for one operation."""
 
     path: Path
-    remote_url: str
-    auth_header: str
+    remote_url: GitRemote
+    auth_header: str | None
 
     async def git(
         self,
@@ -84,7 +85,7 @@ class Scratch:
 
 @asynccontextmanager
 async def scratch_clone(
-    workspaces: WorkspaceManager, repo: str, remote_url: str, auth_header: str
+    workspaces: WorkspaceManager, repo: str, remote_url: GitRemote, auth_header: str | None
 ) -> AsyncIterator[Scratch]:
     """Fetch the mirror of ``repo`` and yield a bare local clone of it (hardlinked objects),
     deleted afterwards."""
@@ -186,14 +187,17 @@ async def revert_unapproved(
         )
     await before_push(commit)
     try:
-        await scratch.git(
-            "push",
-            "--porcelain",
-            "--no-verify",
-            scratch.remote_url,
-            f"{commit}:refs/heads/{branch}",
-            remote=True,
-        )
+        if isinstance(scratch.remote_url, LocalRepository):
+            await scratch.remote_url.push_from(scratch.path, commit, branch, force=False)
+        else:
+            await scratch.git(
+                "push",
+                "--porcelain",
+                "--no-verify",
+                scratch.remote_url,
+                f"{commit}:refs/heads/{branch}",
+                remote=True,
+            )
     except PushRejected as exc:
         raise BranchMoved(f"the push of the revert commit was refused: {exc}") from exc
     return Revert(approved_sha, commit, base, keep, revert)

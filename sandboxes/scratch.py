@@ -37,6 +37,7 @@ from typing import IO, Any
 from sandboxes.changes import Changes, TreeNote, diff_changes
 from sandboxes.errors import GitError, UnreadableWorkspace
 from sandboxes.git import GitIdentity, GitResult, git_env, run_git, strip_credentials
+from sandboxes.localrepo import GitRemote, LocalRepository
 from sandboxes.treeframes import NOTES, Blob, Entry, FrameError, FrameReader, Note
 from sandboxes.treewalk import MODE_EXEC, MODE_FILE, WalkError, WalkLimits
 
@@ -159,14 +160,17 @@ class ScratchRepo:
     async def push(
         self,
         sha: str,
-        remote_url: str,
+        remote_url: GitRemote,
         branch: str,
         *,
         auth_header: str | None = None,
         force: bool = False,
     ) -> str:
         """Push ``sha`` to ``refs/heads/<branch>`` at ``remote_url``. Raises ``PushRejected``
-        (git's message, credentials redacted) when the remote refuses."""
+        (git's message, credentials redacted) when the remote refuses. A local repository
+        fetches the commit from here instead (``LocalRepository.push_from``)."""
+        if isinstance(remote_url, LocalRepository):
+            return await remote_url.push_from(self.path, sha, branch, force=force)
         argv = ["push", "--porcelain", "--no-verify", strip_credentials(remote_url)]
         argv += ["--force"] if force else []
         argv.append(f"{sha}:refs/heads/{branch}")

@@ -27,6 +27,7 @@ import structlog
 from sandboxes.changes import Changes
 from sandboxes.errors import GitError, WorkspaceError
 from sandboxes.git import GitIdentity, GitResult, run_git, strip_credentials
+from sandboxes.localrepo import GitRemote
 from sandboxes.mirror import MirrorCache
 from sandboxes.scratch import ScratchRepo, Snapshot
 from sandboxes.treewalk import WalkLimits
@@ -98,7 +99,12 @@ class Workspace:
         )
 
     async def push(
-        self, sha: str, remote_url: str, *, auth_header: str | None = None, force: bool = False
+        self,
+        sha: str,
+        remote_url: GitRemote,
+        *,
+        auth_header: str | None = None,
+        force: bool = False,
     ) -> str:
         """Push ``sha`` to the run's branch at ``remote_url``; returns it. Raises
         ``PushRejected`` (git's message, credentials redacted) when the remote refuses."""
@@ -126,7 +132,7 @@ class WorkspaceManager:
         *,
         run_id: str,
         repo: str,
-        remote_url: str,
+        remote_url: GitRemote,
         branch: str,
         base_ref: str,
         auth_header: str | None = None,
@@ -145,7 +151,7 @@ class WorkspaceManager:
             await run_git(["clone", "--quiet", "--local", "--no-checkout", str(mirror), str(path)])
             scratch = await ScratchRepo.create(run_dir / "host.git", mirror)
         git = _Git(path)
-        await git("remote", "set-url", "origin", strip_credentials(remote_url))
+        await git("remote", "set-url", "origin", strip_credentials(str(remote_url)))
         base_sha = await git.resolve(f"refs/remotes/origin/{base_ref}", base_ref)
         start_sha = base_sha
         if continue_branch:

@@ -20,7 +20,7 @@ from bot.db.models import Repository, Run, Task
 from bot.db.runlog import new_run_id
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.states import RunState
-from bot.domain.status import RunView, status_comment
+from bot.domain.status import CheckRunUpdate, RunView, status_comment
 from bot.services import Services
 from jobs.admission.gate import Admission, Refused, Waiting
 from jobs.context import JobContext
@@ -33,7 +33,8 @@ ISSUES = itertools.count(1)
 class RecordingPort:
     """The GitHub calls the status reporter makes, recorded; nothing else is expected."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: Path | None = None) -> None:
+        self.origin = origin
         self.calls: list[tuple[str, Any]] = []
         self.comments: dict[int, str] = {}
         self.checks: dict[int, tuple[str, dict[str, Any]]] = {}
@@ -50,14 +51,22 @@ class RecordingPort:
         self.calls.append(("update_comment", comment_id))
         self.comments[comment_id] = body
 
-    async def create_check_run(self, head_sha: str, fields: dict[str, Any]) -> int:
+    async def create_check_run(self, head_sha: str, update: CheckRunUpdate) -> int:
         self.calls.append(("create_check_run", head_sha))
-        self.checks[len(self.checks) + 1] = (head_sha, fields)
+        self.checks[len(self.checks) + 1] = (head_sha, update.fields())
         return len(self.checks)
 
-    async def update_check_run(self, check_run_id: int, fields: dict[str, Any]) -> None:
+    async def update_check_run(self, check_run_id: int, update: CheckRunUpdate) -> None:
         self.calls.append(("update_check_run", check_run_id))
-        self.checks[check_run_id] = (self.checks[check_run_id][0], fields)
+        self.checks[check_run_id] = (self.checks[check_run_id][0], update.fields())
+
+    async def branch_head(self, branch: str) -> str | None:
+        """The branch's head in the (local, bare) repository the test made."""
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+            cwd=self.origin, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return found.stdout.strip() or None
 
     async def git_auth_header(self) -> str:
         raise AssertionError("a local project needs no credentials")
@@ -137,7 +146,7 @@ async def test_overlapping_scope_waits_and_github_hears_once_per_change(
     first = admission(bosun, first_run, first_task, repository, config)
     assert await first.enter() is None
 
-    port = RecordingPort()
+    port = RecordingPort(path)
     for _ in range(3):  # three polls while the first run works
         later = admission(bosun, later_run, later_task, repository, config)
         outcome = await later.enter()
@@ -154,7 +163,7 @@ async def test_overlapping_scope_waits_and_github_hears_once_per_change(
             comment_id=None if not port.comments else 1,
             persist=_ignore,
         )
-        await later.show(outcome, view, reporter, port=port, remote_url=str(path))
+        await later.show(outcome, view, reporter, port=port)
     # One comment and one queued check run on the default branch's head, written once.
     assert port.calls == [("create_comment", 1), ("create_check_run", head)]
     assert outcome.text in port.comments[1]

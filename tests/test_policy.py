@@ -357,5 +357,5 @@ def test_the_folders_of_protected_paths_are_protected_themselves(path: str) -> N
     assert check_diff([link], parse_repo_config("paths:\n  deny: []\n"), protected=()).ok
     assert check_diff(changed(".github/dependabot.yml", ".githubx", "ci/workflows"), DEFAULT).ok
     assert protected_folders(PROTECTED_PATHS) == {
-        ".github", ".github/workflows", ".github/bosun.yml"
+        ".github", ".github/workflows", ".github/bosun.yml", ".bosun.yml"
     }  # fmt: skip

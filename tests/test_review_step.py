@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from githubkit.exception import RequestFailed
 from sqlalchemy import select, update
 
 from bot.db.models import Run, RunEvent
 from bot.domain.review import RunSnapshot
 from bot.domain.states import RunState
+from bot.forge.port import ForgeError
 from jobs.review.step import RunBusy, StaleRun, claim, run_lock, serialised
 from tests.review_harness import Review
 
@@ -75,7 +75,7 @@ async def test_a_delivery_github_keeps_failing_leaves_a_trace_on_its_run(review:
         "error", method="GET", path="/repos/*/*/collaborators/bob/permission", count=None
     )
     hook = await review.comment(run.pr, "/approve", "bob")
-    with pytest.raises(RequestFailed, match="502"):
+    with pytest.raises(ForgeError, match="502"):
         await review.process(hook)
 
     assert (await review.deliveries())[hook.guid] == "failed"

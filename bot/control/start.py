@@ -20,6 +20,7 @@ from bot.db.models import Run, Task
 from bot.db.runlog import append_event, new_run_id
 from bot.domain.prompt import PromptComment, build_prompt
 from bot.domain.states import ACTIVE
+from bot.domain.tasks import task_text
 from bot.jobids import EXECUTE_RUN, run_job_id
 from bot.services import Services
 
@@ -72,7 +73,7 @@ async def create_run(session: AsyncSession, task: Task, request: RunRequest) -> 
     """
     prompt = build_prompt(
         task.title,
-        task.body,
+        task_text(task.body, task.acceptance or (), task.focus or ()),
         request.author,
         list(request.comments),
         request.instructions,

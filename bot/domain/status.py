@@ -132,10 +132,54 @@ def check_conclusion(view: RunView) -> str | None:
     return None
 
 
-def check_run_fields(
-    view: RunView, *, actions: list[dict[str, str]] | None = None
-) -> dict[str, Any]:
-    """The body of a check-run create/update for ``view``."""
+@dataclass(frozen=True)
+class CheckAction:
+    """A button on the check run; its ``identifier`` comes back as a ``check_run`` event."""
+
+    label: str
+    description: str
+    identifier: str
+
+
+@dataclass(frozen=True)
+class CheckRunUpdate:
+    """One create or update of the run's check run. ``None`` fields are left as they are
+    (an update sends only what it sets); ``annotations`` are GitHub's annotation objects."""
+
+    title: str
+    summary: str
+    text: str | None = None
+    status: Literal["queued", "in_progress", "completed"] | None = None
+    conclusion: str | None = None
+    name: str | None = CHECK_NAME
+    external_id: str | None = None
+    details_url: str | None = None
+    actions: tuple[CheckAction, ...] = ()
+    annotations: tuple[dict[str, Any], ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        """The check-run body GitHub's REST API takes."""
+        output: dict[str, Any] = {"title": self.title, "summary": self.summary}
+        if self.text is not None:
+            output["text"] = self.text
+        if self.annotations:
+            output["annotations"] = list(self.annotations)
+        body: dict[str, Any] = {}
+        for key in ("name", "external_id", "details_url", "status", "conclusion"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        body["output"] = output
+        if self.actions:
+            body["actions"] = [
+                {"label": a.label, "description": a.description, "identifier": a.identifier}
+                for a in self.actions[:3]
+            ]
+        return body
+
+
+def check_run_update(view: RunView, *, actions: tuple[CheckAction, ...] = ()) -> CheckRunUpdate:
+    """The check run for ``view``."""
     conclusion = check_conclusion(view)
     title = f"Bosun: {view.state.value.replace('_', ' ')}"
     summary = [
@@ -154,25 +198,24 @@ def check_run_fields(
     if view.dashboard_url:
         summary += ["", f"[Open this run in the dashboard]({view.dashboard_url})"]
     text = ["## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
-    fields: dict[str, Any] = {
-        "name": CHECK_NAME,
-        "external_id": view.run_id,
-        "output": {
-            "title": title,
-            "summary": cap("\n".join(summary)),
-            "text": cap("\n".join(text)),
-        },
-    }
-    if view.dashboard_url:
-        fields["details_url"] = view.dashboard_url
+    status: Literal["queued", "in_progress", "completed"] = "completed"
     if conclusion is None:
-        fields["status"] = "queued" if view.state is RunState.QUEUED else "in_progress"
-    else:
-        fields["status"] = "completed"
-        fields["conclusion"] = conclusion
-    if actions:
-        fields["actions"] = actions[:3]
-    return fields
+        status = "queued" if view.state is RunState.QUEUED else "in_progress"
+    return CheckRunUpdate(
+        title=title,
+        summary=cap("\n".join(summary)),
+        text=cap("\n".join(text)),
+        status=status,
+        conclusion=conclusion,
+        external_id=view.run_id,
+        details_url=view.dashboard_url or None,
+        actions=actions[:3],
+    )
+
+
+def check_run_fields(view: RunView, *, actions: tuple[CheckAction, ...] = ()) -> dict[str, Any]:
+    """The body of a check-run create/update for ``view`` (GitHub's JSON)."""
+    return check_run_update(view, actions=actions).fields()
 
 
 def status_comment(view: RunView) -> str:

@@ -1,19 +1,20 @@
-"""The repository port: every GitHub call the pipeline makes, behind one small interface.
+"""The forge port on GitHub: every GitHub call the pipeline makes about one repository.
 
-``RepoPort`` is what domain code and jobs depend on; ``GitHubRepo`` implements it with
-githubkit against GitHub (or GitHub Enterprise, or the test emulator) using installation
-tokens scoped to the one repository. A token GitHub calls bad (401) is re-minted once.
+``GitHubRepo`` implements ``bot.forge.port.Forge`` with githubkit against GitHub (or GitHub
+Enterprise, or the test emulator) using installation tokens scoped to the one repository. A
+token GitHub calls bad (401) is re-minted once. HTTP stays here: a failed call raises a
+``ForgeError`` (``ForgeUnavailable`` for what may pass: no answer, 5xx, rate limits), a merge
+answers with a ``MergeOutcome`` value, and check runs are ``CheckRunUpdate`` values.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from githubkit import GitHub, TokenAuthStrategy
-from githubkit.exception import RequestFailed
+from githubkit.exception import GitHubException, RequestFailed
 from githubkit_schemas.latest.models import (
     CheckRun,
     ContentFile,
@@ -29,8 +30,24 @@ from githubkit_schemas.latest.models import (
 
 from bot.domain.limits import fit_comment
 from bot.domain.payloads import RepositoryRef
+from bot.domain.repoconfig import CONFIG_PATH, RepoConfig
+from bot.domain.status import CheckRunUpdate
+from bot.forge.port import (
+    CommentInfo,
+    Conflict,
+    ForgeError,
+    ForgeRefused,
+    ForgeUnavailable,
+    HeadMoved,
+    IssueInfo,
+    Merged,
+    MergeOutcome,
+    NotMergeable,
+    PullInfo,
+)
 from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
 from bot.metrics.local import GITHUB_HOOKS
+from sandboxes.git import run_git
 
 T = TypeVar("T")
 
@@ -43,78 +60,23 @@ def permission_at_least(permission: str | None, minimum: str) -> bool:
     return PERMISSION_ORDER.index(permission) >= PERMISSION_ORDER.index(minimum)
 
 
-@dataclass(frozen=True)
-class PullInfo:
-    number: int
-    head_ref: str
-    head_sha: str
-    base_ref: str
-    state: str
-    draft: bool
-    merged: bool
-    html_url: str
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
 
 
-@dataclass(frozen=True)
-class IssueInfo:
-    number: int
-    title: str
-    body: str
-    author: str
-    author_type: str
-    labels: tuple[str, ...]
-    state: str
-    is_pull_request: bool
-
-
-@dataclass(frozen=True)
-class CommentInfo:
-    id: int
-    author: str
-    author_type: str
-    body: str
-
-
-@dataclass(frozen=True)
-class MergeOutcome:
-    merged: bool
-    sha: str | None
-    message: str
-    status: int
-
-    @property
-    def head_moved(self) -> bool:
-        """GitHub refused because the PR head is no longer the ``sha`` the merge named."""
-        return self.status == 409
-
-
-class RepoPort(Protocol):
-    """What Bosun asks of one GitHub repository."""
-
-    full_name: str
-
-    async def file_text(self, path: str, ref: str) -> str | None: ...
-    async def permission(self, login: str) -> str: ...
-    async def get_issue(self, number: int) -> IssueInfo | None: ...
-    async def describe(self) -> RepositoryRef: ...
-    async def create_comment(self, number: int, body: str) -> int: ...
-    async def update_comment(self, comment_id: int, body: str) -> None: ...
-    async def list_comments(self, number: int) -> list[CommentInfo]: ...
-    async def find_comment(self, number: int, marker: str) -> int | None: ...
-    async def react(self, content: str, *, comment_id: int | None, issue: int | None) -> None: ...
-    async def create_check_run(self, head_sha: str, fields: dict[str, Any]) -> int: ...
-    async def update_check_run(self, check_run_id: int, fields: dict[str, Any]) -> None: ...
-    async def find_pull(self, head_branch: str) -> PullInfo | None: ...
-    async def get_pull(self, number: int) -> PullInfo: ...
-    async def create_pull(
-        self, *, title: str, body: str, head: str, base: str, draft: bool
-    ) -> PullInfo: ...
-    async def update_pull(self, number: int, *, title: str, body: str) -> PullInfo: ...
-    async def merge_pull(self, number: int, *, sha: str, method: str) -> MergeOutcome: ...
-    async def commit_tree(self, sha: str) -> str | None: ...
-    async def comment_body(self, comment_id: int) -> str | None: ...
-    async def git_auth_header(self) -> str: ...
-    def clone_url(self) -> str: ...
+def forge_error(exc: GitHubException) -> ForgeError:
+    """A githubkit failure in Bosun's terms: may trying again help, and GitHub's status."""
+    if isinstance(exc, RequestFailed):
+        status = exc.response.status_code
+        try:
+            body = exc.response.raw_response.json()
+        except ValueError:
+            body = None
+        message = body.get("message", "") if isinstance(body, dict) else ""
+        text = f"GitHub answered {status}" + (f": {message}" if message else "")
+        limited = status == 403 and "rate limit" in message.lower()
+        kind = ForgeUnavailable if status in TRANSIENT or limited else ForgeRefused
+        return kind(text, status=status)
+    return ForgeUnavailable(f"GitHub did not answer ({type(exc).__name__}: {exc})")
 
 
 def _pull(pr: PullRequest | PullRequestSimple) -> PullInfo:
@@ -132,7 +94,11 @@ def _pull(pr: PullRequest | PullRequestSimple) -> PullInfo:
 
 
 class GitHubRepo:
-    """``RepoPort`` over githubkit with installation tokens."""
+    """``Forge`` over githubkit with installation tokens."""
+
+    forge_name = "GitHub"
+    merge_setting = "merge.auto_merge"
+    config_paths: tuple[str, ...] = (CONFIG_PATH,)
 
     def __init__(self, app: GitHubApp, installation_id: int, full_name: str) -> None:
         self.app = app
@@ -158,12 +124,15 @@ class GitHubRepo:
         permissions: dict[str, str] = COLLABORATE,
     ) -> T:
         try:
-            return await action(await self._client(permissions))
-        except RequestFailed as exc:
-            if exc.response.status_code != 401:
-                raise
-            self.app.forget(self.installation_id, self.full_name)  # expired or revoked
-            return await action(await self._client(permissions))
+            try:
+                return await action(await self._client(permissions))
+            except RequestFailed as exc:
+                if exc.response.status_code != 401:
+                    raise
+                self.app.forget(self.installation_id, self.full_name)  # expired or revoked
+                return await action(await self._client(permissions))
+        except GitHubException as exc:
+            raise forge_error(exc) from exc
 
     def _path(self, tail: str) -> str:
         return f"/repos/{self.owner}/{self.name}{tail}"
@@ -339,24 +308,24 @@ class GitHubRepo:
 
         await self._call(go)
 
-    async def create_check_run(self, head_sha: str, fields: dict[str, Any]) -> int:
+    async def create_check_run(self, head_sha: str, update: CheckRunUpdate) -> int:
         async def go(gh: GitHub[Any]) -> int:
             response = await gh.arequest(
                 "POST",
                 self._path("/check-runs"),
-                json={"head_sha": head_sha, **fields},
+                json={"head_sha": head_sha, **update.fields()},
                 response_model=CheckRun,
             )
             return response.parsed_data.id
 
         return await self._call(go)
 
-    async def update_check_run(self, check_run_id: int, fields: dict[str, Any]) -> None:
+    async def update_check_run(self, check_run_id: int, update: CheckRunUpdate) -> None:
         async def go(gh: GitHub[Any]) -> None:
             await gh.arequest(
                 "PATCH",
                 self._path(f"/check-runs/{check_run_id}"),
-                json=fields,
+                json=update.fields(),
                 response_model=CheckRun,
             )
 
@@ -420,15 +389,38 @@ class GitHubRepo:
                     response_model=PullRequestMergeResult,
                 )
             except RequestFailed as exc:
-                if exc.response.status_code in (405, 409, 422):
-                    body = exc.response.raw_response.json()
-                    message = body.get("message", "") if isinstance(body, dict) else ""
-                    return MergeOutcome(False, None, message, exc.response.status_code)
-                raise
+                status = exc.response.status_code
+                if status not in (405, 409, 422):
+                    raise
+                body = exc.response.raw_response.json()
+                message = body.get("message", "") if isinstance(body, dict) else ""
+                if status == 409:  # the head is no longer ``sha``
+                    return HeadMoved(message, status=status)
+                if status == 405:  # not mergeable: GitHub names no paths
+                    return Conflict(message, status=status)
+                return NotMergeable(message, status=status)
             result = response.parsed_data
-            return MergeOutcome(bool(result.merged), result.sha, result.message, 200)
+            if not result.merged:
+                return NotMergeable(result.message, status=200)
+            return Merged(result.sha, result.message)
 
         return await self._call(go, MERGE)
+
+    def merge_method(self, config: RepoConfig) -> str | None:
+        return config.merge.method if config.merge.auto_merge else None
+
+    async def close_pull(self, number: int, *, delete_branch: bool) -> None:
+        """GitHub keeps a rejected pull request open for people to close (as before)."""
+
+    async def branch_head(self, branch: str) -> str | None:
+        """The branch's head as git sees it (``ls-remote`` with the installation's token)."""
+        result = await run_git(
+            ["ls-remote", self.clone_url(), f"refs/heads/{branch}"],
+            auth_header=await self.git_auth_header(),
+            timeout=30,
+        )
+        sha = result.stdout.decode().split("\t", 1)[0].strip()
+        return sha if len(sha) >= 40 else None
 
     async def commit_tree(self, sha: str) -> str | None:
         """The tree SHA of commit ``sha`` (Git data API), or None when GitHub has no such
@@ -450,7 +442,10 @@ class GitHubRepo:
     async def git_auth_header(self) -> str:
         """An ``Authorization`` header value for git over HTTPS with contents:write, for
         pushes made by Bosun itself (never handed to a sandbox)."""
-        token = await self.app.token(self.installation_id, self.full_name, WRITE_CONTENTS)
+        try:
+            token = await self.app.token(self.installation_id, self.full_name, WRITE_CONTENTS)
+        except GitHubException as exc:
+            raise forge_error(exc) from exc
         basic = base64.b64encode(f"x-access-token:{token.value}".encode()).decode()
         return f"Authorization: Basic {basic}"
 

@@ -23,13 +23,13 @@ from bot.db.models import Repository, Run, Task
 from bot.domain.prompt import sanitize
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.status import RunView
-from bot.github.repo import RepoPort
+from bot.domain.tasks import task_text
+from bot.forge.port import Forge
 from bot.jobids import run_job_id
 from jobs.admission.capacity import Capacity
 from jobs.admission.locks import acquire_scope, release_scope, renew_scope, run_scope
 from jobs.context import JobContext
 from jobs.run.reporter import StatusReporter
-from sandboxes.git import run_git
 
 log = structlog.get_logger("jobs.admission.gate")
 
@@ -72,7 +72,8 @@ class Admission:
         self.config = config
         self.lease = worker.lease_seconds
         self.poll = worker.queue_poll_seconds
-        self.scope = run_scope(sanitize(task.body or ""), config.focus_paths)
+        text = task_text(task.body or "", task.acceptance or (), task.focus or ())
+        self.scope = run_scope(sanitize(text), config.focus_paths)
         self.capacity = Capacity(
             bosun.services.redis,
             namespace=settings.redis.namespace,
@@ -143,8 +144,7 @@ class Admission:
         view: RunView,
         reporter: StatusReporter,
         *,
-        port: RepoPort,
-        remote_url: str,
+        port: Forge,
     ) -> None:
         """Put the run's place in line on its status comment and check run, only when it
         changed since the last time (a waiting run asks again every few seconds)."""
@@ -154,7 +154,7 @@ class Admission:
             return
         await redis.expire(self._shown_key, 86400)
         if self.run.base_sha is None:
-            await self._note_base(port, remote_url)
+            await self._note_base(port)
         view.base_sha = self.run.base_sha
         self.adopt_check_run(reporter)
         reporter.start()
@@ -165,20 +165,15 @@ class Admission:
         if reporter.check_run_id is not None and self.run.base_sha is not None:
             reporter.check_sha = self.run.base_sha
 
-    async def _note_base(self, port: RepoPort, remote_url: str) -> None:
+    async def _note_base(self, port: Forge) -> None:
         """The default branch's head, so the check run can say "queued" before the run
         fetches anything (the run records the base it really used when it prepares)."""
-        branch = self.repository.default_branch
         try:
-            auth = None if self.repository.local_path else await port.git_auth_header()
-            result = await run_git(
-                ["ls-remote", remote_url, f"refs/heads/{branch}"], auth_header=auth, timeout=30
-            )
+            sha = await port.branch_head(self.repository.default_branch)
         except Exception as exc:  # noqa: BLE001 -- the comment still shows the place in line
             log.warning("base_lookup_failed", error=str(exc)[:300])
             return
-        sha = result.stdout.decode().split("\t", 1)[0].strip()
-        if len(sha) < 40:
+        if sha is None:
             return
         async with self.bosun.services.sessions.begin() as session:
             await session.execute(update(Run).where(Run.id == self.run.id).values(base_sha=sha))

@@ -15,12 +15,15 @@ from githubkit.exception import GitHubException
 from sqlalchemy import func, select, update
 
 from bot.control.actions import CLIENT_SOURCES, parse_action
+from bot.control.start import RunRequest, active_run, create_run, queue_run
 from bot.db.models import CommandAudit, ControlCommand, Repository, Run, Task
 from bot.domain.payloads import Actor, IssueRef, ParsedEvent, RepositoryRef
+from bot.domain.prompt import branch_name
 from bot.domain.repoconfig import CONFIG_PATH
 from bot.domain.triggers import StartRun, TriggerRequest, decide
+from bot.forge.port import ForgeError
 from jobs.context import JobContext, job_context
-from jobs.deliveries.process import load_repo_config, start_run, upsert_repository
+from jobs.deliveries.process import load_repo_config, run_workflow, start_run, upsert_repository
 from jobs.review.handle import Given, Origin, execute_command
 
 log = structlog.get_logger("jobs.deliveries.commands")
@@ -44,7 +47,7 @@ async def api_command(ctx: dict[str, Any], command_id: str) -> dict[str, Any]:
             outcome, reason, new_run = await _start(bosun, recorded)
         else:
             outcome, reason, new_run = await _act(bosun, recorded)
-    except GitHubException as exc:
+    except (ForgeError, GitHubException) as exc:
         if int(ctx.get("job_try") or 1) < 3:
             raise  # arq tries it again; the caller is told it is pending meanwhile
         outcome, reason, new_run = "refused", f"GitHub did not answer: {type(exc).__name__}", None
@@ -80,7 +83,7 @@ async def _act(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str | 
         return "ignored", "invalid command or no such run", None
     run, task, repository = row
     structlog.contextvars.bind_contextvars(run_id=run.id)
-    port = bosun.repo(repository.installation_id or 0, repository.full_name)
+    port = bosun.forge(repository)
     permission = recorded.permission
 
     async def permission_of(login: str) -> str:
@@ -132,6 +135,8 @@ async def _start(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str 
                 select(Repository).where(func.lower(Repository.full_name) == full_name.lower())
             )
         ).scalar_one_or_none()
+    if repository is not None and repository.local_path:
+        return await _start_task(bosun, recorded, repository, number)
     if repository is None or repository.installation_id is None:
         repository = await _discover(bosun, full_name)
     if repository is None or not repository.active or repository.installation_id is None:
@@ -199,6 +204,97 @@ async def _start(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str 
     run_id = await start_run(bosun, port, recorded.id, event, config, decision, recorded.permission)
     if run_id is None:
         return "refused", f"a run is already active on {repository.full_name}#{number}", None
+    return "accepted", None, run_id
+
+
+async def _start_task(
+    bosun: JobContext, recorded: ControlCommand, repository: Repository, number: int
+) -> tuple[str, str | None, str | None]:
+    """A new run on a local task: the task is a row of Bosun's, not an issue to fetch, and it
+    names the profile its runs use unless the start names another. Decided by the same
+    trigger rules, born in ``create_run`` like every run."""
+    asked = json.loads(recorded.args)
+    if not repository.enabled:
+        return "refused", f"{repository.full_name} is disabled in Bosun", None
+    port = bosun.forge(repository)
+    try:
+        config, config_error = await load_repo_config(port, repository.default_branch)
+    except ForgeError as exc:
+        return "refused", str(exc), None
+    if config_error is not None:
+        return (
+            "refused",
+            f"the repository's config on {repository.default_branch} is invalid: {config_error}",
+            None,
+        )
+    async with bosun.services.sessions() as session:
+        task = (
+            await session.execute(
+                select(Task).where(Task.repository_id == repository.id, Task.issue_number == number)
+            )
+        ).scalar_one_or_none()
+    if task is None:
+        return "refused", f"{repository.full_name} has no task #{number}", None
+    if task.state != "open":
+        return "refused", f"task {repository.full_name}#{number} is closed; reopen it first", None
+    source = CLIENT_SOURCES.get(recorded.source, "api")
+    request = TriggerRequest(
+        kind="start",
+        source=source,
+        requester=recorded.actor,
+        requester_type="User",
+        repository=repository.full_name,
+        issue_number=number,
+        profile=asked.get("profile") or task.profile or None,
+        instructions=str(asked.get("instructions") or ""),
+    )
+    decision = decide(
+        request,
+        config,
+        recorded.permission,
+        server_allowed_users=frozenset(bosun.settings.allowed_users),
+        known_profiles=frozenset(bosun.settings.agent_profiles()),
+        server_default_profile=config.default_profile or bosun.settings.default_profile,
+    )
+    if not isinstance(decision, StartRun):
+        reason = getattr(decision, "reply", None) or getattr(decision, "reason", "not started")
+        return "refused", str(reason), None
+    async with bosun.services.sessions.begin() as session:
+        row = await session.get(Task, task.id, with_for_update=True)
+        assert row is not None
+        if await active_run(session, row.id) is not None:
+            return "refused", f"a run is already active on {repository.full_name}#{number}", None
+        if not row.branch:
+            row.branch = branch_name(config.branch.prefix, number, row.title)
+        run = await create_run(
+            session,
+            row,
+            RunRequest(
+                profile=decision.profile,
+                workflow=run_workflow(bosun.settings, decision.profile, config),
+                trigger=decision.source,
+                requester=decision.requester,
+                branch=row.branch,
+                repository=repository.full_name,
+                repo_config=config.model_dump(mode="json"),
+                author=row.author,
+                instructions=decision.instructions,
+                delivery_id=recorded.id,
+                first_events=[
+                    (
+                        "policy",
+                        {
+                            "rule": decision.rule,
+                            "decision": "allow",
+                            "permission": recorded.permission,
+                            "message": f"@{decision.requester} may start runs",
+                        },
+                    )
+                ],
+            ),
+        )
+        run_id = run.id
+    await queue_run(bosun.services, run_id)
     return "accepted", None, run_id
 
 

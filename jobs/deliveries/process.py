@@ -16,7 +16,6 @@ from typing import Any
 
 import structlog
 from arq import Retry
-from githubkit.exception import GitHubException
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -46,7 +45,7 @@ from bot.domain.triggers import (
     trusted_by,
 )
 from bot.errors import ConflictError
-from bot.github.repo import RepoPort
+from bot.forge.port import Forge, ForgeError
 from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
 from jobs.admission.cancel import signal_cancel
@@ -100,7 +99,7 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
             raise Retry(defer=conflict_backoff(tries)) from exc
         await _failed(bosun, delivery_id, parsed, repr(exc))
         return {"delivery": delivery_id, "outcome": "failed", "error": str(exc)}
-    except GitHubException as exc:
+    except ForgeError as exc:
         if tries < DELIVERY_TRIES:
             log.warning("delivery_retry", error=repr(exc)[:300], job_try=tries)
             raise Retry(defer=min(60, 2**tries)) from exc
@@ -247,7 +246,7 @@ async def upsert_repository(
 # -- triggers ------------------------------------------------------------------------------
 
 
-async def permission_of(bosun: JobContext, port: RepoPort, login: str) -> str:
+async def permission_of(bosun: JobContext, port: Forge, login: str) -> str:
     """The requester's collaborator permission, checked live and cached briefly."""
     key = bosun.settings.redis.key("perm", port.full_name, login.lower())
     signer = _cache_signer(bosun, f"{port.full_name}|{login.lower()}")
@@ -285,9 +284,14 @@ def _cache_signer(bosun: JobContext, subject: str) -> Callable[[str], str] | Non
     return sign
 
 
-async def load_repo_config(port: RepoPort, default_branch: str) -> tuple[RepoConfig, str | None]:
-    """The repository's config from its default branch, or defaults and the error text."""
-    text = await port.file_text(CONFIG_PATH, default_branch)
+async def load_repo_config(port: Forge, default_branch: str) -> tuple[RepoConfig, str | None]:
+    """The repository's config from its default branch (the first of the forge's config
+    paths that exists), or defaults and the error text."""
+    text = None
+    for path in port.config_paths:
+        text = await port.file_text(path, default_branch)
+        if text is not None:
+            break
     try:
         return parse_repo_config(text), None
     except RepoConfigError as exc:
@@ -337,9 +341,7 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
     return await apply_decision(bosun, port, delivery_id, event, config, decision, permission)
 
 
-async def _reply_once(
-    bosun: JobContext, port: RepoPort, number: int, marker: str, body: str
-) -> bool:
+async def _reply_once(bosun: JobContext, port: Forge, number: int, marker: str, body: str) -> bool:
     """Post ``body`` on ``number`` unless a comment with ``marker`` is there already.
 
     A Redis claim closes the race between two deliveries processed at the same moment; the
@@ -357,7 +359,7 @@ async def _reply_once(
 
 async def apply_decision(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     delivery_id: str,
     event: ParsedEvent,
     config: RepoConfig,
@@ -418,7 +420,7 @@ async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason:
 
 
 async def _trusted_comments(
-    bosun: JobContext, port: RepoPort, number: int, config: RepoConfig
+    bosun: JobContext, port: Forge, number: int, config: RepoConfig
 ) -> list[PromptComment]:
     comments = await port.list_comments(number)
     bot_login = bosun.settings.github.bot_login
@@ -446,7 +448,7 @@ def run_workflow(settings: Settings, profile: str, config: RepoConfig) -> str:
 
 async def start_run(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     delivery_id: str,
     event: ParsedEvent,
     config: RepoConfig,

@@ -54,7 +54,7 @@ from bot.domain.review import (
     head_when_written,
 )
 from bot.domain.states import ACTIVE, RunState
-from bot.github.repo import RepoPort
+from bot.forge.port import Forge
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext
 from jobs.review.merge import complete_approval, waiting_note
@@ -91,7 +91,7 @@ class Origin:
 
 
 async def handle_commands(
-    bosun: JobContext, port: RepoPort, delivery_id: str, event: ParsedEvent, permission_of: Any
+    bosun: JobContext, port: Forge, delivery_id: str, event: ParsedEvent, permission_of: Any
 ) -> str:
     """Comments on an issue or PR that Bosun works on: run the one command they hold."""
     assert event.issue is not None and event.comment is not None and event.sender is not None
@@ -116,7 +116,7 @@ async def handle_commands(
 
 
 async def handle_button(
-    bosun: JobContext, port: RepoPort, delivery_id: str, event: ParsedEvent, permission_of: Any
+    bosun: JobContext, port: Forge, delivery_id: str, event: ParsedEvent, permission_of: Any
 ) -> str:
     assert event.check_run is not None and event.sender is not None
     identifier = (
@@ -143,7 +143,7 @@ async def handle_button(
 
 
 async def handle_review(
-    bosun: JobContext, port: RepoPort, delivery_id: str, event: ParsedEvent, permission_of: Any
+    bosun: JobContext, port: Forge, delivery_id: str, event: ParsedEvent, permission_of: Any
 ) -> str:
     assert event.review is not None and event.pull_request is not None
     found = await find_run(bosun, port.full_name, event.pull_request.number)
@@ -169,7 +169,7 @@ async def handle_review(
 
 async def execute_command(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     run: Run,
     task: Task,
     command: Command,
@@ -210,7 +210,7 @@ async def _already_decided(bosun: JobContext, delivery_id: str, run_id: str) -> 
 
 
 async def _resume(
-    bosun: JobContext, port: RepoPort, run_id: str, config: RepoConfig, origin: Origin
+    bosun: JobContext, port: Forge, run_id: str, config: RepoConfig, origin: Origin
 ) -> str:
     """A retried delivery whose decision is committed: finish what it left undone (an
     approved run's merge), never decide it twice."""
@@ -275,7 +275,7 @@ def _bounded(data: dict[str, Any]) -> dict[str, Any]:
 
 async def _commit(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     shot: RunSnapshot,
     task: Task,
     command: Command,
@@ -363,7 +363,7 @@ async def _commit(
 
 async def apply(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     shot: RunSnapshot,
     task: Task,
     command: Command,
@@ -405,6 +405,7 @@ async def apply(
         case Reject():
             note = f"Run `{run_id}` rejected by @{actor}."
             await port.create_comment(number, note)
+            await port.close_pull(number, delete_branch=config.branch.delete_on_reject)
         case RetryRun() | Resume():
             await signal_cancel(bosun, superseded, "superseded")
             assert follow_up is not None
@@ -452,7 +453,7 @@ async def _state(bosun: JobContext, run_id: str) -> RunState:
 
 async def _follow_up(
     session: AsyncSession,
-    port: RepoPort,
+    port: Forge,
     parent: Run,
     task: Task,
     actor: str,
@@ -499,7 +500,7 @@ async def _follow_up(
 
 
 async def trace_failed_delivery(
-    bosun: JobContext, port: RepoPort, event: ParsedEvent, delivery_id: str, error: str
+    bosun: JobContext, port: Forge, event: ParsedEvent, delivery_id: str, error: str
 ) -> bool:
     """A review delivery that finally failed: an ``error`` event on its run and a note in the
     status comment's review section, so nobody is left believing it was acted on."""

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from githubkit.exception import GitHubException
 from sqlalchemy import select, update
 
 from bot.db.models import Repository, Run, RunEvent
@@ -28,7 +27,15 @@ from bot.domain.limits import clip, listing
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import Approve, RunSnapshot, approval_status, merge_refusal, sha_matches
 from bot.domain.states import RunState
-from bot.github.repo import MergeOutcome, RepoPort
+from bot.forge.port import (
+    Conflict,
+    Forge,
+    ForgeError,
+    HeadMoved,
+    Merged,
+    MergeOutcome,
+    merge_reason,
+)
 from jobs.context import JobContext
 from jobs.review.push import sync_head
 from jobs.review.records import note_on_status, read_run, rewrite_manifest
@@ -87,7 +94,7 @@ def _at(login: str) -> str:
 
 
 async def complete_approval(
-    bosun: JobContext, port: RepoPort, run_id: str, config: RepoConfig, actor: str, number: int
+    bosun: JobContext, port: Forge, run_id: str, config: RepoConfig, actor: str, number: int
 ) -> None:
     """An ``approved`` run: unless on hold, keep only the approved files and merge (when
     ``merge.auto_merge``). The caller holds the run's lock; a run that is not ``approved``
@@ -118,7 +125,7 @@ async def complete_approval(
 
 async def _complete(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     run: Run,
     shot: RunSnapshot,
     config: RepoConfig,
@@ -164,8 +171,9 @@ async def _complete(
                 f"Kept only the approved files: reverted {listing(revert.reverted)} to the "
                 f"base in `{revert.commit[:12]}`.",
             )
-    if not config.merge.auto_merge or run.pr_number is None:
-        note = f"Approved by @{actor}; merging is left to you (`merge.auto_merge` is off)."
+    method = port.merge_method(config)
+    if method is None or run.pr_number is None:
+        note = f"Approved by @{actor}; merging is left to you (`{port.merge_setting}` is off)."
         await port.create_comment(number, note)
         await note_on_status(bosun, port, run, note)
         await rewrite_manifest(bosun, run.id, review)
@@ -179,12 +187,12 @@ async def _complete(
     if refusal is not None:
         await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
         return False
-    outcome = await _merge(port, run.pr_number, merge_sha, config.merge.method)
-    if outcome.merged:
+    outcome = await _merge(port, run.pr_number, merge_sha, method)
+    if isinstance(outcome, Merged):
         await _merged(bosun, run.id, actor, outcome.sha, merge_sha)
         review["merge"] = {
             "sha": outcome.sha,
-            "method": config.merge.method,
+            "method": method,
             "head_sha": merge_sha,
             "approved_sha": approved,
         }
@@ -196,37 +204,43 @@ async def _complete(
         )
         await rewrite_manifest(bosun, run.id, review)
         return False
-    if outcome.head_moved:
-        return await _head_moved(bosun, port, run, number, merge_sha, review)
+    if isinstance(outcome, HeadMoved):
+        return await _head_moved(bosun, port, run, number, merge_sha, review, outcome)
     conflicts: list[str] = []
-    if outcome.status == 405:
-        conflicts = await _conflicts(bosun, port, merge_sha, base_branch)
-    review["merge"] = {"failed": outcome.message, "status": outcome.status, "conflicts": conflicts}
+    if isinstance(outcome, Conflict):
+        conflicts = list(outcome.paths) or await _conflicts(bosun, port, merge_sha, base_branch)
+    review["merge"] = {
+        "failed": outcome.message,
+        "status": outcome.status,
+        "reason": merge_reason(outcome),
+        "conflicts": conflicts,
+    }
     if conflicts:
         why = (
             f"merging #{run.pr_number} into `{base_branch}` conflicts on {listing(conflicts)}. "
             "Update the branch (or `/retry` with instructions), then `/approve` again."
         )
     else:
-        why = f"merging #{run.pr_number} failed ({outcome.status}): {clip(outcome.message, 300)}"
+        code = f" ({outcome.status})" if outcome.status is not None else ""
+        why = f"merging #{run.pr_number} failed{code}: {clip(outcome.message, 300)}"
     await _back_to_review(bosun, port, run, number, why, review)
     return False
 
 
-async def _merge(port: RepoPort, pr: int, sha: str, method: str) -> MergeOutcome:
-    """Merge ``pr`` if its head is ``sha``. An answer lost on the way (GitHub failed after
-    retries, or says the PR is no longer mergeable) is settled by reading the PR."""
+async def _merge(port: Forge, pr: int, sha: str, method: str) -> MergeOutcome:
+    """Merge ``pr`` if its head is ``sha``. An answer lost on the way (the forge failed after
+    retries, or says the change is no longer mergeable) is settled by reading the change."""
     try:
         outcome = await port.merge_pull(pr, sha=sha, method=method)
-    except GitHubException:
+    except ForgeError:
         pull = await port.get_pull(pr)  # raises too: the delivery is retried and resumes
         if not (pull.merged and pull.head_sha == sha):
             raise
-        return MergeOutcome(True, None, "merged (the answer was lost)", 200)
-    if not outcome.merged and outcome.status == 405:
+        return Merged(None, "merged (the answer was lost)")
+    if isinstance(outcome, Conflict) and not outcome.paths:
         pull = await port.get_pull(pr)
         if pull.merged and pull.head_sha == sha:  # an earlier try of this merge went through
-            return MergeOutcome(True, None, "merged by an earlier try", 200)
+            return Merged(None, "merged by an earlier try")
     return outcome
 
 
@@ -257,14 +271,16 @@ async def _merged(
 
 async def _head_moved(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     run: Run,
     number: int,
     merge_sha: str,
     review: dict[str, Any],
+    outcome: HeadMoved,
 ) -> bool:
-    """GitHub refused the merge (409): the PR head is no longer ``merge_sha``. Adopt the new
-    head as a push would; merge again only if the approvals still cover it (same files)."""
+    """The forge refused the merge (GitHub: 409): the head is no longer ``merge_sha``. Adopt
+    the new head as a push would; merge again only if the approvals still cover it (same
+    files)."""
     assert run.pr_number is not None
     found = await read_run(bosun, run.id)
     if found is not None:
@@ -273,9 +289,9 @@ async def _head_moved(
     if found is not None and found[1].state is RunState.APPROVED:
         return True  # same files: the approvals follow the new head; merge there
     head = found[1].head_sha if found else None
-    review["merge"] = {"refused": "head moved", "status": 409, "head_sha": merge_sha}
+    review["merge"] = {"refused": "head moved", "status": outcome.status, "head_sha": merge_sha}
     why = (
-        f"GitHub refused to merge #{run.pr_number}: the branch moved from the approved "
+        f"{port.forge_name} refused to merge #{run.pr_number}: the branch moved from the approved "
         f"`{merge_sha[:12]}` to `{(head or 'another commit')[:12]}` before the merge. Nothing "
         "was merged; review the new commits and `/approve` again."
     )
@@ -309,7 +325,7 @@ def _partial(shot: RunSnapshot) -> bool:
 
 async def _revert(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     run: Run,
     shot: RunSnapshot,
     config: RepoConfig,
@@ -386,8 +402,9 @@ async def _set_head(bosun: JobContext, run: Run, sha: str) -> None:
     run.head_sha = sha
 
 
-async def _conflicts(bosun: JobContext, port: RepoPort, head: str, base_branch: str) -> list[str]:
-    """GitHub's 405 names no paths: compute them on the host with ``git merge-tree``."""
+async def _conflicts(bosun: JobContext, port: Forge, head: str, base_branch: str) -> list[str]:
+    """A conflict the forge names no paths for (GitHub's 405): compute them on the host with
+    ``git merge-tree``."""
     try:
         auth = await port.git_auth_header()
         async with scratch_clone(bosun.workspaces, port.full_name, port.clone_url(), auth) as c:
@@ -399,7 +416,7 @@ async def _conflicts(bosun: JobContext, port: RepoPort, head: str, base_branch: 
 
 async def _back_to_review(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     run: Run,
     number: int,
     why: str,

@@ -25,7 +25,7 @@ from bot.db.runlog import append_event, transition
 from bot.domain.payloads import ParsedEvent
 from bot.domain.review import REVIEWABLE, RunSnapshot, decide_push, sha_matches
 from bot.domain.states import RunState
-from bot.github.repo import RepoPort
+from bot.forge.port import Forge
 from jobs.context import JobContext
 from jobs.review.records import find_run, note_on_status, rewrite_manifest
 from jobs.review.step import claim, received_at, serialised
@@ -33,7 +33,7 @@ from jobs.review.step import claim, received_at, serialised
 log = structlog.get_logger("jobs.review.push")
 
 
-async def same_tree(port: RepoPort, old: str | None, new: str) -> tuple[bool, str | None]:
+async def same_tree(port: Forge, old: str | None, new: str) -> tuple[bool, str | None]:
     """Whether commits ``old`` and ``new`` hold the same tree, and the new tree's SHA. An
     unknown commit counts as a change (approvals are only kept when provably unchanged)."""
     new_tree = await port.commit_tree(new)
@@ -43,7 +43,7 @@ async def same_tree(port: RepoPort, old: str | None, new: str) -> tuple[bool, st
 
 
 async def handle_push(
-    bosun: JobContext, port: RepoPort, event: ParsedEvent, delivery_id: str = ""
+    bosun: JobContext, port: Forge, event: ParsedEvent, delivery_id: str = ""
 ) -> str:
     """Rebind approvals to a same-tree head, or invalidate them and send an approved run back
     to review; the status comment's review section says which."""
@@ -69,7 +69,7 @@ async def handle_push(
 
 async def sync_head(
     bosun: JobContext,
-    port: RepoPort,
+    port: Forge,
     shot: RunSnapshot,
     number: int,
     *,

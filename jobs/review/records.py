@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import structlog
-from githubkit.exception import GitHubException
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,7 +15,7 @@ from bot.db.artifacts import read_named, store_artifact
 from bot.db.models import Approval, CommandAudit, Repository, Run, Task
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import ApprovalSnapshot, RunSnapshot, review_section, with_review_section
-from bot.github.repo import RepoPort
+from bot.forge.port import Forge, ForgeError
 from bot.profiles import effective_profile
 from jobs.context import JobContext
 from jobs.run.manifest import with_review
@@ -209,7 +208,7 @@ async def rewrite_manifest(
     return True
 
 
-async def note_on_status(bosun: JobContext, port: RepoPort, run: Run, note: str) -> None:
+async def note_on_status(bosun: JobContext, port: Forge, run: Run, note: str) -> None:
     """Edit the review section of the task's status comment in place (approvals, and
     ``note``: what just happened). A GitHub failure here is logged, never raised."""
     async with bosun.services.sessions() as session:
@@ -224,5 +223,5 @@ async def note_on_status(bosun: JobContext, port: RepoPort, run: Run, note: str)
             return
         section = review_section(shot, note)
         await port.update_comment(task.status_comment_id, with_review_section(body, section))
-    except GitHubException as exc:
+    except ForgeError as exc:
         log.warning("status_note_failed", error=repr(exc)[:300])

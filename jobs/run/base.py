@@ -29,7 +29,7 @@ from bot.domain.repoconfig import RepoConfig
 from bot.domain.states import TERMINAL, RunState
 from bot.domain.status import RunView
 from bot.errors import BosunError
-from bot.github.repo import RepoPort
+from bot.forge.port import Forge
 from bot.profiles import ProfileConfig, effective_profile
 from jobs.admission.gate import Admission
 from jobs.context import JobContext
@@ -41,6 +41,7 @@ from jobs.run.phases import phases_for
 from jobs.run.reporter import StatusReporter
 from sandboxes.base import ExecResult, Sandbox
 from sandboxes.changes import Changes
+from sandboxes.localrepo import GitRemote
 from sandboxes.workspace import Workspace
 
 log = structlog.get_logger("jobs.run.pipeline")
@@ -81,9 +82,7 @@ class RunBase:
         server = self.settings.agent_profiles().get(self.run.profile) or ProfileConfig()
         self.profile, self.narrowed = effective_profile(self.run.profile, server, self.config)
         self.events = EventWriter(self.sessions, self.run.id, on_flushed=self.publish)
-        self.port: RepoPort = bosun.repo(
-            self.repository.installation_id or 0, self.repository.full_name
-        )
+        self.port: Forge = bosun.forge(self.repository)
         self.view = RunView(
             run_id=self.run.id,
             state=self.run.state,
@@ -192,10 +191,8 @@ class RunBase:
                 content_type=content_type,
             )
 
-    def _remote_url(self) -> str:
-        if self.repository.local_path:
-            return self.repository.local_path
-        return f"{self.settings.github.web_url.rstrip('/')}/{self.repository.full_name}.git"
+    def _remote_url(self) -> GitRemote:
+        return self.port.clone_url()
 
     async def _save_cost(self) -> None:
         assert self.gateway is not None

@@ -36,6 +36,7 @@ from jobs.run.base import (
 )
 from jobs.run.publish import PublishSteps
 from sandboxes.errors import SandboxError
+from sandboxes.localrepo import LocalRepoError
 from sandboxes.spec import BindMount, SandboxSpec
 
 log = structlog.get_logger("jobs.run.pipeline")
@@ -112,9 +113,7 @@ class RunExecution(AgentSteps, PublishSteps):
             return None
         outcome = await self.admission.enter()
         if isinstance(outcome, Waiting):
-            await self.admission.show(
-                outcome, self.view, self.reporter, port=self.port, remote_url=self._remote_url()
-            )
+            await self.admission.show(outcome, self.view, self.reporter, port=self.port)
             await self.admission.not_a_try()
             raise Retry(defer=outcome.defer)
         self.admission.adopt_check_run(self.reporter)
@@ -261,6 +260,8 @@ class RunExecution(AgentSteps, PublishSteps):
                 owner=owner,
                 continue_branch=continue_branch,
             )
+        except LocalRepoError as exc:  # Bosun's own words: the path and what is wrong with it
+            raise StepFailed(f"the local repository cannot be used: {exc}") from exc
         except SandboxError as exc:
             raise StepFailed(
                 "could not fetch and check out the repository; the detail is in the run's "

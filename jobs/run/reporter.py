@@ -11,29 +11,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import replace
 
 import structlog
 
 from bot.domain.annotations import BATCH
-from bot.domain.status import STATUS_MARKER, RunView, check_run_fields, status_comment
-from bot.github.repo import RepoPort
+from bot.domain.states import RunState
+from bot.domain.status import (
+    STATUS_MARKER,
+    CheckAction,
+    CheckRunUpdate,
+    RunView,
+    check_run_update,
+    status_comment,
+)
+from bot.forge.port import Forge
 
 log = structlog.get_logger("jobs.run.reporter")
 
 Persist = Callable[[dict[str, int]], Awaitable[None]]
 
-ACTIONS_REVIEW = [
-    {"label": "Approve", "description": "Approve this change", "identifier": "approve"},
-    {"label": "Retry", "description": "Run the agent again", "identifier": "retry"},
-]
-ACTIONS_ACTIVE = [{"label": "Cancel", "description": "Cancel this run", "identifier": "cancel"}]
+ACTIONS_REVIEW = (
+    CheckAction("Approve", "Approve this change", "approve"),
+    CheckAction("Retry", "Run the agent again", "retry"),
+)
+ACTIONS_ACTIVE = (CheckAction("Cancel", "Cancel this run", "cancel"),)
 
 
 class StatusReporter:
     def __init__(
         self,
-        port: RepoPort,
+        port: Forge,
         view: RunView,
         *,
         check_run_id: int | None,
@@ -89,9 +97,7 @@ class StatusReporter:
             if not self._dirty.is_set():
                 self._idle.set()
 
-    def _actions(self) -> list[dict[str, str]]:
-        from bot.domain.states import RunState
-
+    def _actions(self) -> tuple[CheckAction, ...]:
         if self.view.state is RunState.REVIEW_READY:
             return ACTIONS_REVIEW
         if self.view.state in (
@@ -101,7 +107,7 @@ class StatusReporter:
             RunState.GATES,
         ):
             return ACTIONS_ACTIVE
-        return []
+        return ()
 
     async def _apply(self) -> None:
         view = self.view
@@ -117,30 +123,29 @@ class StatusReporter:
         sha = view.head_sha if view.pr_number else (view.head_sha or view.base_sha)
         if sha is None:
             return
-        fields: dict[str, Any] = check_run_fields(view, actions=self._actions())
+        update = check_run_update(view, actions=self._actions())
         if self.check_run_id is not None and self.check_sha != sha:
             # The run moved to a new head: close the old check run and open one on the head.
-            old: dict[str, Any] = {
-                "status": "completed",
-                "conclusion": "neutral",
-                "output": {
-                    "title": "Bosun: moved",
-                    "summary": f"This run continues on `{sha[:12]}`.",
-                },
-            }
-            await self.port.update_check_run(self.check_run_id, old)
+            moved = CheckRunUpdate(
+                title="Bosun: moved",
+                summary=f"This run continues on `{sha[:12]}`.",
+                status="completed",
+                conclusion="neutral",
+                name=None,
+            )
+            await self.port.update_check_run(self.check_run_id, moved)
             self.check_run_id = None
-        batch: list[dict[str, Any]] = []
+        batch = []
         if view.pr_number:  # annotations belong on the PR head's check run, never the base's
             batch = view.annotations[self.annotated : self.annotated + BATCH]
             if batch:
-                fields["output"]["annotations"] = batch
+                update = replace(update, annotations=tuple(batch))
         if self.check_run_id is None:
-            self.check_run_id = await self.port.create_check_run(sha, fields)
+            self.check_run_id = await self.port.create_check_run(sha, update)
             self.check_sha = sha
             await self._persist({"check_run_id": self.check_run_id})
         else:
-            await self.port.update_check_run(self.check_run_id, fields)
+            await self.port.update_check_run(self.check_run_id, update)
         self.annotated += len(batch)
         if self.annotated < len(view.annotations) and view.pr_number:
             self._dirty.set()  # GitHub takes 50 per request: the next batch in another update

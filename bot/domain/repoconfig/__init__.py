@@ -20,6 +20,7 @@ from bot.domain.repoconfig.load import (
 )
 from bot.domain.repoconfig.model import (
     CONFIG_PATH,
+    LOCAL_CONFIG_PATH,
     PERMISSION_RANK,
     PROTECTED_PATHS,
     ApprovalConfig,
@@ -38,6 +39,7 @@ from bot.domain.repoconfig.narrow import NarrowedProfile, ProfileLimits, narrow_
 
 __all__ = [
     "CONFIG_PATH",
+    "LOCAL_CONFIG_PATH",
     "PERMISSION_RANK",
     "PROTECTED_PATHS",
     "ApprovalConfig",

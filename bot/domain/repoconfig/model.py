@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 CONFIG_PATH = ".github/bosun.yml"
-PROTECTED_PATHS: tuple[str, ...] = (".github/workflows/**", ".github/bosun.yml")
+LOCAL_CONFIG_PATH = ".bosun.yml"
+"""Read when a local repository has no ``CONFIG_PATH`` (GitHub repositories use only that)."""
+PROTECTED_PATHS: tuple[str, ...] = (".github/workflows/**", ".github/bosun.yml", "/.bosun.yml")
 """Globs the agent may never change unless the server lifts the protection."""
 
 Workflow = Literal["implement", "plan", "plan_implement", "plan_implement_test"]
@@ -223,6 +225,13 @@ class MergeConfig(_Strict):
     method: Literal["merge", "squash", "rebase"] = Field(
         default="squash", description="Merge method when Bosun merges."
     )
+    local: Literal["merge", "fast_forward", "off"] = Field(
+        default="merge",
+        description="What an approval does in a local repository (GitHub repositories follow "
+        "`auto_merge` and `method`): `merge` makes a merge commit on the default branch, "
+        "`fast_forward` moves the default branch to the run's head when it has not moved "
+        "(else a merge commit), `off` leaves the approved branch for you to merge.",
+    )
 
 
 class BranchConfig(_Strict):
@@ -236,6 +245,11 @@ class BranchConfig(_Strict):
     )
     draft_until_gates_pass: bool = Field(
         default=True, description="Open pull requests as drafts until the gates pass."
+    )
+    delete_on_reject: bool = Field(
+        default=False,
+        description="Local repositories: delete the run's branch when its run is rejected or "
+        "cancelled (never while a working copy has it checked out).",
     )
 
 
