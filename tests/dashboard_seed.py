@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import insert
+
 from bot.db.artifacts import artifact_store, store_artifact
 from bot.db.engine import SessionFactory
 from bot.db.models import Installation, Repository, Run, RunEvent, Task
@@ -46,9 +48,12 @@ async def seed(
     diff_files: dict[str, int] | None = None,
     repo: str = REPO,
     private: bool = False,
+    states: list[RunState] | None = None,
 ) -> Seeded:
+    """``runs`` runs (their states cycling through ``states``), ``events_per_run`` events each;
+    the first run review-ready with a diff of ``diff_files`` (path → added lines)."""
     now = datetime.now(UTC)
-    states = [
+    states = states or [
         RunState.REVIEW_READY,
         RunState.RUNNING,
         RunState.FAILED,
@@ -99,19 +104,20 @@ async def seed(
                 )
             )
             await session.flush()
-            session.add_all(
+            await session.execute(
+                insert(RunEvent),
                 [
-                    RunEvent(
-                        run_id=run_id,
-                        seq=seq,
-                        kind="log" if seq > 2 else "status",
-                        data={"line": f"\x1b[32mline {seq}\x1b[0m of run {n}", "stream": "agent"}
+                    {
+                        "run_id": run_id,
+                        "seq": seq,
+                        "kind": "log" if seq > 2 else "status",
+                        "data": {"line": f"\x1b[32mline {seq}\x1b[0m of run {n}", "stream": "agent"}
                         if seq > 2
                         else {"from": "queued", "to": "preparing", "actor": "bosun"},
-                        created_at=created + timedelta(seconds=seq),
-                    )
+                        "created_at": created + timedelta(seconds=seq),
+                    }
                     for seq in range(1, events_per_run + 1)
-                ]
+                ],
             )
             ids.append(run_id)
         review = ids[0]

@@ -76,7 +76,8 @@ async def dash(settings: Settings) -> AsyncIterator[Dash]:
     await upgrade(engine)
     await engine.dispose()
     services = Services.build(settings)
-    seeded = await seed(services.sessions, settings)
+    files = {"README.md": 3, "src/feature.py": 2, "notes.txt": 1, "big.txt": 4000}
+    seeded = await seed(services.sessions, settings, diff_files=files)
     app = create_app(settings)  # its own clients: the test client serves it from another loop
     try:
         async with AsyncTestClient(app, base_url="http://127.0.0.1:8000") as client:
@@ -164,6 +165,14 @@ async def test_the_diff_lists_files_and_loads_each_on_demand(dash: Dash) -> None
         f"/runs/{run}/diff/file", params={"file": "README.md", "view": "split"}
     )
     assert 'class="diff split"' in split.text
+    big = await dash.client.get(f"/runs/{run}/diff/file", params={"file": "big.txt"})
+    # 1,500 rows at a time: the mode line and the hunk header, then lines 0-1497
+    assert "line 1497 of big.txt" in big.text and "line 1498 of big.txt" not in big.text
+    assert "Show the next 1500 of 2502 more lines" in big.text
+    rest = await dash.client.get(
+        f"/runs/{run}/diff/file", params={"file": "big.txt", "start": 3000}
+    )
+    assert "line 3999 of big.txt" in rest.text and "Show the next" not in rest.text
     missing = await dash.client.get(f"/runs/{run}/diff/file", params={"file": "nope"})
     assert missing.status_code == 404
 

@@ -138,7 +138,7 @@ def test_label_to_partial_merge_in_the_browser(browser: Any, dash_stack: BosunSt
     link.wait_for(timeout=30_000)
     (run,) = stack.runs()
     run_id = str(run["id"])
-    shot(page, "fleet")
+    shot(page, "fleet-live")
     link.click()
     page.wait_for_url(f"{stack.url}/runs/{run_id}")
     page.wait_for_selector("#log .line:has-text('tick 3')", timeout=60_000)
@@ -244,7 +244,7 @@ def test_read_users_forged_posts_and_accessibility(browser: Any, dash_stack: Bos
         assert violations == [], (name, violations)
         badges = page.locator(".badge").all_inner_texts()
         assert all(text.strip() for text in badges), (name, badges)  # words, not colour
-        if name in ("board", "repositories", "run-summary"):
+        if name in ("fleet", "board", "repositories", "run-summary", "run-gates"):
             shot(page, name)
     page.goto(stack.url + "/login")  # signed in: still renders
     page.add_script_tag(path=str(AXE))

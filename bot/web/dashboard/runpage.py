@@ -48,6 +48,8 @@ LOG_KINDS = ("log", "message", "tool", "error", "status", "gate_result", "policy
 LOG_TAIL = 1500
 GATE_TAIL = 64 * 1024
 ACTION_WAIT = 10.0
+CHUNK_ROWS = 1500
+"""Rows of one file's diff sent at a time."""
 
 
 def services_of(request: AnyRequest) -> Services:
@@ -82,13 +84,16 @@ def line_of(event: RunEvent | dict[str, Any]) -> dict[str, Any] | None:
         text, stream = f"error: {data.get('message') or data.get('error') or data}", "error"
     elif kind == "status":
         reason = f" ({data['reason']})" if data.get("reason") else ""
-        text, stream = f"state: {data.get('from', '?')} → {data.get('to', '?')}{reason}", "bosun"
+        moved = f"{data['from']} → " if data.get("from") else ""
+        text, stream = f"state: {moved}{data.get('to', '?')}{reason}", "bosun"
     elif kind == "gate_result":
         verdict = "passed" if data.get("passed") else "FAILED"
         text, stream = f"gate {data.get('name', '')}: {verdict}", "bosun"
     elif kind == "policy":
         text, stream = f"policy {data.get('rule', '')}: {data.get('decision', '')}", "bosun"
     else:
+        return None
+    if not text.strip():
         return None
     return {"seq": seq, "kind": kind, "stream": stream, "text": text[:20_000]}
 
@@ -255,7 +260,10 @@ class RunPages(Controller):
         run_id: FromPath[str],
         file: FromQuery[str],
         view: FromQuery[str] = "unified",
+        start: FromQuery[int] = 0,
     ) -> Template:
+        """One file's rows, ``CHUNK_ROWS`` at a time (a button loads the next part), so even a
+        file of tens of thousands of lines never blocks the page for long."""
         await self._context_light(request, run_id)
         cache: DiffCache = request.app.state.dashboard_diffs
         text, files = await cache.get(services_of(request), run_id)
@@ -263,8 +271,21 @@ class RunPages(Controller):
         if patch is None:
             raise NotFoundException(f"{file} is not in this run's diff")
         rendered = rows_of(text[patch.start : patch.end])
+        start = max(0, start)
+        end = start + CHUNK_ROWS
+        total = len(rendered.rows)
+        rendered.rows = rendered.rows[start:end]
         split = side_by_side(rendered.rows) if view == "split" else None
-        return fragment("diff_file.html", path=file, rendered=rendered, split=split)
+        return fragment(
+            "diff_file.html",
+            path=file,
+            rendered=rendered,
+            split=split,
+            run_id=run_id,
+            view=view,
+            more=end if end < total else None,
+            left=max(0, total - end),
+        )
 
     async def _context_light(self, request: AnyRequest, run_id: str) -> None:
         access = access_of(request)
