@@ -5,12 +5,15 @@ from GitHub, cached briefly and signed), and the actions a run's state allows
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import structlog
 from githubkit.exception import GitHubException
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.appcreds import load_stored, with_stored
 from bot.db.models import Repository
 from bot.domain.review.model import RETRYABLE, REVIEWABLE
 from bot.domain.states import ACTIVE, TERMINAL, RunState
@@ -33,6 +36,18 @@ class Access:
         self.services = services
         self._app: GitHubApp | None = None
 
+    async def effective(self) -> Settings:
+        """The settings with an App registered at ``/setup`` filled in where the environment
+        configures none (looked up until there is one)."""
+        github = self.settings.github
+        if github.app_id is None and not github.private_key_pem():
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                self.settings = with_stored(
+                    self.settings, await load_stored(self.services.sessions)
+                )
+                self._app = None
+        return self.settings
+
     def github_app(self) -> GitHubApp:
         if self._app is None:
             gh = self.settings.github
@@ -54,6 +69,7 @@ class Access:
             return "none"
         if repository.local_path or repository.installation_id is None:
             return "read"  # local projects: only the admin acts on them from the dashboard
+        await self.effective()
         port = GitHubRepo(self.github_app(), repository.installation_id, repository.full_name)
         try:
             return await cached_permission(self.settings, self.services.redis, port, viewer.login)

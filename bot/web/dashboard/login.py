@@ -25,9 +25,11 @@ from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot.services import Services
 from bot.settings import Settings
+from bot.web.dashboard.access import Access
 from bot.web.dashboard.render import flash, page
 from bot.web.dashboard.security import csrf_checked, session_dict, start_session
 
@@ -55,7 +57,7 @@ async def print_admin_link(settings: Settings) -> str | None:
     client = Redis.from_url(settings.redis.url, password=settings.redis.password_value())
     try:
         link = await issue_admin_link(settings, client)
-    except (OSError, ConnectionError) as exc:
+    except (RedisError, OSError) as exc:
         log.warning("admin_link_not_issued", error=str(exc)[:200])
         return None
     finally:
@@ -65,9 +67,11 @@ async def print_admin_link(settings: Settings) -> str | None:
     return link
 
 
-def _settings(request: AnyRequest) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+async def _settings(request: AnyRequest) -> Settings:
+    """The settings, with the OAuth client of an App registered at ``/setup`` when the
+    environment names none."""
+    access: Access = request.app.state.dashboard_access
+    return await access.effective()
 
 
 def _safe_next(value: str | None) -> str:
@@ -81,9 +85,9 @@ def github_configured(settings: Settings) -> bool:
     return bool(settings.github.client_id and settings.github.client_secret)
 
 
-@get("/login", name="dashboard:login", sync_to_thread=False)
-def login_page(request: AnyRequest, next: FromQuery[str | None] = None) -> Template:
-    settings = _settings(request)
+@get("/login", name="dashboard:login")
+async def login_page(request: AnyRequest, next: FromQuery[str | None] = None) -> Template:
+    settings = await _settings(request)
     return page(
         request,
         "login.html",
@@ -92,9 +96,9 @@ def login_page(request: AnyRequest, next: FromQuery[str | None] = None) -> Templ
     )
 
 
-@get("/login/github", name="dashboard:login-github", sync_to_thread=False)
-def login_github(request: AnyRequest, next: FromQuery[str | None] = None) -> Redirect:
-    settings = _settings(request)
+@get("/login/github", name="dashboard:login-github")
+async def login_github(request: AnyRequest, next: FromQuery[str | None] = None) -> Redirect:
+    settings = await _settings(request)
     if not github_configured(settings):
         flash(request, "error", "Sign-in with GitHub needs the App's OAuth client id and secret.")
         return Redirect("/login")
@@ -120,7 +124,7 @@ async def login_callback(
     oauth_state: Annotated[str, QueryParameter(name="state")] = "",
     error: FromQuery[str] = "",
 ) -> Redirect:
-    settings = _settings(request)
+    settings = await _settings(request)
     session = session_dict(request)
     expected = session.pop("oauth_state", None)
     target = _safe_next(session.pop("oauth_next", "/"))
@@ -185,7 +189,7 @@ def login_once_page(request: AnyRequest, token: FromQuery[str] = "") -> Template
 async def login_once(request: AnyRequest) -> Redirect:
     form = await request.form()
     token = str(form.get("token", ""))
-    settings = _settings(request)
+    settings = await _settings(request)
     services: Services = request.app.state.services
     login = None
     if token:
