@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -64,11 +66,14 @@ ROUTES = {
     ("POST", f"{API}/runs/{{run_id}}/budget"),
     ("POST", f"{API}/runs/{{run_id}}/resume"),
     ("GET", f"{API}/repositories"),
+    ("POST", f"{API}/repositories"),
     ("GET", f"{API}/repositories/{{owner}}/{{name}}"),
     ("PATCH", f"{API}/repositories/{{owner}}/{{name}}"),
     ("GET", f"{API}/profiles"),
     ("GET", f"{API}/tasks"),
     ("GET", f"{API}/tasks/{{task_id}}"),
+    ("POST", f"{API}/tasks"),
+    ("PATCH", f"{API}/tasks/{{task_id}}"),
     ("GET", f"{API}/audit"),
     ("GET", f"{API}/tokens"),
     ("POST", f"{API}/tokens"),
@@ -83,8 +88,12 @@ ROUTES = {
 
 def scope_of(method: str, path: str) -> str:
     """The scope a route needs (the ``opt`` of its controller or handler)."""
-    if path.startswith((f"{API}/tokens", f"{API}/webhooks")) or method == "PATCH":
+    if path.startswith((f"{API}/tokens", f"{API}/webhooks")):
         return "admin"
+    if (method, path) == ("POST", f"{API}/repositories"):
+        return "admin"
+    if method == "PATCH":
+        return "operate" if path.startswith(f"{API}/tasks") else "admin"
     return "operate" if method == "POST" else "read"
 
 
@@ -223,8 +232,16 @@ class Call:
         return http.request(self.method, url, params=self.params, json=self.json)
 
 
-def test_every_route_answers_as_documented(bosun: Bosun) -> None:
+def test_every_route_answers_as_documented(bosun: Bosun, tmp_path: Path) -> None:
     stack, doc = bosun.stack, bosun.doc
+    local = tmp_path / "described"
+    local.mkdir()
+    for argv in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "start"]):
+        subprocess.run(
+            ["git", "-c", "user.name=u", "-c", "user.email=u@example.invalid", *argv],
+            cwd=local,
+            check=True,
+        )
     assert routes_of(doc) == ROUTES, "a route was added or removed: add it to ROUTES and below"
     first = ready_run(stack, "Described")
     second = ready_run(stack, "Retried")
@@ -262,6 +279,7 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
         ),
         Call("DELETE", f"{API}/tokens/{{name}}", {"name": "described"}),
         Call("PATCH", f"{API}/repositories/{{owner}}/{{name}}", repo, json={"enabled": True}),
+        Call("POST", f"{API}/repositories", json={"path": str(local)}, expect=201),
         Call("GET", f"{API}/webhooks"),
         Call("POST", f"{API}/webhooks", json={**hook, "name": "second"}, expect=201),
         Call("GET", f"{API}/webhooks/{{webhook_id}}", webhook),
@@ -270,7 +288,16 @@ def test_every_route_answers_as_documented(bosun: Bosun) -> None:
     ]
     # Decided by the worker as the comment commands are, in an order where each is allowed or
     # refused by the run's state (409); wait=0 answers 202 before the worker has decided.
+    local_task = {"repository": "local/described", "title": "Described", "focus": ["src/**"]}
     actions = [
+        Call("POST", f"{API}/tasks", json=local_task, expect=201),
+        Call(
+            "PATCH",
+            f"{API}/tasks/{{task_id}}",
+            {"task_id": task_id + 10_000},
+            json={"priority": 3},
+            expect=404,
+        ),
         Call("POST", f"{API}/runs/{{run_id}}/hold", run, params={"wait": 0}, expect=202),
         Call("POST", f"{API}/runs/{{run_id}}/unhold", run, params={"wait": 10}),
         Call("POST", f"{API}/runs/{{run_id}}/budget", run, json={"add_usd": 2.5}),

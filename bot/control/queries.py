@@ -500,12 +500,24 @@ class RunStore:
                 select(Run).where(Run.task_id == task.id).order_by(Run.id.desc()).limit(1)
             )
         ).scalar_one_or_none()
+        local = (
+            await session.execute(
+                select(Repository.local_path).where(Repository.id == task.repository_id)
+            )
+        ).scalar_one_or_none()
         return TaskOut(
             id=task.id,
             repository=repo,
+            kind="local" if local else "issue",
             issue_number=task.issue_number,
             title=task.title,
             body=task.body,
+            acceptance=[str(item) for item in task.acceptance or ()],
+            labels=[str(label) for label in task.labels or ()],
+            priority=task.priority or 0,
+            focus=[str(path) for path in task.focus or ()],
+            profile=task.profile,
+            state="closed" if task.state == "closed" else "open",
             pr_number=task.pr_number,
             branch=task.branch,
             last_run=summary(last, repo, task) if last is not None else None,

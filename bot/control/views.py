@@ -188,9 +188,20 @@ class ProfileOut(_View):
 class TaskOut(_View):
     id: int
     repository: str
-    issue_number: int | None
+    kind: Literal["issue", "local"] = Field(
+        default="issue", description="An issue of a GitHub repository, or a local task."
+    )
+    issue_number: int | None = Field(
+        description="The issue's number; a local task's number in its repository (`#N`)."
+    )
     title: str
     body: str
+    acceptance: list[str] = Field(default_factory=list, description="A local task's checklist.")
+    labels: list[str] = Field(default_factory=list)
+    priority: int = 0
+    focus: list[str] = Field(default_factory=list, description="A local task's focus paths.")
+    profile: str | None = Field(default=None, description="The profile its runs use by default.")
+    state: Literal["open", "closed"] = "open"
     pr_number: int | None
     branch: str | None
     last_run: RunSummary | None

@@ -155,10 +155,11 @@ def emit(data: Any, fmt: str) -> None:
 
 
 from bot.entrypoints.cli_config import validate as _config_validate  # noqa: E402 -- needs `main` above
+from bot.entrypoints.cli_local import COMMANDS as _LOCAL_COMMANDS  # noqa: E402
 from bot.entrypoints.cli_runs import COMMANDS as _API_COMMANDS  # noqa: E402
 from bot.entrypoints.cli_tokens import token as _token  # noqa: E402
 
-for _command in (*_API_COMMANDS, _token):
+for _command in (*_API_COMMANDS, *_LOCAL_COMMANDS, _token):
     main.add_command(_command)
 config.add_command(_config_validate)
 

@@ -243,6 +243,10 @@ def api_command(func: Callable[Concatenate[Api, str, P], R]) -> Callable[..., R]
         url: str, token: str | None, timeout: float, fmt: str, *args: P.args, **kwargs: P.kwargs
     ) -> R:
         if not token:
+            from bot.entrypoints.localtoken import read_local_token
+
+            token = read_local_token()  # on the Bosun host: the token `bosun up` wrote
+        if not token:
             raise click.UsageError(f"no API token: {CREATE_HINT}.")
         api = Api(url, token, timeout=timeout)
         try:

@@ -195,8 +195,30 @@ def diff(api: Api, fmt: str, run_id: str, stat: bool) -> None:
 @click.argument("what", metavar="OWNER/NAME#ISSUE")
 @click.option("--profile", help="Agent profile (`bosun profiles`); default: the repository's.")
 @click.option("--instructions", default="", help="Added to the agent's prompt.")
-def start(api: Api, fmt: str, what: str, profile: str | None, instructions: str) -> None:
-    """Start a run on an issue, decided by the rules a `bosun` label meets."""
+@click.option(
+    "--approve",
+    "approve_when_ready",
+    is_flag=True,
+    help="Wait until the run is ready for review, then approve it (and wait for the merge). "
+    "For trying Bosun out: it approves what you have not read.",
+)
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(1, 86400),
+    default=1800,
+    show_default=True,
+    help="Seconds --approve waits for each step.",
+)
+def start(
+    api: Api,
+    fmt: str,
+    what: str,
+    profile: str | None,
+    instructions: str,
+    approve_when_ready: bool,
+    wait_timeout: float,
+) -> None:
+    """Start a run on an issue or a local task, decided by the rules a `bosun` label meets."""
     match = _TARGET.match(what)
     if match is None:
         raise click.BadParameter(f"{what!r} is not like octo/hello#12", param_hint="TARGET")
@@ -217,10 +239,43 @@ def start(api: Api, fmt: str, what: str, profile: str | None, instructions: str)
             )
         return
     run = api.parse(response, RunSummary)
+    if approve_when_ready:
+        click.echo(f"started {run.id} on {target(run)} (profile {run.profile})", err=True)
+        run = _approve_when_ready(api, run.id, wait_timeout)
     if fmt == "json":
         emit_json(run)
+    elif approve_when_ready:
+        click.echo(f"{run.id} {state_of(run)}" + (f": {run.reason}" if run.reason else ""))
     else:
         click.echo(f"started {run.id} on {target(run)} (profile {run.profile}): {run.state}")
+    if approve_when_ready and run.state != "merged":
+        raise click.exceptions.Exit(REFUSED if run.state in IDLE else 1)
+
+
+def _wait_for(api: Api, run_id: str, done: frozenset[str], timeout: float) -> RunSummary:
+    """Poll the run until its state is in ``done`` or it ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api.get(run_path(run_id), RunSummary)
+        if run.state in done or run.terminal:
+            return run
+        if time.monotonic() > deadline:
+            raise CliError(f"{run_id} is still {run.state} after {timeout:.0f}s")
+        time.sleep(1.0)
+
+
+def _approve_when_ready(api: Api, run_id: str, timeout: float) -> RunSummary:
+    run = _wait_for(api, run_id, IDLE, timeout)
+    if run.state not in IDLE:
+        return run
+    diff = api.get(run_path(run_id, "diff"), DiffOut, max_bytes=0)
+    click.echo(diff_stat(diff), err=True)
+    action = api.post(run_path(run_id, "approve"), {"sha": run.head_sha, "paths": []}, ActionOut)
+    click.echo(action_text(action), err=True)
+    if action.outcome == "refused":
+        return api.get(run_path(run_id), RunSummary)
+    # Accepted: the run is approved (merging) or still in review (more approvals needed).
+    return _wait_for(api, run_id, frozenset(STATES) - {"approved"}, timeout)
 
 
 def _act(api: Api, fmt: str, run_id: str, command: str, body: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
 from bot.entrypoints.localredis import ensure_redis
+from bot.entrypoints.localtoken import write_local_token
 from bot.settings import Settings
 from bot.web.app import create_app
 from bot.web.dashboard.login import print_admin_link
@@ -38,6 +39,7 @@ async def run_all(settings: Settings, *, host: str, port: int) -> None:
         finally:
             await engine.dispose()
         log.info("database_ready", revision=revision)
+        await write_local_token(settings)  # `bosun` commands on this host need no --token
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(settings), host=host, port=port, log_config=None, access_log=False

@@ -227,6 +227,10 @@ async def _start_task(
             f"the repository's config on {repository.default_branch} is invalid: {config_error}",
             None,
         )
+    if "allow_self_approval" not in config.approval.model_fields_set:
+        # One person usually both asks for and reviews a local repository's runs.
+        approval = config.approval.model_copy(update={"allow_self_approval": True})
+        config = config.model_copy(update={"approval": approval})
     async with bosun.services.sessions() as session:
         task = (
             await session.execute(

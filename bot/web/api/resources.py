@@ -1,15 +1,17 @@
-"""``/api/v1``: repositories, profiles, tasks, the command audit and API tokens."""
+"""``/api/v1``: repositories (GitHub's, and local ones added here), profiles, tasks (issues, and
+local tasks created here), the command audit and API tokens."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, Parameter, QueryParameter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from sqlalchemy import func, select
 
+from bot.control.local import TaskFields, add_repository, add_task, update_task
 from bot.control.queries import RunStore, profile_out, repository_out
 from bot.control.tokens import (
     DURATION_PATTERN,
@@ -32,6 +34,8 @@ from bot.web.api.problems import problem_responses
 Cursor = Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page.")]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Items per page (at most 200).")]
 OwnerName = Annotated[str, StringConstraints(pattern=REPO_PATTERN)]
+LOCAL_NAME = r"^([A-Za-z0-9_.-]{1,100}/)?[A-Za-z0-9_.-]{1,100}$"
+BRANCH = r"^[^\x00-\x20\x7f~^:?*\[\\]+$"
 MAX_ID = 2**31 - 1
 """The largest id, issue or sequence number the database holds (a 32-bit integer column)."""
 
@@ -67,6 +71,107 @@ class RepositoryPatch(Body):
     enabled: bool = Field(description="Whether Bosun may start runs on the repository.")
 
 
+class LocalRepositoryIn(Body):
+    path: Annotated[str, StringConstraints(pattern=r"^/[^\x00]*$", max_length=4096)] = Field(
+        description="The repository's absolute path on the Bosun host (a working copy's top "
+        "folder, or a bare repository)."
+    )
+    name: Annotated[str, StringConstraints(pattern=LOCAL_NAME)] | None = Field(
+        default=None,
+        description="NAME or OWNER/NAME (letters, digits, `._-`); default: `local/<folder name>`.",
+        json_schema_extra={"oneOf": [{"type": "string", "pattern": LOCAL_NAME}, {"type": "null"}]},
+    )
+    default_branch: Annotated[str, StringConstraints(pattern=BRANCH, max_length=255)] | None = (
+        Field(
+            default=None,
+            description="The branch approvals merge into; default: `main`, `master` or `trunk`, "
+            "else the branch HEAD names.",
+            json_schema_extra={
+                "oneOf": [{"type": "string", "pattern": BRANCH, "maxLength": 255}, {"type": "null"}]
+            },
+        )
+    )
+
+
+TEXT = r"^[^\x00]*$"
+SHORT = r"^[^\x00]*\S[^\x00]*$"
+GLOB = r"^[^,\r\n\x00]*[^\s,\x00][^,\r\n\x00]*$"
+LABEL = r"^[^\x00\r\n]+$"
+Text = Annotated[str, StringConstraints(pattern=TEXT, max_length=60_000)]
+Short = Annotated[str, StringConstraints(pattern=SHORT, max_length=500)]
+Glob = Annotated[str, StringConstraints(pattern=GLOB, max_length=500)]
+Label = Annotated[str, StringConstraints(pattern=LABEL, max_length=100)]
+ProfileName = Annotated[str, StringConstraints(pattern=TEXT, max_length=128)]
+
+
+def _string(pattern: str, max_length: int) -> dict[str, Any]:
+    return {"type": "string", "pattern": pattern, "maxLength": max_length}
+
+
+def _items(pattern: str, max_length: int) -> dict[str, Any]:
+    """Litestar drops the constraints of list items and optional fields from the document:
+    they are written out here."""
+    return {"items": _string(pattern, max_length), "maxItems": 50}
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+class TaskIn(Body):
+    repository: OwnerName = Field(description="The local repository, OWNER/NAME.")
+    title: Short
+    body: Text = ""
+    acceptance: list[Short] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Acceptance criteria, one per item.",
+        json_schema_extra=_items(SHORT, 500),
+    )
+    labels: list[Label] = Field(
+        default_factory=list, max_length=50, json_schema_extra=_items(LABEL, 100)
+    )
+    priority: JsonInt = Field(default=0, ge=-1000, le=1000, description="Higher first.")
+    focus: list[Glob] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Paths or globs the run works on (runs with overlapping focus wait).",
+        json_schema_extra=_items(GLOB, 500),
+    )
+    profile: ProfileName | None = Field(
+        default=None,
+        description="The profile its runs use unless a start names another.",
+        json_schema_extra=_optional(_string(TEXT, 128)),
+    )
+
+
+class TaskPatch(Body):
+    title: Short | None = Field(default=None, json_schema_extra=_optional(_string(SHORT, 500)))
+    body: Text | None = Field(default=None, json_schema_extra=_optional(_string(TEXT, 60_000)))
+    acceptance: list[Short] | None = Field(
+        default=None,
+        max_length=50,
+        json_schema_extra=_optional({"type": "array", **_items(SHORT, 500)}),
+    )
+    labels: list[Label] | None = Field(
+        default=None,
+        max_length=50,
+        json_schema_extra=_optional({"type": "array", **_items(LABEL, 100)}),
+    )
+    priority: JsonInt | None = Field(default=None, ge=-1000, le=1000)
+    focus: list[Glob] | None = Field(
+        default=None,
+        max_length=50,
+        json_schema_extra=_optional({"type": "array", **_items(GLOB, 500)}),
+    )
+    profile: ProfileName | None = Field(
+        default=None,
+        description='`""` clears it.',
+        json_schema_extra=_optional(_string(TEXT, 128)),
+    )
+    state: Literal["open", "closed"] | None = None
+
+
 class RepositoryController(Controller):
     path = "/api/v1/repositories"
     tags = ["repositories"]
@@ -79,6 +184,23 @@ class RepositoryController(Controller):
         caller = caller_of(request)
         items = [r for r in page.items if caller.may_act_on(r.full_name)]
         return Page[RepositoryOut](items=items, next_cursor=page.next_cursor)
+
+    @post(
+        "/",
+        summary="Add a local repository (a git repository on the Bosun host)",
+        opt={"scope": "admin"},
+        responses=problem_responses(400, 401, 403, 409, 413),
+    )
+    async def add_local_repository(
+        self, request: AnyRequest, data: JSONBody[LocalRepositoryIn]
+    ) -> RepositoryOut:
+        repo = await add_repository(
+            services_of(request).sessions,
+            data.path,
+            name=data.name or None,
+            default_branch=data.default_branch or None,
+        )
+        return repository_out(repo)
 
     @get(
         "/{owner:str}/{name:str}",
@@ -170,6 +292,55 @@ class TaskController(Controller):
         task = await store(request).task(task_id)
         require_repo(caller_of(request), task.repository)
         return task
+
+    @post(
+        "/",
+        summary="Create a local task",
+        opt={"scope": "operate"},
+        responses=problem_responses(400, 401, 403, 404, 409, 413),
+    )
+    async def create_task(self, request: AnyRequest, data: JSONBody[TaskIn]) -> TaskOut:
+        caller = caller_of(request)
+        require_repo(caller, data.repository)
+        settings: Settings = request.app.state.settings
+        fields = TaskFields(
+            title=data.title,
+            body=data.body,
+            acceptance=data.acceptance,
+            labels=data.labels,
+            priority=data.priority,
+            focus=data.focus,
+            profile=data.profile or None,
+        )
+        task = await add_task(
+            services_of(request).sessions,
+            data.repository,
+            fields,
+            author=f"token:{caller.name}",
+            profiles=settings.agent_profiles(),
+        )
+        return await store(request).task(task.id)
+
+    @patch(
+        "/{task_id:int}",
+        summary="Change a local task",
+        opt={"scope": "operate"},
+        responses=problem_responses(400, 401, 403, 404, 409, 413),
+    )
+    async def patch_task(
+        self,
+        request: AnyRequest,
+        task_id: Annotated[int, Parameter(ge=1, le=MAX_ID)],
+        data: JSONBody[TaskPatch],
+    ) -> TaskOut:
+        current = await store(request).task(task_id)
+        require_repo(caller_of(request), current.repository)
+        settings: Settings = request.app.state.settings
+        fields = TaskFields(**data.model_dump(exclude_unset=True))
+        await update_task(
+            services_of(request).sessions, task_id, fields, profiles=settings.agent_profiles()
+        )
+        return await store(request).task(task_id)
 
 
 class AuditController(Controller):

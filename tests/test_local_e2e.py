@@ -1,0 +1,267 @@
+"""End to end on a local repository (no GitHub): Bosun's web and worker for real (Docker
+sandbox, script agent), driven through the REST API and the ``bosun`` CLI as a user would.
+
+The agent of the test stack (``tests.stack.EDIT_AGENT``) appends to README.md and writes
+src/feature.py."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.stack import BosunStack
+from tests.test_api import make_token
+from tests.test_localrepo import git, snapshot
+
+BOSUN = str(Path(sys.executable).parent / "bosun")
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.docker
+
+
+def user_repo(parent: Path, name: str = "project", config: str | None = None) -> Path:
+    """A user's project on ``main``: README.md, src/app.py (and .bosun.yml when given)."""
+    path = parent / name
+    path.mkdir(parents=True)
+    path.chmod(0o755)
+    git(path, "init", "-q", "-b", "main")
+    (path / "README.md").write_text("# Project\n")
+    (path / "src").mkdir()
+    (path / "src" / "app.py").write_text("print('app')\n")
+    if config is not None:
+        (path / ".bosun.yml").write_text(config)
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "start")
+    return path
+
+
+def api(stack: BosunStack) -> httpx.Client:
+    token = make_token(stack, f"t{time.monotonic_ns()}", "admin")
+    return httpx.Client(
+        base_url=f"{stack.url}/api/v1",
+        headers={"Authorization": f"Bearer {token}", "X-Bosun-Client": "cli"},
+        timeout=60,
+    )
+
+
+def add(client: httpx.Client, path: Path, **extra: Any) -> dict[str, Any]:
+    answer = client.post("/repositories", json={"path": str(path), **extra})
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def add_task(client: httpx.Client, repo: str, title: str, **extra: Any) -> dict[str, Any]:
+    answer = client.post("/tasks", json={"repository": repo, "title": title, **extra})
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def start(client: httpx.Client, repo: str, number: int, **extra: Any) -> dict[str, Any]:
+    answer = client.post(
+        "/runs", json={"repository": repo, "issue_number": number, **extra}, params={"wait": 20}
+    )
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def wait_state(
+    client: httpx.Client, run_id: str, states: set[str], timeout: float = 120
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = client.get(f"/runs/{run_id}").json()
+        if run["state"] in states:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"{run_id} not in {states} after {timeout}s: {run}")
+
+
+def act(client: httpx.Client, run_id: str, verb: str, **body: Any) -> dict[str, Any]:
+    answer = client.post(f"/runs/{run_id}/{verb}", json=body, params={"wait": 25})
+    assert answer.status_code in (200, 409), answer.text
+    return dict(answer.json())
+
+
+def rev(path: Path, ref: str) -> str:
+    return git(path, "rev-parse", "--verify", "--quiet", ref).strip()
+
+
+def test_a_run_leaves_the_users_checkout_alone_and_approval_merges(
+    stack: BosunStack, tmp_path: Path
+) -> None:
+    """A dirty working copy with a feature branch checked out: the run writes its branch in
+    the repository and nothing else; approving merges it into main as a merge commit, still
+    without touching the checkout."""
+    path = user_repo(tmp_path)
+    git(path, "switch", "-q", "-c", "my-feature")
+    (path / "src" / "app.py").write_text("print('half-done work')\n")
+    (path / "scratch.txt").write_text("untracked\n")
+    (path / "staged.txt").write_text("staged\n")
+    git(path, "add", "staged.txt")
+    before = snapshot(path)
+    main = rev(path, "main")
+    with api(stack) as client:
+        repo = add(client, path)
+        assert (repo["full_name"], repo["kind"], repo["default_branch"]) == (
+            "local/project",
+            "local",
+            "main",
+        )
+        again = client.post("/repositories", json={"path": str(path), "name": "other"})
+        assert again.status_code == 409 and "already added as local/project" in again.text
+        task = add_task(
+            client,
+            "local/project",
+            "Add the feature",
+            body="Write src/feature.py.",
+            acceptance=["feature() returns 42"],
+            focus=["src/**", "README.md"],
+        )
+        assert (task["kind"], task["issue_number"]) == ("local", 1)
+        run = start(client, "local/project", 1)
+        ready = wait_state(client, run["id"], {"review_ready", "failed"})
+        assert ready["state"] == "review_ready", ready
+        branch = ready["branch"]
+        assert branch == "bosun/1-add-the-feature"
+        assert snapshot(path) == before  # work tree, index and HEAD as they were
+        head = rev(path, branch)
+        assert head == ready["head_sha"]
+        assert git(path, "show", f"{branch}:src/feature.py") == "def feature():\n    return 42\n"
+        prompt = git(path, "show", f"{branch}:prompt-seen.txt")
+        assert "- [ ] feature() returns 42" in prompt and "Focus: src/**, README.md" in prompt
+
+        approved = act(client, run["id"], "approve")
+        assert approved["outcome"] == "accepted", approved
+        merged = wait_state(client, run["id"], {"merged", "review_ready"})
+        assert merged["state"] == "merged", merged
+    tip = rev(path, "main")
+    assert git(path, "rev-list", "--parents", "-n1", tip).split()[1:] == [main, head]
+    assert git(path, "show", "main:src/feature.py").startswith("def feature")
+    assert snapshot(path) == before
+
+
+def test_approval_refuses_when_main_moved_under_the_reviewed_files_and_partial_merges(
+    stack: BosunStack, tmp_path: Path
+) -> None:
+    """main (checked out, clean) changes README.md after the run: approving the whole run is
+    refused naming README.md and nothing moves; approving only src/feature.py merges exactly
+    that file, and the checked-out main follows."""
+    path = user_repo(tmp_path)
+    with api(stack) as client:
+        add(client, path)
+        add_task(client, "local/project", "Two files")
+        run = start(client, "local/project", 1)
+        ready = wait_state(client, run["id"], {"review_ready", "failed"})
+        assert ready["state"] == "review_ready", ready
+        (path / "README.md").write_text("# Project, renamed by its owner\n")
+        git(path, "commit", "-qam", "rename")
+        moved = rev(path, "main")
+        refused = act(client, run["id"], "approve")
+        assert refused["outcome"] == "accepted"  # the approval counts; the merge does not
+        back = wait_state(client, run["id"], {"review_ready", "merged"})
+        assert back["state"] == "review_ready"
+        events = client.get(f"/runs/{run['id']}/events", params={"kind": "status"}).json()
+        why = events["items"][-1]["data"]["reason"]
+        assert "conflicts on `README.md`" in why, why
+        assert rev(path, "main") == moved
+        assert git(path, "status", "--porcelain") == ""
+
+        partial = act(client, run["id"], "approve", paths=["src/feature.py"])
+        assert partial["outcome"] == "accepted", partial
+        merged = wait_state(client, run["id"], {"merged", "review_ready"})
+        assert merged["state"] == "merged", merged
+    assert git(path, "show", "main:README.md") == "# Project, renamed by its owner\n"
+    assert git(path, "show", "main:src/feature.py").startswith("def feature")
+    assert (path / "src" / "feature.py").exists()  # the clean checkout followed
+    assert git(path, "status", "--porcelain") == ""
+    changed = git(path, "diff", "--name-only", moved, "main").split()
+    assert changed == ["src/feature.py"]
+
+
+def test_reject_deletes_the_branch_when_configured(stack: BosunStack, tmp_path: Path) -> None:
+    path = user_repo(tmp_path, config="branch:\n  delete_on_reject: true\n")
+    main = rev(path, "main")
+    with api(stack) as client:
+        add(client, path)
+        add_task(client, "local/project", "Not wanted")
+        run = start(client, "local/project", 1)
+        ready = wait_state(client, run["id"], {"review_ready", "failed"})
+        assert rev(path, ready["branch"])
+        rejected = act(client, run["id"], "reject", reason="not now")
+        assert rejected["outcome"] == "accepted", rejected
+        wait_state(client, run["id"], {"rejected"})
+    assert git(path, "branch", "--list", "bosun/*") == ""
+    assert rev(path, "main") == main
+
+
+def test_bad_input_is_refused_with_the_fix_and_leaves_no_row(
+    stack: BosunStack, tmp_path: Path
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with api(stack) as client:
+        for path, words in (
+            (plain, "is not a git repository"),
+            (tmp_path / "absent", "does not exist"),
+            (user_repo(tmp_path, "r") / ".git", "give the working copy's folder"),
+        ):
+            answer = client.post("/repositories", json={"path": str(path)})
+            assert answer.status_code == 409 and words in answer.json()["detail"], answer.text
+        branchless = client.post(
+            "/repositories", json={"path": str(tmp_path / "r"), "default_branch": "trunk"}
+        )
+        assert branchless.status_code == 409 and "no branch `trunk`" in branchless.text
+        assert stack.db("SELECT full_name FROM repositories") == []
+
+        add(client, user_repo(tmp_path, "project"))
+        unknown = client.post(
+            "/tasks", json={"repository": "local/project", "title": "x", "profile": "nope"}
+        )
+        assert unknown.status_code == 409 and "no profile 'nope'" in unknown.text
+        assert stack.db("SELECT id FROM tasks") == []
+        missing = start_refused(client, "local/project", 7)
+        assert "has no task #7" in missing
+
+        add_task(client, "local/project", "Gone before it runs")
+        shutil.rmtree(tmp_path / "project")
+        gone = start_refused(client, "local/project", 1)
+        assert "does not exist" in gone
+
+
+def start_refused(client: httpx.Client, repo: str, number: int) -> str:
+    answer = client.post(
+        "/runs", json={"repository": repo, "issue_number": number}, params={"wait": 20}
+    )
+    assert answer.status_code == 409, answer.text
+    return str(answer.json()["detail"])
+
+
+def test_a_repository_removed_while_its_run_waits_fails_the_run_clearly(
+    stack: BosunStack, tmp_path: Path
+) -> None:
+    """The run is queued behind another with overlapping focus paths; the repository's folder
+    goes away meanwhile: the run fails saying so, and nothing else breaks."""
+    path = user_repo(tmp_path)
+    with api(stack) as client:
+        add(client, path)
+        add_task(client, "local/project", "Slow one", focus=["src/**"], profile="slow")
+        add_task(client, "local/project", "Waiting one", focus=["src/app.py"])
+        first = start(client, "local/project", 1)
+        wait_state(client, first["id"], {"running"})
+        second = start(client, "local/project", 2)
+        time.sleep(1.0)
+        assert client.get(f"/runs/{second['id']}").json()["state"] == "queued"
+        moved = tmp_path / "moved-away"
+        path.rename(moved)
+        act(client, first["id"], "cancel")
+        failed = wait_state(client, second["id"], {"failed", "review_ready"})
+    assert failed["state"] == "failed"
+    assert "the local repository cannot be used" in failed["reason"]
+    assert str(path) in failed["reason"] and "does not exist" in failed["reason"]
