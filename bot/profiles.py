@@ -57,8 +57,22 @@ class ProfileConfig(BaseModel):
     )
 
 
+DEMO_AGENT = """
+import os, pathlib, re
+prompt = pathlib.Path(os.environ["BOSUN_PROMPT_FILE"]).read_text()
+found = re.search(r"^# Task: (.+)$", prompt, re.MULTILINE)
+title = found.group(1).strip() if found else "a task"
+notes = pathlib.Path("/workspace/BOSUN-DEMO.md")
+text = notes.read_text() if notes.exists() else "# Done by Bosun's demo agent\\n\\n"
+notes.write_text(text + "- " + title + "\\n")
+print("demo agent: wrote", notes.name)
+"""
+"""The ``demo`` profile's agent: a script (no model, no key) that records the task's title in
+BOSUN-DEMO.md, so a first run shows the whole pipeline (README: local repositories)."""
+
 DEFAULT_PROFILES: dict[str, ProfileConfig] = {
     "default": ProfileConfig(runner="claude-code", upstreams=["https://api.anthropic.com"]),
+    "demo": ProfileConfig(runner="script", command=["python3", "-c", DEMO_AGENT]),
 }
 
 

@@ -6,16 +6,24 @@ src/feature.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.stack import BosunStack
+from bot.entrypoints.localtoken import write_local_token
+from bot.profiles import DEFAULT_PROFILES
+from tests.emulator.world import World
+from tests.stack import PROFILES, BosunStack, open_stack
 from tests.test_api import make_token
 from tests.test_localrepo import git, snapshot
 
@@ -143,6 +151,9 @@ def test_a_run_leaves_the_users_checkout_alone_and_approval_merges(
         assert merged["state"] == "merged", merged
     tip = rev(path, "main")
     assert git(path, "rev-list", "--parents", "-n1", tip).split()[1:] == [main, head]
+    lines = (stack.settings.data_dir / "metrics.jsonl").read_text().splitlines()
+    ended = [json.loads(line) for line in lines if run["id"] in line]
+    assert [(m["state"], m["files_changed"]) for m in ended] == [("merged", 3)]
     assert git(path, "show", "main:src/feature.py").startswith("def feature")
     assert snapshot(path) == before
 
@@ -199,6 +210,8 @@ def test_reject_deletes_the_branch_when_configured(stack: BosunStack, tmp_path: 
         wait_state(client, run["id"], {"rejected"})
     assert git(path, "branch", "--list", "bosun/*") == ""
     assert rev(path, "main") == main
+    lines = (stack.settings.data_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["state"] for line in lines if run["id"] in line] == ["rejected"]
 
 
 def test_bad_input_is_refused_with_the_fix_and_leaves_no_row(
@@ -265,3 +278,52 @@ def test_a_repository_removed_while_its_run_waits_fails_the_run_clearly(
     assert failed["state"] == "failed"
     assert "the local repository cannot be used" in failed["reason"]
     assert str(path) in failed["reason"] and "does not exist" in failed["reason"]
+
+
+@pytest.fixture
+def demo_stack(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> Iterator[BosunStack]:
+    """The test stack with the profile a fresh install has: ``demo`` (bot.profiles)."""
+    profiles = {**PROFILES, "demo": DEFAULT_PROFILES["demo"].model_dump(exclude_none=True)}
+    with open_stack(
+        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
+    ) as running:
+        yield running
+
+
+def readme_tour() -> list[str]:
+    """The commands of the README's local tour, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Try it on a repository of your own", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_tour_ends_with_a_merged_commit(demo_stack: BosunStack, tmp_path: Path) -> None:
+    """The README's three commands, run by a shell on the Bosun host as a newcomer would
+    (no token: the one `bosun up` writes for this host), on their own repository."""
+    commands = readme_tour()
+    assert len(commands) == 3 and all(c.startswith(".venv/bin/bosun ") for c in commands)
+    home = tmp_path / "home"
+    path = user_repo(home / "src", "hello")
+    main = rev(path, "main")
+    asyncio.run(write_local_token(demo_stack.settings))
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "BOSUN_URL": demo_stack.url,
+        "BOSUN_DATA_DIR": str(demo_stack.settings.data_dir),
+    }
+    for command in commands:
+        line = command.replace(".venv/bin/bosun", BOSUN, 1)
+        done = subprocess.run(
+            ["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{command}:\n{done.stdout}\n{done.stderr}"
+    tip = rev(path, "main")
+    assert tip != main and git(path, "rev-list", "--parents", "-n1", tip).split()[2:] != []
+    assert git(path, "show", "main:BOSUN-DEMO.md").endswith("- Say hello in the notes\n")
+    assert (path / "BOSUN-DEMO.md").exists()  # the clean checked-out main followed
+    assert git(path, "status", "--porcelain") == ""
+    assert "bosun/1-say-hello-in-the-notes" in git(path, "branch", "--list", "bosun/*")

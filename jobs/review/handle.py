@@ -53,13 +53,13 @@ from bot.domain.review import (
     decide_review,
     head_when_written,
 )
-from bot.domain.states import ACTIVE, RunState
+from bot.domain.states import ACTIVE, TERMINAL, RunState
 from bot.forge.port import Forge
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext
 from jobs.review.merge import complete_approval, waiting_note
 from jobs.review.push import handle_push
-from jobs.review.records import find_run, note_on_status, rewrite_manifest
+from jobs.review.records import find_run, note_on_status, record_ended, rewrite_manifest
 from jobs.review.step import claim, serialised, written_at
 
 log = structlog.get_logger("jobs.review.handle")
@@ -437,6 +437,9 @@ async def apply(
     if note:
         await note_on_status(bosun, port, await _row(bosun, run_id), note)
     await rewrite_manifest(bosun, run_id)  # approvals and the command audit (SPEC §4.3)
+    ended = isinstance(decision, Reject | RetryRun | Resume)  # a merge records its own end
+    if ended and shot.state not in TERMINAL and await _state(bosun, run_id) in TERMINAL:
+        await record_ended(bosun, run_id)  # rejected, or superseded by a retry
     return f"processed: {decision.kind} ({decision.rule})"
 
 

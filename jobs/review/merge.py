@@ -38,7 +38,7 @@ from bot.forge.port import (
 )
 from jobs.context import JobContext
 from jobs.review.push import sync_head
-from jobs.review.records import note_on_status, read_run, rewrite_manifest
+from jobs.review.records import note_on_status, read_run, record_ended, rewrite_manifest
 from sandboxes.errors import WorkspaceError
 from sandboxes.revert import (
     BranchMoved,
@@ -267,6 +267,8 @@ async def _merged(
                 "error",
                 {"error": f"merged on GitHub at {head}, but the run had moved: {exc}"},
             )
+            return
+    await record_ended(bosun, run_id)
 
 
 async def _head_moved(

@@ -4,7 +4,10 @@ of the status comment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -15,6 +18,7 @@ from bot.db.artifacts import read_named, store_artifact
 from bot.db.models import Approval, CommandAudit, Repository, Run, Task
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import ApprovalSnapshot, RunSnapshot, review_section, with_review_section
+from bot.domain.states import TERMINAL
 from bot.forge.port import Forge, ForgeError
 from bot.profiles import effective_profile
 from jobs.context import JobContext
@@ -206,6 +210,44 @@ async def rewrite_manifest(
             content_type="application/json",
         )
     return True
+
+
+async def record_ended(bosun: JobContext, run_id: str) -> None:
+    """A run the review loop ended (merged, rejected, superseded): its line in
+    ``<data_dir>/metrics.jsonl``, as the pipeline writes one for the runs it ends."""
+    async with bosun.services.sessions() as session:
+        run = await session.get(Run, run_id, populate_existing=True)
+        repository = await session.get(Repository, run.repository_id) if run else None
+        files = len(await changed_paths(session, run_id)) if run else 0
+    if run is None or repository is None or run.state not in TERMINAL:
+        return
+    duration = None
+    if run.started_at and run.finished_at:
+        duration = (run.finished_at - run.started_at).total_seconds()
+    line = json.dumps(
+        {
+            "run_id": run.id,
+            "repository": repository.full_name,
+            "state": run.state.value,
+            "profile": run.profile,
+            "duration_s": duration,
+            "cost_usd": run.cost_usd,
+            "tokens_in": run.tokens_in,
+            "tokens_out": run.tokens_out,
+            "gates_passed": run.gates_passed,
+            "files_changed": files,
+            "timings_s": {},
+            "finished_at": (run.finished_at or datetime.now(UTC)).isoformat(),
+        }
+    )
+    path = bosun.settings.data_dir / "metrics.jsonl"
+    await asyncio.to_thread(_append, path, line)
+
+
+def _append(path: Path, line: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(line + "\n")
 
 
 async def note_on_status(bosun: JobContext, port: Forge, run: Run, note: str) -> None:
