@@ -327,3 +327,38 @@ def test_the_readme_tour_ends_with_a_merged_commit(demo_stack: BosunStack, tmp_p
     assert (path / "BOSUN-DEMO.md").exists()  # the clean checked-out main followed
     assert git(path, "status", "--porcelain") == ""
     assert "bosun/1-say-hello-in-the-notes" in git(path, "branch", "--list", "bosun/*")
+
+
+def test_retry_with_feedback_continues_the_branch_and_status_shows_the_lineage(
+    stack: BosunStack, tmp_path: Path
+) -> None:
+    path = user_repo(tmp_path)
+    with api(stack) as client:
+        add(client, path)
+        add_task(client, "local/project", "Twice")
+        first = start(client, "local/project", 1)
+        ready = wait_state(client, first["id"], {"review_ready", "failed"})
+        retried = act(client, first["id"], "retry", feedback="Also mention the tests.")
+        assert retried["outcome"] == "accepted" and retried["new_run_id"], retried
+        second = wait_state(client, retried["new_run_id"], {"review_ready", "failed"})
+        assert second["state"] == "review_ready", second
+        assert second["parent_run_id"] == first["id"] and second["branch"] == ready["branch"]
+        assert client.get(f"/runs/{first['id']}").json()["state"] == "rejected"
+    head = rev(path, second["branch"])
+    assert git(path, "merge-base", "--is-ancestor", ready["head_sha"], head) == ""
+    prompt = git(path, "show", f"{head}:prompt-seen.txt")
+    assert "Also mention the tests." in prompt
+    token = make_token(stack, "status-reader", "read")
+    shown = subprocess.run(
+        [BOSUN, "status", second["id"], "--format", "json"],
+        env={"PATH": os.environ["PATH"], "BOSUN_URL": stack.url, "BOSUN_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    status = json.loads(shown.stdout)
+    assert status["run"]["parent_run_id"] == first["id"]
+    assert status["run"]["lineage"]["parent"] == first["id"]
+    assert status["manifest"]["run_id"] == second["id"]
+    assert "approvals" in status["run"] and "gates" in status["run"]
