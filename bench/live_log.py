@@ -36,7 +36,9 @@ from typing import Any
 import httpx
 
 from bench.label_to_agent import _purge, start_emulator, wait
+from bench.servers import _tree_cpu_ticks
 from bench.stats import loadavg, summary, table, write_result
+from bench.webhook_ack import host_busy_seconds, own_cpu_seconds
 from bot.logs import configure_logging
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
@@ -338,7 +340,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(subs)} subscribers over {args.webs} web processes",
             flush=True,
         )
+        tick = os.sysconf("SC_CLK_TCK")
+        before = [_tree_cpu_ticks(p.pid) / tick for p in processes]
+        host0, own0, t0 = host_busy_seconds(), own_cpu_seconds(), time.monotonic()
         asyncio.run(subscribe_all(subs, token, deadline))
+        elapsed = time.monotonic() - t0
+        used = [_tree_cpu_ticks(p.pid) / tick - b for p, b in zip(processes, before, strict=True)]
+        names = ["worker", *(f"web {chr(65 + i)}" for i in range(args.webs))]
+        cpu = {name: round(u / elapsed, 2) for name, u in zip(names, used, strict=True)}
+        cpu["subscribers (this process)"] = round((own_cpu_seconds() - own0) / elapsed, 2)
+        busy = (host_busy_seconds() - host0) / elapsed
+        cpu["everything else (Docker, Redis, other work)"] = round(busy - sum(cpu.values()), 2)
+        cpu["host busy"] = round(busy, 2)
         final = runs_of(database_url)
     finally:
         for proc in reversed(processes):
@@ -368,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         f"processes ({late} connected after their run's first line)\n"
     )
     print(text)
+    print("\nCPU in cores while subscribed: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
     write_result(
         args.out,
         {
@@ -380,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "database": database_url.split(":", 1)[0].split("+", 1)[0],
             "run_states": [state for _, state in final],
             **data,
+            "cpu_cores": cpu,
             "table": text,
         },
     )

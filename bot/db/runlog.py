@@ -70,6 +70,36 @@ async def append_event(
     return event
 
 
+async def append_events(
+    session: AsyncSession, run_id: str, events: list[tuple[str, dict[str, Any]]]
+) -> list[RunEvent]:
+    """Append ``events`` (kind, data) in order with the run's next ``seq`` numbers: one
+    statement takes the numbers, one insert writes the rows."""
+    for kind, _ in events:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+    if not events:
+        return []
+    last = (
+        await session.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(last_seq=Run.last_seq + len(events))
+            .returning(Run.last_seq)
+        )
+    ).scalar_one_or_none()
+    if last is None:
+        raise NotFoundError(f"run {run_id} does not exist")
+    first = last - len(events) + 1
+    rows = [
+        RunEvent(run_id=run_id, seq=first + i, kind=kind, data=data or {})
+        for i, (kind, data) in enumerate(events)
+    ]
+    session.add_all(rows)
+    await session.flush()
+    return rows
+
+
 async def transition(
     session: AsyncSession,
     run: Run,

@@ -22,7 +22,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from bot.control.live import FLEET, POLL_SECONDS, LiveHub
+from bot.control.live import FLEET, POLL_SECONDS, LiveHub, RunFeed
 from bot.control.queries import RunStore
 from bot.control.views import EventOut, RunSummary
 from bot.domain.states import TERMINAL, RunState
@@ -54,10 +54,24 @@ async def run_frames(
     """``(id, event, data)`` for every event of ``run_id`` after ``after_seq``, then live, until
     the run's terminal event has been sent; ``("", "end", {...})`` last. Heartbeats are
     ``("", "", {})``."""
+
+    async def read(run: str, after: int, limit: int) -> list[EventOut]:
+        return await runs.events(run, after_seq=after, limit=limit)
+
+    async with hub.feed(run_id, read) as feed:
+        async for frame in _run_frames(runs, hub, feed, run_id, after_seq):
+            yield frame
+
+
+async def _run_frames(
+    runs: RunStore, hub: LiveHub, feed: RunFeed, run_id: str, after_seq: int
+) -> AsyncIterator[tuple[str, str, dict[str, Any]]]:
     last = after_seq
     quiet_since = time.monotonic()
+    since: float | None = None  # fresh as of now, or as of the wake-up that woke us
     while True:
-        events = await runs.events(run_id, after_seq=last, limit=PAGE)
+        events = await feed.after(last, PAGE, since=since)
+        since = None
         for event in events:
             yield str(event.seq), event.kind, _event_data(event)
             last = event.seq
@@ -77,7 +91,8 @@ async def run_frames(
         if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
             quiet_since = time.monotonic()
             yield "", "", {}
-        await hub.wait(run_id, POLL_SECONDS)
+        if await hub.wait(run_id, POLL_SECONDS):
+            since = hub.woken_at(run_id)
 
 
 def _ended(events: list[EventOut]) -> bool:
