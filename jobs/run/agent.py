@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from bot import tracing
 from bot.agents.gateway import (
     FORWARDER_PORT,
     GatewayRefusal,
@@ -27,6 +28,7 @@ from bot.agents.gateway import (
 from bot.agents.runners import RunnerEvent, get_runner
 from bot.domain.prompt import phase_prompt, sanitize
 from bot.errors import BosunError
+from bot.tracing.genai import AgentTrace, agent_attributes
 from jobs.run import agent_sessions
 from jobs.run.base import (
     INPUT_MOUNT,
@@ -112,6 +114,19 @@ class AgentSteps(RunBase):
 
     def _on_usage(self, record: UsageRecord) -> None:
         self.events.buffer("cost", record.event_data())
+        if self.agent_trace is not None:
+            route = self.gateway.routes.get(record.upstream) if self.gateway else None
+            self.agent_trace.model_call(
+                endpoint=record.endpoint,
+                provider=route.api if route else None,
+                model=record.model,
+                input_tokens=record.usage.total_input_tokens,
+                output_tokens=record.usage.output_tokens,
+                cache_read_tokens=record.usage.cache_read_tokens,
+                cache_write_tokens=record.usage.cache_write_tokens,
+                status=record.status,
+                duration_s=record.duration_s,
+            )
         self.view.cost_usd = record.spent_usd
         self.view.tokens_in += record.usage.total_input_tokens
         self.view.tokens_out += record.usage.output_tokens
@@ -132,7 +147,7 @@ class AgentSteps(RunBase):
         until one does not succeed. Returns the last result and the phase that failed."""
         result: ExecResult | None = None
         for phase in self.phases:
-            result = await self._agent(phase)
+            result = await self._traced_agent(phase)
             await self._stop_leftovers()  # nothing of a phase outlives it
             if phase.name == "plan":
                 await self._keep_plan(phase)
@@ -144,6 +159,41 @@ class AgentSteps(RunBase):
                 self.reporter.changed()
         assert result is not None
         return result, None
+
+    async def _traced_agent(self, phase: Phase) -> ExecResult:
+        """``_agent`` as an ``invoke_agent`` span with the phase's model and tool calls under
+        it (tracing on)."""
+        if not tracing.enabled():
+            return await self._agent(phase)
+        runner = self.profile.runner
+        route = default_route(runner, self.gateway.routes) if self.gateway else None
+        provider = self.gateway.routes[route].api if self.gateway and route else None
+        attributes = agent_attributes(
+            runner,
+            phase=phase.name,
+            step=phase.index,
+            steps=phase.total,
+            model=self.profile.model or None,
+            provider=provider,
+        )
+        with tracing.span(f"invoke_agent {runner}", attributes) as current:
+            self.agent_trace = AgentTrace(current) if current is not None else None
+            result: ExecResult | None = None
+            try:
+                result = await self._agent(phase)
+            finally:
+                if self.agent_trace is not None:
+                    exit_code = result.exit_code if result is not None else None
+                    self.agent_trace.finish(exit_code=exit_code, session_id=self.outcome.session_id)
+                self.agent_trace = None
+            assert result is not None
+            if result.timed_out:
+                tracing.failed(current, "timeout")
+            elif self.budget_exhausted:
+                tracing.failed(current, "budget_exhausted")
+            elif not (result.ok and self.outcome.success):
+                tracing.failed(current, "agent_failed")
+            return result
 
     async def _phase_prompt(self, phase: Phase) -> str:
         """The prompt file (inside the sandbox) for ``phase``: the run's prompt re-aimed at the
@@ -272,6 +322,8 @@ class AgentSteps(RunBase):
                 self.runner_events.append(event)
                 phase_events.append(event)
                 self.events.buffer(event.kind, event.data)
+                if event.kind == "tool" and self.agent_trace is not None:
+                    self.agent_trace.tool(event.data)
 
         splitter = LineSplitter(on_line)
 

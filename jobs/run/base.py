@@ -31,6 +31,7 @@ from bot.domain.status import RunView
 from bot.errors import BosunError
 from bot.forge.port import Forge
 from bot.profiles import ProfileConfig, effective_profile
+from bot.tracing.genai import AgentTrace
 from jobs.admission.gate import Admission
 from jobs.context import JobContext
 from jobs.review.records import review_records
@@ -124,6 +125,8 @@ class RunBase:
         self._stop_watch = asyncio.Event()
         self.budget_exhausted = False
         self.agent_task: asyncio.Task[ExecResult] | None = None
+        self.agent_trace: AgentTrace | None = None
+        """The current agent phase's spans (tracing on)."""
         self.agent_summary = ""
         self.outcome = RunnerOutcome(success=False)
         self.resume: agent_sessions.SavedSession | None = None

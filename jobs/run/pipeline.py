@@ -17,7 +17,9 @@ from typing import Any
 
 import structlog
 from arq.worker import Retry
+from sqlalchemy import update
 
+from bot import tracing
 from bot.agents.gateway import sandbox_mount
 from bot.db.models import Repository, Run, Task
 from bot.domain.states import TERMINAL, RunState
@@ -34,12 +36,17 @@ from jobs.run.base import (
     utc_now,
     write_input,
 )
+from jobs.run.phases import Phase
 from jobs.run.publish import PublishSteps
+from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError
 from sandboxes.localrepo import LocalRepoError
 from sandboxes.spec import BindMount, SandboxSpec
 
 log = structlog.get_logger("jobs.run.pipeline")
+
+FAILED_STATES = frozenset({RunState.FAILED.value, RunState.TIMED_OUT.value})
+"""Run states whose job span is marked failed (a cancel or review outcome is not an error)."""
 
 
 async def execute_run(ctx: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -54,7 +61,32 @@ async def execute_run(ctx: dict[str, Any], run_id: str) -> dict[str, Any]:
     ):
         return {"run_id": run_id, "skipped": f"already {loaded.run.state.value}"}
     execution = RunExecution(bosun, loaded)
-    return await execution.execute()
+    if not tracing.enabled():
+        return await execution.execute()
+    run = loaded.run
+    with tracing.span(
+        "execute_run",
+        {
+            "bosun.run.id": run.id,
+            "bosun.delivery.id": run.delivery_id,
+            "bosun.repository": loaded.repository.full_name,
+            "bosun.run.profile": run.profile,
+            "bosun.run.workflow": run.workflow,
+            "bosun.run.trigger": run.trigger,
+            "bosun.run.parent_id": run.parent_run_id,
+            "bosun.job.try": int(ctx.get("job_try") or 1),
+        },
+        kind="consumer",
+        parent=run.trace_parent,
+        ok=(Retry,),
+    ) as current:
+        if run.trace_parent is None:  # started untraced: its later jobs continue this one
+            await execution.adopt_trace(tracing.traceparent_of(current))
+        outcome = await execution.execute()
+        tracing.set_attributes(current, {"bosun.run.state": outcome.get("state")})
+        if outcome.get("state") in FAILED_STATES:
+            tracing.failed(current, str(outcome["state"]))
+        return outcome
 
 
 async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
@@ -111,17 +143,39 @@ class RunExecution(AgentSteps, PublishSteps):
         early when a slot frees). Returns why the run is refused, if it is."""
         if self.run.state is not RunState.QUEUED or self.run.cancel_requested:
             return None
-        outcome = await self.admission.enter()
-        if isinstance(outcome, Waiting):
-            await self.admission.show(outcome, self.view, self.reporter, port=self.port)
-            await self.admission.not_a_try()
-            raise Retry(defer=outcome.defer)
+        with tracing.span("admission", ok=(Retry,)) as current:
+            outcome = await self.admission.enter()
+            if isinstance(outcome, Waiting):
+                tracing.set_attributes(
+                    current,
+                    {
+                        "bosun.admission.outcome": "waiting",
+                        "bosun.queue.position": outcome.position,
+                    },
+                )
+                await self.admission.show(outcome, self.view, self.reporter, port=self.port)
+                await self.admission.not_a_try()
+                raise Retry(defer=outcome.defer)
+            admitted = "refused" if outcome is not None else "admitted"
+            tracing.set_attributes(current, {"bosun.admission.outcome": admitted})
         self.admission.adopt_check_run(self.reporter)
         return outcome.reason if outcome is not None else None
 
+    async def adopt_trace(self, traceparent: str | None) -> None:
+        """Record ``traceparent`` as the run's trace, unless another job recorded one first."""
+        if traceparent is None:
+            return
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Run)
+                .where(Run.id == self.run.id, Run.trace_parent.is_(None))
+                .values(trace_parent=traceparent)
+            )
+
     async def _steps(self) -> None:
         await self.move(RunState.PREPARING)
-        await self._prepare()
+        with tracing.span("prepare"):
+            await self._prepare()
         await self.move(RunState.RUNNING)
         result, failed_phase = await self._run_workflow()
         await self.move(RunState.GATES)
@@ -129,7 +183,27 @@ class RunExecution(AgentSteps, PublishSteps):
         if plan_only:
             self.view.phase("gates", "skipped", "a plan changes no code")
         else:
-            await self._gates()
+            with tracing.span("gates") as current:
+                await self._gates()
+                tracing.set_attributes(current, {"bosun.gates.passed": self.run.gates_passed})
+        with tracing.span("publish") as current:
+            await self._publish(result, failed_phase, plan_only)
+            tracing.set_attributes(
+                current,
+                {
+                    "bosun.changes.files": self.view.files_changed,
+                    "bosun.changes.lines_added": self.view.lines_added,
+                    "bosun.changes.lines_removed": self.view.lines_removed,
+                    "bosun.pull_request.number": self.view.pr_number,
+                },
+            )
+
+    async def _publish(
+        self, result: ExecResult, failed_phase: Phase | None, plan_only: bool
+    ) -> None:
+        """After the gates: the agent's session kept, the sandbox frozen, the diff read and
+        checked, then the branch pushed and the pull request opened (or the partial work of a
+        run stopped by its time or budget kept, or the plan posted)."""
         await self._keep_session()
         await self._freeze()
         await self._collect_changes()
