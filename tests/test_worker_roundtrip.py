@@ -36,11 +36,15 @@ async def test_ping_job_round_trip(settings: Settings) -> None:
         assert result["payload"] == "hello"
         assert result["worker"]
         assert worker.jobs_failed == 0
-        assert worker.jobs_complete == 3  # ping, and the reconcile and sweep run at start-up
+        # ping, and the reconcile and sweep run at start-up (a cron whose minute comes up runs too)
+        assert worker.jobs_complete >= 3
     finally:
         await services.close()
 
 
 def test_poll_delay_is_tuned_for_pickup_latency(settings: Settings) -> None:
     worker = build_worker(settings, burst=True, handle_signals=False)
-    assert worker.poll_delay_s <= 0.1
+    try:
+        assert worker.poll_delay_s <= 0.1
+    finally:
+        worker.loop.close()  # arq made this loop (no loop was running); nothing else closes it
