@@ -5,8 +5,8 @@ showing (and recording) what a signed-in user may do.
 The cache lives in Redis under ``<namespace>:perm:<owner/name>:<login>`` and is signed with a
 key Redis never holds (derived from the App's webhook secret), so whoever can write to Redis
 cannot make a login look like a maintainer: a value Bosun did not sign is ignored and GitHub is
-asked again. The entry format is the one ``jobs.deliveries.process.permission_of`` writes, so
-both read each other's answers.
+asked again. The worker (``jobs.deliveries.process.permission_of``) and the dashboard both go
+through ``cached_permission``, so each reads the other's answers.
 """
 
 from __future__ import annotations

@@ -7,10 +7,7 @@ delivery is processed at most once; a transient GitHub failure retries the job.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import random
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +43,7 @@ from bot.domain.triggers import (
 )
 from bot.errors import ConflictError
 from bot.forge.port import Forge, ForgeError
+from bot.github.permissions import cached_permission
 from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
 from jobs.admission.cancel import signal_cancel
@@ -60,7 +58,6 @@ from jobs.review.handle import (
 
 log = structlog.get_logger("jobs.deliveries.process")
 
-PERMISSION_TTL = 60
 DELIVERY_TRIES = 5
 """Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
 REVIEW_EVENTS = {"issue_comment", "pull_request", "pull_request_review", "check_run"}
@@ -247,41 +244,9 @@ async def upsert_repository(
 
 
 async def permission_of(bosun: JobContext, port: Forge, login: str) -> str:
-    """The requester's collaborator permission, checked live and cached briefly."""
-    key = bosun.settings.redis.key("perm", port.full_name, login.lower())
-    signer = _cache_signer(bosun, f"{port.full_name}|{login.lower()}")
-    try:
-        cached = await bosun.services.redis.get(key)
-    except Exception:  # noqa: BLE001 -- the cache is optional
-        cached = None
-    if cached and signer is not None:
-        text = bytes(cached).decode(errors="replace")
-        remembered, _, signature = text.partition(".")
-        if hmac.compare_digest(signature, signer(remembered)):
-            return remembered
-        log.warning("permission_cache_forged", login=login)  # not written by Bosun: ignored
-    permission = await port.permission(login)
-    if signer is None:
-        return permission
-    try:
-        await bosun.services.redis.set(key, f"{permission}.{signer(permission)}", ex=PERMISSION_TTL)
-    except Exception:  # noqa: BLE001
-        log.debug("permission_cache_write_failed")
-    return permission
-
-
-def _cache_signer(bosun: JobContext, subject: str) -> Callable[[str], str] | None:
-    """Signs cached permissions with a key Redis does not hold (derived from the App's webhook
-    secret), so whoever can write to Redis cannot make a login look like a maintainer."""
-    secret = bosun.settings.github.webhook_secret
-    if secret is None:
-        return None
-    key = hashlib.sha256(b"bosun-permission-cache|" + secret.get_secret_value().encode()).digest()
-
-    def sign(permission: str) -> str:
-        return hmac.new(key, f"{subject}|{permission}".encode(), hashlib.sha256).hexdigest()
-
-    return sign
+    """The requester's collaborator permission, checked live and cached briefly (signed, so a
+    value written to Redis by anyone but Bosun is ignored: ``bot.github.permissions``)."""
+    return await cached_permission(bosun.settings, bosun.services.redis, port, login)
 
 
 async def load_repo_config(port: Forge, default_branch: str) -> tuple[RepoConfig, str | None]:
