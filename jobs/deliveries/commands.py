@@ -19,7 +19,7 @@ from bot.control.start import RunRequest, active_run, create_run, queue_run
 from bot.db.models import CommandAudit, ControlCommand, Repository, Run, Task
 from bot.domain.payloads import Actor, IssueRef, ParsedEvent, RepositoryRef
 from bot.domain.prompt import branch_name
-from bot.domain.repoconfig import CONFIG_PATH
+from bot.domain.repoconfig import CONFIG_PATH, RepoConfig
 from bot.domain.triggers import StartRun, TriggerRequest, decide
 from bot.forge.port import ForgeError
 from jobs.context import JobContext, job_context
@@ -154,29 +154,10 @@ async def _start(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str 
             f"{CONFIG_PATH} on {repository.default_branch} is invalid: {config_error}",
             None,
         )
-    profiles = bosun.settings.agent_profiles()
-    source = CLIENT_SOURCES.get(recorded.source, "api")
-    request = TriggerRequest(
-        kind="start",
-        source=source,
-        requester=recorded.actor,
-        requester_type="User",
-        repository=repository.full_name,
-        issue_number=number,
-        profile=asked.get("profile") or None,
-        instructions=str(asked.get("instructions") or ""),
-    )
-    decision = decide(
-        request,
-        config,
-        recorded.permission,
-        server_allowed_users=frozenset(bosun.settings.allowed_users),
-        known_profiles=frozenset(profiles),
-        server_default_profile=config.default_profile or bosun.settings.default_profile,
-    )
-    if not isinstance(decision, StartRun):
-        reason = getattr(decision, "reply", None) or getattr(decision, "reason", "not started")
-        return "refused", str(reason), None
+    decision = _decide_start(bosun, recorded, repository, number, config, asked.get("profile"))
+    if isinstance(decision, str):
+        return "refused", decision, None
+    source = decision.source
     owner, name = repository.full_name.split("/", 1)
     event = ParsedEvent(
         event="bosun.start",
@@ -205,6 +186,40 @@ async def _start(bosun: JobContext, recorded: ControlCommand) -> tuple[str, str 
     if run_id is None:
         return "refused", f"a run is already active on {repository.full_name}#{number}", None
     return "accepted", None, run_id
+
+
+def _decide_start(
+    bosun: JobContext,
+    recorded: ControlCommand,
+    repository: Repository,
+    number: int,
+    config: RepoConfig,
+    profile: str | None,
+) -> StartRun | str:
+    """A client's start judged by the trigger rules a label or ``/bosun run`` meets; a string
+    says why it is refused."""
+    asked = json.loads(recorded.args)
+    request = TriggerRequest(
+        kind="start",
+        source=CLIENT_SOURCES.get(recorded.source, "api"),
+        requester=recorded.actor,
+        requester_type="User",
+        repository=repository.full_name,
+        issue_number=number,
+        profile=profile or None,
+        instructions=str(asked.get("instructions") or ""),
+    )
+    decision = decide(
+        request,
+        config,
+        recorded.permission,
+        server_allowed_users=frozenset(bosun.settings.allowed_users),
+        known_profiles=frozenset(bosun.settings.agent_profiles()),
+        server_default_profile=config.default_profile or bosun.settings.default_profile,
+    )
+    if isinstance(decision, StartRun):
+        return decision
+    return str(getattr(decision, "reply", None) or getattr(decision, "reason", "not started"))
 
 
 async def _start_task(
@@ -241,28 +256,11 @@ async def _start_task(
         return "refused", f"{repository.full_name} has no task #{number}", None
     if task.state != "open":
         return "refused", f"task {repository.full_name}#{number} is closed; reopen it first", None
-    source = CLIENT_SOURCES.get(recorded.source, "api")
-    request = TriggerRequest(
-        kind="start",
-        source=source,
-        requester=recorded.actor,
-        requester_type="User",
-        repository=repository.full_name,
-        issue_number=number,
-        profile=asked.get("profile") or task.profile or None,
-        instructions=str(asked.get("instructions") or ""),
+    decision = _decide_start(
+        bosun, recorded, repository, number, config, asked.get("profile") or task.profile
     )
-    decision = decide(
-        request,
-        config,
-        recorded.permission,
-        server_allowed_users=frozenset(bosun.settings.allowed_users),
-        known_profiles=frozenset(bosun.settings.agent_profiles()),
-        server_default_profile=config.default_profile or bosun.settings.default_profile,
-    )
-    if not isinstance(decision, StartRun):
-        reason = getattr(decision, "reply", None) or getattr(decision, "reason", "not started")
-        return "refused", str(reason), None
+    if isinstance(decision, str):
+        return "refused", decision, None
     async with bosun.services.sessions.begin() as session:
         row = await session.get(Task, task.id, with_for_update=True)
         assert row is not None
