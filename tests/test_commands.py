@@ -129,7 +129,7 @@ def test_other_words_get_no_suggestion(word: str) -> None:
 
 def test_every_verb_parses() -> None:
     for verb in VERBS:
-        args = " +5" if verb == "budget" else ""
+        args = {"budget": " +5", "steer": " use httpx"}.get(verb, "")
         parsed = parse_commands(f"/{verb}{args}")
         assert not parsed.errors, verb
         assert [c.verb for c in parsed.commands] == [verb]
@@ -139,12 +139,13 @@ def test_every_verb_parses() -> None:
 def test_help_marks_what_the_caller_may_use() -> None:
     def usable(text: str) -> set[str]:
         rows = [line for line in text.splitlines() if line.startswith("| `/")]
-        return {row.split("`")[1].split()[0] for row in rows if row.rstrip().endswith("✅ |")}
+        mine = [row for row in rows if row.rstrip().endswith("✅ |")]
+        return {row.split("`")[1].replace("/bosun ", "/").split()[0] for row in mine}
 
     reader = usable(help_text("read", is_requester=False))
     assert reader == {"/status", "/help"}
     requester = usable(help_text("read", is_requester=True))
-    assert requester == {"/status", "/help", "/retry", "/cancel", "/resume"}
+    assert requester == {"/status", "/help", "/retry", "/cancel", "/resume", "/steer"}
     writer = usable(help_text("write", is_requester=False))
     assert writer == {f"/{verb}" for verb in VERBS}
     listed_out = usable(help_text("admin", is_requester=False, may_approve=False))

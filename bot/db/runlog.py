@@ -35,6 +35,8 @@ EVENT_KINDS = frozenset(
         "cost",
         "policy",
         "error",
+        "steer",
+        "steer_delivered",
     }
 )
 

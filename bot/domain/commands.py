@@ -10,13 +10,16 @@ Grammar (``docs/commands.md`` has the user's version):
   case-insensitive, followed by whitespace or the end of the line.
 * Fenced code blocks (``` and ~~~, any length), indented code blocks, ``>`` quotes and HTML
   comments are ignored (``bot.domain.triggers.command_lines`` decides the first three).
-* ``/retry`` and ``/reject`` take the text to the end of the comment, following lines included
-  (lines that are commands themselves excepted). Other verbs take the rest of their line.
+* ``/retry``, ``/reject`` and ``/bosun steer`` take the text to the end of the comment,
+  following lines included (lines that are commands themselves excepted). Other verbs take
+  the rest of their line.
 * One state-changing command per comment; ``/status`` and ``/help`` may accompany it.
-* ``/bosun ...`` belongs to ``bot.domain.triggers`` and is skipped here. A line such as
-  ``/usr/bin/env`` or ``/api/runs`` (a slash word followed by ``/`` or ``.``) is a path, not a
-  command attempt, and unknown verbs without a close match (other bots' ``/cc``, ``/assign``)
-  are recorded without a reply.
+* ``/bosun steer <message>`` (or ``/steer``) is the steer command, its message the text to the
+  end of the comment, at most ``MAX_STEER_CHARS`` characters.
+* Other ``/bosun ...`` lines belong to ``bot.domain.triggers`` and are skipped here. A line
+  such as ``/usr/bin/env`` or ``/api/runs`` (a slash word followed by ``/`` or ``.``) is a
+  path, not a command attempt, and unknown verbs without a close match (other bots' ``/cc``,
+  ``/assign``) are recorded without a reply.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Literal
 
 from bot.domain.limits import clip
 from bot.domain.repoconfig import PERMISSION_RANK
+from bot.domain.steering import MAX_STEER_CHARS
 from bot.domain.triggers import command_lines
 
 Who = Literal["anyone", "requester_or_write", "write", "approver"]
@@ -65,6 +69,12 @@ VERBS: dict[str, VerbSpec] = {
         VerbSpec(
             "resume", "/resume", "continue a timed-out run from its branch", "requester_or_write"
         ),
+        VerbSpec(
+            "steer",
+            "/bosun steer <message>",
+            "tell the running agent something: it reads it at its next model request",
+            "requester_or_write",
+        ),
         VerbSpec("hold", "/hold", "keep the run where it is: no start, no merge", "write"),
         VerbSpec("unhold", "/unhold", "lift a hold", "write"),
         VerbSpec("budget", "/budget +N", "raise the run's budget by N dollars", "write"),
@@ -78,7 +88,7 @@ MAX_COMMANDS = 20
 """Command lines read from one comment; more is an error (and bounds the work per comment)."""
 REPLY_LINES = 10
 """Findings a correction reply lists before it says how many more there were."""
-TEXT_VERBS: frozenset[str] = frozenset({"retry", "reject"})
+TEXT_VERBS: frozenset[str] = frozenset({"retry", "reject", "steer"})
 """Verbs whose argument runs to the end of the comment."""
 
 ALIASES: dict[str, str] = {
@@ -189,6 +199,7 @@ class ParsedComment:
 
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _SLASH = re.compile(r"^ {0,3}/(?P<word>[A-Za-z][\w-]*)(?P<punct>[.!:,;]*)(?P<rest>(?:[ \t].*)?)$")
+_BOSUN_STEER = re.compile(r"^steer(?P<punct>[.!:,;]*)(?P<rest>(?:[ \t].*)?)$", re.IGNORECASE)
 _HEX = re.compile(r"^[0-9a-fA-F]{7,40}$")
 _AMOUNT = re.compile(
     r"^(?P<sign>[+-]?)\s*\$?\s*(?P<n>\d+(?:\.\d{1,2})?|\.\d{1,2})\s*(?:\$|usd|dollars?)?$",
@@ -249,6 +260,15 @@ def _command(verb: str, line: str, line_no: int, args: str, tail: str) -> Comman
         return _approve(line, line_no, args)
     if verb in TEXT_VERBS:
         text = "\n".join(part for part in (args, tail) if part).strip()
+        if verb == "steer" and not text:
+            message = "`/bosun steer` needs a message: `/bosun steer use the v2 API instead`."
+            return CommandError(message, line_no, verb)
+        if verb == "steer" and len(text) > MAX_STEER_CHARS:
+            message = (
+                f"a steering message is at most {MAX_STEER_CHARS:,} characters (this one has "
+                f"{len(text):,}); say it shorter."
+            )
+            return CommandError(message, line_no, verb)
         return Command(verb, text, line, line_no)
     if verb == "budget":
         amount = parse_amount(args)
@@ -288,7 +308,10 @@ def parse_commands(body: str) -> ParsedComment:
         word, rest = match.group("word"), match.group("rest").strip()
         verb = word.casefold()
         if verb == "bosun":
-            continue
+            steer = _BOSUN_STEER.match(rest)
+            if steer is None:
+                continue  # /bosun run and friends: bot.domain.triggers
+            verb, rest = "steer", steer.group("rest").strip()
         if verb in VERBS:
             found.append((index, verb, rest, line))
         else:

@@ -46,6 +46,7 @@ from bot.domain.review import (
     ReviewDecision,
     RevokeApproval,
     RunSnapshot,
+    Steer,
     Unhold,
     approval_status,
     button_command,
@@ -54,6 +55,7 @@ from bot.domain.review import (
     head_when_written,
 )
 from bot.domain.states import ACTIVE, TERMINAL, RunState
+from bot.domain.steering import fold_into_prompt
 from bot.forge.port import Forge
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext
@@ -61,6 +63,7 @@ from jobs.review.merge import complete_approval, waiting_note
 from jobs.review.push import handle_push
 from jobs.review.records import find_run, note_on_status, record_ended, rewrite_manifest
 from jobs.review.step import claim, serialised, written_at
+from jobs.run.steering import STEER_TTL_SECONDS, steer_wake_key
 
 log = structlog.get_logger("jobs.review.handle")
 
@@ -352,6 +355,21 @@ async def _commit(
                         *(task_row.pending_feedback or []),
                         decision.feedback,
                     ]
+            case Steer():
+                if decision.folded:
+                    row.prompt = fold_into_prompt(row.prompt, decision.actor, decision.message)
+                await append_event(
+                    session,
+                    row.id,
+                    "steer",
+                    {
+                        "actor": decision.actor,
+                        "message": decision.message,
+                        "folded": decision.folded,
+                        "source": command.source,
+                        "delivery_id": origin.delivery_id,
+                    },
+                )
             case Cancel():
                 row.cancel_requested, row.cancel_actor = True, origin.actor
             case Hold() | Unhold():
@@ -413,6 +431,10 @@ async def apply(
             await port.create_comment(number, f"Started run `{follow_up}` (follows `{run_id}`).")
         case FoldFeedback():
             pass
+        case Steer():
+            if not decision.folded:  # wakes the run's watch; the message is read from the DB
+                key = steer_wake_key(bosun.settings, run_id)
+                await bosun.services.redis.set(key, "1", ex=STEER_TTL_SECONDS)
         case Cancel():
             await signal_cancel(bosun, [run_id], actor)
         case Hold() | Unhold():

@@ -27,6 +27,7 @@ from bot.agents.gateway import (
 )
 from bot.agents.runners import RunnerEvent, get_runner
 from bot.domain.prompt import phase_prompt, sanitize
+from bot.domain.steering import SteerMessage
 from bot.errors import BosunError
 from bot.tracing.genai import AgentTrace, agent_attributes
 from jobs.run import agent_sessions
@@ -43,6 +44,7 @@ from jobs.run.phases import (
     discard_changes,
     load_template,
 )
+from jobs.run.steering import queued_steers
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError, UnreadableWorkspace
 from sandboxes.output import LineSplitter
@@ -102,6 +104,7 @@ class AgentSteps(RunBase):
             max_concurrent=self.settings.gateway.max_concurrent,
             limits=self.settings.gateway.limits(),
             on_refused=self._on_gateway_refused,
+            on_steered=self._on_steered,
         )
         try:
             await self.gateway.start()
@@ -110,6 +113,30 @@ class AgentSteps(RunBase):
             raise StepFailed(f"the model gateway cannot start: {exc}") from exc
         await self.events.emit(
             "progress", {"phase": "prepare", "gateway": sorted(routes), "budget_usd": budget}
+        )
+        await self._take_steers()  # sent while the run was preparing
+
+    async def _take_steers(self) -> None:
+        """Hand the gateway the steers recorded since the last look (``jobs.run.steering``)."""
+        if self.gateway is None:
+            return
+        messages, self.steers_read = await queued_steers(
+            self.sessions, self.run.id, self.steers_read
+        )
+        if messages:
+            waiting = self.gateway.steer(messages)
+            log.info("run_steer_queued", count=len(messages), waiting=waiting)
+
+    def _on_steered(self, messages: list[SteerMessage], number: int) -> None:
+        """The gateway put ``messages`` into model request ``number``."""
+        self.events.buffer(
+            "steer_delivered",
+            {
+                "request": number,
+                "steers": [m.id for m in messages],
+                "actors": sorted({m.actor for m in messages}),
+                "count": len(messages),
+            },
         )
 
     def _on_usage(self, record: UsageRecord) -> None:

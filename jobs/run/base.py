@@ -124,6 +124,8 @@ class RunBase:
         self.gateway: ModelGateway | None = None
         self._stop_watch = asyncio.Event()
         self.budget_exhausted = False
+        self.steers_read = 0
+        """The last ``steer`` event handed to the gateway (``jobs.run.steering``)."""
         self.agent_task: asyncio.Task[ExecResult] | None = None
         self.agent_trace: AgentTrace | None = None
         """The current agent phase's spans (tracing on)."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 from arq.worker import Retry
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from bot import tracing
 from bot.agents.gateway import sandbox_mount
@@ -38,6 +38,7 @@ from jobs.run.base import (
 )
 from jobs.run.phases import Phase
 from jobs.run.publish import PublishSteps
+from jobs.run.steering import steer_wake_key
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError
 from sandboxes.localrepo import LocalRepoError
@@ -236,13 +237,14 @@ class RunExecution(AgentSteps, PublishSteps):
         await self.move(RunState.REVIEW_READY, reason="")
 
     async def _watch_cancel(self, main: asyncio.Task[Any] | None) -> None:
-        """Poll for ``/cancel`` and budget raises, and write the heartbeat. Redis only wakes
+        """Poll for ``/cancel``, budget raises and steers, and write the heartbeat. Redis only wakes
         the watch early; what it acts on is read from the database (a cancel recorded there,
         the run's budget), so whoever can write to Redis cannot cancel a run or raise its
         budget. Stopped through ``_stop_watch`` rather than cancelled, so no database or Redis
         call is ever interrupted half-way."""
         key = request_cancel_key(self.settings, self.run.id)
         budget_key = self.settings.redis.key("budget", self.run.id)
+        steer_key = steer_wake_key(self.settings, self.run.id)
         ticks = 0
         next_beat = 0.0  # the first tick beats: a run never goes long without a heartbeat
         while True:
@@ -259,6 +261,13 @@ class RunExecution(AgentSteps, PublishSteps):
             if (raised or ticks % 10 == 0) and self.gateway is not None:
                 with contextlib.suppress(Exception):
                     await self._apply_budget()
+            if self.gateway is not None:
+                steered = False
+                with contextlib.suppress(Exception):
+                    steered = bool(await self.bosun.services.redis.getdel(steer_key))
+                if steered or ticks % 25 == 0:  # the key may have been set before the gateway
+                    with contextlib.suppress(Exception):
+                        await self._take_steers()
             if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
                 next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
@@ -348,6 +357,11 @@ class RunExecution(AgentSteps, PublishSteps):
             base_sha=self.workspace.base_sha, worker=self.bosun.worker_id, heartbeat_at=utc_now()
         )
         input_dir = self.workspace.run_dir / "input"
+        async with self.sessions() as session:  # with the steers folded in while it was queued
+            prompt = (
+                await session.execute(select(Run.prompt).where(Run.id == self.run.id))
+            ).scalar()
+        self.run.prompt = prompt if prompt is not None else self.run.prompt
         await asyncio.to_thread(write_input, input_dir, self.run.prompt)
         await self._start_gateway(owner[1])
         t1 = time.monotonic()

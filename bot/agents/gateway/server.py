@@ -43,11 +43,15 @@ from bot.agents.gateway.listener import Listener
 from bot.agents.gateway.metering import UsageMeter, UsageRecord
 from bot.agents.gateway.pricing import PricingTable
 from bot.agents.gateway.routes import Upstream
+from bot.agents.gateway.steering import STEERABLE, steer_body
+from bot.domain.steering import MAX_PENDING, SteerMessage, steer_text
 from bot.logs import redact_text
 
 log = structlog.get_logger("bot.agents.gateway")
 
 OnUsage = Callable[[UsageRecord], Awaitable[None] | None]
+OnSteered = Callable[[list[SteerMessage], int], Awaitable[None] | None]
+"""Called with the messages a request carried and the request's number (1 = the run's first)."""
 OnExhausted = Callable[[], Awaitable[None] | None]
 
 MAX_SOCKET_PATH = 107
@@ -75,6 +79,7 @@ class ModelGateway:
         timeout: httpx.Timeout | None = None,
         limits: GatewayLimits | None = None,
         on_refused: OnRefused | None = None,
+        on_steered: OnSteered | None = None,
     ) -> None:
         self.run_id = run_id
         self.socket_dir = socket_dir.absolute()
@@ -110,6 +115,11 @@ class ModelGateway:
         )
         self._client: httpx.AsyncClient | None = None
         self._callbacks: set[asyncio.Task[Any]] = set()
+        self.forwarded = 0
+        """Requests forwarded upstream so far (a steer names the one that carried it)."""
+        self._steers: list[SteerMessage] = []
+        self._steer_ids: set[int] = set()
+        self._on_steered = on_steered
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -210,6 +220,34 @@ class ModelGateway:
                 await result
         except Exception as exc:  # noqa: BLE001 - a callback must not break the gateway
             log.warning("gateway_callback_failed", run_id=self.run_id, error=redact_text(str(exc)))
+
+    # -- steering --------------------------------------------------------------------------
+    def steer(self, messages: list[SteerMessage]) -> int:
+        """Queue maintainer messages for the agent's next model request (in order; a message
+        already queued or delivered, by its id, is not queued again). Returns how many wait."""
+        for message in messages:
+            if message.id and message.id in self._steer_ids:
+                continue
+            if message.id:
+                self._steer_ids.add(message.id)
+            self._steers.append(message)
+        return len(self._steers)
+
+    @property
+    def pending_steers(self) -> list[SteerMessage]:
+        return list(self._steers)
+
+    def _take_steers(self, endpoint: str, body: bytes) -> tuple[bytes, list[SteerMessage]]:
+        """``body`` with the queued messages added, and the messages it carries (none when
+        nothing waits or the request cannot take them: they wait for the next one)."""
+        if not self._steers or endpoint not in STEERABLE:
+            return body, []
+        taken = self._steers[:MAX_PENDING]
+        steered = steer_body(endpoint, body, steer_text(taken))
+        if steered is None:
+            return body, []
+        del self._steers[: len(taken)]
+        return steered, taken
 
     # -- connections -----------------------------------------------------------------------
     async def _serve(
@@ -312,21 +350,37 @@ class ModelGateway:
                     raise Refused(
                         400, "invalid_request_error", str(exc), "gateway.metering"
                     ) from exc
+                body, steers = self._take_steers(endpoint, body)
                 key = self._keys.get(prefix)
                 auth = http.auth_header(upstream.auth_style or "none", key) if key else None
                 url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
-                await self._forward(
-                    conn,
-                    writer,
-                    upstream,
-                    endpoint,
-                    method,
-                    url,
-                    body,
-                    model,
-                    auth,
-                    request.headers,
-                )
+                self.forwarded += 1
+                number = self.forwarded
+                try:
+                    await self._forward(
+                        conn,
+                        writer,
+                        upstream,
+                        endpoint,
+                        method,
+                        url,
+                        body,
+                        model,
+                        auth,
+                        request.headers,
+                    )
+                except Refused:
+                    self._steers[:0] = steers  # never reached the model: the next request
+                    steers = []
+                    raise
+                finally:
+                    if steers:
+                        await self._steered(steers, number)
+
+    async def _steered(self, messages: list[SteerMessage], number: int) -> None:
+        log.info("gateway_steer_delivered", run_id=self.run_id, request=number, count=len(messages))
+        if self._on_steered is not None:
+            await self._call(self._on_steered, messages, number)
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         """Wait until the agent takes what was written, for at most ``client_timeout``."""

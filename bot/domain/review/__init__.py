@@ -67,6 +67,7 @@ from bot.domain.review.model import (
     ReviewDecision,
     RevokeApproval,
     RunSnapshot,
+    Steer,
     Unhold,
 )
 from bot.domain.review.notes import REVIEW_END, REVIEW_START, review_section, with_review_section
@@ -96,6 +97,7 @@ __all__ = [
     "ReviewDecision",
     "RevokeApproval",
     "RunSnapshot",
+    "Steer",
     "Unhold",
     "approval_status",
     "authorize",

@@ -34,9 +34,11 @@ from bot.domain.review.model import (
     RevokeApproval,
     RunSnapshot,
     S,
+    Steer,
     Unhold,
 )
 from bot.domain.states import ACTIVE, TERMINAL
+from bot.domain.steering import clean
 
 BUTTONS: dict[str, str] = {"approve": "approve", "retry": "retry", "cancel": "cancel"}
 """Check-run button identifiers and the verb each stands for; ``rerequested`` is ``retry``."""
@@ -214,6 +216,8 @@ def _decide_approve(
 def _decide_state(command: Command, run: RunSnapshot, actor: str, rule: str) -> ReviewDecision:
     """``rule`` is the authorization rule; accepted decisions carry it."""
     verb, state = command.verb, run.state
+    if verb == "steer":
+        return _decide_steer(command, run, actor, rule)
     if verb == "reject":
         if state in REVIEWABLE:
             return Reject(rule=rule, reason=command.args)
@@ -261,6 +265,31 @@ def _decide_state(command: Command, run: RunSnapshot, actor: str, rule: str) -> 
     amount = command.amount or 0.0
     new = None if run.budget_usd is None else round(run.budget_usd + amount, 2)
     return RaiseBudget(rule=rule, amount=amount, new_budget_usd=new)
+
+
+def _decide_steer(command: Command, run: RunSnapshot, actor: str, rule: str) -> ReviewDecision:
+    """A running (or preparing) agent gets the message at its next model request; a queued
+    run gets it in its prompt; a finished one gets nothing, and the actor is told why."""
+    state = run.state
+    if state in ACTIVE:
+        message = clean(command.args)
+        if not message:
+            reply = (
+                f"@{actor}, nothing is left of your message once hidden content (HTML "
+                "comments, invisible characters) is removed; nothing was sent to the agent."
+            )
+            return RefuseCommand(rule="steer.empty", reply=reply)
+        return Steer(rule=rule, actor=actor, message=message, folded=state is S.QUEUED)
+    if state is S.MERGED:
+        return _merged(actor, run, "there is no agent left to steer.")
+    if state in REVIEWABLE or state in RETRYABLE:
+        hint = (
+            "its agent has finished, so nothing was sent; `/retry <feedback>` runs it again "
+            "with your message."
+        )
+    else:
+        hint = "its agent has finished, so nothing was sent."
+    return _state_refusal(actor, "steer", run, hint)
 
 
 def _note(command: Command) -> str:

@@ -115,6 +115,17 @@ class FoldFeedback(_Outcome):
 
 
 @dataclass(frozen=True)
+class Steer(_Outcome):
+    """Queue ``message`` (sanitised) for the running agent's next model request; for a run
+    that has not started (``folded``), add it to the run's prompt instead."""
+
+    kind: ClassVar[str] = "steer"
+    actor: str
+    message: str
+    folded: bool = False
+
+
+@dataclass(frozen=True)
 class Cancel(_Outcome):
     kind: ClassVar[str] = "cancel"
     reason: str
@@ -178,6 +189,7 @@ ReviewDecision = (
     | Reject
     | RetryRun
     | FoldFeedback
+    | Steer
     | Cancel
     | Resume
     | Hold
