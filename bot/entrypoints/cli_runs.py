@@ -351,6 +351,16 @@ def resume(api: Api, fmt: str, run_id: str) -> None:
     _act(api, fmt, run_id, "resume", {})
 
 
+@runs.command("steer")
+@api_command
+@RUN
+@click.argument("message")
+def steer(api: Api, fmt: str, run_id: str, message: str) -> None:
+    """Tell a running agent something: it reads MESSAGE at its next model request (a queued
+    run gets it in its prompt)."""
+    _act(api, fmt, run_id, "steer", {"message": message})
+
+
 def _amount(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
     try:
         amount = float(value.removeprefix("+").removeprefix("$"))

@@ -7,6 +7,6 @@ Standard library only, so they also run with the agent image's own ``python3``:
 A script is a list of turns; each request that offers tools takes the next one.
 """
 
-from .script import ErrorTurn, ModelScript, TextTurn, ToolTurn, Turn
+from .script import Depends, ErrorTurn, ModelScript, TextTurn, ToolTurn, Turn
 
-__all__ = ["ErrorTurn", "ModelScript", "TextTurn", "ToolTurn", "Turn"]
+__all__ = ["Depends", "ErrorTurn", "ModelScript", "TextTurn", "ToolTurn", "Turn"]

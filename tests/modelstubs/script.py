@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +47,20 @@ class ErrorTurn:
 Turn = TextTurn | ToolTurn | ErrorTurn
 
 
+@dataclass(frozen=True)
+class Depends:
+    """A turn chosen from the request it answers: ``choose(body)`` (e.g. following a steer the
+    gateway put into the conversation)."""
+
+    choose: Callable[[dict[str, Any]], Turn]
+
+
 @dataclass
 class ModelScript:
     """Answers in order. Requests that offer no tools (titles, summaries, token counts) get
     ``side_text`` and do not use a turn; once the turns run out, ``TextTurn(done_text)``."""
 
-    turns: list[Turn]
+    turns: list[Turn | Depends]
     side_text: str = "ok"
     done_text: str = "Done."
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -69,7 +78,7 @@ class ModelScript:
                 return TextTurn(self.done_text)
             turn = self.turns[self._next]
             self._next += 1
-            return turn
+            return turn.choose(body) if isinstance(turn, Depends) else turn
 
     @property
     def used(self) -> int:
@@ -80,7 +89,7 @@ class ModelScript:
     def from_json(cls, text: str) -> ModelScript:
         """``[{"text": ...} | {"tool": name, "arguments": {...}, "kind"?, "text"?}
         | {"error": status, "message": ...}]``"""
-        turns: list[Turn] = []
+        turns: list[Turn | Depends] = []
         for item in json.loads(text):
             if "error" in item:
                 turns.append(ErrorTurn(int(item["error"]), str(item.get("message", "error"))))

@@ -1,5 +1,5 @@
 """``POST /api/v1/runs/{id}/<action>``: cancel, retry, approve, reject, hold, unhold, budget,
-resume — decided by the worker exactly as the comment command they mirror
+resume, steer — decided by the worker exactly as the comment command they mirror
 (``bot.control.actions``, ``jobs.deliveries.commands``), audited with the source ``api`` (or
 ``cli``, ``dashboard``: the ``X-Bosun-Client`` header). The answer waits for the decision (``wait``
 seconds, 10 by default): ``200`` accepted, a ``409`` problem when the run's state refuses it, or
@@ -27,6 +27,7 @@ from bot.control.actions import (
 )
 from bot.control.views import ActionOut
 from bot.db.models import ControlCommand
+from bot.domain.steering import MAX_STEER_CHARS
 from bot.errors import ConflictError
 from bot.jobids import API_COMMAND, command_job_id
 from bot.services import Services
@@ -81,6 +82,16 @@ class BudgetIn(Body):
     )
 
 
+class SteerIn(Body):
+    message: str = Field(
+        min_length=1,
+        max_length=MAX_STEER_CHARS,
+        description="For the running agent: it reads it at its next model request (a queued "
+        "run gets it in its prompt). Hidden content (HTML comments, invisible characters) is "
+        "removed first.",
+    )
+
+
 class EmptyIn(Body):
     pass
 
@@ -132,6 +143,12 @@ class RunActionController(Controller):
         self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[BudgetIn], wait: Wait = 10
     ) -> Response[ActionOut]:
         return await act(request, run_id, "budget", f"+{data.add_usd:.2f}", wait)
+
+    @action("/steer", "Tell the running agent something (like /bosun steer <message>)")
+    async def steer(
+        self, request: AnyRequest, run_id: FromPath[str], data: JSONBody[SteerIn], wait: Wait = 10
+    ) -> Response[ActionOut]:
+        return await act(request, run_id, "steer", data.message, wait)
 
     @action("/resume", "Continue a timed-out run from its branch (like /resume)")
     async def resume(
