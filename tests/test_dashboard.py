@@ -10,6 +10,8 @@ import re
 import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import unescape
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from sqlalchemy import func, select
 
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
-from bot.db.models import BoardPosition, ControlCommand
+from bot.db.models import BoardPosition, ControlCommand, Repository, Task
 from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
@@ -26,10 +28,14 @@ from bot.web.dashboard.access import allowed_actions
 from bot.web.dashboard.ansi import ansi_html
 from bot.web.dashboard.diffs import rows_of, side_by_side, split_files
 from bot.web.dashboard.login import issue_admin_link
-from bot.web.dashboard.security import Viewer
+from bot.web.dashboard.security import Viewer, session_config
 from tests.dashboard_seed import Seeded, make_diff, seed
+from tests.test_localrepo import git
 
 CSRF = re.compile(r'name="csrf-token" content="([^"]+)"')
+FORM_ERROR = re.compile(
+    r'<div class="flash flash-error" role="alert" id="form-error"[^>]*>(.*?)</div>', re.S
+)
 
 
 @dataclass
@@ -58,6 +64,39 @@ class Dash:
         found = CSRF.search(home.text)
         assert home.status_code == 200 and found
         return found.group(1)
+
+    def sign_in_as_github_user(self, login: str) -> str:
+        """A session for the GitHub user ``login`` (made as the OAuth callback makes one); its
+        CSRF token."""
+        config = session_config(self.settings)
+        backend = config._backend_class(config=config)
+        token = f"csrf-of-{login}-" + "x" * 20
+        data = {"login": login, "kind": "github", "csrf": token, "until": 2**40}
+        for cookie in backend._create_session_cookies(backend.dump_data(data)):
+            self.client.cookies.set(cookie.key, str(cookie.value))
+        return token
+
+    async def rows(self) -> tuple[list[str], list[tuple[str, int | None, str]]]:
+        """The local repositories and every task (repository, number, title)."""
+        async with self.services.sessions() as session:
+            repos = list(
+                (
+                    await session.execute(
+                        select(Repository.full_name).where(Repository.local_path.is_not(None))
+                    )
+                ).scalars()
+            )
+            tasks = [
+                (repo, number, title)
+                for repo, number, title in (
+                    await session.execute(
+                        select(Repository.full_name, Task.issue_number, Task.title).join(
+                            Repository, Repository.id == Task.repository_id
+                        )
+                    )
+                ).all()
+            ]
+        return sorted(repos), sorted(tasks, key=lambda t: (t[0], t[1] or 0))
 
     async def commands(self) -> int:
         async with self.services.sessions() as session:
@@ -287,3 +326,199 @@ def test_actions_are_disabled_with_the_reason() -> None:
         permission="read",
     )  # fmt: skip
     assert mine["cancel"].enabled and not mine["hold"].enabled
+
+
+def user_repo(parent: Path, name: str = "project") -> Path:
+    """A user's git repository on ``main`` with one commit."""
+    path = parent / name
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "README.md").write_text("# Project\n")
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "start")
+    return path
+
+
+def form_error(html: str) -> str:
+    """The text of the form's error box (the one announced with role=alert)."""
+    found = FORM_ERROR.search(html)
+    assert found, html[:3000]
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
+
+
+async def test_the_admin_adds_a_local_repository_and_a_task(dash: Dash, tmp_path: Path) -> None:
+    token = await dash.sign_in()
+    listing = (await dash.client.get("/repositories")).text
+    assert 'href="/repositories/add"' in listing
+    form = await dash.client.get("/repositories/add")
+    assert form.status_code == 200 and '<label for="f-path">' in form.text
+    project = user_repo(tmp_path)
+    added = await dash.client.post(
+        "/repositories/add",
+        data={"_csrf": token, "path": str(project), "name": "", "default_branch": ""},
+        follow_redirects=False,
+    )
+    assert added.status_code == 303, added.text
+    assert added.headers["location"] == "/board/tasks/add?repository=local/project"
+    assert await dash.rows() == (["local/project"], await _seeded_tasks(dash))
+    task_form = await dash.client.get(added.headers["location"])
+    assert "Added local/project" in task_form.text
+    assert "<option selected>local/project</option>" in task_form.text
+
+    created = await dash.client.post(
+        "/board/tasks/add",
+        data={
+            "_csrf": token,
+            "repository": "local/project",
+            "title": "Add a health route",
+            "body": "Return 200.",
+            "acceptance": "- [ ] GET /health answers 200\n\nthe version is in the body\n",
+            "labels": "api, small",
+            "priority": "5",
+            "focus": "src/**\ndocs/api.md",
+            "profile": "demo",
+        },
+        follow_redirects=False,
+    )
+    assert created.status_code == 303 and created.headers["location"] == "/board", created.text
+    async with dash.services.sessions() as session:
+        (task,) = (
+            await session.execute(
+                select(Task).join(Repository).where(Repository.full_name == "local/project")
+            )
+        ).scalars()
+    assert (task.issue_number, task.title, task.body) == (1, "Add a health route", "Return 200.")
+    assert task.acceptance == ["GET /health answers 200", "the version is in the body"]
+    assert (task.labels, task.priority, task.focus) == (
+        ["api", "small"],
+        5,
+        ["src/**", "docs/api.md"],
+    )
+    assert (task.profile, task.author, task.state) == ("demo", "admin", "open")
+    board = (await dash.client.get("/board")).text
+    assert "Added task local/project#1" in board
+    card = board.split(f'data-task="{task.id}"', 1)[1].split("</li>", 1)[0]
+    assert "local/project#1" in card
+    assert "<option selected>demo</option>" in card  # the task's profile is preselected
+    assert re.search(r'<button type="submit">Start</button>', card), card  # enabled
+
+
+async def _seeded_tasks(dash: Dash) -> list[tuple[str, int | None, str]]:
+    return (await dash.rows())[1]
+
+
+async def test_each_bad_input_is_shown_on_the_form_and_creates_nothing(
+    dash: Dash, tmp_path: Path
+) -> None:
+    token = await dash.sign_in()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    dirty = user_repo(tmp_path, "dirty")
+    (dirty / "README.md").write_text("changed\n")
+    before = await dash.rows()
+    cases: list[tuple[dict[str, str], int, str, str]] = [
+        ({"path": "project"}, 400, "Path: give the repository's absolute path", "path"),
+        ({"path": str(tmp_path / "absent")}, 409, "does not exist", "path"),
+        ({"path": str(plain)}, 409, "is not a git repository", "path"),
+        ({"path": str(user_repo(tmp_path, "r") / ".git")}, 409, "working copy's folder", "path"),
+        (
+            {"path": str(tmp_path / "r"), "default_branch": "trunk"},
+            409,
+            "has no branch `trunk`",
+            "default_branch",
+        ),
+        ({"path": str(dirty)}, 409, "uncommitted changes", "default_branch"),
+        ({"path": str(tmp_path / "r"), "name": "no spaces"}, 400, "Name: use letters", "name"),
+    ]
+    for values, status, words, where in cases:
+        answer = await dash.client.post("/repositories/add", data={"_csrf": token, **values})
+        assert answer.status_code == status, (values, answer.status_code, answer.text[:2000])
+        assert words in form_error(answer.text), (values, form_error(answer.text))
+        assert f'id="f-{where}" name="{where}" aria-invalid="true"' in answer.text, values
+        assert f'id="err-{where}"' in answer.text
+        assert f'value="{values["path"]}"' in answer.text  # what was typed is kept
+        assert await dash.rows() == before, values
+
+    # A repository already added, under its path or its name.
+    ok = await dash.client.post(
+        "/repositories/add", data={"_csrf": token, "path": str(tmp_path / "r")}
+    )
+    assert ok.status_code == 200 and "Added local/r" in ok.text
+    after_one = await dash.rows()
+    assert after_one[0] == ["local/r"]
+    again = await dash.client.post(
+        "/repositories/add", data={"_csrf": token, "path": str(tmp_path / "r")}
+    )
+    assert again.status_code == 409 and "is already added as local/r" in form_error(again.text)
+    taken = await dash.client.post(
+        "/repositories/add",
+        data={"_csrf": token, "path": str(user_repo(tmp_path, "s")), "name": "r"},
+    )
+    assert taken.status_code == 409 and "the name local/r is taken" in form_error(taken.text)
+    assert await dash.rows() == after_one
+
+    good = {"repository": "local/r", "title": "A task", "priority": "0", "profile": ""}
+    task_cases: list[tuple[dict[str, str], int, str, str]] = [
+        ({"profile": "nope"}, 409, "no profile 'nope' on this server", "profile"),
+        ({"title": "   "}, 400, "Title: a task needs a title", "title"),
+        ({"priority": "high"}, 400, "Priority: must be a whole number", "priority"),
+        ({"priority": "5000"}, 400, "Priority: must be between -1000 and 1000", "priority"),
+        ({"repository": "octo/hello"}, 409, "is a GitHub repository", "repository"),
+        ({"repository": "local/absent"}, 404, "choose a local repository", "repository"),
+        ({"title": "x" * 501}, 400, "Title: is too long", "title"),
+    ]
+    for change, status, words, where in task_cases:
+        values = {**good, **change}
+        answer = await dash.client.post("/board/tasks/add", data={"_csrf": token, **values})
+        assert answer.status_code == status, (change, answer.status_code, answer.text[:2000])
+        assert words in form_error(answer.text), (change, form_error(answer.text))
+        assert f'id="f-{where}" name="{where}" aria-invalid="true"' in answer.text, change
+        assert await dash.rows() == after_one, change
+
+
+async def test_forged_and_read_only_adds_are_refused_and_create_nothing(
+    dash: Dash, tmp_path: Path
+) -> None:
+    token = await dash.sign_in()
+    project = user_repo(tmp_path)
+    taken = await dash.client.post(
+        "/repositories/add", data={"_csrf": token, "path": str(project)}, follow_redirects=False
+    )
+    assert taken.status_code == 303
+    before = await dash.rows()
+    other = user_repo(tmp_path, "other")
+    task = {"repository": "local/project", "title": "Forged"}
+    for path, data in (("/repositories/add", {"path": str(other)}), ("/board/tasks/add", task)):
+        no_token = await dash.client.post(path, data=data, follow_redirects=False)
+        assert no_token.status_code == 403, path
+        wrong = await dash.client.post(
+            path, data={"_csrf": "x" + token[1:], **data}, follow_redirects=False
+        )
+        assert wrong.status_code == 403, path
+        cross = await dash.client.post(
+            path,
+            data={"_csrf": token, **data},
+            headers={"Origin": "https://evil.example"},
+            follow_redirects=False,
+        )
+        assert cross.status_code == 403, path
+    assert await dash.rows() == before
+
+    # A GitHub user: reads local repositories, adds neither repositories nor tasks.
+    dash.client.cookies.clear()
+    reader = dash.sign_in_as_github_user("mallory")
+    form = await dash.client.get("/repositories/add")
+    assert form.status_code == 403 and "for Bosun's admin" in form.text
+    assert re.search(r"<button type=\"submit\" class=\"primary\" disabled", form.text)
+    refused = await dash.client.post(
+        "/repositories/add", data={"_csrf": reader, "path": str(other)}, follow_redirects=False
+    )
+    assert refused.status_code == 403 and "for Bosun's admin" in form_error(refused.text)
+    task_form = await dash.client.get("/board/tasks/add")
+    assert "No local repository you may add tasks to" in task_form.text
+    refused = await dash.client.post(
+        "/board/tasks/add", data={"_csrf": reader, **task}, follow_redirects=False
+    )
+    assert refused.status_code == 403
+    assert "needs write permission (you have read)" in form_error(refused.text)
+    assert await dash.rows() == before

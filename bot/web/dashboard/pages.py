@@ -25,6 +25,7 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.web.api.actions import submit_command
 from bot.web.api.stream import fleet_frames, hub_of
+from bot.web.dashboard.local import writable_local_repositories
 from bot.web.dashboard.reads import COLUMN_TITLES, COLUMNS, Filters, board, fleet, note_waits
 from bot.web.dashboard.render import flash, fragment, page
 from bot.web.dashboard.runpage import access_of, services_of, viewer
@@ -232,6 +233,11 @@ class BoardPages(Controller):
             services.sessions, allowed, positions, search=q.strip(), repository=repository
         )
         repos = sorted(allowed) if allowed is not None else None
+        startable = (
+            {name: at_least(held, "write") for name, held in allowed.items()}
+            if allowed is not None
+            else None
+        )
         return page(
             request,
             "board.html",
@@ -242,6 +248,8 @@ class BoardPages(Controller):
             repository=repository,
             repositories=repos,
             permissions=allowed,
+            startable=startable,
+            can_add_task=bool(await writable_local_repositories(request)),
         )
 
     @post("/order", guards=[csrf_checked], name="dashboard:board-order")

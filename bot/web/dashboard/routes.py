@@ -15,6 +15,7 @@ from litestar.static_files import create_static_files_router
 from litestar.types import ControllerRouterHandler
 
 from bot.settings import Settings
+from bot.web.dashboard.local import LocalRepositoryPages, LocalTaskPages
 from bot.web.dashboard.login import LOGIN_HANDLERS
 from bot.web.dashboard.pages import BoardPages, FleetPages
 from bot.web.dashboard.render import STATIC, environment
@@ -52,7 +53,13 @@ def dashboard_middleware(settings: Settings) -> DefineMiddleware:
 
 
 def dashboard_router(settings: Settings) -> Router:
-    pages: list[ControllerRouterHandler] = [FleetPages, RunPages, BoardPages]
+    pages: list[ControllerRouterHandler] = [
+        FleetPages,
+        RunPages,
+        BoardPages,
+        LocalRepositoryPages,
+        LocalTaskPages,
+    ]
     public: list[ControllerRouterHandler] = [*LOGIN_HANDLERS]
     return Router(
         path="/",
