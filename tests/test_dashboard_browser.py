@@ -9,6 +9,8 @@
   CSRF token, or another user's token) is refused and changes nothing.
 - axe-core finds no serious or critical violation on any page; the actions and the board's
   Start are reachable by keyboard; every state badge carries words, not only a colour.
+- The admin adds a local repository (a refusal shown on the form first) and a task from the
+  dashboard, starts it from the board, and the run reaches review_ready on the fleet page.
 
 ``BOSUN_SCREENSHOTS=DIR`` saves a screenshot of each page there (docs/dashboard.md's).
 """
@@ -23,10 +25,12 @@ from typing import Any
 
 import pytest
 
+from bot.web.dashboard.login import print_admin_link
 from tests.emulator.routes_oauth import client_id, client_secret
 from tests.emulator.world import World
 from tests.services import missing
 from tests.stack import PROFILES, BosunStack, open_stack
+from tests.test_local_e2e import user_repo
 
 pytestmark = pytest.mark.docker
 
@@ -283,3 +287,76 @@ def tab_through(page: Any, presses: int, stop_at: str = "") -> list[str]:
         if stop_at and seen[-1] == stop_at:
             break
     return seen
+
+
+def axe_clean(page: Any, name: str) -> None:
+    page.add_script_tag(path=str(AXE))
+    violations = page.evaluate(AXE_RUN)
+    assert violations == [], (name, violations)
+
+
+def test_a_local_repository_and_task_added_and_started_from_the_dashboard(
+    browser: Any, dash_stack: BosunStack, tmp_path: Path
+) -> None:
+    stack = dash_stack
+    project = user_repo(tmp_path, "project")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    link = stack.call(print_admin_link(stack.settings))  # what `bosun up` prints
+    assert link is not None
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, bypass_csp=True)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(stack.url + "/")
+
+    page.goto(stack.url + "/repositories")
+    page.get_by_role("link", name="Add a local repository").click()
+    page.wait_for_url(stack.url + "/repositories/add")
+    axe_clean(page, "add-repository")
+    page.get_by_label("Path").fill(str(plain))
+    page.get_by_role("button", name="Add repository").click()
+    alert = page.get_by_role("alert")
+    assert "is not a git repository" in alert.inner_text()
+    field = page.get_by_label("Path")
+    assert field.get_attribute("aria-invalid") == "true"
+    assert field.input_value() == str(plain)  # what was typed is kept
+    assert "Error:" in page.locator("#err-path").inner_text()  # words, not only red
+    axe_clean(page, "add-repository-error")
+    shot(page, "add-repository-error")
+    assert stack.db("SELECT count(*) FROM repositories WHERE local_path IS NOT NULL") == [(0,)]
+
+    field.fill(str(project))
+    page.get_by_role("button", name="Add repository").click()
+    page.wait_for_url("**/board/tasks/add?repository=local/project")
+    assert "Added local/project" in page.locator(".flash-ok").inner_text()
+    axe_clean(page, "add-task")
+    page.get_by_label("Title").fill("Make the feature answer")
+    page.get_by_label("Description").fill("Add src/feature.py.")
+    page.get_by_label("Acceptance checklist").fill("feature() returns 42\nREADME says so")
+    page.get_by_label("Focus paths").fill("src/**\nREADME.md")
+    page.get_by_label("Profile").select_option("default")
+    shot(page, "add-task")
+    page.get_by_role("button", name="Add task").click()
+    page.wait_for_url(stack.url + "/board")
+    assert "Added task local/project#1" in page.locator(".flash-ok").inner_text()
+    rows = stack.db("SELECT title, acceptance, focus, profile FROM tasks")
+    assert [(r[0], r[3]) for r in rows] == [("Make the feature answer", "default")], rows
+
+    card = page.locator("li.card.task", has_text="Make the feature answer")
+    assert "local/project#1" in card.inner_text()
+    axe_clean(page, "board-local")
+    shot(page, "board-local")
+    card.get_by_role("button", name="Start").click()  # confirmed (dialogs are accepted)
+    page.wait_for_selector(".flash-ok:has-text('Started run')", timeout=30_000)
+    starts = stack.db("SELECT actor, outcome, source FROM control_commands WHERE verb='start'")
+    assert starts == [("admin", "accepted", "dashboard")], starts
+    (run,) = stack.wait_run({"review_ready"}, timeout=120)
+    assert run["branch"] and run["branch"].startswith("bosun/1-")
+    page.goto(stack.url + "/")
+    needs_you = page.locator("section", has=page.locator("#needs-you-h"))
+    needs_you.get_by_role("link", name="Make the feature answer").wait_for()
+    assert "local/project#1" in needs_you.inner_text()
+    context.close()
