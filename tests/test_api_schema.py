@@ -65,6 +65,7 @@ ROUTES = {
     ("POST", f"{API}/runs/{{run_id}}/unhold"),
     ("POST", f"{API}/runs/{{run_id}}/budget"),
     ("POST", f"{API}/runs/{{run_id}}/resume"),
+    ("POST", f"{API}/runs/{{run_id}}/steer"),
     ("GET", f"{API}/repositories"),
     ("POST", f"{API}/repositories"),
     ("GET", f"{API}/repositories/{{owner}}/{{name}}"),
@@ -303,6 +304,7 @@ def test_every_route_answers_as_documented(bosun: Bosun, tmp_path: Path) -> None
         Call("POST", f"{API}/runs/{{run_id}}/budget", run, json={"add_usd": 2.5}),
         Call("POST", f"{API}/runs/{{run_id}}/cancel", run, expect=409),
         Call("POST", f"{API}/runs/{{run_id}}/resume", run, expect=409),
+        Call("POST", f"{API}/runs/{{run_id}}/steer", run, json={"message": "use v2"}, expect=409),
         Call("POST", f"{API}/runs/{{run_id}}/approve", run, json={"sha": first["head_sha"]}),
         Call("POST", f"{API}/runs/{{run_id}}/reject", run, json={"reason": "not this way"}),
         Call(
