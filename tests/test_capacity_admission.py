@@ -51,6 +51,9 @@ class RecordingPort:
         self.calls.append(("update_comment", comment_id))
         self.comments[comment_id] = body
 
+    async def comment_body(self, comment_id: int) -> str | None:
+        return self.comments.get(comment_id)
+
     async def create_check_run(self, head_sha: str, update: CheckRunUpdate) -> int:
         self.calls.append(("create_check_run", head_sha))
         self.checks[len(self.checks) + 1] = (head_sha, update.fields())

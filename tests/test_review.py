@@ -716,3 +716,14 @@ def test_the_review_section_stays_small_whatever_happened() -> None:
     section = review_section(snapshot(approvals=many), "x" * 100_000)
     assert len(section) < 12_000
     assert "60 earlier approval(s) not shown" in section and "and 490 more" in section
+
+
+def test_the_review_section_is_found_in_a_status_comment() -> None:
+    from bot.domain.review import review_section_of, with_review_section
+
+    section = "<!-- bosun:review -->\n\n**Review** · **approved**\n<!-- /bosun:review -->"
+    body = with_review_section("status line\n", section)
+    assert review_section_of(body) == section
+    assert review_section_of("status line\n") is None
+    # The run's next status write keeps it.
+    assert review_section_of(with_review_section("new status\n", section)) == section

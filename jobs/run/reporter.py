@@ -16,6 +16,7 @@ from dataclasses import replace
 import structlog
 
 from bot.domain.annotations import BATCH
+from bot.domain.review import review_section_of, with_review_section
 from bot.domain.states import RunState
 from bot.domain.status import (
     STATUS_MARKER,
@@ -119,6 +120,11 @@ class StatusReporter:
                 self.comment_id = await self.port.create_comment(view.issue_number, body)
                 await self._persist({"status_comment_id": self.comment_id})
             else:
+                # A review command may have written the review section meanwhile (the run's
+                # last status can land after an approval): keep it.
+                kept = review_section_of(await self.port.comment_body(self.comment_id) or "")
+                if kept is not None:
+                    body = with_review_section(body, kept)
                 await self.port.update_comment(self.comment_id, body)
         sha = view.head_sha if view.pr_number else (view.head_sha or view.base_sha)
         if sha is None:

@@ -70,7 +70,13 @@ from bot.domain.review.model import (
     Steer,
     Unhold,
 )
-from bot.domain.review.notes import REVIEW_END, REVIEW_START, review_section, with_review_section
+from bot.domain.review.notes import (
+    REVIEW_END,
+    REVIEW_START,
+    review_section,
+    review_section_of,
+    with_review_section,
+)
 
 __all__ = [
     "BUTTONS",
@@ -111,6 +117,7 @@ __all__ = [
     "owned_globs",
     "partial_paths",
     "review_section",
+    "review_section_of",
     "same_login",
     "sha_matches",
     "status_text",

@@ -40,6 +40,15 @@ def review_section(run: RunSnapshot, note: str = "") -> str:
     return "\n".join(lines)
 
 
+def review_section_of(body: str) -> str | None:
+    """The review section ``body`` carries, if any."""
+    start = body.find(REVIEW_START)
+    end = body.find(REVIEW_END, start)
+    if start == -1 or end == -1:
+        return None
+    return body[start : end + len(REVIEW_END)]
+
+
 def with_review_section(body: str, section: str) -> str:
     """``body`` with its review section replaced by ``section`` (appended when it has none)."""
     start = body.find(REVIEW_START)
