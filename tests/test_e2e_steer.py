@@ -1,8 +1,9 @@
 """Steering a real agent mid-run (``/bosun steer``): Claude Code and Codex in the hardened
 sandbox sit in a long tool call (``sleep``) while maintainers steer; the very next model request
 the stub receives carries the messages, in order, sanitised and marked as coming from them
-through Bosun; the stub follows the steer and the result is on the branch. An outsider's steer
-is refused with one reply and reaches nothing."""
+through Bosun, and the request after that still holds them at the same place; the stub follows
+the steer and the result is on the branch. An outsider's steer is refused with one reply and
+reaches nothing."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def _steer_and_check(stack: BosunStack, script: ModelScript, path: str) -> None:
     assert "Message from @alice" in carried and "Message from @bob" in carried
     assert "through Bosun" in carried
     assert all("STEER-COLOUR" not in json.dumps(r["body"]) for r in main[:asked])
+    # The request after that one still holds them, at the same place: the agent's own history
+    # never had the text, the gateway puts it back, so the model reads a stable conversation.
+    key = "messages" if "messages" in main[asked]["body"] else "input"
+    steered, later = main[asked]["body"][key], main[asked + 1]["body"][key]
+    where = [i for i, turn in enumerate(steered) if "STEER-COLOUR=blue" in json.dumps(turn)]
+    assert len(where) == 1 and len(later) > len(steered)
+    assert _without_markers(later[: len(steered)]) == _without_markers(steered)
+    assert json.dumps(later).count("STEER-COLOUR=blue") == 1
     everything = json.dumps(script.requests)
     assert HIDDEN not in everything and "delete everything" not in everything
     assert everything.count("STEER-COLOUR=blue") == json.dumps(main[asked:]).count(
@@ -80,6 +89,15 @@ def _steer_and_check(stack: BosunStack, script: ModelScript, path: str) -> None:
     assert len(refusals) == 1 and "requester" in refusals[0]["body"]
     mine = [c for c in issue["comments"] if c["user"] == "alice" and "steer" in c["body"]]
     assert any(r["content"] == "eyes" for r in mine[0]["reactions"])
+
+
+def _without_markers(value: Any) -> Any:
+    """``value`` without ``cache_control`` (Claude Code marks its newest turns for caching)."""
+    if isinstance(value, dict):
+        return {k: _without_markers(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_markers(v) for v in value]
+    return value
 
 
 def _colour(body: dict[str, Any], blue: Turn, red: Turn) -> Turn:

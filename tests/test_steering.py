@@ -1,6 +1,7 @@
 """Steering a running agent (``/bosun steer``): the command's grammar and decision, the queued
 run's prompt, the user turn each API format gets, and the gateway putting queued messages into
-the agent's next model request (against the stub upstream, through the run's Unix socket)."""
+the agent's next model request (against the stub upstream, through the run's Unix socket), and
+keeping each delivered steer at its place in the later requests of that conversation."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from bot.agents.gateway import ModelGateway, Upstream
-from bot.agents.gateway.steering import inject
+from bot.agents.gateway.steering import MAX_REMEMBERED_STEERS, inject, steer_payload
 from bot.control.actions import parse_action
 from bot.domain.commands import parse_commands
 from bot.domain.prompt import PHASE_HEADING, build_prompt, phase_prompt
@@ -256,10 +257,193 @@ async def test_the_next_tool_request_carries_queued_steers_in_order(
         assert text.index("first") < text.index("second") and "@bob" in text
         assert [(len(m), n) for m, n in delivered] == [(2, 3)]  # the run's third request
         assert gw.pending_steers == []
-        assert await ask("/anthropic/v1/messages", plain) == plain  # delivered once
+        again = await ask("/anthropic/v1/messages", plain)  # the same conversation: kept
+        assert again == sent and json.dumps(again).count("second") == 1
+        assert len(delivered) == 1  # delivered once
 
         gw.steer([SteerMessage("alice", "third", 13)])
         chat = {"model": "gpt-5", "tools": TOOLS, "messages": [{"role": "user", "content": "x"}]}
         sent = await ask("/openai/v1/chat/completions", chat)
         assert sent["messages"][-1]["role"] == "user" and "third" in sent["messages"][-1]["content"]
         assert json.dumps(sent).count("third") == 1
+
+
+# --- a delivered steer stays where it was put ---------------------------------------------------
+# The agent's CLI never holds the text the gateway added, so each later request of the same
+# conversation arrives without it; the gateway puts it back at the same place.
+
+
+def _call(form: str, n: int) -> list[dict[str, Any]]:
+    """The turns of the model calling a tool ``c<n>`` and of its result (``cache_control`` on
+    the result, as Claude Code marks its newest turn; the next request no longer has it)."""
+    if form == "anthropic":
+        return [
+            {"role": "assistant", "content": [{"type": "tool_use", "id": f"c{n}", "name": "Bash"}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"c{n}",
+                        "content": f"out {n}",
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            },
+        ]
+    if form == "responses":
+        return [
+            {"type": "function_call", "call_id": f"c{n}", "name": "shell", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": f"c{n}", "output": f"out {n}"},
+        ]
+    return [
+        {"role": "assistant", "tool_calls": [{"id": f"c{n}", "type": "function"}]},
+        {"role": "tool", "tool_call_id": f"c{n}", "content": f"out {n}"},
+    ]
+
+
+def _conversation(form: str, task: str, calls: int) -> dict[str, Any]:
+    first = (
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": task}]}
+        if form == "responses"
+        else {"role": "user", "content": task}
+    )
+    turns: list[dict[str, Any]] = [first]
+    for n in range(1, calls + 1):
+        done = _call(form, n)
+        if n < calls:  # an older result: its cache marker has moved on
+            done[-1] = copy.deepcopy(done[-1])
+            for block in done[-1].get("content", []):
+                if isinstance(block, dict):
+                    block.pop("cache_control", None)
+        turns += done
+    key = "input" if form == "responses" else "messages"
+    return {"model": "m", "max_tokens": 10, "tools": TOOLS, key: turns}
+
+
+PATHS = {
+    "anthropic": "/anthropic/v1/messages",
+    "responses": "/openai/v1/responses",
+    "chat": "/openai/v1/chat/completions",
+}
+
+
+def _without_markers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_markers(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_markers(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("form", ["anthropic", "responses", "chat"])
+async def test_a_delivered_steer_stays_at_its_place_in_later_requests(
+    gateway: tuple[ModelGateway, list[Any]], stub: StubUpstream, form: str
+) -> None:
+    gw, delivered = gateway
+    key = "input" if form == "responses" else "messages"
+    transport = httpx.AsyncHTTPTransport(uds=str(gw.socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://x", timeout=30) as client:
+
+        async def ask(body: dict[str, Any]) -> list[Any]:
+            seen = len(stub.requests())
+            response = await client.post(PATHS[form], json=body)
+            assert response.status_code == 200, response.text
+            sent: list[Any] = stub.requests()[seen].json()[key]
+            return sent
+
+        gw.steer([SteerMessage("alice", "STEER-7q use httpx", 21)])
+        carried = await ask(_conversation(form, "fix the bug", 1))
+        assert [(len(m), n) for m, n in delivered] == [(1, 1)]
+        where = next(i for i, turn in enumerate(carried) if "STEER-7q" in json.dumps(turn))
+        assert where == 2 if form == "anthropic" else where == 3  # after the tool's result
+
+        # The agent's history grows without the text; each later request gets it back there.
+        for calls in (2, 3):
+            body = _conversation(form, "fix the bug", calls)
+            assert "STEER-7q" not in json.dumps(body)
+            sent = await ask(body)
+            assert _without_markers(sent[: len(carried)]) == _without_markers(carried)
+            assert json.dumps(sent).count("STEER-7q") == 1  # not duplicated
+            assert len(sent) == len(body[key]) + (0 if form == "anthropic" else 1)
+
+        # Another conversation (a sub-agent, grown the same way) and a side request: untouched.
+        other = _conversation(form, "summarise the repository", 2)
+        assert await ask(other) == other[key]
+        side = {k: v for k, v in _conversation(form, "fix the bug", 2).items() if k != "tools"}
+        assert await ask(side) == side[key]
+        assert len(delivered) == 1  # reported once, when it was first carried
+
+
+async def test_steers_delivered_at_different_turns_each_keep_their_place(
+    gateway: tuple[ModelGateway, list[Any]], stub: StubUpstream
+) -> None:
+    gw, delivered = gateway
+    transport = httpx.AsyncHTTPTransport(uds=str(gw.socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://x", timeout=30) as client:
+
+        async def ask(body: dict[str, Any]) -> list[Any]:
+            seen = len(stub.requests())
+            assert (await client.post(PATHS["anthropic"], json=body)).status_code == 200
+            sent: list[Any] = stub.requests()[seen].json()["messages"]
+            return sent
+
+        gw.steer([SteerMessage("alice", "FIRST-k2", 31)])
+        await ask(_conversation("anthropic", "task", 1))
+        gw.steer([SteerMessage("bob", "SECOND-k2", 32)])
+        await ask(_conversation("anthropic", "task", 2))
+        same = await ask(_conversation("anthropic", "task", 2))  # the CLI retrying that request
+        sent = await ask(_conversation("anthropic", "task", 3))
+        assert [n for _, n in delivered] == [1, 2]
+        assert _without_markers(same) == _without_markers(sent[: len(same)])
+        texts = [json.dumps(turn) for turn in sent]
+        assert [i for i, t in enumerate(texts) if "FIRST-k2" in t] == [2]
+        assert [i for i, t in enumerate(texts) if "SECOND-k2" in t] == [4]
+        assert json.dumps(sent).count("FIRST-k2") == json.dumps(sent).count("SECOND-k2") == 1
+
+
+def test_a_steer_after_a_text_turn_comes_back_as_its_own_turn() -> None:
+    payload: dict[str, Any] = {
+        "tools": TOOLS,
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+    }
+    changed, placed = steer_payload("POST /v1/messages", payload, "S")
+    assert changed and placed is not None and not placed.joined
+    later: dict[str, Any] = {
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "and then?"},
+        ],
+    }
+    assert steer_payload("POST /v1/messages", later, None, [placed]) == (True, None)
+    assert later["messages"][2] == {  # one user turn: the API refuses two in a row
+        "role": "user",
+        "content": [{"type": "text", "text": "S"}, {"type": "text", "text": "and then?"}],
+    }
+    string_input: dict[str, Any] = {"tools": TOOLS, "input": "hello"}
+    _, first = steer_payload("POST /v1/responses", string_input, "S")
+    grown: dict[str, Any] = {"tools": TOOLS, "input": [string_input["input"][0], {"x": 1}]}
+    assert first is not None and steer_payload("POST /v1/responses", grown, None, [first])[0]
+    assert [i.get("content", [{}])[0].get("text") for i in grown["input"]] == ["hello", "S", None]
+
+
+async def test_a_run_remembers_a_bounded_number_of_deliveries(
+    gateway: tuple[ModelGateway, list[Any]], stub: StubUpstream
+) -> None:
+    gw, delivered = gateway
+    transport = httpx.AsyncHTTPTransport(uds=str(gw.socket_path))
+    async with httpx.AsyncClient(transport=transport, base_url="http://x", timeout=30) as client:
+
+        async def ask(body: dict[str, Any]) -> str:
+            seen = len(stub.requests())
+            assert (await client.post(PATHS["chat"], json=body)).status_code == 200
+            return json.dumps(stub.requests()[seen].json())
+
+        for n in range(MAX_REMEMBERED_STEERS + 1):
+            gw.steer([SteerMessage("alice", f"NOTE-{n}-z", 100 + n)])
+            assert f"NOTE-{n}-z" in await ask(_conversation("chat", f"task {n}", 1))
+        assert len(delivered) == MAX_REMEMBERED_STEERS + 1
+        assert "NOTE-0-z" not in await ask(_conversation("chat", "task 0", 2))  # forgotten
+        assert "NOTE-1-z" in await ask(_conversation("chat", "task 1", 2))

@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from bot.agents.gateway.listener import Listener
 from bot.agents.gateway.metering import UsageMeter, UsageRecord
 from bot.agents.gateway.pricing import PricingTable
 from bot.agents.gateway.routes import Upstream
-from bot.agents.gateway.steering import STEERABLE, steer_body
+from bot.agents.gateway.steering import MAX_REMEMBERED_STEERS, STEERABLE, Placed, steer_body
 from bot.domain.steering import MAX_PENDING, SteerMessage, steer_text
 from bot.logs import redact_text
 
@@ -119,6 +120,9 @@ class ModelGateway:
         """Requests forwarded upstream so far (a steer names the one that carried it)."""
         self._steers: list[SteerMessage] = []
         self._steer_ids: set[int] = set()
+        self._placed: deque[Placed] = deque(maxlen=MAX_REMEMBERED_STEERS)
+        """Delivered steers, put back at their place in every later request of their
+        conversation (the agent's own history never holds them)."""
         self._on_steered = on_steered
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -237,17 +241,22 @@ class ModelGateway:
     def pending_steers(self) -> list[SteerMessage]:
         return list(self._steers)
 
-    def _take_steers(self, endpoint: str, body: bytes) -> tuple[bytes, list[SteerMessage]]:
-        """``body`` with the queued messages added, and the messages it carries (none when
-        nothing waits or the request cannot take them: they wait for the next one)."""
-        if not self._steers or endpoint not in STEERABLE:
-            return body, []
+    def _take_steers(
+        self, endpoint: str, body: bytes
+    ) -> tuple[bytes, list[SteerMessage], Placed | None]:
+        """``body`` with the steers delivered before put back in place and the queued messages
+        added, the messages it newly carries and where they went (none when nothing waits or
+        the request cannot take them: they wait for the next one)."""
+        if endpoint not in STEERABLE or not (self._steers or self._placed):
+            return body, [], None
         taken = self._steers[:MAX_PENDING]
-        steered = steer_body(endpoint, body, steer_text(taken))
+        steered = steer_body(endpoint, body, steer_text(taken) if taken else None, self._placed)
         if steered is None:
-            return body, []
+            return body, [], None
+        if steered.placed is None:
+            return steered.body, [], None
         del self._steers[: len(taken)]
-        return steered, taken
+        return steered.body, taken, steered.placed
 
     # -- connections -----------------------------------------------------------------------
     async def _serve(
@@ -350,7 +359,9 @@ class ModelGateway:
                     raise Refused(
                         400, "invalid_request_error", str(exc), "gateway.metering"
                     ) from exc
-                body, steers = self._take_steers(endpoint, body)
+                body, steers, placed = self._take_steers(endpoint, body)
+                if placed is not None and placed.depth:  # remembered before the agent can
+                    self._placed.append(placed)  # send its next request (after no turn: not)
                 key = self._keys.get(prefix)
                 auth = http.auth_header(upstream.auth_style or "none", key) if key else None
                 url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
@@ -372,6 +383,8 @@ class ModelGateway:
                 except Refused:
                     self._steers[:0] = steers  # never reached the model: the next request
                     steers = []
+                    if placed is not None and placed in self._placed:
+                        self._placed.remove(placed)
                     raise
                 finally:
                     if steers:
