@@ -205,7 +205,12 @@ def test_the_same_decisions_from_a_comment_the_api_and_the_cli(
             stack.emulator.comment(stack.repo, number, text, "bob")
             return 200
         if source == "cli":  # the installed `bosun`, as an operator types it
-            flags = ["--reason", body["reason"]] if "reason" in body else []
+            flags = [
+                flag
+                for key in ("reason", "feedback")
+                if key in body
+                for flag in (f"--{key}", body[key])
+            ]
             done = subprocess.run(
                 [BOSUN, "runs", verb, run["id"], *flags],
                 env={**os.environ, "BOSUN_URL": stack.url, "BOSUN_TOKEN": tokens["operate"]},
@@ -240,6 +245,16 @@ def test_the_same_decisions_from_a_comment_the_api_and_the_cli(
     assert rows == [(actor, "approve", "refused", source, "write")]
     approvals = stack.db("SELECT actor, sha FROM approvals WHERE run_id=?", second["id"])
     assert approvals == [(actor, second["head_sha"])]
+    # A retry with feedback: a follow-up run on the same branch whose prompt carries it.
+    third = ready_run(stack, f"Retry via {source}")
+    assert act(third, "retry", {"feedback": "use tabs"}, "/retry use tabs") == 200
+    follow = stack.wait_for(
+        lambda: stack.db("SELECT branch, prompt FROM runs WHERE parent_run_id=?", third["id"]),
+        30,
+        "the follow-up run",
+    )
+    assert follow[0][0] == third["branch"] and "use tabs" in follow[0][1]
+    assert _audit_rows(stack, third["id"]) == [(actor, "retry", "accepted", source, "write")]
 
 
 def test_a_forged_action_job_acts_on_nothing(api: tuple[BosunStack, dict[str, str]]) -> None:
