@@ -11,6 +11,9 @@
   Start are reachable by keyboard; every state badge carries words, not only a colour.
 - The admin adds a local repository (a refusal shown on the form first) and a task from the
   dashboard, starts it from the board, and the run reaches review_ready on the fleet page.
+- Board cards dragged with the pointer: within To do the new order is saved and kept after a
+  reload; a card dropped on Running opens the profile picker, and confirming starts a run with
+  the chosen profile (audited with the source ``dashboard``).
 
 ``BOSUN_SCREENSHOTS=DIR`` saves a screenshot of each page there (docs/dashboard.md's).
 """
@@ -52,6 +55,7 @@ pathlib.Path("/workspace/NOTES.md").write_text("scratch notes\n")
 print("agent: done", flush=True)
 """
 AUTO_MERGE = "merge:\n  auto_merge: true\n"
+ACTIVE_STATES = ("queued", "preparing", "running", "gates")
 
 
 @pytest.fixture
@@ -359,4 +363,101 @@ def test_a_local_repository_and_task_added_and_started_from_the_dashboard(
     needs_you = page.locator("section", has=page.locator("#needs-you-h"))
     needs_you.get_by_role("link", name="Make the feature answer").wait_for()
     assert "local/project#1" in needs_you.inner_text()
+    context.close()
+
+
+def drag(page: Any, source: Any, target: Any, *, upper: bool = True) -> None:
+    """Press on ``source``, move in steps onto ``target`` (its upper or lower part) and let go:
+    the pointer moves SortableJS needs (Chromium turns them into native drag events)."""
+    start, end = source.bounding_box(), target.bounding_box()
+    x, y = start["x"] + start["width"] / 2, start["y"] + start["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 4, y + 6, steps=4)  # the drag starts
+    page.wait_for_timeout(100)
+    fraction = 0.25 if upper else 0.75
+    page.mouse.move(end["x"] + end["width"] / 2, end["y"] + end["height"] * fraction, steps=20)
+    page.wait_for_timeout(300)  # Sortable's animation
+    page.mouse.up()
+
+
+def todo_titles(page: Any) -> list[str]:
+    return [t.strip() for t in page.locator("ol[data-column=todo] li.card h3").all_inner_texts()]
+
+
+def test_board_cards_dragged_to_order_and_to_running(
+    browser: Any, dash_stack: BosunStack, tmp_path: Path
+) -> None:
+    from bot.control.local import TaskFields, add_repository, add_task
+    from bot.db.engine import create_engine, session_factory
+
+    stack = dash_stack
+    project = user_repo(tmp_path, "project")
+
+    async def tasks() -> list[int]:
+        engine = create_engine(stack.settings.database.url)
+        try:
+            sessions = session_factory(engine)
+            await add_repository(sessions, str(project), name=None, default_branch=None)
+            return [
+                (
+                    await add_task(
+                        sessions,
+                        "local/project",
+                        TaskFields(title=title),
+                        author="admin",
+                        profiles=stack.settings.agent_profiles(),
+                    )
+                ).id
+                for title in ("First task", "Second task", "Third task")
+            ]
+        finally:
+            await engine.dispose()
+
+    first, second, third = stack.call(tasks())
+    link = stack.call(print_admin_link(stack.settings))
+    assert link is not None
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    page.goto(link)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(stack.url + "/")
+    page.goto(stack.url + "/board")
+    page.wait_for_function("() => window.Sortable !== undefined")
+    assert todo_titles(page) == ["First task", "Second task", "Third task"]
+
+    # Third above First: the column's new order is saved and kept after a reload.
+    card = page.locator("ol[data-column=todo] li.card", has_text="Third task")
+    onto = page.locator("ol[data-column=todo] li.card", has_text="First task")
+    with page.expect_response("**/board/order") as saved:
+        drag(page, card.locator("p").first, onto)
+    assert saved.value.ok, saved.value.text()
+    page.reload()
+    page.wait_for_function("() => window.Sortable !== undefined")
+    assert todo_titles(page) == ["Third task", "First task", "Second task"]
+    positions = stack.db("SELECT task_id, updated_by FROM board_positions ORDER BY position")
+    assert positions == [(third, "admin"), (first, "admin"), (second, "admin")], positions
+
+    # Second into Running: the profile picker opens for it; confirming starts the run.
+    assert not page.locator("#start-dialog").is_visible()
+    card = page.locator("ol[data-column=todo] li.card", has_text="Second task")
+    drag(page, card.locator("p").first, page.locator("ol[data-column=running]"))
+    dialog = page.locator("#start-dialog")
+    dialog.wait_for(state="visible")
+    assert dialog.locator("#start-what").inner_text() == "Second task"
+    assert dialog.locator("input[name=task_id]").input_value() == str(second)
+    assert stack.db("SELECT count(*) FROM control_commands") == [(0,)]  # nothing yet
+    dialog.get_by_label("Profile").select_option("noop")
+    dialog.get_by_role("button", name="Start run").click()
+    page.wait_for_selector(".flash-ok:has-text('Started run')", timeout=30_000)
+    starts = stack.db("SELECT actor, outcome, source FROM control_commands WHERE verb='start'")
+    assert starts == [("admin", "accepted", "dashboard")], starts
+    runs = stack.db("SELECT task_id, profile FROM runs")
+    assert runs == [(second, "noop")], runs
+    stack.wait_for(
+        lambda: stack.db("SELECT state FROM runs")[0][0] not in ACTIVE_STATES,
+        120,
+        "the started run to end",
+    )
     context.close()
