@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from bench.servers import _tree_cpu_ticks
 from bench.stats import loadavg, summary, table, write_result
 from bench.webhook_ack import host_busy_seconds, own_cpu_seconds
 from bot.logs import configure_logging
+from bot.settings import Settings
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
 from tests.lifecycle_stack import settings_env
@@ -60,6 +62,12 @@ for n in range(count):
     print(f"tick {n} {time.time():.6f}", flush=True)
 sys.exit(3)  # the run ends (failed), and with it every stream
 """
+
+
+def ticker_command(lines: int, interval: float, start_delay: float) -> list[str]:
+    """The ``script`` agent's argv: wait ``start_delay`` s, then print ``lines`` lines
+    ``tick <n> <time.time()>`` every ``interval`` s, then exit 3."""
+    return ["python3", "-c", TICKER, str(lines), str(interval), str(start_delay)]
 
 
 @dataclass
@@ -237,6 +245,117 @@ def runs_of(database_url: str) -> list[tuple[str, str]]:
     return asyncio.run(go())
 
 
+@dataclass
+class Deployment:
+    """Bosun as deployed (a worker and web processes) with the GitHub emulator beside it."""
+
+    root: Path
+    emulator: EmulatorClient
+    settings: Settings
+    webs: list[str]
+    database_url: str
+    processes: list[subprocess.Popen[bytes]]
+    repo: str = "octo/hello"
+
+    def label_issues(self, count: int, title: str = "Tick") -> list[tuple[str, str]]:
+        """Open and label ``count`` issues; the runs (id, state) once all exist."""
+        for n in range(count):
+            number = self.emulator.create_issue(self.repo, f"{title} {n}", "Print ticks.", "alice")
+            self.emulator.add_labels(self.repo, number, ["bosun"], "alice")
+        found: list[tuple[str, str]] = wait(
+            lambda: (runs := runs_of(self.database_url)) and len(runs) >= count and runs,
+            60,
+            f"{count} runs",
+        )
+        return found
+
+
+@contextlib.contextmanager
+def deployed(
+    *,
+    runs: int,
+    webs: int,
+    command: list[str],
+    redis: str,
+    database_url: str = "",
+    keep: bool = False,
+) -> Iterator[Deployment]:
+    """One ``bosun worker`` and ``webs`` ``bosun serve`` processes on loopback, the emulator in
+    its own process, the repository ``octo/hello`` (alice may write) whose runs' ``script``
+    agent runs ``command``; everything stopped and removed afterwards (``keep``: the folder)."""
+    root = Path(tempfile.mkdtemp(prefix="bosun-bench-live-"))
+    root.chmod(0o755)  # the remapped sandbox uid must traverse it to the workspaces
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    emulator_proc, url = start_emulator(root / "emulator")
+    emulator = EmulatorClient(url)
+    processes: list[subprocess.Popen[bytes]] = []
+    database_url = database_url or f"sqlite+aiosqlite:///{root / 'bosun.db'}"
+    try:
+        ports = [free_port() for _ in range(webs)]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        app = emulator.create_app(f"{urls[0]}/webhooks/github", "webhook-secret")
+        config = f"limits:\n  concurrent_runs: {runs}\n"
+        source = make_source_repo(
+            root / "source", {"README.md": "# Hello\n", ".github/bosun.yml": config}
+        )
+        world = World(emulator, app, None, WebhookReceiver(url=""), source)  # type: ignore[arg-type]
+        work = root / "work"
+        work.mkdir(mode=0o755)
+        settings = make_stack_settings(
+            root,
+            world,
+            redis,
+            namespace,
+            work,
+            ports[0],
+            profiles={"ticker": {"runner": "script", "command": command}},
+            default_profile="ticker",
+            database={"url": database_url},
+            worker={"poll_delay": 0.05, "max_jobs": runs + 4, "max_concurrent_runs": runs},
+            log_level="warning",
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("BOSUN_", "OTEL_"))},
+            **settings_env(settings),
+        }
+        subprocess.run([str(BOSUN), "migrate"], env=env, check=True, capture_output=True)
+        logs = root / "logs"
+        logs.mkdir()
+
+        def spawn(name: str, *argv: str) -> None:
+            with (logs / f"{name}.log").open("ab") as log:
+                processes.append(
+                    subprocess.Popen([str(BOSUN), *argv], env=env, stdout=log, stderr=log)
+                )
+
+        spawn("worker", "worker")
+        for index, port in enumerate(ports):
+            spawn(f"web-{index}", "serve", "--port", str(port))
+        for web in urls:
+            wait(lambda web=web: _healthy(f"{web}/healthz"), 60, f"{web}/healthz")
+        world.repo = emulator.create_repo("octo", "hello", str(source))
+        emulator.add_user("alice", "octo/hello", "write")
+        yield Deployment(root, emulator, settings, urls, database_url, processes)
+    finally:
+        for proc in reversed(processes):
+            proc.terminate()
+        for proc in processes:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        emulator.close()
+        emulator_proc.terminate()
+        emulator_proc.wait(10)
+        with contextlib.suppress(Exception):
+            asyncio.run(_purge(redis, namespace, root / "bosun.db"))
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.live_log")
     parser.add_argument("--runs", type=int, default=8, help="concurrent runs")
@@ -262,76 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     lines_per_run = round(args.seconds / args.interval)
 
     load_before = loadavg()
-    root = Path(tempfile.mkdtemp(prefix="bosun-bench-live-"))
-    root.chmod(0o755)  # the remapped sandbox uid must traverse it to the workspaces
-    namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    emulator_proc, url = start_emulator(root / "emulator")
-    emulator = EmulatorClient(url)
-    processes: list[subprocess.Popen[bytes]] = []
-    database_url = args.database_url or f"sqlite+aiosqlite:///{root / 'bosun.db'}"
-    try:
-        ports = [free_port() for _ in range(args.webs)]
-        webs = [f"http://127.0.0.1:{port}" for port in ports]
-        app = emulator.create_app(f"{webs[0]}/webhooks/github", "webhook-secret")
-        config = f"limits:\n  concurrent_runs: {args.runs}\n"
-        source = make_source_repo(
-            root / "source", {"README.md": "# Hello\n", ".github/bosun.yml": config}
-        )
-        world = World(emulator, app, None, WebhookReceiver(url=""), source)  # type: ignore[arg-type]
-        work = root / "work"
-        work.mkdir(mode=0o755)
-        command = ["python3", "-c", TICKER, str(lines_per_run), str(args.interval)]
-        settings = make_stack_settings(
-            root,
-            world,
-            args.redis,
-            namespace,
-            work,
-            ports[0],
-            profiles={"ticker": {"runner": "script", "command": [*command, str(args.start_delay)]}},
-            default_profile="ticker",
-            database={"url": database_url},
-            worker={
-                "poll_delay": 0.05,
-                "max_jobs": args.runs + 4,
-                "max_concurrent_runs": args.runs,
-            },
-            log_level="warning",
-        )
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("BOSUN_", "OTEL_"))},
-            **settings_env(settings),
-        }
-        subprocess.run([str(BOSUN), "migrate"], env=env, check=True, capture_output=True)
-        logs = root / "logs"
-        logs.mkdir()
-
-        def spawn(name: str, *argv: str) -> None:
-            with (logs / f"{name}.log").open("ab") as log:
-                processes.append(
-                    subprocess.Popen([str(BOSUN), *argv], env=env, stdout=log, stderr=log)
-                )
-
-        spawn("worker", "worker")
-        for index, port in enumerate(ports):
-            spawn(f"web-{index}", "serve", "--port", str(port))
-        for web in webs:
-            wait(lambda web=web: _healthy(f"{web}/healthz"), 60, f"{web}/healthz")
-        world.repo = emulator.create_repo("octo", "hello", str(source))
-        emulator.add_user("alice", "octo/hello", "write")
-        token = make_token(database_url)
-
+    command = ticker_command(lines_per_run, args.interval, args.start_delay)
+    with deployed(
+        runs=args.runs,
+        webs=args.webs,
+        command=command,
+        redis=args.redis,
+        database_url=args.database_url,
+        keep=args.keep,
+    ) as bosun:
+        token = make_token(bosun.database_url)
         started = time.time()
-        for n in range(args.runs):
-            number = emulator.create_issue("octo/hello", f"Tick {n}", "Print ticks.", "alice")
-            emulator.add_labels("octo/hello", number, ["bosun"], "alice")
-        runs = wait(
-            lambda: (found := runs_of(database_url)) and len(found) >= args.runs and found,
-            60,
-            f"{args.runs} runs",
-        )
+        runs = bosun.label_issues(args.runs)
         subs = [
-            Subscriber(i, runs[i % args.runs][0], webs[(i // args.runs) % args.webs])
+            Subscriber(i, runs[i % args.runs][0], bosun.webs[(i // args.runs) % args.webs])
             for i in range(args.subscribers)
         ]
         deadline = time.time() + args.start_delay + args.seconds + 180
@@ -341,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         tick = os.sysconf("SC_CLK_TCK")
+        processes = bosun.processes
         before = [_tree_cpu_ticks(p.pid) / tick for p in processes]
         host0, own0, t0 = host_busy_seconds(), own_cpu_seconds(), time.monotonic()
         asyncio.run(subscribe_all(subs, token, deadline))
@@ -352,26 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         busy = (host_busy_seconds() - host0) / elapsed
         cpu["everything else (Docker, Redis, other work)"] = round(busy - sum(cpu.values()), 2)
         cpu["host busy"] = round(busy, 2)
-        final = runs_of(database_url)
-    finally:
-        for proc in reversed(processes):
-            proc.terminate()
-        for proc in processes:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        emulator.close()
-        emulator_proc.terminate()
-        emulator_proc.wait(10)
-        database = root / "bosun.db"
-        with contextlib.suppress(Exception):
-            asyncio.run(_purge(args.redis, namespace, database))
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        final = runs_of(bosun.database_url)
+        database_url = bosun.database_url
 
     text, data = report(subs, lines_per_run)
     late = sum(1 for s in subs if s.history)
