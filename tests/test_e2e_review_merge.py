@@ -55,10 +55,15 @@ def test_two_concurrent_approvals_merge_exactly_once(stack: BosunStack) -> None:
     statuses = [e["data"]["to"] for e in stack.events(run["id"], "status")]
     assert statuses.count("approved") == 1 and statuses.count("merged") == 1
     assert statuses[-1] == "merged"
-    manifest = _manifest(stack, run["id"], "merged")
+
+    def both_listed() -> dict[str, Any] | None:
+        # The manifest is rewritten after each command: the refused one may come last.
+        manifest = _manifest(stack, run["id"], "merged")
+        return manifest if {c["actor"] for c in manifest["commands"]} == {"bob", "carol"} else None
+
+    manifest = stack.wait_for(both_listed, 30, "the manifest listing both commands")
     assert {a["actor"] for a in manifest["approvals"]} <= {"bob", "carol"}
     assert manifest["approvals"] and all(a["sha"] == run["head_sha"] for a in manifest["approvals"])
-    assert {c["actor"] for c in manifest["commands"]} == {"bob", "carol"}
     assert manifest["review"]["merge"]["sha"] == _pull(stack, pr)["merge_commit_sha"]
 
 
