@@ -326,6 +326,12 @@ def test_actions_are_disabled_with_the_reason() -> None:
         permission="read",
     )  # fmt: skip
     assert mine["cancel"].enabled and not mine["hold"].enabled
+    assert mine["steer"].enabled and not actions["steer"].enabled
+    assert "retry with feedback instead" in actions["steer"].reason
+    stranger = allowed_actions(
+        state="running", on_hold=False, requester="alice", viewer=reader, permission="read"
+    )
+    assert not stranger["steer"].enabled and "requester" in stranger["steer"].reason
 
 
 def user_repo(parent: Path, name: str = "project") -> Path:

@@ -154,6 +154,14 @@ def allowed_actions(
             need_mine,
         ),
         make(
+            "steer",
+            "Steer",
+            run_state in ACTIVE,
+            "only a queued or working run can be steered; retry with feedback instead",
+            writer or mine,
+            need_mine,
+        ),
+        make(
             "cancel",
             "Cancel",
             run_state in ACTIVE,

@@ -25,6 +25,7 @@ from bot.control.queries import RunStore
 from bot.db.artifacts import read_artifact
 from bot.db.models import Artifact, RunEvent
 from bot.domain.annotations import gate_annotations
+from bot.domain.steering import MAX_STEER_CHARS
 from bot.errors import NotFoundError
 from bot.services import Services
 from bot.web.api.actions import submit_command
@@ -159,6 +160,7 @@ class RunPages(Controller):
             "elapsed_s": (end - run.started_at).total_seconds() if run.started_at else None,
             "tabs": [(t, TAB_TITLES[t]) for t in TABS],
             "web_url": request.app.state.settings.github.web_url.rstrip("/"),
+            "max_steer_chars": MAX_STEER_CHARS,
         }
 
     @get("/", name="dashboard:run")
@@ -358,6 +360,9 @@ class RunPages(Controller):
         )
         if decided.outcome is None:
             flash(request, "ok", f"{allowed.label}: sent; the worker has not decided yet.")
+        elif decided.outcome == "accepted" and verb == "steer":
+            when = "its prompt" if context["run"].state == "queued" else "its next model request"
+            flash(request, "ok", f"Steer: accepted; the agent gets it in {when}.")
         elif decided.outcome == "accepted":
             more = f" New run {decided.new_run_id}." if decided.new_run_id else ""
             flash(request, "ok", f"{allowed.label}: accepted.{more}")
@@ -392,6 +397,8 @@ def _args(verb: str, form: Any, run: Any) -> str:
         return str(form.get("reason") or "").strip()
     if verb == "retry":
         return str(form.get("feedback") or "").strip()
+    if verb == "steer":
+        return str(form.get("message") or "").strip()
     if verb == "budget":
         try:
             amount = float(str(form.get("amount") or "0"))
