@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import jobcodec
 from bot.db.engine import SessionFactory, create_engine, session_factory
+from bot.queuewake import WakingRedis
 from bot.settings import RedisSettings, Settings
 
 
@@ -25,12 +26,12 @@ def redis_pool(
     url: str, queue_name: str, *, password: str | None = None, timeout: float = 5.0
 ) -> ArqRedis:
     """An arq client on a lazily connecting pool (no ping at construction) that writes and
-    reads jobs and results as JSON (``bot.jobcodec``), never pickle. ``password`` is used
-    unless ``url`` holds one."""
+    reads jobs and results as JSON (``bot.jobcodec``), never pickle, and wakes the workers
+    when it enqueues (``bot.queuewake``). ``password`` is used unless ``url`` holds one."""
     pool = ConnectionPool.from_url(
         url, password=password, socket_connect_timeout=timeout, socket_timeout=timeout
     )
-    return ArqRedis(
+    return WakingRedis(
         pool,
         default_queue_name=queue_name,
         job_serializer=jobcodec.serialize,

@@ -257,7 +257,13 @@ class WorkerSettings(_Group):
         ),
     )
     poll_delay: float = Field(
-        default=0.05, gt=0, description="Seconds between queue polls (lower = faster pickup)."
+        default=0.5,
+        gt=0,
+        description=(
+            "Seconds between queue polls of an idle worker. A queued job wakes the workers at "
+            "once (a message on the queue's wake channel); the poll only bounds a missed "
+            "wake-up and how late a deferred job starts."
+        ),
     )
     job_timeout: int = Field(default=7200, gt=0, description="Seconds before arq abandons a job.")
     max_concurrent_runs: int = Field(default=8, gt=0, description="Global cap on running agents.")

@@ -25,6 +25,7 @@ from jobs.run.pipeline import execute_run
 from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
 from jobs.upkeep.ping import ping
 from jobs.upkeep.reconcile import reconcile
+from jobs.wakeup import WakingWorker
 
 log = structlog.get_logger("jobs.worker")
 
@@ -76,7 +77,8 @@ def raise_descriptor_limit() -> None:
 
 
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
-    """An arq ``Worker`` for ``settings`` (``poll_delay`` tuned for low pickup latency)."""
+    """An arq ``Worker`` for ``settings``: woken when a job is queued (``jobs/wakeup.py``),
+    polling every ``poll_delay`` seconds otherwise."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         raise_descriptor_limit()
@@ -104,7 +106,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         if bosun is not None:
             await bosun.adopt_stored_app()
 
-    return Worker(
+    return WakingWorker(
         functions=job_functions(),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.redis.queue_name,
@@ -119,7 +121,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         handle_signals=handle_signals,
         max_jobs=settings.worker.max_jobs,
         job_timeout=settings.worker.job_timeout,
-        poll_delay=settings.worker.poll_delay,
+        idle_poll=settings.worker.poll_delay,
         keep_result=3600,
         max_tries=5,
         allow_abort_jobs=True,

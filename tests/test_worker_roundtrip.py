@@ -10,6 +10,7 @@ from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
 from bot.services import Services
 from bot.settings import Settings
+from jobs.wakeup import WakingWorker
 from jobs.worker import build_worker
 
 
@@ -42,8 +43,10 @@ async def test_ping_job_round_trip(settings: Settings) -> None:
         await services.close()
 
 
-async def test_poll_delay_is_tuned_for_pickup_latency(settings: Settings) -> None:
+async def test_worker_waits_for_wake_ups_between_polls(settings: Settings) -> None:
     # Async so that arq takes the running loop: built outside one, it makes a loop of its own
     # that nothing closes.
     worker = build_worker(settings, burst=True, handle_signals=False)
-    assert worker.poll_delay_s <= 0.1
+    assert isinstance(worker, WakingWorker)
+    assert worker.idle_poll == settings.worker.poll_delay
+    assert worker.poll_delay_s == 0  # arq's own sleep: the wait is on the wake channel

@@ -35,6 +35,7 @@ from bot import jobcodec
 from bot.db.models import Delivery
 from bot.domain.states import DeliveryStatus
 from bot.jobids import PROCESS_DELIVERY, delivery_job_id
+from bot.queuewake import wake_channel
 
 log = structlog.get_logger("bot.web.intake")
 
@@ -49,6 +50,9 @@ for i = 3, #ARGV, 2 do
     redis.call('ZADD', KEYS[1], ARGV[2], id)
     queued = queued + 1
   end
+end
+if queued > 0 then
+  redis.call('PUBLISH', KEYS[2], '')
 end
 return queued
 """
@@ -88,8 +92,8 @@ class _Pending:
 async def enqueue_jobs(
     redis: ArqRedis, function: str, args_by_id: dict[str, tuple[Any, ...]]
 ) -> int:
-    """Enqueue ``function(*args)`` under each job id not already queued or finished, in one
-    round trip; returns how many were enqueued."""
+    """Enqueue ``function(*args)`` under each job id not already queued or finished, and wake
+    the workers (``bot.queuewake``), in one round trip; returns how many were enqueued."""
     if not args_by_id:
         return 0
     now = timestamp_ms()
@@ -97,7 +101,8 @@ async def enqueue_jobs(
     for job_id, args in args_by_id.items():
         job = serialize_job(function, args, {}, None, now, serializer=jobcodec.serialize)
         argv += [job_id, job]
-    result = await redis.eval(_ENQUEUE, 1, redis.default_queue_name, *argv)  # type: ignore[misc]
+    queue = redis.default_queue_name
+    result = await redis.eval(_ENQUEUE, 2, queue, wake_channel(queue), *argv)  # type: ignore[misc]
     return int(result)
 
 

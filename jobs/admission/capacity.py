@@ -23,6 +23,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from bot.jobids import run_job_id
+from bot.queuewake import wake
 
 _PURGE = """
 local function purge(now, wait, alive, held)
@@ -117,13 +118,14 @@ class Slot:
 
 
 async def wake_runs(redis: ArqRedis, queue_name: str, run_ids: list[str]) -> None:
-    """Make the deferred jobs of ``run_ids`` due now, so a worker picks them up at its next
-    poll instead of when their deferral ends (a job not deferred is left alone)."""
+    """Make the deferred jobs of ``run_ids`` due now and wake the workers, so one picks them
+    up at once instead of when their deferral ends (a job not deferred is left alone)."""
     if not run_ids:
         return
     now_ms = int((await redis.time())[0] * 1000)
     mapping: dict[Any, float] = {run_job_id(run_id): now_ms for run_id in run_ids}
     await redis.zadd(queue_name, mapping, xx=True)
+    await wake(redis, queue_name)
 
 
 class Capacity:
