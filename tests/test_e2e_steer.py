@@ -80,7 +80,7 @@ def _steer_and_check(
     assert all("STEER-COLOUR" not in json.dumps(r["body"]) for r in main[:asked])
     # The request after that one still holds them, at the same place: the agent's own history
     # never had the text, the gateway puts it back, so the model reads a stable conversation.
-    key = "messages" if "messages" in main[asked]["body"] else "input"
+    key = next(k for k in ("messages", "input", "contents") if k in main[asked]["body"])
     steered, later = main[asked]["body"][key], main[asked + 1]["body"][key]
     where = [i for i, turn in enumerate(steered) if "STEER-COLOUR=blue" in json.dumps(turn)]
     assert len(where) == 1 and len(later) > len(steered)

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 CREDENTIAL_HEADERS = frozenset(
     {
@@ -78,7 +79,24 @@ def auth_header(style: str, key: str) -> tuple[str, str] | None:
         return ("x-api-key", key)
     if style == "bearer":
         return ("authorization", f"Bearer {key}")
+    if style == "x-goog-api-key":
+        return ("x-goog-api-key", key)
     return None
+
+
+CREDENTIAL_PARAMS = frozenset({"key", "access_token"})
+"""Query parameters that carry a credential to Google APIs (``?key=AIza…``): never forwarded,
+so the key the gateway injects is the only one upstream sees."""
+
+
+def forwarded_query(query: str) -> str:
+    """``query`` without credential parameters (by decoded name, any case); the rest as sent."""
+    kept = []
+    for piece in query.split("&"):
+        name = unquote_plus(piece.partition("=")[0]).strip().lower()
+        if piece and name not in CREDENTIAL_PARAMS:
+            kept.append(piece)
+    return "&".join(kept)
 
 
 def error_body(kind: str, message: str) -> bytes:

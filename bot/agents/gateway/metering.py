@@ -9,10 +9,15 @@ Shapes understood (by their JSON, whichever upstream sent them):
   events (``response.usage``), or a plain ``{"object": "response", ...}`` body.
 - OpenAI Chat Completions: ``usage`` of a ``chat.completion`` body or of the last
   ``chat.completion.chunk`` (the gateway asks for it with ``stream_options.include_usage``).
+- Gemini ``generateContent`` / ``streamGenerateContent``: ``usageMetadata`` (and
+  ``modelVersion``) of each ``GenerateContentResponse``, streamed as SSE (``?alt=sse``), as a
+  JSON array (without it) or whole; later counts replace earlier ones, field by field.
 
 Counts are kept disjoint so each is priced once: ``input_tokens`` is uncached input,
 ``cache_read_tokens`` and ``cache_write_tokens`` the cached parts. OpenAI reports cached tokens
-inside its input count, so they are subtracted from it here.
+inside its input count, so they are subtracted from it here; so does Gemini
+(``cachedContentTokenCount`` is part of ``promptTokenCount``). Gemini's tool-use prompt tokens
+count as input, its thinking tokens (``thoughtsTokenCount``) as output, as they are billed.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class UsageMeter:
         self._buffer = bytearray()
         self._data: list[bytes] = []
         self._counts = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        self._gemini: dict[str, int] = {}
 
     @property
     def model(self) -> str | None:
@@ -131,6 +137,10 @@ class UsageMeter:
             return
         if isinstance(obj, dict):
             self.apply(obj)
+        elif isinstance(obj, list):  # Gemini's stream without ?alt=sse: one array of chunks
+            for item in obj:
+                if isinstance(item, dict):
+                    self.apply(item)
 
     # -- shapes ----------------------------------------------------------------------------
     def apply(self, obj: dict[str, Any]) -> None:
@@ -155,6 +165,9 @@ class UsageMeter:
         elif obj.get("object") in ("chat.completion", "chat.completion.chunk"):
             self._model(obj.get("model"))
             self._openai(obj.get("usage"), "prompt_tokens", "completion_tokens")
+        elif isinstance(obj.get("usageMetadata"), dict):
+            self._model(obj.get("modelVersion"))
+            self._gemini_usage(obj["usageMetadata"])
 
     def _model(self, value: Any) -> None:
         if isinstance(value, str) and value and self.response_model is None:
@@ -185,6 +198,30 @@ class UsageMeter:
         self._counts.update(
             input=(total_in or 0) - cached, output=out or 0, cache_read=cached, cache_write=0
         )
+        self.seen_usage = True
+
+    _GEMINI_FIELDS = (
+        "promptTokenCount",
+        "cachedContentTokenCount",
+        "toolUsePromptTokenCount",
+        "candidatesTokenCount",
+        "thoughtsTokenCount",
+    )
+
+    def _gemini_usage(self, usage: dict[str, Any]) -> None:
+        seen = False
+        for name in self._GEMINI_FIELDS:
+            value = _int(usage.get(name))
+            if value is not None:
+                self._gemini[name] = value
+                seen = True
+        if not seen:
+            return
+        g = self._gemini
+        prompt = g.get("promptTokenCount", 0) + g.get("toolUsePromptTokenCount", 0)
+        cached = min(g.get("cachedContentTokenCount", 0), prompt)
+        output = g.get("candidatesTokenCount", 0) + g.get("thoughtsTokenCount", 0)
+        self._counts.update(input=prompt - cached, output=output, cache_read=cached, cache_write=0)
         self.seen_usage = True
 
 

@@ -79,6 +79,14 @@ DEFAULT_PRICES: dict[str, Price] = {
     "o3-mini": _p(1.10, 4.40, 0.55),
     "o4-mini": _p(1.10, 4.40, 0.275),
     "codex-mini": _p(1.50, 6.0, 0.375),
+    # Google Gemini, prompts up to 200K tokens (longer ones cost more); thinking tokens are
+    # billed as output, implicitly cached input as a discounted read.
+    "gemini-3-pro": _p(2.0, 12.0, 0.20),
+    "gemini-2.5-pro": _p(1.25, 10.0, 0.125),
+    "gemini-2.5-flash": _p(0.30, 2.50, 0.03),
+    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01),
+    "gemini-2.0-flash": _p(0.10, 0.40, 0.025),
+    "gemini-2.0-flash-lite": _p(0.075, 0.30, 0.075),
 }
 
 UNKNOWN_MODEL_PRICE = _p(15.0, 75.0, 15.0, 18.75)

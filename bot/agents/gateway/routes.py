@@ -3,13 +3,17 @@
 A profile lists upstream base URLs (``ProfileConfig.upstreams``). Each becomes a route
 ``/<prefix>/...`` → ``<base_url>/...`` that accepts only the API's model endpoints (a method and
 an exact path each), so an agent cannot reach batch, file or fine-tuning endpoints whose cost the
-gateway could not meter. The real key's *value* is read from the worker's environment variable
-named by ``key_env`` when the gateway starts; profiles only ever name upstreams.
+gateway could not meter. Gemini's paths name the model (``/v1beta/models/{model}:generateContent``):
+there ``{model}`` stands for one path segment of a model name's characters. The real key's
+*value* is read from the worker's environment variable named by ``key_env`` when the gateway
+starts; profiles only ever name upstreams.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -18,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from bot.errors import ConfigError
 from bot.profiles import ProfileConfig
 
-ApiKind = Literal["anthropic", "openai"]
-AuthStyle = Literal["x-api-key", "bearer", "none"]
+ApiKind = Literal["anthropic", "openai", "gemini"]
+AuthStyle = Literal["x-api-key", "bearer", "x-goog-api-key", "none"]
 
 DUMMY_KEY = "bosun-gateway-placeholder"
 """The API key the agent sees. It is worthless: the gateway drops it and injects the real one."""
@@ -35,13 +39,55 @@ _API_DEFAULTS: dict[str, dict[str, Any]] = {
         "auth_style": "bearer",
         "endpoints": ("POST /v1/responses", "POST /v1/chat/completions", "GET /v1/models"),
     },
+    "gemini": {
+        "key_env": "GEMINI_API_KEY",
+        "auth_style": "x-goog-api-key",
+        "endpoints": tuple(
+            endpoint
+            for version in ("v1beta", "v1")
+            for endpoint in (
+                f"POST /{version}/models/{{model}}:generateContent",
+                f"POST /{version}/models/{{model}}:streamGenerateContent",
+                f"POST /{version}/models/{{model}}:countTokens",
+                f"GET /{version}/models",
+                f"GET /{version}/models/{{model}}",
+            )
+        ),
+    },
 }
 
 KNOWN_UPSTREAMS: dict[str, ApiKind] = {
     "https://api.anthropic.com": "anthropic",
     "https://api.openai.com": "openai",
+    "https://generativelanguage.googleapis.com": "gemini",
 }
 """Origins whose API the gateway recognises without configuration."""
+
+MODEL_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What ``{model}`` in an endpoint matches: one path segment of a model name's characters
+(``gemini-2.5-pro``, ``gemini-2.5-flash-preview-09-2025``), never ``..``, ``/`` or an escape."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An allowed request: the endpoint it matched (``POST /v1beta/models/{model}:generateContent``)
+    and the model its path names, if any."""
+
+    template: str
+    model: str | None = None
+
+
+def _match(template: str, method: str, path: str) -> Endpoint | None:
+    want_method, _, want_path = template.partition(" ")
+    if want_method != method:
+        return None
+    if "{model}" not in want_path:
+        return Endpoint(template) if want_path == path else None
+    head, _, tail = want_path.partition("{model}")
+    if not (path.startswith(head) and path.endswith(tail)) or len(path) < len(head + tail):
+        return None
+    model = path[len(head) : len(path) - len(tail)]
+    return Endpoint(template, model) if MODEL_SEGMENT.fullmatch(model) else None
 
 
 class Upstream(BaseModel):
@@ -88,7 +134,18 @@ class Upstream(BaseModel):
 
     def allows(self, method: str, path: str) -> bool:
         """Whether ``METHOD /path`` (query string removed) is an allowed endpoint."""
-        return f"{method.upper()} {path}" in self.endpoints
+        return self.endpoint(method, path) is not None
+
+    def endpoint(self, method: str, path: str) -> Endpoint | None:
+        """The allowed endpoint ``METHOD /path`` (query string removed) is, or None."""
+        method = method.upper()
+        if f"{method} {path}" in self.endpoints:
+            return Endpoint(f"{method} {path}")
+        for template in self.endpoints:
+            found = _match(template, method, path) if "{model}" in template else None
+            if found is not None:
+                return found
+        return None
 
 
 def origin(url: str) -> str:
@@ -127,7 +184,11 @@ def routes_for_profile(
     return routes
 
 
-RUNNER_APIS: dict[str, ApiKind] = {"claude-code": "anthropic", "codex": "openai"}
+RUNNER_APIS: dict[str, ApiKind] = {
+    "claude-code": "anthropic",
+    "codex": "openai",
+    "gemini": "gemini",
+}
 """The API each runner's CLI speaks, for runners that speak exactly one."""
 
 
@@ -152,6 +213,9 @@ def agent_env(routes: Mapping[str, Upstream], port: int) -> dict[str, str]:
         if upstream.api == "anthropic":
             env["ANTHROPIC_BASE_URL"] = f"{base}/{prefix}"
             env["ANTHROPIC_API_KEY"] = DUMMY_KEY
+        elif upstream.api == "gemini":
+            env["GOOGLE_GEMINI_BASE_URL"] = f"{base}/{prefix}"
+            env["GEMINI_API_KEY"] = DUMMY_KEY
         else:
             env["OPENAI_BASE_URL"] = f"{base}/{prefix}/v1"
             env["OPENAI_API_KEY"] = DUMMY_KEY

@@ -330,7 +330,8 @@ class ModelGateway:
         if upstream is None:
             message = f"/{prefix} is not an upstream this run may use"
             raise Refused(403, "forbidden", message, "gateway.routes")
-        if not upstream.allows(method, f"/{rest}"):
+        allowed = upstream.endpoint(method, f"/{rest}")
+        if allowed is None:
             message = f"{endpoint} is not an allowed endpoint of /{prefix}"
             raise Refused(403, "forbidden", message, "gateway.routes")
         limits = self.limits
@@ -350,7 +351,7 @@ class ModelGateway:
                 )
                 reservation.shrink(len(body))
                 try:
-                    body, model = http.adjust_body(endpoint, body, limits.max_json_values)
+                    body, model = http.adjust_body(allowed.template, body, limits.max_json_values)
                 except http.BodyTooComplex as exc:
                     raise Refused(
                         413, "request_too_large", str(exc), "gateway.max_body_bytes"
@@ -359,11 +360,13 @@ class ModelGateway:
                     raise Refused(
                         400, "invalid_request_error", str(exc), "gateway.metering"
                     ) from exc
-                body, steers, placed = self._take_steers(endpoint, body)
+                model = model or allowed.model  # Gemini names it in the path
+                body, steers, placed = self._take_steers(allowed.template, body)
                 if placed is not None and placed.depth:  # remembered before the agent can
                     self._placed.append(placed)  # send its next request (after no turn: not)
                 key = self._keys.get(prefix)
                 auth = http.auth_header(upstream.auth_style or "none", key) if key else None
+                query = http.forwarded_query(query)  # no ?key=: the injected key only
                 url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
                 self.forwarded += 1
                 number = self.forwarded

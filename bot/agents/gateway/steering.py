@@ -13,6 +13,9 @@ await their results); the messages then wait for the next request.
   turn, and a second user turn in a row would be refused; otherwise a new user turn.
 * OpenAI Responses: an ``input`` item ``{"type": "message", "role": "user", ...}``.
 * OpenAI Chat Completions: a ``{"role": "user"}`` message.
+* Gemini ``generateContent`` / ``streamGenerateContent``: like Anthropic, in ``contents``: a
+  ``{"text": ...}`` part after the parts of a ``user`` turn last (its ``functionResponse``
+  parts stay first), otherwise a new ``user`` turn.
 
 **Re-insertion.** The agent's CLI never learns of the text the gateway added, so its next
 request would arrive without it. Each delivery is therefore remembered as a ``Placed``: the
@@ -34,6 +37,11 @@ STEERABLE: dict[str, str] = {
     "POST /v1/messages": "anthropic",
     "POST /v1/responses": "responses",
     "POST /v1/chat/completions": "chat",
+    **{
+        f"POST /{version}/models/{{model}}:{verb}": "gemini"
+        for version in ("v1beta", "v1")
+        for verb in ("generateContent", "streamGenerateContent")
+    },
 }
 """Endpoints whose requests can carry a steer, and the format each speaks."""
 MAX_REMEMBERED_STEERS = 32
@@ -71,7 +79,7 @@ def _turns(form: str, payload: dict[str, Any]) -> list[Any] | None:
         if given is None:
             return []
         return given if isinstance(given, list) else None
-    messages = payload.get("messages")
+    messages = payload.get("contents" if form == "gemini" else "messages")
     return messages if isinstance(messages, list) else None
 
 
@@ -114,6 +122,14 @@ def _takes_text(form: str, turns: Sequence[Any]) -> tuple[bool, bool]:
         return not pending, False
     if form == "chat":
         return not (last.get("role") == "assistant" and last.get("tool_calls")), False
+    if form == "gemini":
+        parts = last.get("parts")
+        if last.get("role") == "user":
+            return isinstance(parts, list), True
+        pending = isinstance(parts, list) and any(
+            isinstance(p, dict) and "functionCall" in p for p in parts
+        )
+        return not pending, False
     return True, False
 
 
@@ -122,11 +138,19 @@ def _text_turn(form: str, texts: Sequence[str]) -> list[dict[str, Any]]:
         return [{"role": "user", "content": [{"type": "text", "text": t} for t in texts]}]
     if form == "responses":
         return [_user_item(t) for t in texts]
+    if form == "gemini":
+        return [{"role": "user", "parts": [{"text": t} for t in texts]}]
     return [{"role": "user", "content": t} for t in texts]
 
 
-def _join(turn: dict[str, Any], texts: Sequence[str], *, first: bool = False) -> None:
-    """Add text blocks to an Anthropic turn, after its blocks (or before them: ``first``)."""
+def _join(form: str, turn: dict[str, Any], texts: Sequence[str], *, first: bool = False) -> None:
+    """Add text blocks (Gemini: parts) to a user turn, after its own (or before: ``first``)."""
+    if form == "gemini":
+        parts = turn.get("parts")
+        own = list(parts) if isinstance(parts, list) else []
+        added: list[Any] = [{"text": t} for t in texts]
+        turn["parts"] = added + own if first else own + added
+        return
     content = turn.get("content")
     blocks = [{"type": "text", "text": t} for t in texts]
     if isinstance(content, str):
@@ -145,12 +169,16 @@ def _put(form: str, turns: list[Any], places: Sequence[Placed]) -> None:
         alone = [p.text for p in here if not p.joined]
         if alone:
             after = turns[depth] if depth < len(turns) else None
-            if form == "anthropic" and isinstance(after, dict) and after.get("role") == "user":
-                _join(after, alone, first=True)  # two user turns in a row would be refused
+            if (
+                form in ("anthropic", "gemini")
+                and isinstance(after, dict)
+                and after.get("role") == "user"
+            ):
+                _join(form, after, alone, first=True)  # two user turns in a row: refused
             else:
                 turns[depth:depth] = _text_turn(form, alone)
         if joined and depth >= 1 and isinstance(turns[depth - 1], dict):
-            _join(turns[depth - 1], joined)
+            _join(form, turns[depth - 1], joined)
 
 
 def steer_payload(

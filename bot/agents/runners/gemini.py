@@ -7,6 +7,9 @@ Gemini API stub exists yet, so there are no captured fixtures. The gateway URL g
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from bot.agents.runners import jsonl
 from bot.agents.runners.base import (
     GATEWAY_KEY,
@@ -18,6 +21,14 @@ from bot.agents.runners.base import (
     RunnerOutcome,
 )
 from bot.profiles import ProfileConfig
+
+SETTINGS_PATH = "~/.gemini/settings.json"
+SETTINGS: dict[str, Any] = {
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+    "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+    "privacy": {"usageStatisticsEnabled": False},
+    "telemetry": {"enabled": False},
+}
 
 
 class GeminiRunner(Runner):
@@ -40,10 +51,16 @@ class GeminiRunner(Runner):
             argv += ["--model", profile.model]
         if profile.allowed_tools is not None:
             argv += ["--allowed-tools", ",".join(profile.allowed_tools)]
-        env = {"GEMINI_API_KEY": GATEWAY_KEY, "GEMINI_CLI_NO_RELAUNCH": "true", "NO_COLOR": "1"}
+        env = {
+            "GEMINI_API_KEY": GATEWAY_KEY,
+            "GEMINI_CLI_NO_RELAUNCH": "true",
+            "GEMINI_CLI_TRUST_WORKSPACE": "true",
+            "NO_COLOR": "1",
+        }
         if gateway_url:
             env["GOOGLE_GEMINI_BASE_URL"] = gateway_url
-        return Invocation(argv=argv, env=env, stdin=prompt_path)
+        files = {SETTINGS_PATH: json.dumps(SETTINGS, separators=(",", ":"))}
+        return Invocation(argv=argv, env=env, files=files, stdin=prompt_path)
 
     def parse_line(self, stream: str, line: str) -> list[RunnerEvent]:
         obj = jsonl.decode(line) if stream == "stdout" else None
