@@ -1,13 +1,15 @@
 """Capture real agent CLI output for the runner parser fixtures (tests/fixtures/runners/).
 
-    .venv/bin/python scripts/capture_runner_output.py [claude-code] [codex]
+    .venv/bin/python scripts/capture_runner_output.py [claude-code] [codex] [gemini] [opencode]
 
 Each scenario runs the real CLI in the agent image (bosun-agent:latest) with the full sandbox
 hardening, against a model stub from tests/modelstubs that runs inside the same sandbox on
 127.0.0.1:8788 (the sandbox has no network; the stub is what the gateway's forwarder will be).
 The prompt is mounted read-only at /bosun/prompt.md, as in a real run, and the command is the
 adapter's own ``Invocation.command()``. stdout is written to
-tests/fixtures/runners/<runner>/<scenario>.jsonl, and COMMAND.md records argv and versions.
+tests/fixtures/runners/<runner>/<scenario>.jsonl and captured.json records argv, environment,
+exit codes and versions (COMMAND.md, written by hand, describes the scenarios). Every request
+the stub received is printed to stderr.
 """
 
 from __future__ import annotations
@@ -83,6 +85,68 @@ SCENARIOS: dict[str, dict[str, tuple[str, list[dict[str, object]], dict[str, obj
             {"model": "gpt-5-codex"},
         ),
     },
+    "gemini": {
+        "edit_file": (
+            "gemini",
+            [
+                {
+                    "text": "I'll create the file.",
+                    "tool": "write_file",
+                    "arguments": {"file_path": "/workspace/hello.txt", "content": "hello\n"},
+                },
+                {
+                    "tool": "run_shell_command",
+                    "arguments": {"command": "cat hello.txt", "description": "Show the file"},
+                },
+                {"tool": "read_file", "arguments": {"file_path": "/workspace/missing.txt"}},
+                {
+                    "tool": "replace",
+                    "arguments": {
+                        "file_path": "/workspace/hello.txt",
+                        "old_string": "hello",
+                        "new_string": "hello, world",
+                        "instruction": "Change the greeting.",
+                    },
+                },
+                {"text": "Created hello.txt and changed the greeting to 'hello, world'."},
+            ],
+            {"model": "gemini-2.5-pro"},
+        ),
+        "api_error": (
+            "gemini",
+            [{"error": 400, "message": "stub: model not allowed"}],
+            {"model": "gemini-2.5-pro"},
+        ),
+    },
+    "opencode": {
+        "edit_file": (
+            "anthropic",
+            [
+                {
+                    "text": "I'll create the file.",
+                    "tool": "write",
+                    "arguments": {"filePath": "/workspace/hello.txt", "content": "hello\n"},
+                },
+                {"tool": "bash", "arguments": {"command": "cat hello.txt", "description": "Show"}},
+                {"tool": "read", "arguments": {"filePath": "/workspace/missing.txt"}},
+                {
+                    "tool": "edit",
+                    "arguments": {
+                        "filePath": "/workspace/hello.txt",
+                        "oldString": "hello",
+                        "newString": "hello, world",
+                    },
+                },
+                {"text": "Created hello.txt and changed the greeting to 'hello, world'."},
+            ],
+            {"model": "anthropic/claude-sonnet-4-5"},
+        ),
+        "api_error": (
+            "anthropic",
+            [{"error": 400, "message": "stub: model not allowed"}],
+            {"model": "anthropic/claude-sonnet-4-5"},
+        ),
+    },
 }
 
 
@@ -136,19 +200,15 @@ async def capture(runner_name: str, scenario: str) -> tuple[list[str], str]:
     )  # type: ignore[arg-type]
     try:
         async with open_sandbox(backend, spec) as sandbox:
+            serve = f"python3 -m modelstubs {api} --port {PORT} --script /bosun/turns.json"
+            if runner_name == "opencode":  # it names the gateway's route: /anthropic/v1/...
+                serve += f" --prefix /{api}"
+            if api == "gemini":  # usage with cached and thinking tokens, as Gemini 2.5 reports
+                serve += " --cached 50 --thoughts 25"
             stub = asyncio.create_task(
                 backend.exec(
                     sandbox,
-                    [
-                        "python3",
-                        "-m",
-                        "modelstubs",
-                        api,
-                        "--port",
-                        str(PORT),
-                        "--script",
-                        "/bosun/turns.json",
-                    ],
+                    ["/bin/sh", "-c", f"exec {serve} 2>/tmp/stub.log"],
                     env={"PYTHONPATH": "/bosun", "PYTHONDONTWRITEBYTECODE": "1"},
                     timeout=170,
                 )
@@ -158,14 +218,15 @@ async def capture(runner_name: str, scenario: str) -> tuple[list[str], str]:
                 sandbox, invocation.command(), env=invocation.env, workdir="/workspace"
             )
             version = await backend.exec(sandbox, [invocation.argv[0], "--version"])
+            stub_log = (await backend.exec(sandbox, ["cat", "/tmp/stub.log"])).text()  # noqa: S108
             stub.cancel()
-            stub_log = (await asyncio.gather(stub, return_exceptions=True))[0]
+            await asyncio.gather(stub, return_exceptions=True)
     finally:
         await backend.close()
         shutil.rmtree(base, ignore_errors=True)
     print(f"{runner_name}/{scenario}: exit {result.exit_code}", file=sys.stderr)
     print(result.stderr.decode(errors="replace")[-1500:], file=sys.stderr)
-    del stub_log
+    print(f"requests the stub received:\n{stub_log}", file=sys.stderr)
     lines = result.stdout.decode().splitlines()
     meta = json.dumps(
         {"argv": invocation.command(), "env": invocation.env, "exit_code": result.exit_code}

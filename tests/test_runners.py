@@ -48,7 +48,8 @@ def test_every_captured_line_is_understood(path: Path) -> None:
     runner = get_runner(path.parent.name)
     for line in path.read_text().splitlines():
         events = runner.parse_line("stdout", line)
-        assert events, f"line produced no event: {line[:120]}"
+        # A piece of streamed text (Gemini's delta messages) is held until the message ends.
+        assert events or json.loads(line).get("delta"), f"line produced no event: {line[:120]}"
         kinds = {e.kind for e in events}
         if json.loads(line).get("type") in ("assistant", "user", "result", "item.completed"):
             assert kinds != {"log"}, f"a meaningful line fell through to log: {line[:160]}"
@@ -123,6 +124,94 @@ def test_codex_api_error_fails_with_the_message() -> None:
     assert not get_runner("codex").outcome(0, events).success
 
 
+def test_gemini_edit_run_yields_whole_messages_tools_tokens_and_session() -> None:
+    events = parse("gemini", "edit_file.jsonl")
+    messages = [m["text"] for m in of(events, "message")]
+    # The model's text arrives in 16-character pieces; each message is one event.
+    assert messages == [
+        "I'll create the file.",
+        "Created hello.txt and changed the greeting to 'hello, world'.",
+    ]
+    calls = [t for t in of(events, "tool") if t["phase"] == "call"]
+    assert [c["name"] for c in calls] == ["write_file", "run_shell_command", "read_file", "replace"]
+    assert "hello.txt" in str(calls[0]["input"]) and "hello, world" in str(calls[3]["input"])
+    results = [t for t in of(events, "tool") if t["phase"] == "result"]
+    assert [r["id"] for r in results] == [c["id"] for c in calls]
+    assert [r["is_error"] for r in results] == [False, False, True, False]
+    assert results[1]["output"] == "hello"
+    assert results[2]["output"] == "File not found: /workspace/missing.txt"
+    assert not of(events, "error")
+    outcome = get_runner("gemini").outcome(exit_code("gemini", "edit_file"), events)
+    assert outcome.success and outcome.summary == messages[-1]
+    assert outcome.session_id == first("gemini", "edit_file.jsonl", "session_id")
+    # Five model requests, each prompt 50 cached tokens of 250 (170 for the last), output
+    # 40 (30) plus 25 thinking tokens: the CLI's output_tokens (190) leaves thinking out.
+    assert (outcome.tokens_in, outcome.tokens_out) == (4 * 250 + 170, 4 * 65 + 55)
+    (final,) = [c for c in of(events, "cost") if c.get("final")]
+    assert final["tokens_cached"] == 250 and final["tool_calls"] == 4 and final["usd"] is None
+
+
+def test_gemini_api_error_fails_with_the_message() -> None:
+    events = parse("gemini", "api_error.jsonl")
+    outcome = get_runner("gemini").outcome(exit_code("gemini", "api_error"), events)
+    assert exit_code("gemini", "api_error") != 0 and not outcome.success
+    assert any("stub: model not allowed" in str(e["message"]) for e in of(events, "error"))
+    assert not get_runner("gemini").outcome(0, events).success  # status error, even on exit 0
+
+
+def test_gemini_text_after_the_last_line_still_makes_the_summary() -> None:
+    runner = get_runner("gemini")
+    lines = (FIXTURES / "gemini" / "edit_file.jsonl").read_text().splitlines()[:-1]
+    events = [e for line in lines for e in runner.parse_line("stdout", line)]
+    outcome = runner.outcome(0, events)
+    assert not outcome.success  # no result line
+    assert outcome.summary == "Created hello.txt and changed the greeting to 'hello, world'."
+
+
+def test_gemini_warnings_are_logged_not_errors() -> None:
+    runner = get_runner("gemini")
+    warning = '{"type":"error","severity":"warning","message":"Loop detected"}'
+    (event,) = runner.parse_line("stdout", warning)
+    assert event.kind == "log" and event.data["severity"] == "warning"
+    error = '{"type":"error","severity":"error","message":"Maximum session turns exceeded"}'
+    assert [e.kind for e in runner.parse_line("stdout", error)] == ["error"]
+
+
+def test_opencode_edit_run_yields_messages_tools_cost_and_session() -> None:
+    events = parse("opencode", "edit_file.jsonl")
+    messages = [m["text"] for m in of(events, "message")]
+    assert messages == [
+        "I'll create the file.",
+        "Created hello.txt and changed the greeting to 'hello, world'.",
+    ]
+    tools = of(events, "tool")
+    assert [t["name"] for t in tools] == ["write", "bash", "read", "edit"]
+    assert all(t["phase"] == "result" for t in tools)
+    assert [t["is_error"] for t in tools] == [False, False, True, False]
+    assert tools[1]["output"] == "hello\n" and "cat hello.txt" in str(tools[1]["input"])
+    assert tools[2]["output"] == "File not found: /workspace/missing.txt"
+    assert not of(events, "error")
+    # The last step_finish is printed twice; it is counted once: four tool steps and the
+    # final answer, at the stub's usage and Claude Sonnet 4.5's prices.
+    steps = of(events, "cost")
+    assert len(steps) == 5
+    outcome = get_runner("opencode").outcome(exit_code("opencode", "edit_file"), events)
+    assert outcome.success and outcome.summary == messages[-1]
+    assert (outcome.tokens_in, outcome.tokens_out) == (4 * 200 + 120, 4 * 40 + 30)
+    assert outcome.cost_usd == pytest.approx(4 * 0.0012 + 0.00081)
+    lines = (FIXTURES / "opencode" / "edit_file.jsonl").read_text().splitlines()
+    assert outcome.session_id == json.loads(lines[0])["sessionID"]
+
+
+def test_opencode_api_error_fails_with_the_message() -> None:
+    events = parse("opencode", "api_error.jsonl")
+    (error,) = of(events, "error")
+    assert error["message"] == "APIError: stub: model not allowed (HTTP 400)"
+    outcome = get_runner("opencode").outcome(exit_code("opencode", "api_error"), events)
+    assert not outcome.success and exit_code("opencode", "api_error") == 1
+    assert not get_runner("opencode").outcome(0, events).success  # the error, even on exit 0
+
+
 @pytest.mark.parametrize("name", sorted(RUNNERS))
 @pytest.mark.parametrize(
     "line", ["", "not json", "{broken", "[1, 2]", '{"type": 5}', '{"type": "result", "usage": 3}']
@@ -191,6 +280,21 @@ def test_codex_invocation_points_the_provider_at_the_gateway_and_resumes() -> No
     assert 'model_providers.bosun.wire_api="responses"' in inv.argv
     assert inv.argv[-3:] == ["resume", "t-1", "-"]
     assert inv.env["OPENAI_API_KEY"] == GATEWAY_KEY
+
+
+def test_gemini_invocation_selects_api_key_auth_and_enforces_the_tool_list() -> None:
+    runner = get_runner("gemini")
+    inv = runner.invocation(PROFILES["gemini"], gateway_url=GATEWAY)
+    assert inv.env["GOOGLE_GEMINI_BASE_URL"] == GATEWAY and inv.env["GEMINI_API_KEY"] == GATEWAY_KEY
+    settings = json.loads(inv.files["~/.gemini/settings.json"])
+    assert settings["security"]["auth"]["selectedType"] == "gemini-api-key"
+    assert settings["privacy"]["usageStatisticsEnabled"] is False
+    assert inv.argv[inv.argv.index("--approval-mode") + 1] == "yolo"
+    limited = ProfileConfig(runner="gemini", allowed_tools=["read_file", "replace"])
+    argv = runner.invocation(limited).argv
+    assert argv[argv.index("--approval-mode") + 1] == "default"  # others are denied headless
+    assert argv[argv.index("--allowed-tools") + 1] == "read_file,replace"
+    assert "GOOGLE_GEMINI_BASE_URL" not in runner.invocation(limited).env
 
 
 def test_launcher_writes_files_and_feeds_stdin(tmp_path: Path) -> None:

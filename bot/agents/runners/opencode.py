@@ -1,8 +1,12 @@
-"""The ``opencode`` runner: ``opencode run --format json``.
+"""The ``opencode`` runner: ``opencode run --format json``, the prompt on stdin.
 
-Best effort: the event shapes (``text``, ``tool_use``, ``step_finish`` with ``tokens`` and
-``cost``, ``error``, each with a ``sessionID``) follow OpenCode 1.18's JSON output; there are no
-captured fixtures yet. The configuration (gateway base URL, dummy key, every tool allowed, no
+Parsing follows OpenCode 1.18's JSON lines as captured against the model stubs
+(tests/fixtures/runners/opencode): ``step_start``, ``text`` (a whole text part), ``tool_use``
+(the finished call, ``state.status`` ``completed`` or ``error``), ``step_finish`` (``tokens``:
+uncached ``input``, ``output`` without ``reasoning``, ``cache.read``/``cache.write``; ``cost``
+in dollars) and ``error`` (``error.name``, ``error.data.message``), each with a ``sessionID``.
+OpenCode prints the run's last ``step_finish`` twice (the same part id): it is counted once.
+The configuration (gateway base URL, dummy key, every tool allowed, no
 updates or sharing) is passed inline in ``OPENCODE_CONFIG_CONTENT``, so no file is written.
 ``model`` must be ``provider/model`` (``anthropic/claude-sonnet-4-5``)."""
 
@@ -46,6 +50,10 @@ class OpenCodeRunner(Runner):
     capabilities = Capabilities(
         streaming=True, cost_reporting=True, session_resume=True, tool_allowlist=False
     )
+
+    def __init__(self) -> None:
+        self._steps: set[str] = set()
+        """``step_finish`` part ids already counted."""
 
     def invocation(
         self,
@@ -97,21 +105,17 @@ class OpenCodeRunner(Runner):
             }
             return [RunnerEvent("tool", data)]
         if kind == "step_finish":
-            tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
-            assert isinstance(tokens, dict)
-            cost = part.get("cost")
-            data = {
-                "usd": float(cost) if isinstance(cost, int | float) else None,
-                "tokens_in": jsonl.as_int(tokens.get("input")),
-                "tokens_out": jsonl.as_int(tokens.get("output")),
-                "session_id": session,
-            }
-            return [RunnerEvent("cost", data)]
+            step = part.get("id")
+            if isinstance(step, str) and step in self._steps:  # printed again at the end
+                return [jsonl.log(stream, line, type=kind, repeated=True, session_id=session)]
+            if isinstance(step, str):
+                self._steps.add(step)
+            return [RunnerEvent("cost", _step_cost(part) | {"session_id": session})]
         if kind == "error":
-            error = obj.get("error")
-            message = error.get("data", error) if isinstance(error, dict) else error
             return [
-                RunnerEvent("error", {"message": jsonl.clip(message or obj), "session_id": session})
+                RunnerEvent(
+                    "error", {"message": _error(obj.get("error"), obj), "session_id": session}
+                )
             ]
         return [jsonl.log(stream, line, type=kind, session_id=session)]
 
@@ -127,3 +131,32 @@ class OpenCodeRunner(Runner):
             tokens_in=sum(jsonl.as_int(e.data.get("tokens_in")) for e in steps),
             tokens_out=sum(jsonl.as_int(e.data.get("tokens_out")) for e in steps),
         )
+
+
+def _step_cost(part: dict[str, Any]) -> dict[str, Any]:
+    """One step's dollars and tokens: input counts the cached tokens too, output the reasoning
+    (OpenCode reports both apart)."""
+    tokens = part.get("tokens") if isinstance(part.get("tokens"), dict) else {}
+    assert isinstance(tokens, dict)
+    cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+    assert isinstance(cache, dict)
+    cost = part.get("cost")
+    cached = jsonl.as_int(cache.get("read")) + jsonl.as_int(cache.get("write"))
+    return {
+        "usd": float(cost) if isinstance(cost, int | float) else None,
+        "tokens_in": jsonl.as_int(tokens.get("input")) + cached,
+        "tokens_cached": cached,
+        "tokens_out": jsonl.as_int(tokens.get("output")) + jsonl.as_int(tokens.get("reasoning")),
+    }
+
+
+def _error(error: Any, line: dict[str, Any]) -> str:
+    """``APIError: message (HTTP 400)`` from an ``error`` line (its headers and body left out)."""
+    if not isinstance(error, dict):
+        return jsonl.clip(error or line)
+    data = error.get("data") if isinstance(error.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    message = data.get("message") or error.get("message") or data or error
+    name, status = error.get("name"), data.get("statusCode")
+    text = f"{name}: {jsonl.clip(message)}" if isinstance(name, str) else jsonl.clip(message)
+    return text + (f" (HTTP {status})" if isinstance(status, int) else "")
