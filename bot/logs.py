@@ -1,11 +1,20 @@
-"""structlog setup: JSON lines in production, console on a TTY, secrets redacted.
+"""structlog setup: JSON lines in production, console on a TTY, secrets redacted — for Bosun's
+own structlog loggers and for every standard-library record (uvicorn, arq, alembic, githubkit,
+httpx), which go through structlog's ``ProcessorFormatter`` and the same processors.
 
 Every request and job clears the context and binds what identifies it (``delivery_id``,
 ``installation_id``, ``repo``, ``run_id``) with ``structlog.contextvars.bind_contextvars``.
+
+Redaction has two rules: a field named for a credential (``webhook_secret``, ``token``,
+``apiKey``, ``authorization``; a whole word of the name, so ``input_tokens`` and
+``max_tokens`` are counts and stay) is blanked, and any text has what
+``bot.domain.secrets`` finds in it replaced (the same rules as the diff scanner and git's
+output).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import sys
@@ -14,25 +23,45 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(
-    r"(secret|token|password|passwd|private_key|api_key|apikey|authorization|cookie)", re.I
+from bot.domain.secrets import REDACTED, redact_text
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_text", "secret_field"]
+
+_SECRET_WORDS = frozenset(
+    {
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "passphrase",
+        "authorization",
+        "cookie",
+        "cookies",
+        "apikey",
+        "credential",
+        "credentials",
+    }
 )
-_SECRET_VALUES = re.compile(
-    r"(gh[pousr]_[A-Za-z0-9_.\-]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_\-]{16,}"
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
-    r"|x-access-token:[^@\s]+"
-    r"|(?<=://)[^/@\s:]*:[^/@\s]+(?=@))"  # a URL's user:password (redis://:pw@host, …)
+"""Words that make a field a credential wherever they stand in its name (plurals of "token"
+are counts: ``input_tokens``)."""
+_SECRET_PAIRS = frozenset(
+    {("api", "key"), ("private", "key"), ("access", "key"), ("auth", "key"), ("signing", "key")}
 )
-REDACTED = "[redacted]"
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_WORD = re.compile(r"[^a-z0-9]+")
 
 
-def redact_text(text: str) -> str:
-    """Replace anything that looks like a credential in free text."""
-    return _SECRET_VALUES.sub(REDACTED, text)
+def secret_field(name: str) -> bool:
+    """Whether a log field named ``name`` holds a credential, by the words of its name
+    (``snake_case``, ``camelCase``, ``kebab-case``, ``dotted.names``)."""
+    words = [w for w in _WORD.split(_CAMEL.sub("_", name).lower()) if w]
+    return any(w in _SECRET_WORDS for w in words) or any(
+        pair in _SECRET_PAIRS for pair in itertools.pairwise(words)
+    )
 
 
 def _redact(value: Any, key: str = "") -> Any:
-    if key and _SECRET_KEYS.search(key) and value not in (None, "", False):
+    if key and secret_field(key) and value not in (None, "", False):
         return REDACTED
     if isinstance(value, str):
         return redact_text(value)
@@ -47,19 +76,22 @@ def redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
+        if key.startswith("_"):  # ProcessorFormatter's own entries (_record, _from_structlog)
+            continue
         event_dict[key] = _redact(event_dict[key], key)
     return event_dict
 
 
+class _BosunHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler ``configure_logging`` installs (and replaces when called again)."""
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger once, at an entrypoint."""
+    """Configure structlog and the standard library's root logger, at an entrypoint."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_processor,
-    ]
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    # Exceptions are rendered to text before redaction, so a traceback is redacted too.
+    last: list[Any] = [structlog.processors.format_exc_info, redact_processor]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -68,15 +100,33 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[
-            *shared,
-            structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            timestamper,
+            *last,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),
+            timestamper,
+        ],
+        processors=[*last, structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = _BosunHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _BosunHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
     for noisy in ("httpx", "httpcore", "arq.worker", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 

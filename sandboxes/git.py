@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.domain.secrets import redact_text
 from sandboxes.errors import GitError, PushRejected
 
 _SAFE_CONFIG: tuple[tuple[str, str], ...] = (
@@ -57,7 +58,8 @@ def strip_credentials(url: str) -> str:
 
 
 class Redactor:
-    """Replaces known secrets (and any URL credentials) with ``***``."""
+    """Replaces known secrets with ``***``, then anything else the shared rules take for a
+    credential (``bot.domain.secrets``: URL credentials, tokens, private keys)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
@@ -82,7 +84,7 @@ class Redactor:
         for secret in sorted(self._secrets, key=len, reverse=True):
             if len(secret) >= 4:
                 text = text.replace(secret, "***")
-        return _URL_USERINFO.sub(r"\g<scheme>***@", text)
+        return redact_text(text, "***")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from bot.logs import configure_logging, redact_text
+from bot.logs import configure_logging, redact_text, secret_field
 
 
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
     structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_lines_with_context_and_redaction(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,3 +43,75 @@ def test_json_lines_with_context_and_redaction(capsys: pytest.CaptureFixture[str
 def test_redact_text_private_key() -> None:
     pem = "-----BEGIN RSA PRIVATE KEY-----\nabc\n-----END RSA PRIVATE KEY-----"
     assert "abc" not in redact_text(f"key: {pem}")
+
+
+GITLAB = "glpat-" + "Qm7xK2pV9sT4wZ8bN3cR"
+
+
+def test_standard_library_records_come_out_as_redacted_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """uvicorn, arq, alembic, githubkit and httpx log through the standard library: their
+    records go through the same processors as Bosun's own, secrets and tracebacks included."""
+    configure_logging("info", "json")
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(run_id="r-7")
+    logging.getLogger("uvicorn.error").warning(
+        "cannot reach %s", "redis://:s3cretPassw0rd@redis:6379/0", extra={"api_key": "abc123"}
+    )
+    try:
+        raise ConnectionError(f"push to https://gitlab.example/a.git refused token {GITLAB}")
+    except ConnectionError:
+        logging.getLogger("arq.worker").exception("job failed")
+    logging.getLogger("alembic.runtime.migration").debug("below the level: not shown")
+    structlog.get_logger("bot.test").info("metered", input_tokens=1200, max_tokens=4096)
+    structlog.contextvars.clear_contextvars()
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.strip().splitlines()]
+    assert [(r.get("logger", "-"), r["level"]) for r in lines] == [
+        ("uvicorn.error", "warning"),
+        ("arq.worker", "error"),
+        ("-", "info"),
+    ]
+    first, second, third = lines
+    assert first["event"] == "cannot reach redis://[redacted]@redis:6379/0"
+    assert first["api_key"] == "[redacted]" and first["run_id"] == "r-7"
+    assert "timestamp" in first
+    assert second["event"] == "job failed" and "ConnectionError" in second["exception"]
+    assert "[redacted]" in second["exception"]
+    assert (third["input_tokens"], third["max_tokens"]) == (1200, 4096)
+    assert "s3cretPassw0rd" not in err and GITLAB not in err and "abc123" not in err
+
+
+def test_console_on_a_terminal_is_redacted_too(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "console")
+    logging.getLogger("githubkit").warning("token %s rejected", GITLAB)
+    err = capsys.readouterr().err
+    assert "token [redacted] rejected" in err and "githubkit" in err
+    assert not err.lstrip().startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("token", True),
+        ("webhook_secret", True),
+        ("accessToken", True),
+        ("api_key", True),
+        ("apiKey", True),
+        ("x-api-key", True),
+        ("private_key_pem", True),
+        ("authorization", True),
+        ("db.password", True),
+        ("input_tokens", False),
+        ("output_tokens", False),
+        ("max_tokens", False),
+        ("cache_read_tokens", False),
+        ("tokens_in", False),
+        ("key", False),
+        ("cache_key", False),
+        ("tokenizer", False),
+    ],
+)
+def test_field_names_name_a_credential_by_whole_words(name: str, secret: bool) -> None:
+    assert secret_field(name) is secret

@@ -181,13 +181,14 @@ TRUE_POSITIVES = [
     ("github_token", f'GITHUB_TOKEN = "{GH}"'),
     ("github_token", f"token: {PAT}"),
     ("aws_access_key", f"aws_access_key_id = {AWS}"),
-    ("aws_secret_key", f"aws_secret_access_key = {AWS_SECRET}"),
+    ("aws_access_key", f'aws_secret_access_key = "{AWS_SECRET}"'),
+    ("secret_assignment", f"aws_secret_access_key = {AWS_SECRET}"),
     ("slack_token", f'client = WebClient(token="{SLACK}")'),
     ("private_key", KEY_BLOCK),
     ("private_key", "-----BEGIN " + "OPENSSH PRIVATE KEY-----"),
     ("anthropic_api_key", f"ANTHROPIC_API_KEY={ANTHROPIC}"),
     ("openai_api_key", f'openai.api_key = "{OPENAI}"'),
-    ("stripe_key", f"stripe.api_key = '{STRIPE}'"),
+    ("stripe_access_key", f"stripe.api_key = '{STRIPE}'"),
     ("google_api_key", f"const key = '{GOOGLE}';"),
     ("secret_assignment", f'DB_PASSWORD = "{RANDOM}"'),
     ("secret_assignment", f'"client_secret": "{RANDOM}",'),
@@ -290,7 +291,7 @@ def test_check_diff_reports_secrets_as_violations() -> None:
     assert [(v.rule, v.path) for v in result.violations] == [
         ("secrets.github_token", "deploy/.env")
     ]
-    assert "line 1 adds what looks like a GitHub token" in result.violations[0].message
+    assert "line 1 adds what looks like a GitHub Token" in result.violations[0].message
     assert GH not in result.as_markdown()
 
 

@@ -12,15 +12,15 @@ lift that.
 The secret scanner reads the unified diff the way git writes it: lines end at ``\n`` only, and
 each hunk holds exactly the lines its header counts. A diff that does not add up is refused
 (rule ``secrets.unscanned``), never passed half-read. Files git calls binary are scanned too,
-from their added content (:func:`scan_binary`).
+from their added content (:func:`scan_binary`). What counts as a credential is
+``bot.domain.secrets`` (detect-secrets' detectors and Bosun's own rules), the rules the logs and
+git's output are redacted with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,6 +29,7 @@ import pathspec
 
 from bot.domain.display import shown
 from bot.domain.repoconfig import PROTECTED_PATHS, RepoConfig
+from bot.domain.secrets import find_secrets, shannon_entropy
 from bot.errors import BosunError
 
 
@@ -345,138 +346,24 @@ class SecretFinding:
     line: int
     kind: str
     redacted: str
+    description: str = ""
+    """What the rule found, for a person ("GitHub Token"); the kind when empty."""
 
-    @property
-    def description(self) -> str:
-        return _DESCRIPTIONS.get(self.kind, self.kind.replace("_", " "))
+    def __post_init__(self) -> None:
+        if not self.description:
+            object.__setattr__(self, "description", self.kind.replace("_", " "))
 
 
-_DESCRIPTIONS = {
-    "github_token": "GitHub token",
-    "aws_access_key": "AWS access key id",
-    "aws_secret_key": "AWS secret access key",
-    "slack_token": "Slack token",
-    "slack_webhook": "Slack webhook URL",
-    "private_key": "private key",
-    "anthropic_api_key": "Anthropic API key",
-    "openai_api_key": "OpenAI API key",
-    "stripe_key": "Stripe secret key",
-    "google_api_key": "Google API key",
-    "secret_assignment": "hard-coded secret",
-}
-
-# (kind, pattern); group 1 is the secret. Order matters: earlier kinds claim their span first.
-_TOKEN_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("private_key", re.compile(r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)")),
-    ("github_token", re.compile(r"\b(github_pat_[A-Za-z0-9_]{50,255})")),
-    ("github_token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{36,255})\b")),
-    ("aws_access_key", re.compile(r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16})\b")),
-    (
-        "aws_secret_key",
-        re.compile(r"(?i)aws_?secret_?(?:access_?)?key\W{0,4}([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"),
-    ),
-    ("slack_token", re.compile(r"\b(xox[abposr]-[A-Za-z0-9-]{10,})")),
-    (
-        "slack_webhook",
-        re.compile(r"(https://hooks\.slack\.com/services/T[A-Za-z0-9_]+/B[A-Za-z0-9_]+/\w+)"),
-    ),
-    ("anthropic_api_key", re.compile(r"(?<![\w-])(sk-ant-[A-Za-z0-9_-]{32,})")),
-    ("openai_api_key", re.compile(r"(?<![\w-])(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})")),
-    ("stripe_key", re.compile(r"\b((?:sk|rk)_live_[A-Za-z0-9]{20,})")),
-    ("google_api_key", re.compile(r"\b(AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])")),
-)
-
-_SENSITIVE_NAME = (
-    r"[A-Za-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key"
-    r"|auth[_-]?key|private[_-]?key|client[_-]?secret|credentials?)[A-Za-z0-9_.-]*"
-)
-_ASSIGNMENT = re.compile(
-    rf"(?i)(?<![A-Za-z0-9_.-])({_SENSITIVE_NAME})[\"']?\s*(?::=|=>|==|=|:)\s*"
-    r"(?:[A-Za-z_][\w\[\]., |]*\s*=\s*)?"  # a type annotation: `token: str = "..."`
-    r"(?:\"([^\"\s]{16,})\"|'([^'\s]{16,})'|`([^`\s]{16,})`"
-    r"|([^\s\"'`,;()\[\]{}<>$%]{16,})(?=$|[\s,;#]))"
-)
-_PLACEHOLDERS = (
-    "example", "placeholder", "changeme", "change_me", "your", "xxxx", "****", "redacted",
-    "dummy", "sample", "${", "{{", "%(", "<", "...", "fake", "insert", "replace",
-)  # fmt: skip
-_KNOWN_EXAMPLES = {"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
-_HEX = re.compile(r"^[0-9a-fA-F]+$")
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-_WORDY_PART = re.compile(r"^(?:[A-Za-z][a-z]*|[A-Z]+)\d*$|^\d+$")
 _HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-
-
-def shannon_entropy(text: str) -> float:
-    """Bits per character of ``text``."""
-    if not text:
-        return 0.0
-    counts = Counter(text)
-    return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
-
-
-def _placeholder(value: str) -> bool:
-    lowered = value.lower()
-    return (
-        value in _KNOWN_EXAMPLES
-        or any(p in lowered for p in _PLACEHOLDERS)
-        or shannon_entropy(value) < 2.5
-    )
-
-
-def looks_random(value: str) -> bool:
-    """Whether a string assigned to a secret-sounding name looks like a real credential.
-
-    Placeholders, URLs, paths, UUIDs and identifier-like values (words and numbers joined by
-    ``_``, ``-`` or ``.``) are not. Hex needs 32+ characters and 3.0 bits/char (keys, not
-    version numbers); other strings need digits or symbols mixed with letters and 3.7
-    bits/char, which ordinary words and camelCase names do not reach.
-    """
-    if _placeholder(value):
-        return False
-    lowered = value.lower()
-    if lowered.startswith(("http://", "https://", "file:", "/", "./", "../")):
-        return False
-    if _UUID.match(value):
-        return False
-    parts = re.split(r"[_./-]+", value.strip("_./-"))
-    if len(parts) >= 2 and all(_WORDY_PART.match(part) for part in parts):
-        return False  # an identifier or setting name: SESSION_COOKIE_AGE_1209600, test_pw_1
-    entropy = shannon_entropy(value)
-    if _HEX.match(value):
-        return len(value) >= 32 and entropy >= 3.0
-    has_digit = any(c.isdigit() for c in value)
-    has_symbol = any(c in "+/=_-" for c in value)
-    has_upper = any(c.isupper() for c in value)
-    has_lower = any(c.islower() for c in value)
-    if not (has_lower or has_upper) or not (has_digit or (has_symbol and has_upper and has_lower)):
-        return False
-    return entropy >= 3.7
 
 
 def _redact(secret: str) -> str:
     return f"{shown(secret[:4], code=True)}…{len(secret)} chars" if len(secret) > 8 else "…"
 
 
-def _scan_line(text: str) -> Iterator[tuple[str, str]]:
-    claimed: list[tuple[int, int]] = []
-    for kind, pattern in _TOKEN_RULES:
-        for match in pattern.finditer(text):
-            start, end = match.span(1)
-            secret = match.group(1)
-            if any(s < end and start < e for s, e in claimed) or secret in _KNOWN_EXAMPLES:
-                continue
-            if kind != "private_key" and _placeholder(secret):
-                continue  # ghp_xxxxxxxx..., sk-your-key-here
-            claimed.append((start, end))
-            yield kind, secret
-    for match in _ASSIGNMENT.finditer(text):
-        value = next(g for g in match.groups()[1:] if g is not None)
-        start = match.start(2) if match.group(2) else match.end() - len(value)
-        if any(s <= start < e for s, e in claimed):
-            continue
-        if looks_random(value):
-            yield "secret_assignment", value
+def _scan_line(path: str, number: int, text: str) -> Iterator[SecretFinding]:
+    for found in find_secrets(text):
+        yield SecretFinding(path, number, found.kind, _redact(found.secret), found.description)
 
 
 _C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
@@ -549,8 +436,7 @@ def scan_secrets(diff_text: str) -> list[SecretFinding]:
             marker = raw[:1]
             if marker == "+" and new_left > 0:
                 if path is not None:
-                    for kind, secret in _scan_line(raw[1:]):
-                        findings.append(SecretFinding(path, line_no, kind, _redact(secret)))
+                    findings += _scan_line(path, line_no, raw[1:])
                 line_no += 1
                 new_left -= 1
             elif marker == "-" and old_left > 0:
@@ -598,8 +484,7 @@ def scan_binary(path: str, new: bytes, old: bytes | None = None) -> list[SecretF
     for number, line in enumerate(new.split(b"\n"), 1):
         if line in before or not line:
             continue
-        for kind, secret in _scan_line(line.decode("utf-8", "replace")):
-            findings.append(SecretFinding(path, number, kind, _redact(secret)))
+        findings += _scan_line(path, number, line.decode("utf-8", "replace"))
     return findings
 
 
