@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.control.views import TokenOut
 from bot.db.models import ApiToken
 from bot.errors import ConflictError, NotFoundError, PermissionDenied
 
@@ -143,6 +144,20 @@ async def authenticate(session: AsyncSession, secret: str) -> Caller:
     await session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
     scope: Scope = next((known for known in SCOPES if known == row.scope), "read")
     return Caller(row.name, scope, tuple(row.repos or ()))
+
+
+def token_out(row: ApiToken) -> TokenOut:
+    """What the API and the CLI show of a token (never its hash)."""
+    return TokenOut(
+        name=row.name,
+        prefix=row.prefix,
+        scope=row.scope,
+        repos=list(row.repos or []),
+        expires_at=row.expires_at,
+        revoked=row.revoked,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
 
 
 def _aware(value: datetime) -> datetime:

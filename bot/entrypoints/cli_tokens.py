@@ -18,7 +18,6 @@ from bot.entrypoints.cli_render import tokens_table
 if TYPE_CHECKING:  # the database layer is imported when a token command runs, not by `bosun`
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from bot.db.models import ApiToken
 
 T = TypeVar("T")
 SCOPES = ("read", "operate", "admin")
@@ -73,19 +72,6 @@ def _in_database(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         raise Invalid(str(exc)) from exc
 
 
-def token_out(row: ApiToken) -> TokenOut:
-    return TokenOut(
-        name=row.name,
-        prefix=row.prefix,
-        scope=row.scope,
-        repos=list(row.repos or []),
-        expires_at=row.expires_at,
-        revoked=row.revoked,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-    )
-
-
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> timedelta | None:
     from bot.control.tokens import parse_duration
 
@@ -123,7 +109,7 @@ def create(
 
     async def work(session: AsyncSession) -> NewToken:
         from bot.control.tokens import SCOPES as KNOWN
-        from bot.control.tokens import create_token
+        from bot.control.tokens import create_token, token_out
 
         chosen = next(known for known in KNOWN if known == scope)
         secret, row = await create_token(session, name, chosen, repos, expires)
@@ -149,7 +135,7 @@ def list_(fmt: str) -> None:
     """Every token (never its secret): scope, repositories, expiry, last use."""
 
     async def work(session: AsyncSession) -> list[TokenOut]:
-        from bot.control.tokens import list_tokens
+        from bot.control.tokens import list_tokens, token_out
 
         return [token_out(row) for row in await list_tokens(session)]
 
@@ -167,7 +153,7 @@ def revoke(name: str, fmt: str) -> None:
     """Revoke a token: requests with it are refused from now on."""
 
     async def work(session: AsyncSession) -> TokenOut:
-        from bot.control.tokens import revoke_token
+        from bot.control.tokens import revoke_token, token_out
 
         return token_out(await revoke_token(session, name))
 

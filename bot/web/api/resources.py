@@ -22,9 +22,10 @@ from bot.control.tokens import (
     list_tokens,
     parse_duration,
     revoke_token,
+    token_out,
 )
 from bot.control.views import AuditOut, NewToken, Page, ProfileOut, RepositoryOut, TaskOut, TokenOut
-from bot.db.models import ApiToken, Repository
+from bot.db.models import Repository
 from bot.errors import NotFoundError
 from bot.services import Services
 from bot.settings import Settings
@@ -384,19 +385,6 @@ class TokenIn(Body):
         json_schema_extra={
             "oneOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "null"}]
         },
-    )
-
-
-def token_out(row: ApiToken) -> TokenOut:
-    return TokenOut(
-        name=row.name,
-        prefix=row.prefix,
-        scope=row.scope,
-        repos=list(row.repos or []),
-        expires_at=row.expires_at,
-        revoked=row.revoked,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
     )
 
 

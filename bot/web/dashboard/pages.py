@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
@@ -98,8 +99,19 @@ async def coalesced(
             await closer()
 
 
+async def fleet_filters(
+    repository: FromQuery[str] = "",
+    profile: FromQuery[str] = "",
+    requester: FromQuery[str] = "",
+    run_state: Annotated[str, QueryParameter(name="state")] = "",
+) -> Filters:
+    """The fleet page's filters, from its query string."""
+    return Filters(repository, profile, requester, run_state)
+
+
 class FleetPages(Controller):
     path = "/"
+    dependencies = {"filters": Provide(fleet_filters)}
 
     async def _fleet(self, request: AnyRequest, filters: Filters) -> dict[str, Any]:
         services, settings = services_of(request), settings_of(request)
@@ -111,27 +123,11 @@ class FleetPages(Controller):
         return {"fleet": found, "filters": filters, "states": STATES}
 
     @get("/", name="dashboard:fleet")
-    async def home(
-        self,
-        request: AnyRequest,
-        repository: FromQuery[str] = "",
-        profile: FromQuery[str] = "",
-        requester: FromQuery[str] = "",
-        run_state: Annotated[str, QueryParameter(name="state")] = "",
-    ) -> Template:
-        filters = Filters(repository, profile, requester, run_state)
+    async def home(self, request: AnyRequest, filters: NamedDependency[Filters]) -> Template:
         return page(request, "fleet.html", **await self._fleet(request, filters))
 
     @get("/fleet/body", name="dashboard:fleet-body")
-    async def body(
-        self,
-        request: AnyRequest,
-        repository: FromQuery[str] = "",
-        profile: FromQuery[str] = "",
-        requester: FromQuery[str] = "",
-        run_state: Annotated[str, QueryParameter(name="state")] = "",
-    ) -> Template:
-        filters = Filters(repository, profile, requester, run_state)
+    async def body(self, request: AnyRequest, filters: NamedDependency[Filters]) -> Template:
         return fragment("fleet_body.html", **await self._fleet(request, filters))
 
     @get("/fleet/live", name="dashboard:fleet-live")

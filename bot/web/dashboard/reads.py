@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, select
 from sqlalchemy.orm import aliased
@@ -225,44 +226,42 @@ class Step:
     reason: str
 
 
-async def timeline(sessions: SessionFactory, run_id: str) -> list[Step]:
-    """The run's moves between states (``status`` events), oldest first."""
+async def _first_of_kind(
+    sessions: SessionFactory, run_id: str, kind: str, limit: int
+) -> list[tuple[dict[str, Any], datetime]]:
+    """The data and time (in UTC) of the run's first ``limit`` events of ``kind``."""
     async with sessions() as session:
         rows = (
             await session.execute(
                 select(RunEvent.data, RunEvent.created_at)
-                .where(RunEvent.run_id == run_id, RunEvent.kind == "status")
+                .where(RunEvent.run_id == run_id, RunEvent.kind == kind)
                 .order_by(RunEvent.seq)
-                .limit(100)
+                .limit(limit)
             )
         ).all()
+    return [(data, at if at.tzinfo else at.replace(tzinfo=UTC)) for data, at in rows]
+
+
+async def timeline(sessions: SessionFactory, run_id: str) -> list[Step]:
+    """The run's moves between states (``status`` events), oldest first."""
     return [
         Step(
             state=str(data.get("to", "")),
-            at=at if at.tzinfo else at.replace(tzinfo=UTC),
+            at=at,
             actor=str(data.get("actor") or ""),
             reason=str(data.get("reason") or ""),
         )
-        for data, at in rows
+        for data, at in await _first_of_kind(sessions, run_id, "status", 100)
     ]
 
 
 async def phases(sessions: SessionFactory, run_id: str) -> list[tuple[str, datetime]]:
     """Each phase the run entered (``progress`` events naming one), in order."""
-    async with sessions() as session:
-        rows = (
-            await session.execute(
-                select(RunEvent.data, RunEvent.created_at)
-                .where(RunEvent.run_id == run_id, RunEvent.kind == "progress")
-                .order_by(RunEvent.seq)
-                .limit(500)
-            )
-        ).all()
     out: list[tuple[str, datetime]] = []
-    for data, at in rows:
+    for data, at in await _first_of_kind(sessions, run_id, "progress", 500):
         phase = data.get("phase")
         if phase and (not out or out[-1][0] != phase):
-            out.append((str(phase), at if at.tzinfo else at.replace(tzinfo=UTC)))
+            out.append((str(phase), at))
     return out
 
 
