@@ -291,7 +291,7 @@ def test_check_diff_reports_secrets_as_violations() -> None:
     assert [(v.rule, v.path) for v in result.violations] == [
         ("secrets.github_token", "deploy/.env")
     ]
-    assert "line 1 adds what looks like a GitHub Token" in result.violations[0].message
+    assert "line 1 adds what looks like a GitHub token" in result.violations[0].message
     assert GH not in result.as_markdown()
 
 

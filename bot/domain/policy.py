@@ -347,7 +347,7 @@ class SecretFinding:
     kind: str
     redacted: str
     description: str = ""
-    """What the rule found, for a person ("GitHub Token"); the kind when empty."""
+    """What the rule found, in a sentence ("GitHub token"); the kind when empty."""
 
     def __post_init__(self) -> None:
         if not self.description:

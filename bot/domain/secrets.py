@@ -48,7 +48,7 @@ class Rule:
     """Snake-case name (``github_token``, ``json_web_token``): the scanner's rule is
     ``secrets.<kind>``."""
     description: str
-    """What it is, for a person: "GitHub Token", "JSON Web Token"."""
+    """What it is, in a sentence: "GitHub token", "JSON web token"."""
     find: Callable[[str], Iterable[str]]
     """The credentials in a line (each as it appears there)."""
     source: str
@@ -60,6 +60,18 @@ class Rule:
 
 def _kind(secret_type: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", secret_type.lower()).strip("_")
+
+
+_COMMON_WORDS = frozenset(
+    {"token", "tokens", "key", "credentials", "secret", "access", "account", "storage", "bot",
+     "basic", "auth", "private", "web"}
+)  # fmt: skip
+
+
+def _prose(secret_type: str) -> str:
+    """detect-secrets' title-cased name as it reads in a sentence: "JSON Web Token" → "JSON web
+    token", "Private Key" → "private key" (names and acronyms kept)."""
+    return " ".join(w.lower() if w.lower() in _COMMON_WORDS else w for w in secret_type.split())
 
 
 def _package_rules() -> list[Rule]:
@@ -78,7 +90,7 @@ def _package_rules() -> list[Rule]:
             kind = _kind(secret_type)
             finder = _detector_finder(cls())
             random_only = kind in _RANDOM_ONLY
-            rules.append(Rule(kind, secret_type, finder, "detect-secrets", random_only))
+            rules.append(Rule(kind, _prose(secret_type), finder, "detect-secrets", random_only))
     return rules
 
 
@@ -156,7 +168,7 @@ _BOSUN_RULES = (
     ),
     Rule(
         "github_token",
-        "GitHub Token",
+        "GitHub token",
         _pattern(r"\b(github_pat_[A-Za-z0-9_]{50,255})"),
         "bosun",
     ),
