@@ -60,9 +60,13 @@ MIX = (
 """1,000 runs: the first review-ready with the big diff, then a realistic fleet."""
 
 
-def big_diff_files(target_bytes: int) -> dict[str, int]:
+SMOKE_MIX = MIX[:1] + [RunState.RUNNING] * 2 + [RunState.QUEUED] * 2 + [RunState.MERGED] * 5
+"""``--smoke``: ten runs, the first review-ready with a small diff."""
+
+
+def big_diff_files(target_bytes: int, huge_lines: int = 20_000) -> dict[str, int]:
     """About ``target_bytes`` of diff over files of varied size (one large one)."""
-    files: dict[str, int] = {"src/generated/huge_table.py": 20_000}
+    files: dict[str, int] = {"src/generated/huge_table.py": huge_lines}
     n = 0
     while sum(files.values()) * 55 < target_bytes:
         files[f"src/module_{n:03d}/file_{n:03d}.py"] = 150 + (n * 37) % 900
@@ -87,23 +91,24 @@ def settings_for(tmp: Path, database_url: str | None, port: int) -> Settings:
     )
 
 
-async def prepare(settings: Settings) -> tuple[str, int]:
+async def prepare(settings: Settings, *, smoke: bool = False) -> tuple[str, int]:
     engine = create_engine(settings.database.url)
     await upgrade(engine)
     await engine.dispose()
     services = Services.build(settings)
     try:
         started = time.monotonic()
+        mix = SMOKE_MIX if smoke else MIX
         seeded = await seed(
             services.sessions,
             settings,
-            runs=len(MIX),
+            runs=len(mix),
             events_per_run=50,
-            diff_files=big_diff_files(5 * 1024 * 1024),
-            states=MIX,
+            diff_files=big_diff_files(0, 2_000) if smoke else big_diff_files(5 * 1024 * 1024),
+            states=mix,
         )
         print(
-            f"seeded {len(MIX)} runs, {len(MIX) * 50} events in {time.monotonic() - started:.1f}s"
+            f"seeded {len(mix)} runs, {len(mix) * 50} events in {time.monotonic() - started:.1f}s"
         )
         async with services.sessions() as session:
             from sqlalchemy import text
@@ -234,13 +239,22 @@ def browser_times(settings: Settings, port: int, run_id: str, rounds: int) -> di
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short round: 10 runs, a 2,000-line diff, 5 requests each, 1 browser round",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.requests, args.rounds = 5, 1
+        if args.out == OUT:  # a smoke round's numbers are no result
+            args.out = Path(tempfile.gettempdir()) / "dashboard.smoke.json"
     load_start = loadavg()
     configure_logging("warning", "json")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -248,7 +262,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         settings = settings_for(Path(tmp), args.database_url, port)
-        run_id, diff_size = asyncio.run(prepare(settings))
+        run_id, diff_size = asyncio.run(prepare(settings, smoke=args.smoke))
         fleet = asyncio.run(fleet_times(settings, args.requests))
         browser = browser_times(settings, port, run_id, args.rounds)
         with contextlib.suppress(Exception):
@@ -265,8 +279,8 @@ def main() -> None:
         args.out,
         {
             "database": settings.database.url.split(":", 1)[0],
-            "runs": len(MIX),
-            "events": len(MIX) * 50,
+            "runs": len(SMOKE_MIX if args.smoke else MIX),
+            "events": len(SMOKE_MIX if args.smoke else MIX) * 50,
             "diff_bytes": diff_size,
             "load_average_at_start": load_start,
             "fleet": fleet,

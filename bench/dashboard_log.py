@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import re
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
@@ -193,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one short round (1 s of lines, 2 s start delay)"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.seconds, args.interval, args.start_delay = 1, 1.0, 0.1, 2.0
+        if args.out == DEFAULT_OUT:  # a smoke round's numbers are no result
+            args.out = Path(tempfile.gettempdir()) / f"{DEFAULT_OUT.stem}.smoke.json"
     configure_logging("warning", "json")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     lines = round(args.seconds / args.interval)

@@ -195,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         const=os.environ.get("BOSUN_BENCH_POSTGRES_URL", POSTGRES_URL),
         help="use PostgreSQL (a temporary schema in this database) instead of SQLite",
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="one short round (1 round of 20 operations per part)"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        global N, ROUNDS  # the scale every part is timed at
+        N, ROUNDS = 20, 1
     root = Path(tempfile.mkdtemp(prefix="bosun-bench-parts-"))
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     url = f"sqlite+aiosqlite:///{root / 'bosun.db'}"

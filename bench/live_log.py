@@ -373,7 +373,17 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short round (2 runs, 4 subscribers, 1 web process, 1 s of lines)",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs, args.subscribers, args.webs = 2, 4, 1
+        args.seconds, args.interval, args.start_delay = 1.0, 0.1, 2.0
+        if args.out == DEFAULT_OUT:  # a smoke round's numbers are no result
+            args.out = Path(tempfile.gettempdir()) / f"{DEFAULT_OUT.stem}.smoke.json"
     if not (1 <= args.runs <= 32 and args.subscribers >= args.runs and args.webs >= 1):
         parser.error("--runs 1..32, --subscribers at least --runs, --webs at least 1")
     configure_logging("warning", "json")

@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--smoke", action="store_true", help="one short round (20 jobs, 3 s idle)")
+    parser.add_argument("--smoke", action="store_true", help="one short round (10 jobs, 1 s idle)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.jobs, args.idle_seconds = 20, 3.0
+        args.jobs, args.idle_seconds = 10, 1.0
     if not (1 <= args.jobs <= 10_000 and 1 <= args.idle_seconds <= 600):
         parser.error("--jobs 1..10000, --idle-seconds 1..600")
     from bot.settings import WorkerSettings

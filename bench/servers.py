@@ -40,7 +40,7 @@ class Receiver:
             self.proc = subprocess.Popen(
                 self.argv(), env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=cwd
             )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded host imports the app slowly
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break

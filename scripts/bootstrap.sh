@@ -81,6 +81,8 @@ pkg_wanted() {
     redis-server) have redis-server && return 1 ;;
     postgresql) have pg_ctlcluster && return 1 ;;
     chromium) { have chromium || have chromium-browser || have google-chrome; } && return 1 ;;
+    nodejs) have node && return 1 ;;
+    npm) have npm && return 1 ;;
     python3-pip) { have uv || python3 -m pip --version; } >/dev/null 2>&1 && return 1 ;;
     esac
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" != "install ok installed" ]
@@ -89,7 +91,8 @@ pkg_wanted() {
 ensure_packages() {
     local pkgs=(ca-certificates curl git make debootstrap debian-archive-keyring docker.io python3 python3-pip)
     if [ "$profile" = test ]; then
-        pkgs+=(redis-server postgresql chromium fonts-liberation shellcheck)
+        # nodejs/npm and wrk: the intake benchmark's Probot baseline and load generator.
+        pkgs+=(redis-server postgresql chromium fonts-liberation shellcheck nodejs npm wrk)
     fi
     local want=() p
     for p in "${pkgs[@]}"; do
@@ -341,6 +344,18 @@ ensure_assets() {
     python3 "$BOSUN_ROOT/scripts/fetch_assets.py" "${args[@]}"
 }
 
+# The intake benchmark's baseline (bench/probot: Probot 14, pinned by its package-lock.json),
+# whose smoke round the test suite runs.
+ensure_bench_probot() {
+    local dir="$BOSUN_ROOT/bench/probot"
+    if [ -d "$dir/node_modules/probot" ]; then
+        say "Probot baseline is installed in bench/probot"
+        return 0
+    fi
+    todo "npm ci in bench/probot (the intake benchmark's Probot baseline)" || return 0
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 main() {
     local start=${EPOCHREALTIME/./}
     say "bootstrap ($profile profile) in $BOSUN_ROOT"
@@ -358,6 +373,7 @@ main() {
     fi
     step python ensure_python
     step assets ensure_assets
+    if [ "$profile" = test ]; then step bench-probot ensure_bench_probot; fi
     local elapsed=$((${EPOCHREALTIME/./} - start))
     printf 'timing: %-18s %4d.%01ds\n' total $((elapsed / 1000000)) $((elapsed % 1000000 / 100000)) >&2
     if [ ${#MISSING[@]} -gt 0 ]; then
