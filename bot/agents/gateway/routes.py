@@ -139,8 +139,9 @@ class Upstream(BaseModel):
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         """The allowed endpoint ``METHOD /path`` (query string removed) is, or None."""
         method = method.upper()
-        if f"{method} {path}" in self.endpoints:
-            return Endpoint(f"{method} {path}")
+        exact = f"{method} {path}"
+        if exact in self.endpoints and "{model}" not in exact:  # a template is no path
+            return Endpoint(exact)
         for template in self.endpoints:
             found = _match(template, method, path) if "{model}" in template else None
             if found is not None:
