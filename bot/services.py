@@ -117,7 +117,9 @@ class Services:
             async with asyncio.timeout(5):
                 await asyncio.to_thread(lambda: self.docker.ping())
         except Exception as exc:  # noqa: BLE001
-            self._docker = None  # reconnect next time (DOCKER_HOST may have come up)
+            client, self._docker = self._docker, None  # reconnect next time (it may come up)
+            if client is not None:
+                await asyncio.to_thread(client.close)
             return _reason(exc)
         return None
 

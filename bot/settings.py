@@ -6,15 +6,31 @@ Environment names are ``BOSUN_<GROUP>__<FIELD>`` (for example ``BOSUN_DATABASE__
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from bot.agents.gateway.limits import GatewayLimits
 from bot.agents.gateway.routes import Upstream
+from bot.envfiles import FileValuesSource, WithoutFileVariables, env_file_path, read_env_file
 from bot.errors import ConfigError
 from bot.metrics.settings import MetricsSettings
 from bot.notify.settings import NotifySettings
@@ -315,6 +331,23 @@ class WorkerSettings(_Group):
         le=72,
         description="How far back a sweep looks (GitHub keeps deliveries for 3 days).",
     )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description=(
+            "This worker's name in its health-check key (`bosun worker --check`); unset: the "
+            "host name. Give each worker on one host its own."
+        ),
+    )
+    health_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "How often the worker writes its health-check key; the key lapses one second after "
+            "the next write was due, so `bosun worker --check` fails within this of a worker "
+            "that stopped polling Redis."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_timing(self) -> WorkerSettings:
@@ -331,6 +364,58 @@ class WorkerSettings(_Group):
                 "heartbeat_stale_seconds must be at least three times heartbeat_seconds, or a slow "
                 "heartbeat would end a live run"
             )
+        return self
+
+
+class RetentionSettings(_Group):
+    """How long finished work is kept (`bosun prune`, and the worker's hourly upkeep). Only
+    runs in a terminal state are pruned, counted from when they ended; 0 keeps forever."""
+
+    events_days: int = Field(
+        default=90,
+        ge=0,
+        description=(
+            "Days a finished run's event log (agent output, tool calls, gate lines) is kept; "
+            "its `status` events stay with its record."
+        ),
+    )
+    artifacts_days: int = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days a finished run's artifacts (diff, transcript, gate output, …) are kept, "
+            "`manifest.json` and `summary` excepted."
+        ),
+    )
+    records_days: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Days a finished run's record (`manifest.json`, `summary` and its `status` events) "
+            "is kept; at least `events_days` and `artifacts_days`. The run's row always stays."
+        ),
+    )
+    deliveries_days: int = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days a handled webhook delivery (processed, ignored or failed; its payload "
+            "included) and a sent or failed outbound notification are kept. Longer than "
+            "`worker.sweep_window_hours`, or the sweeper would ask GitHub for them again."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _records_last_longest(self) -> RetentionSettings:
+        if self.records_days:
+            shorter = {"events_days": self.events_days, "artifacts_days": self.artifacts_days}
+            for name, days in shorter.items():
+                if days == 0 or days > self.records_days:
+                    raise ValueError(
+                        f"records_days ({self.records_days}) must be 0 (forever) or at least "
+                        f"{name} ({days or 'forever'}): a run's manifest and summary are kept "
+                        "longest"
+                    )
         return self
 
 
@@ -452,9 +537,47 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the env file (``bot.envfiles``), then the
+        files ``*_FILE`` variables name."""
+        env_file = env_file_path()
+        variables = {**read_env_file(env_file), **os.environ}
+        dotenv = DotEnvSettingsSource(settings_cls, env_file=env_file)
+        return (
+            init_settings,
+            WithoutFileVariables(settings_cls, env_settings, variables),
+            WithoutFileVariables(settings_cls, dotenv, variables),
+            FileValuesSource(settings_cls, variables),
+        )
+
+    @field_validator("retention")
+    @classmethod
+    def _deliveries_outlive_the_sweep(
+        cls, retention: RetentionSettings, info: ValidationInfo
+    ) -> RetentionSettings:
+        # A field validator (not a model one): its error quotes only this group, no secret.
+        worker = info.data.get("worker")
+        days = retention.deliveries_days
+        if isinstance(worker, WorkerSettings) and days and days * 24 <= worker.sweep_window_hours:
+            raise ValueError(
+                f"retention.deliveries_days ({days}) must cover more than "
+                f"worker.sweep_window_hours ({worker.sweep_window_hours} h), or the "
+                "redelivery sweeper would ask GitHub again for deliveries already handled"
+            )
+        return retention
 
     def agent_profiles(self) -> dict[str, ProfileConfig]:
         return load_profiles(self.profiles, self.profiles_file)
@@ -462,3 +585,9 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    def worker_health_key(self) -> str:
+        """The Redis key a worker writes every ``worker.health_check_seconds`` (arq's health
+        check; ``bosun worker --check`` reads it), named after the worker: ``worker.name``,
+        else the host name."""
+        return self.redis.key("health-check", self.worker.name or socket.gethostname())

@@ -24,6 +24,7 @@ from jobs.deliveries.traced import traced_delivery
 from jobs.run.pipeline import execute_run
 from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
 from jobs.upkeep.ping import ping
+from jobs.upkeep.prune import HostUpkeep, prune
 from jobs.upkeep.reconcile import reconcile
 from jobs.wakeup import WakingWorker
 
@@ -63,6 +64,7 @@ def cron_jobs(settings: Settings) -> list[Any]:
             run_at_startup=True,
             unique=True,
         ),
+        cron(prune, name=f"{namespace}:prune", minute={41}, second={15}, unique=True),
         *notify_crons(settings),
     ]
 
@@ -87,9 +89,14 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         ctx["bosun"] = JobContext(settings=settings, services=services)
         await notify_startup(ctx["bosun"])
         ctx["metrics_server"] = await start_worker_metrics(settings.metrics)
+        bosun = ctx["bosun"]
+        ctx["host_upkeep"] = HostUpkeep(services.sessions, settings, lambda: bosun.workspaces)
+        ctx["host_upkeep"].start()
         log.info("worker_started", worker=ctx["bosun"].worker_id, queue=settings.redis.queue_name)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        if (upkeep := ctx.get("host_upkeep")) is not None:
+            await upkeep.stop()
         await stop_worker_metrics(ctx.get("metrics_server"))
         bosun: JobContext | None = ctx.get("bosun")
         if bosun is not None:
@@ -123,6 +130,9 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         job_timeout=settings.worker.job_timeout,
         idle_poll=settings.worker.poll_delay,
         keep_result=3600,
+        # Per worker, so `bosun worker --check` answers for this one (bot/web/health.py).
+        health_check_key=settings.worker_health_key(),
+        health_check_interval=settings.worker.health_check_seconds,
         max_tries=5,
         allow_abort_jobs=True,
     )

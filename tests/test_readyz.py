@@ -82,7 +82,7 @@ async def test_healthz_and_truthful_readyz(tmp_path: Path, private_redis: RedisP
     await upgrade(engine)
     await engine.dispose()
 
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with AsyncTestClient(app=create_app(settings, with_worker=True)) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
@@ -114,3 +114,24 @@ async def test_readyz_names_unreachable_database(tmp_path: Path, redis_url: str)
         response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["failing"] == ["database"]
+
+
+async def test_web_only_readiness_does_not_need_docker(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    """A web-only host has no Docker engine: its /readyz asks for the database and Redis only;
+    a process that also runs a worker (``bosun up``) needs the engine."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    nowhere = {"docker_host": "tcp://127.0.0.1:1", "workdir": tmp_path / "w"}  # closed port
+    settings = make_settings(tmp_path, db, private_redis.url, sandbox=nowhere)
+    engine = create_engine(db)
+    await upgrade(engine)
+    await engine.dispose()
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        web = await client.get("/readyz")
+    assert web.status_code == 200, web.text
+    assert set(web.json()["checks"]) == {"database", "redis"}
+    async with AsyncTestClient(app=create_app(settings, with_worker=True)) as client:
+        both = await client.get("/readyz")
+    assert both.status_code == 503
+    assert both.json()["failing"] == ["docker"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bot.envfiles import describe_error
 from bot.logs import configure_logging
 from bot.settings import Settings
 
@@ -20,7 +21,7 @@ def _settings() -> Settings:
         settings.redis.password_value()  # an unreadable password file is a configuration error
         return settings
     except ValueError as exc:
-        raise click.ClickException(f"invalid configuration:\n{exc}") from exc
+        raise click.ClickException(f"invalid configuration:\n{describe_error(exc)}") from exc
 
 
 def _check_tracing() -> None:
@@ -49,8 +50,8 @@ def main() -> None:
     type=click.IntRange(1, 64),
     help="Web processes sharing the port (each builds its settings from the environment).",
 )
-def serve(host: str, port: int, workers: int) -> None:
-    """Run the web app (webhooks, API, dashboard)."""
+def web(host: str, port: int, workers: int) -> None:
+    """Run the web role: webhooks, the API, the dashboard, /healthz, /readyz, /metrics."""
     import uvicorn
 
     from bot.web.app import create_app
@@ -73,16 +74,54 @@ def serve(host: str, port: int, workers: int) -> None:
     )
 
 
+main.add_command(
+    click.Command(
+        "serve",
+        callback=web.callback,
+        params=web.params,
+        help="The web role under its former name: the same as `bosun web`.",
+    )
+)
+
+
 @main.command()
 @click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-def worker(burst: bool) -> None:
-    """Run an arq worker that executes runs."""
+@click.option(
+    "--check",
+    is_flag=True,
+    help=(
+        "Do not run: exit 0 when a worker of this name (worker.name, else the host name) is "
+        "polling the queue and the database and Docker answer, 1 otherwise (a health check "
+        "for an orchestrator)."
+    ),
+)
+def worker(burst: bool, check: bool) -> None:
+    """Run the worker role: deliveries, runs, upkeep."""
     from jobs.worker import build_worker
 
     settings = _settings()
+    if check:
+        sys.exit(_check_worker(settings))
     _check_tracing()
     configure_logging(settings.log_level, settings.log_format)
     build_worker(settings, burst=burst).run()
+
+
+def _check_worker(settings: Settings) -> int:
+    from bot.services import Services
+    from bot.web.health import worker_readiness
+
+    async def _run() -> dict[str, Any]:
+        services = Services.build(settings)
+        try:
+            return await worker_readiness(services)
+        finally:
+            await services.close()
+
+    body = asyncio.run(_run())
+    for name, check in body["checks"].items():
+        click.echo(f"{name}: {'ok' if check['ok'] else check['error']}")
+    return 1 if "failing" in body else 0
 
 
 @main.command()
@@ -131,6 +170,23 @@ def doctor(fmt: str) -> None:
     else:
         click.echo(render_table(checks))
     sys.exit(1 if any(c.status == "fail" for c in checks) else 0)
+
+
+@main.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def prune_command(dry_run: bool, fmt: str) -> None:
+    """Remove what finished runs left behind past its retention (retention.*): event logs,
+    artifacts, handled deliveries and notifications, and on this host artifact files,
+    workspace folders and mirrors of removed repositories."""
+    from bot.entrypoints.prune import render_report, run_prune
+
+    report = asyncio.run(run_prune(_settings(), dry_run=dry_run))
+    if fmt == "json":
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        click.echo(render_report(report))
+    sys.exit(1 if report.errors else 0)
 
 
 @main.group()

@@ -42,7 +42,11 @@ async def run_all(settings: Settings, *, host: str, port: int) -> None:
         await write_local_token(settings)  # `bosun` commands on this host need no --token
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings), host=host, port=port, log_config=None, access_log=False
+                create_app(settings, with_worker=True),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
             )
         )
         worker = build_worker(settings, handle_signals=False)

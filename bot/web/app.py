@@ -52,9 +52,12 @@ async def _adopt_stored_secret(services: Services) -> None:
         services.stored_webhook_secret = stored.webhook_secret.encode()
 
 
-def create_app(settings: Settings, services: Services | None = None) -> Litestar:
+def create_app(
+    settings: Settings, services: Services | None = None, *, with_worker: bool = False
+) -> Litestar:
     """Build the web app. ``services`` may be passed in (tests); otherwise it is built here
-    and closed at shutdown."""
+    and closed at shutdown. ``with_worker``: a worker shares this process (``bosun up``), so
+    ``/readyz`` checks the Docker engine too."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -97,7 +100,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
         exception_handlers={HTTPException: app_exception_handler},
         request_max_body_size=settings.max_webhook_bytes,
         lifespan=[lifespan],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "with_worker": with_worker}),
         middleware=[DefineMiddleware(request_logging), dashboard_middleware(settings)],
         debug=False,
     )
