@@ -64,6 +64,26 @@ async def test_the_lock_keeps_a_second_step_out_until_released(review: Review) -
     await asyncio.wait_for(waiting, 5)
 
 
+async def test_a_lapsed_holder_never_releases_the_lock_someone_else_now_holds(
+    review: Review,
+) -> None:
+    """The merge runs under the run's lock: its release is owner-checked (redis-py's ``Lock``
+    token), so a holder whose lease lapsed while it worked cannot free the lock another step
+    took meanwhile (a blind ``DEL`` would let a third step in beside it)."""
+    run = await review.ready_run(status_comment=False)
+    redis = review.bosun.services.redis
+    key = review.bosun.settings.redis.key("review", run.run_id)
+    async with run_lock(review.bosun, run.run_id):
+        mine = await redis.get(key)
+        assert mine  # a random token of this holder, not a constant
+        await redis.set(key, b"another-holder", px=30_000)  # lapsed, and taken by another step
+    assert await redis.get(key) == b"another-holder"
+    with pytest.raises(RunBusy):
+        async with run_lock(review.bosun, run.run_id, wait=0.1):
+            pass
+    await redis.delete(key)
+
+
 async def _hold_briefly(review: Review, run_id: str) -> None:
     async with run_lock(review.bosun, run_id, wait=5):
         pass

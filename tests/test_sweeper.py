@@ -6,7 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from jobs.deliveries.sweeper import Attempt, to_redeliver
+import pytest
+from githubkit.exception import RequestFailed
+
+from jobs.deliveries import sweeper
+from jobs.deliveries.sweeper import Attempt, next_cursor, to_redeliver
 from tests.emulator.world import World
 from tests.stack import free_port, make_stack_settings, running_stack
 
@@ -54,3 +58,47 @@ def test_deliveries_sent_while_bosun_was_down_start_the_run_once_it_is_back(
         stored = stack.db("SELECT id, redeliveries FROM deliveries WHERE id=?", labeled["guid"])
         assert stored == [(labeled["guid"], 0)]  # first seen by Bosun on the redelivery
         assert len(stack.runs()) == 1
+
+
+def test_the_next_cursor_is_taken_from_the_link_header_as_written() -> None:
+    link = (
+        '<https://api.github.com/app/hook/deliveries?per_page=2&cursor=v1_ab%2Bcd>; rel="next", '
+        '<https://api.github.com/app/hook/deliveries?per_page=2>; rel="first"'
+    )
+    assert next_cursor(link) == "v1_ab+cd"
+    assert next_cursor('<https://x/app/hook/deliveries?per_page=2>; rel="first"') is None
+    assert next_cursor(None) is None and next_cursor("") is None
+
+
+async def test_the_sweeper_pages_by_the_opaque_cursor_github_hands_out(
+    github_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page after page by the ``Link`` header's cursor: every attempt is listed once. The
+    emulator's cursors are opaque, so a sweeper that built one from the last id it saw would
+    be refused here (as by GitHub) instead of passing by luck."""
+    em = github_world.emulator
+    for n in range(5):
+        em.create_issue(github_world.repo.full_name, f"Issue {n}", "body", "alice")
+    sent = [(d["guid"], a["id"]) for d in em.deliveries() for a in d["attempts"]]
+    assert len(sent) >= 5
+    gh = github_world.app_github()
+    listed = gh.rest.apps.list_webhook_deliveries(per_page=2)
+    assert len(listed.parsed_data) == 2
+    guessed = str(listed.parsed_data[-1].id)
+    with pytest.raises(RequestFailed) as refused:
+        gh.rest.apps.list_webhook_deliveries(per_page=2, cursor=guessed)
+    assert refused.value.response.status_code == 422
+
+    monkeypatch.setattr(sweeper, "PAGE", 2)
+    calls: list[dict[str, object]] = []
+    original = gh.rest.apps.async_list_webhook_deliveries
+
+    async def counted(**kwargs: object) -> object:
+        calls.append(kwargs)
+        return await original(**kwargs)
+
+    monkeypatch.setattr(gh.rest.apps, "async_list_webhook_deliveries", counted)
+    attempts = await sweeper._recent_attempts(gh, T0 - timedelta(days=3650))
+    assert sorted((a.guid, a.id) for a in attempts) == sorted(sent)
+    assert len(calls) == (len(sent) + 1) // 2  # one request per page, none past the last
+    assert all(str(c.get("cursor", "v1_")).startswith("v1_") for c in calls)

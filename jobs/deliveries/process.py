@@ -48,6 +48,7 @@ from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext, job_context
+from jobs.resilience import db_disconnected
 from jobs.review.handle import (
     handle_button,
     handle_commands,
@@ -69,20 +70,25 @@ TRIGGER_EVENTS = {"issues", "issue_comment"}
 async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, Any]:
     bosun = job_context(ctx)
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
-    async with bosun.services.sessions.begin() as session:
-        delivery = await session.get(Delivery, delivery_id)
-        if delivery is None:
-            return {"delivery": delivery_id, "outcome": "unknown delivery"}
-        if delivery.status in (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED):
-            return {"delivery": delivery_id, "outcome": f"already {delivery.status.value}"}
-        delivery.status = DeliveryStatus.PROCESSING
-        delivery.attempts += 1
-        event_name, payload = delivery.event, delivery.payload
+    tries = int(ctx.get("job_try") or 1)
+    try:
+        async with bosun.services.sessions.begin() as session:
+            delivery = await session.get(Delivery, delivery_id)
+            if delivery is None:
+                return {"delivery": delivery_id, "outcome": "unknown delivery"}
+            if delivery.status in (DeliveryStatus.PROCESSED, DeliveryStatus.IGNORED):
+                return {"delivery": delivery_id, "outcome": f"already {delivery.status.value}"}
+            delivery.status = DeliveryStatus.PROCESSING
+            delivery.attempts += 1
+            event_name, payload = delivery.event, delivery.payload
+    except Exception as exc:
+        if db_disconnected(exc):
+            raise _database_away(exc, tries) from exc
+        raise
     structlog.contextvars.bind_contextvars(
         installation_id=delivery.installation_id, repo=delivery.repository
     )
     parsed: ParsedEvent | IgnoredEvent | None = None
-    tries = int(ctx.get("job_try") or 1)
     try:
         parsed = parse_event(event_name, payload)
         outcome = await route(bosun, delivery_id, parsed)
@@ -103,6 +109,8 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
         await _failed(bosun, delivery_id, parsed, repr(exc))
         raise
     except Exception as exc:
+        if db_disconnected(exc):  # not the delivery's fault: decide it once the database is back
+            raise _database_away(exc, tries) from exc
         log.exception("delivery_failed")
         await _failed(bosun, delivery_id, parsed, repr(exc))
         raise
@@ -112,6 +120,13 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
     )
     log.info("delivery_processed", gh_event=event_name, outcome=outcome)
     return {"delivery": delivery_id, "outcome": outcome}
+
+
+def _database_away(exc: BaseException, tries: int) -> Retry:
+    """Try the delivery again later (a delivery out of tries stays ``processing`` and the
+    reconciler enqueues it again, so an outage never fails one)."""
+    log.warning("delivery_database_unreachable", error=str(exc)[:300], job_try=tries)
+    return Retry(defer=min(30, 2**tries))
 
 
 def conflict_backoff(tries: int) -> float:

@@ -3,7 +3,8 @@ process down, a 5xx, a timeout — are asked for again, so downtime of the recei
 nothing.
 
 At worker start and every ``worker.sweep_minutes`` it lists the App's recent deliveries
-(``GET /app/hook/deliveries``, newest first, back to ``worker.sweep_window_hours``), groups the
+(``GET /app/hook/deliveries``, newest first, back to ``worker.sweep_window_hours``, page after
+page by the opaque cursor of GitHub's ``Link: rel="next"`` header), groups the
 attempts by delivery guid, and asks GitHub to redeliver (``POST …/attempts``) each guid that has
 no successful attempt and that Bosun has not stored — at most ``MAX_PER_SWEEP`` per sweep, and
 each guid once per window (a Redis claim), so a receiver that keeps failing is not flooded.
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 from githubkit.exception import GitHubException
@@ -28,6 +30,8 @@ log = structlog.get_logger("jobs.deliveries.sweeper")
 
 MAX_PER_SWEEP = 50
 PAGE = 100
+MAX_PAGES = 100
+"""At most this many pages per sweep (10,000 attempts), whatever the cursors say."""
 
 
 @dataclass(frozen=True)
@@ -56,22 +60,39 @@ def to_redeliver(attempts: Iterable[Attempt], stored: set[str], limit: int) -> l
     return failed[:limit]
 
 
+def next_cursor(link: str | None) -> str | None:
+    """The ``cursor`` of the ``rel="next"`` page in a ``Link`` header, as GitHub wrote it:
+    an opaque token, never derived from the items listed."""
+    if not link:
+        return None
+    for part in link.split(","):
+        target, _, params = part.partition(";")
+        rels = {p.strip() for p in params.split(";")}
+        if 'rel="next"' not in rels and "rel=next" not in rels:
+            continue
+        url = target.strip().removeprefix("<").removesuffix(">")
+        found = parse_qs(urlsplit(url).query).get("cursor")
+        return found[0] if found else None
+    return None
+
+
 async def _recent_attempts(gh: Any, since: datetime) -> list[Attempt]:
     attempts: list[Attempt] = []
     cursor: str | None = None
-    while True:
+    for _ in range(MAX_PAGES):
         kwargs: dict[str, Any] = {"per_page": PAGE}
         if cursor is not None:
             kwargs["cursor"] = cursor
-        page = (await gh.rest.apps.async_list_webhook_deliveries(**kwargs)).parsed_data
-        for item in page:
+        response = await gh.rest.apps.async_list_webhook_deliveries(**kwargs)
+        for item in response.parsed_data:
             delivered = item.delivered_at
             if delivered.tzinfo is None:
                 delivered = delivered.replace(tzinfo=UTC)
             attempts.append(Attempt(item.id, item.guid, delivered, item.status_code))
-        if len(page) < PAGE or not page or attempts[-1].delivered_at < since:
-            return [a for a in attempts if a.delivered_at >= since]
-        cursor = str(page[-1].id)
+        cursor = next_cursor(response.headers.get("link"))
+        if cursor is None or not attempts or attempts[-1].delivered_at < since:
+            break
+    return [a for a in attempts if a.delivered_at >= since]
 
 
 async def sweep_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
@@ -108,4 +129,4 @@ async def sweep_deliveries(ctx: dict[str, Any]) -> dict[str, int]:
     return {"listed": len(attempts), "redelivered": redelivered}
 
 
-__all__ = ["Attempt", "sweep_deliveries", "to_redeliver"]
+__all__ = ["Attempt", "next_cursor", "sweep_deliveries", "to_redeliver"]

@@ -34,6 +34,7 @@ from bot.profiles import ProfileConfig, effective_profile
 from bot.tracing.genai import AgentTrace
 from jobs.admission.gate import Admission
 from jobs.context import JobContext
+from jobs.resilience import db_retry
 from jobs.review.records import review_records
 from jobs.run import agent_sessions
 from jobs.run.event_log import EventWriter
@@ -138,23 +139,31 @@ class RunBase:
         self.deadline = time.monotonic() + timeout
 
     async def _persist_ids(self, ids: dict[str, int]) -> None:
-        async with self.sessions.begin() as session:
-            if "check_run_id" in ids:
-                await session.execute(
-                    update(Run)
-                    .where(Run.id == self.run.id)
-                    .values(check_run_id=ids["check_run_id"])
-                )
-            if "status_comment_id" in ids:
-                await session.execute(
-                    update(Task)
-                    .where(Task.id == self.task.id)
-                    .values(status_comment_id=ids["status_comment_id"])
-                )
+        async def write() -> None:
+            async with self.sessions.begin() as session:
+                if "check_run_id" in ids:
+                    await session.execute(
+                        update(Run)
+                        .where(Run.id == self.run.id)
+                        .values(check_run_id=ids["check_run_id"])
+                    )
+                if "status_comment_id" in ids:
+                    await session.execute(
+                        update(Task)
+                        .where(Task.id == self.task.id)
+                        .values(status_comment_id=ids["status_comment_id"])
+                    )
 
-    async def _save(self, **values: Any) -> None:
-        async with self.sessions.begin() as session:
-            await session.execute(update(Run).where(Run.id == self.run.id).values(**values))
+        await db_retry(write, what="persist_ids")
+
+    async def _save(self, *, retry: bool = True, **values: Any) -> None:
+        """Update the run's row (``retry``: waiting out a database outage)."""
+
+        async def write() -> None:
+            async with self.sessions.begin() as session:
+                await session.execute(update(Run).where(Run.id == self.run.id).values(**values))
+
+        await (db_retry(write, what="save_run") if retry else write())
         for key, value in values.items():
             setattr(self.run, key, value)
 
@@ -164,15 +173,29 @@ class RunBase:
 
     async def move(self, target: RunState, *, reason: str = "", actor: str = "bosun") -> None:
         await self.events.flush()
-        async with self.sessions.begin() as session:
-            run = await session.get(Run, self.run.id)
-            assert run is not None
-            await transition(session, run, target, actor=actor, reason=reason)
-            self.run.state = run.state
-            if run.stalled_since is not None and target not in (RunState.RUNNING, RunState.GATES):
-                run.stalled_since = None  # it moved on: whatever it waited for is over
-                self.view.stalled = ""
-                await append_event(session, run.id, "progress", {"stalled": False})
+        before = self.run.state
+
+        async def write() -> bool:
+            """The transition in one transaction, tried again while the database is away; a
+            try whose commit landed though its answer was lost finds the run moved already."""
+            async with self.sessions.begin() as session:
+                run = await session.get(Run, self.run.id, populate_existing=True)
+                assert run is not None
+                if run.state is target and before is not target:
+                    return False
+                await transition(session, run, target, actor=actor, reason=reason)
+                unstall = run.stalled_since is not None and target not in (
+                    RunState.RUNNING,
+                    RunState.GATES,
+                )
+                if unstall:
+                    run.stalled_since = None  # it moved on: whatever it waited for is over
+                    await append_event(session, run.id, "progress", {"stalled": False})
+            return unstall
+
+        if await db_retry(write, what=f"move_{target.value}"):
+            self.view.stalled = ""
+        self.run.state = target
         await self.publish()
         self.view.state = target
         self.view.reason = reason if target in TERMINAL or reason else self.view.reason
@@ -186,15 +209,19 @@ class RunBase:
         self, name: str, content: bytes | str, content_type: str = "text/plain"
     ) -> None:
         await self.events.flush()
-        async with self.sessions.begin() as session:
-            await store_artifact(
-                session,
-                self.bosun.artifacts,
-                self.run.id,
-                name,
-                content,
-                content_type=content_type,
-            )
+
+        async def write() -> None:
+            async with self.sessions.begin() as session:
+                await store_artifact(
+                    session,
+                    self.bosun.artifacts,
+                    self.run.id,
+                    name,
+                    content,
+                    content_type=content_type,
+                )
+
+        await db_retry(write, what=f"artifact_{name}")
 
     def _remote_url(self) -> GitRemote:
         return self.port.clone_url()

@@ -23,6 +23,7 @@ import structlog
 
 from bot.db.engine import SessionFactory
 from bot.db.runlog import append_events
+from jobs.resilience import db_retry
 
 log = structlog.get_logger("jobs.run.event_log")
 
@@ -152,9 +153,15 @@ class _Committer:
     async def _write(self, written: list[tuple[EventWriter, Batch]]) -> None:
         if not written:
             return
-        async with self.sessions.begin() as session:
-            for writer, (events, _) in written:
-                await append_events(session, writer.run_id, events)
+
+        async def write() -> None:
+            async with self.sessions.begin() as session:
+                for writer, (events, _) in written:
+                    await append_events(session, writer.run_id, events)
+
+        # The database away (a restart): the round waits and is written once it is back
+        # (events buffered meanwhile go into the next round).
+        await db_retry(write, what="run_events")
 
 
 _committers: weakref.WeakKeyDictionary[SessionFactory, _Committer] = weakref.WeakKeyDictionary()

@@ -4,7 +4,14 @@ At worker start and every ``worker.reconcile_seconds`` it re-enqueues recorded d
 API actions that were never processed, re-enqueues queued runs whose job is gone, ends runs
 whose worker died (no heartbeat for ``worker.heartbeat_stale_seconds``) and removes sandbox
 containers whose run is over. Enqueueing uses the same ``_job_id`` as the first time, so a job
-that still exists is never doubled.
+that still exists is never doubled; a job id arq refuses because a stale job or result key
+of it outlived the job (a finished job's result while the database says it never finished, a
+job key whose queue entry Redis lost) is cleared and enqueued again, not left refused.
+
+A worker also runs it right after it reconnects to Redis (``jobs.resilience``), with no grace,
+so what the web process stored during the outage is picked up at once. Runs are declared
+orphaned only once this process has seen the database and Redis up for a whole
+``heartbeat_stale_seconds``: a run's worker cannot beat while the database is away.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import Job, JobStatus
 from sqlalchemy import select
 
@@ -28,6 +36,7 @@ from bot.jobids import (
     run_job_id,
 )
 from jobs.context import JobContext, job_context
+from jobs.resilience import db_retry, stale_after_outage
 
 log = structlog.get_logger("jobs.upkeep.reconcile")
 
@@ -37,10 +46,42 @@ COMMAND_LIFETIME = timedelta(hours=1)
 it is pending, and acting on it much later would surprise more than help."""
 
 
+_CLEAR_STALE = """
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('ZSCORE', KEYS[4], ARGV[1]) then
+  return 0
+end
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
+"""Delete a job id's job and result keys unless the job is queued or running (atomic, so a
+job that a worker picks up meanwhile is never touched)."""
+
+
 async def _job_alive(bosun: JobContext, job_id: str) -> bool:
     redis = bosun.services.redis
     status = await Job(job_id, redis, _deserializer=redis.job_deserializer).status()
     return status in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress)
+
+
+async def requeue(bosun: JobContext, function: str, job_id: str, *args: Any) -> bool:
+    """Enqueue ``function(*args)`` as ``job_id`` unless that job is queued or running; when
+    arq refuses the id because a stale job or result key of it is left, clear those and
+    enqueue again. ``True`` when a job was enqueued."""
+    if await _job_alive(bosun, job_id):
+        return False
+    redis = bosun.services.redis
+    if await redis.enqueue_job(function, *args, _job_id=job_id) is not None:
+        return True
+    keys = (
+        job_key_prefix + job_id,
+        result_key_prefix + job_id,
+        in_progress_key_prefix + job_id,
+        bosun.settings.redis.queue_name,
+    )
+    cleared = await redis.eval(_CLEAR_STALE, len(keys), *keys, job_id)  # type: ignore[misc]
+    if not cleared:
+        return False  # picked up meanwhile
+    log.warning("stale_job_cleared", job=job_id, function=function)
+    return await redis.enqueue_job(function, *args, _job_id=job_id) is not None
 
 
 def _last_sign_of_life(run: Run) -> datetime:
@@ -49,7 +90,17 @@ def _last_sign_of_life(run: Run) -> datetime:
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
-    bosun = job_context(ctx)
+    return await reconcile_now(job_context(ctx))
+
+
+async def after_reconnect(ctx: dict[str, Any]) -> dict[str, int]:
+    """The pass a worker makes once Redis is back: no grace for recent deliveries."""
+    return await reconcile_now(job_context(ctx), delivery_grace=timedelta(0))
+
+
+async def reconcile_now(
+    bosun: JobContext, *, delivery_grace: timedelta = DELIVERY_GRACE
+) -> dict[str, int]:
     now = datetime.now(UTC)
     stale_after = timedelta(seconds=bosun.settings.worker.heartbeat_stale_seconds)
     counts = {
@@ -59,48 +110,24 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
         "orphaned_runs": 0,
         "containers": 0,
     }
-    async with bosun.services.sessions() as session:
-        stale = await session.execute(
-            select(Delivery.id).where(
-                Delivery.status.in_([DeliveryStatus.RECEIVED, DeliveryStatus.PROCESSING]),
-                Delivery.received_at < now - DELIVERY_GRACE,
-            )
-        )
-        delivery_ids = [row[0] for row in stale]
-        commands = await session.execute(
-            select(ControlCommand.id).where(
-                ControlCommand.processed_at.is_(None),
-                ControlCommand.requested_at < now - DELIVERY_GRACE,
-                ControlCommand.requested_at > now - COMMAND_LIFETIME,
-            )
-        )
-        command_ids = [row[0] for row in commands]
-        active = list(
-            (await session.execute(select(Run).where(Run.state.in_(list(ACTIVE))))).scalars()
-        )
+    delivery_ids, command_ids, active = await db_retry(
+        lambda: _pending(bosun, now, delivery_grace), what="reconcile"
+    )
     for delivery_id in delivery_ids:
-        if not await _job_alive(bosun, delivery_job_id(delivery_id)):
-            await bosun.services.redis.enqueue_job(
-                PROCESS_DELIVERY, delivery_id, _job_id=delivery_job_id(delivery_id)
-            )
+        if await requeue(bosun, PROCESS_DELIVERY, delivery_job_id(delivery_id), delivery_id):
             counts["deliveries"] += 1
     for command_id in command_ids:  # an action whose job Redis lost
-        if not await _job_alive(bosun, command_job_id(command_id)):
-            await bosun.services.redis.enqueue_job(
-                API_COMMAND, command_id, _job_id=command_job_id(command_id)
-            )
+        if await requeue(bosun, API_COMMAND, command_job_id(command_id), command_id):
             counts["commands"] += 1
     orphaned: set[str] = set()
+    trust_heartbeats = stale_after_outage(stale_after)
     for run in active:
         if run.state is RunState.QUEUED:
             # Its job was lost with Redis: enqueue it again (a no-op while it exists).
-            if not await _job_alive(bosun, run_job_id(run.id)):
-                await bosun.services.redis.enqueue_job(
-                    EXECUTE_RUN, run.id, _job_id=run_job_id(run.id)
-                )
+            if await requeue(bosun, EXECUTE_RUN, run_job_id(run.id), run.id):
                 counts["queued_runs"] += 1
             continue
-        if now - _last_sign_of_life(run) < stale_after:
+        if not trust_heartbeats or now - _last_sign_of_life(run) < stale_after:
             continue
         # Its worker died: whatever Redis says about its job, nobody executes it. A fresh job
         # ends it ``failed`` (interrupted) with its artifacts and an explanation on GitHub.
@@ -115,6 +142,32 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
     if any(counts.values()):
         log.info("reconciled", **counts)
     return counts
+
+
+async def _pending(
+    bosun: JobContext, now: datetime, delivery_grace: timedelta
+) -> tuple[list[str], list[str], list[Run]]:
+    """Deliveries and API actions never processed, and the active runs."""
+    async with bosun.services.sessions() as session:
+        stale = await session.execute(
+            select(Delivery.id).where(
+                Delivery.status.in_([DeliveryStatus.RECEIVED, DeliveryStatus.PROCESSING]),
+                Delivery.received_at < now - delivery_grace,
+            )
+        )
+        delivery_ids = [row[0] for row in stale]
+        commands = await session.execute(
+            select(ControlCommand.id).where(
+                ControlCommand.processed_at.is_(None),
+                ControlCommand.requested_at < now - delivery_grace,
+                ControlCommand.requested_at > now - COMMAND_LIFETIME,
+            )
+        )
+        command_ids = [row[0] for row in commands]
+        active = list(
+            (await session.execute(select(Run).where(Run.state.in_(list(ACTIVE))))).scalars()
+        )
+    return delivery_ids, command_ids, active
 
 
 async def _reap(bosun: JobContext, live: set[str], orphaned: set[str]) -> int:

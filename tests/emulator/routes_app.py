@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from . import actions_app, auth, render
@@ -80,9 +81,19 @@ def register(router: Router, ctx: Context) -> None:
             data["repositories"] = [render.repo(s, s.repos[i], full=False) for i in repo_ids]
         return Response(201, data)
 
+    # GitHub's delivery cursors are opaque tokens handed out in the ``Link`` header
+    # (``rel="next"``); so are these: a cursor built from an id seen gets a 422, as from GitHub.
+    cursors: dict[str, int] = {}
+
     def list_deliveries(request: Request) -> Response:
         per_page = min(int(request.arg("per_page", "30") or 30), 100)
-        cursor = request.arg("cursor")
+        token = request.arg("cursor")
+        cursor: int | None = None
+        if token:
+            with s.lock:
+                cursor = cursors.get(token)
+            if cursor is None:
+                raise HttpError(422, "Invalid cursor value")
         status_filter = request.arg("status")
         items = []
         with s.lock:
@@ -93,12 +104,15 @@ def register(router: Router, ctx: Context) -> None:
         if status_filter:
             ok = status_filter == "success"
             items = [x for x in items if (200 <= x["status_code"] < 300) == ok]
-        if cursor:
-            items = [x for x in items if x["id"] < int(cursor)]
+        if cursor is not None:
+            items = [x for x in items if x["id"] < cursor]
         page = items[:per_page]
         headers = {}
         if len(items) > per_page:
-            nxt = f"{s.base_url}/app/hook/deliveries?per_page={per_page}&cursor={page[-1]['id']}"
+            token = f"v1_{secrets.token_hex(8)}"
+            with s.lock:
+                cursors[token] = page[-1]["id"]
+            nxt = f"{s.base_url}/app/hook/deliveries?per_page={per_page}&cursor={token}"
             headers["link"] = f'<{nxt}>; rel="next"'
         return Response(200, page, headers)
 
