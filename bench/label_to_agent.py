@@ -9,6 +9,10 @@ One cold run first (fresh mirror, no cached token or permission, first Docker cl
 ``--runs`` issues labelled one after another, each waiting for the previous run to finish.
 
     .venv/bin/python -m bench.label_to_agent --runs 20
+    .venv/bin/python -m bench.label_to_agent --smoke    # one short round: does it still run?
+
+A stage that could not be measured (a probe that no longer fires after a refactor) fails the
+benchmark rather than leaving a hole in the table.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 from bench import probes
 from bench.experiments import shared_ssl_context
-from bench.stages import STAGES, Sample, measure
+from bench.stages import PREPARE_PARTS, STAGES, Sample, measure
 from bench.stats import loadavg, summary, table, write_result
 from bot.logs import configure_logging
 from tests.emulator.client import EmulatorClient
@@ -114,19 +118,33 @@ def one_run(stack: BosunStack, redis: Any, recorder: probes.Recorder, index: int
 
 def render(cold: Sample, warm: list[Sample]) -> tuple[str, dict[str, Any]]:
     rows, data = [], {}
-    for key, title in STAGES:
-        values = [s.stages[key] for s in warm if key in s.stages]
-        stats = summary(values)
-        data[key] = {**stats, "cold": cold.stages.get(key)}
-        rows.append([title, stats["p50"], stats["p95"], stats["max"], cold.stages.get(key, "—")])
+    for key, title in STAGES[:8]:
+        rows.append(_row(key, title, cold.stages, [s.stages for s in warm], data))
+    for key, title in PREPARE_PARTS:
+        if any(key in s.timings for s in warm):
+            rows.append(_row(key, title, cold.timings, [s.timings for s in warm], data))
+    for key, title in STAGES[8:]:
+        rows.append(_row(key, title, cold.stages, [s.stages for s in warm], data))
     text = table(["stage (seconds)", "p50", "p95", "max", "cold run"], rows)
     return text, data
+
+
+def _row(
+    key: str,
+    title: str,
+    cold: dict[str, float],
+    warm: list[dict[str, float]],
+    data: dict[str, Any],
+) -> list[Any]:
+    stats = summary([values[key] for values in warm if key in values])
+    data[key] = {**stats, "cold": cold.get(key)}
+    return [title, stats["p50"], stats["p95"], stats["max"], cold.get(key, "—")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.label_to_agent")
     parser.add_argument("--runs", type=int, default=20, help="warm runs after the cold one")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help=f"result file (default {DEFAULT_OUT})")
     parser.add_argument(
         "--redis",
         default=with_redis_password(
@@ -140,9 +158,25 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="preview a fix: all httpx clients share one SSL context (bench/experiments.py)",
     )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        help="sandbox.pool_size: started sandboxes kept ready (0: every run starts its own)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="one short round (the cold run and one warm run) to check the benchmark still runs",
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.runs = 1
     if not 1 <= args.runs <= 200:
         parser.error("--runs must be 1..200")
+    out_path: Path = args.out or (
+        Path(tempfile.gettempdir()) / "label_to_agent.smoke.json" if args.smoke else DEFAULT_OUT
+    )
     configure_logging(args.log_level, "json")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
@@ -170,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             port,
             profiles={"bench": {"runner": "script", "command": ["sh", "-c", AGENT]}},
             default_profile="bench",
+            sandbox={"pool_size": args.pool_size},
         )
         experiment = shared_ssl_context() if args.experiment_shared_ssl else nullcontext()
         with (
@@ -185,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                 sample = one_run(stack, redis, recorder, index)
                 samples.append(sample)
                 total = sample.stages.get("received_to_agent", float("nan"))
-                print(f"run {index:2d} {sample.state:12s} webhook→agent {total:.3f}s", flush=True)
+                print(
+                    f"run {index:2d} {sample.state:12s} {sample.sandbox:6s} "
+                    f"webhook→agent {total:.3f}s",
+                    flush=True,
+                )
             stack.call(redis.aclose())
     finally:
         emulator.close()
@@ -198,23 +237,33 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
     cold, warm = samples[0], samples[1:]
+    unmeasured = sorted({key for s in samples for key in s.unmeasured()})
     text, data = render(cold, warm)
-    print(f"\nLabel → agent process started ({len(warm)} warm runs + 1 cold), {AGENT_IMAGE}\n")
+    print(
+        f"\nLabel → agent process started ({len(warm)} warm runs + 1 cold), {AGENT_IMAGE}, "
+        f"pool size {args.pool_size}, load {load_before} → {loadavg()}\n"
+    )
     print(text)
     write_result(
-        args.out,
+        out_path,
         {
             "load_average_at_start": load_before,
             "benchmark": "label_to_agent",
             "runs": len(warm),
+            "pool_size": args.pool_size,
+            "load_average_at_end": loadavg(),
             "agent": AGENT,
             "experiment_shared_ssl": args.experiment_shared_ssl,
             "stages": data,
             "samples": [s.as_json() for s in samples],
             "table": text,
+            "unmeasured": unmeasured,
         },
     )
-    print(f"\nwritten to {args.out}")
+    print(f"\nwritten to {out_path}")
+    if unmeasured:
+        print(f"stages not measured (update bench/probes.py or bench/stages.py): {unmeasured}")
+        return 1
     return 0
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from bench.probes import Recorder
     from tests.stack import BosunStack
 
-# (key, title) in pipeline order; the last three are totals.
+# (key, title) in pipeline order; they add up to the totals (the last three rows).
 STAGES: list[tuple[str, str]] = [
     ("webhook_delivery", "label call → webhook received (emulator sends)"),
     ("ingest", "received → delivery job enqueued (in request)"),
@@ -27,14 +27,7 @@ STAGES: list[tuple[str, str]] = [
     ("run_pickup", "queue pickup: execute_run"),
     ("run_setup", "execute_run start → preparing"),
     ("prepare_entry", "preparing → prepare step entered"),
-    ("docker_info", "docker info (userns check for the workspace owner)"),
-    ("git_token", "installation token for git"),
-    ("mirror_fetch", "mirror fetch"),
-    ("worktree", "worktree: local clone, checkout, chown"),
-    ("input", "base SHA saved, prompt written"),
-    ("container_create", "container create"),
-    ("container_start", "container start"),
-    ("progress_event", "prepare progress event written"),
+    ("prepare", "prepare step: sandbox ‖ fetch + checkout, prompt, gateway"),
     ("to_running", "→ running (status event, check run update queued)"),
     ("exec_prep", "agent progress event, invocation built"),
     ("exec_to_agent", "docker exec → agent's first instruction"),
@@ -43,12 +36,29 @@ STAGES: list[tuple[str, str]] = [
     ("queued_to_agent", "run queued → agent started"),
 ]
 
+# The prepare step's parts as the run itself records them (manifest ``timings_s``); the
+# sandbox and the checkout overlap, so these do not add up.
+PREPARE_PARTS: list[tuple[str, str]] = [
+    ("host_ids", "  prepare: docker info (userns answer, cached)"),
+    ("git_token", "  prepare ‖ checkout: installation token for git"),
+    ("mirror_fetch", "  prepare ‖ checkout: mirror fetch (base branch only)"),
+    ("checkout", "  prepare ‖ checkout: local clone, chown, checkout"),
+    ("workspace", "  prepare ‖ checkout: all of it"),
+    ("sandbox_claim", "  prepare ‖ sandbox: pooled sandbox claimed (inspect, rename)"),
+    ("container_create", "  prepare ‖ sandbox: container create"),
+    ("container_start", "  prepare ‖ sandbox: container start"),
+    ("sandbox_start", "  prepare ‖ sandbox: all of it"),
+]
+REQUIRED_PARTS = {"host_ids", "git_token", "mirror_fetch", "checkout", "workspace", "sandbox_start"}
+
 
 @dataclass
 class Sample:
     run_id: str
     delivery_id: str
     state: str
+    sandbox: str = ""
+    """``pooled`` or ``fresh``, as the run's prepare event says."""
     stages: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
@@ -57,6 +67,17 @@ class Sample:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def unmeasured(self) -> list[str]:
+        """Stages and prepare parts this sample lacks (a probe or a timing that no longer
+        fires)."""
+        missing = [key for key, _ in STAGES if key not in self.stages]
+        missing += sorted(REQUIRED_PARTS - set(self.timings))
+        if "sandbox_claim" not in self.timings and not (
+            {"container_create", "container_start"} <= set(self.timings)
+        ):
+            missing.append("sandbox_claim or container_create/start")
+        return missing
 
 
 def _ts(text: str) -> float:
@@ -106,14 +127,16 @@ async def measure(
     marks["d_enqueue"], marks["d_start"] = await _job(redis, f"d:{delivery_id}")
     marks["run_enqueue"], marks["run_start"] = await _job(redis, f"run:{run_id}")
     timings: dict[str, float] = {}
+    sandbox = ""
     for kind, data, created in stack.db(
         "SELECT kind, data, created_at FROM run_events WHERE run_id=? ORDER BY seq", run_id
     ):
         payload = json.loads(data)
         if kind == "status":
             marks.setdefault(str(payload.get("to")), _ts(created))
-        elif kind == "progress" and payload.get("phase") == "prepare":
-            timings = dict(payload.get("timings") or {})
+        elif kind == "progress" and payload.get("phase") == "prepare" and "timings" in payload:
+            timings = dict(payload["timings"])
+            sandbox = str(payload.get("sandbox", ""))
     calls = recorder.for_run(run_id)
 
     def first(stage: str, end: bool = False, index: int = 0) -> float:
@@ -122,20 +145,9 @@ async def measure(
             return math.nan
         return found[index].end if end else found[index].start
 
-    marks["ids_start"], marks["ids_end"] = first("host_ids"), first("host_ids", True)
+    marks["prepare_start"], marks["prepare_end"] = first("prepare"), first("prepare", True)
     # moves: [0] → preparing, [1] → running
-    marks["running_start"] = first("move", index=1)
     marks["running_end"] = first("move", True, index=1)
-    marks["mirror_start"], marks["mirror_end"] = first("mirror_fetch"), first("mirror_fetch", True)
-    marks["workspace_end"] = first("workspace_prepare", True)
-    marks["create_start"], marks["create_end"] = (
-        first("container_create"),
-        first("container_create", True),
-    )
-    marks["start_start"], marks["start_end"] = (
-        first("container_start"),
-        first("container_start", True),
-    )
     marks["exec_start"] = first("exec_open")
     marks["agent"] = _agent_started(stack, run_id)
 
@@ -147,16 +159,9 @@ async def measure(
         "delivery_processing": m["run_enqueue"] - m["d_start"],
         "run_pickup": m["run_start"] - m["run_enqueue"],
         "run_setup": m.get("preparing", math.nan) - m["run_start"],
-        "prepare_entry": m["ids_start"] - m.get("preparing", math.nan),
-        "docker_info": m["ids_end"] - m["ids_start"],
-        "git_token": m["mirror_start"] - m["ids_end"],
-        "mirror_fetch": m["mirror_end"] - m["mirror_start"],
-        "worktree": m["workspace_end"] - m["mirror_end"],
-        "input": m["create_start"] - m["workspace_end"],
-        "container_create": m["create_end"] - m["create_start"],
-        "container_start": m["start_end"] - m["start_start"],
-        "progress_event": m["running_start"] - m["start_end"],
-        "to_running": m["running_end"] - m["running_start"],
+        "prepare_entry": m["prepare_start"] - m.get("preparing", math.nan),
+        "prepare": m["prepare_end"] - m["prepare_start"],
+        "to_running": m["running_end"] - m["prepare_end"],
         "exec_prep": m["exec_start"] - m["running_end"],
         "exec_to_agent": m["agent"] - m["exec_start"],
         "received_to_agent": m["agent"] - m["received"],
@@ -164,7 +169,7 @@ async def measure(
         "queued_to_agent": m["agent"] - m.get("queued", math.nan),
     }
     rounded = {k: round(v, 4) for k, v in stages.items() if not math.isnan(v)}
-    sample = Sample(run_id, delivery_id, state, rounded, timings, marks)
+    sample = Sample(run_id, delivery_id, state, sandbox, rounded, timings, marks)
     sample.calls = [
         (c.stage, round(c.start - m["received"], 4), round(c.end - c.start, 4))
         for stage in calls.values()

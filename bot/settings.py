@@ -254,6 +254,26 @@ class SandboxSettings(_Group):
         ),
     )
 
+    pool_size: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description=(
+            "Warm pool: started sandboxes each worker keeps ready per sandbox shape (image, "
+            "limits and mounts a profile asks for), so a run does not wait for its container "
+            "to start. Each is bound to its own empty folders and used by one run only. "
+            "0 = no pool: every run starts its own container."
+        ),
+    )
+    pool_idle_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "A pooled sandbox idle this long is removed and replaced (so one started from an "
+            "image since rebuilt does not live on)."
+        ),
+    )
+
     @field_validator("seccomp_profile")
     @classmethod
     def _seccomp_profile(cls, value: str) -> str:

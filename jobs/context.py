@@ -22,6 +22,7 @@ from bot.settings import Settings
 from sandboxes.base import SandboxBackend
 from sandboxes.docker import DockerBackend, DockerConfig
 from sandboxes.git import GitIdentity
+from sandboxes.pool import SandboxPool
 from sandboxes.workspace import WorkspaceManager
 
 
@@ -33,6 +34,7 @@ class JobContext:
     _app: GitHubApp | None = field(default=None, repr=False)
     _backend: SandboxBackend | None = field(default=None, repr=False)
     _workspaces: WorkspaceManager | None = field(default=None, repr=False)
+    _pool: SandboxPool | None = field(default=None, repr=False)
 
     def github_app(self) -> GitHubApp:
         if self._app is None:
@@ -86,6 +88,19 @@ class JobContext:
         return self._backend
 
     @property
+    def pool(self) -> SandboxPool:
+        """This worker's warm pool of started sandboxes (``sandbox.pool_size`` 0: none)."""
+        if self._pool is None:
+            sandbox = self.settings.sandbox
+            self._pool = SandboxPool(
+                self.backend,
+                self.workspaces.root / "pool",
+                size=sandbox.pool_size,
+                idle_seconds=sandbox.pool_idle_seconds,
+            )
+        return self._pool
+
+    @property
     def artifacts(self) -> ArtifactStore:
         return artifact_store(self.settings)
 
@@ -104,6 +119,8 @@ class JobContext:
         return GitIdentity(name=login, email=email)
 
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
         if self._backend is not None:
             await self._backend.close()
         await self.services.close()

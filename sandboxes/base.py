@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sandboxes.errors import ExecFailed, OutputLimitExceeded, SandboxNotFound, SandboxTimeout
+from sandboxes.errors import (
+    ExecFailed,
+    OutputLimitExceeded,
+    SandboxNotFound,
+    SandboxNotRunning,
+    SandboxTimeout,
+)
 from sandboxes.output import OnOutput, OutputChunk
 from sandboxes.spec import SandboxSpec
 
 LABEL_MANAGED = "bosun.managed"
 LABEL_RUN_ID = "bosun.run_id"
 LABEL_CREATED = "bosun.created"
+POOL_PREFIX = "pool-"
+"""``run_id`` of a warm pool's sandbox until a run claims it (``sandboxes.pool``); a claimed one
+is renamed ``bosun-<run_id>-<hex>``, so its run is read from its name (``owner_run``)."""
 
 LiveRuns = Collection[str] | Callable[[str], bool]
 """Run ids that still own their sandboxes: a collection, or a predicate ``run_id -> bool``."""
@@ -195,8 +204,30 @@ class SandboxBackend(abc.ABC):
         """Remove every sandbox of ``run_id`` (a run ended by another worker than the one that
         started its sandbox). Returns the removed ids."""
 
+    async def adopt(self, sandbox: Sandbox, spec: SandboxSpec) -> Sandbox:
+        """Hand a started pooled sandbox to the run of ``spec`` (same shape: see
+        ``sandboxes.pool``): the handle the run uses from now on, with the run's limits and
+        deadlines. Raises ``SandboxNotFound`` or ``SandboxNotRunning`` when it is no longer
+        usable."""
+        if await self.status(sandbox) != SandboxStatus.RUNNING:
+            raise SandboxNotRunning(f"pooled sandbox {sandbox.name} is not running")
+        return Sandbox(id=sandbox.id, name=sandbox.name, spec=spec)
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release client resources."""
+
+
+def owner_run(labels: Mapping[str, str], name: str) -> str | None:
+    """The run a managed sandbox belongs to: its ``bosun.run_id`` label, or for a pooled sandbox
+    a run claimed (the label still says ``pool-…``; the name ``bosun-<run_id>-<6 hex>`` says
+    which run). An unclaimed pooled sandbox belongs to its pool: ``pool-…``."""
+    run_id = labels.get(LABEL_RUN_ID)
+    if run_id is None or not run_id.startswith(POOL_PREFIX):
+        return run_id
+    name = name.lstrip("/")
+    if name.startswith("bosun-" + POOL_PREFIX) or not name.startswith("bosun-") or len(name) < 14:
+        return run_id
+    return name[len("bosun-") : -7] or run_id
 
 
 def is_live(live: LiveRuns, run_id: str | None) -> bool:

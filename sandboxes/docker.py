@@ -36,6 +36,7 @@ from sandboxes.base import (
     SandboxInfo,
     SandboxStatus,
     is_live,
+    owner_run,
 )
 from sandboxes.docker_exec import KILL_SCRIPT, PID_MARKER, FrameStream, wrap
 from sandboxes.errors import (
@@ -53,6 +54,9 @@ from sandboxes.spec import WORKSPACE_MOUNT, SandboxSpec
 from sandboxes.userns import DEFAULT_REMAP_USER, host_ids
 
 T = TypeVar("T")
+
+USERNS_CACHE_SECONDS = 60.0
+"""How long the engine's user-namespace answer (one ``docker info``) is reused."""
 
 _OOM_SCRIPT = (
     "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null; true"
@@ -88,6 +92,7 @@ class DockerBackend(SandboxBackend):
         self._client: docker.DockerClient | None = None
         self._oom_seen: dict[str, int] = {}
         self._stopping: set[str] = set()
+        self._userns: tuple[bool, float] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -105,6 +110,7 @@ class DockerBackend(SandboxBackend):
         return self._client
 
     def _unreachable(self, exc: BaseException) -> EngineUnavailable:
+        self._userns = None  # it may come back with another configuration
         where = self.config.docker_host or "DOCKER_HOST (default unix:///var/run/docker.sock)"
         return EngineUnavailable(
             f"cannot reach the Docker engine at {where}: {exc}. Is dockerd running? "
@@ -122,9 +128,16 @@ class DockerBackend(SandboxBackend):
             raise
 
     async def userns_remapped(self) -> bool:
-        """Whether the engine runs containers in a remapped user namespace."""
+        """Whether the engine runs containers in a remapped user namespace. The answer is kept
+        for ``USERNS_CACHE_SECONDS`` (it only changes when dockerd restarts with another
+        configuration), and asked again after the engine was unreachable."""
+        cached = self._userns
+        if cached is not None and time.monotonic() - cached[1] < USERNS_CACHE_SECONDS:
+            return cached[0]
         info: dict[str, Any] = await self._call(self.client.info)
-        return any("name=userns" in option for option in info.get("SecurityOptions") or [])
+        remapped = any("name=userns" in option for option in info.get("SecurityOptions") or [])
+        self._userns = (remapped, time.monotonic())
+        return remapped
 
     async def host_ids(self, spec: SandboxSpec) -> tuple[int, int]:
         """Host ``(uid, gid)`` that owns files the sandbox user writes: chown the workspace to
@@ -246,7 +259,7 @@ class DockerBackend(SandboxBackend):
             id=data["Id"],
             name=data.get("Name", "").lstrip("/"),
             status=status,
-            run_id=labels.get(LABEL_RUN_ID),
+            run_id=owner_run(labels, data.get("Name", "")),
             created=datetime.fromisoformat(created[:26].rstrip("Z")) if created else None,
             exit_code=state.get("ExitCode") if status == SandboxStatus.EXITED else None,
             oom_killed=bool(state.get("OOMKilled")),
@@ -261,7 +274,7 @@ class DockerBackend(SandboxBackend):
         removed: list[str] = []
         for entry in found:
             labels = entry.get("Labels") or {}
-            if is_live(live, labels.get(LABEL_RUN_ID)):
+            if is_live(live, owner_run(labels, _name(entry))):
                 continue
             created = float(labels.get(LABEL_CREATED) or entry.get("Created") or 0)
             if max_age is not None and now - created < max_age:
@@ -283,12 +296,45 @@ class DockerBackend(SandboxBackend):
             all=True,
             filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_RUN_ID}={run_id}"]},
         )
+        pooled: list[dict[str, Any]] = await self._call(  # claimed from a warm pool
+            self.client.api.containers,
+            all=True,
+            filters={"label": f"{LABEL_MANAGED}=true", "name": f"bosun-{run_id}-"},
+        )
+        found += [
+            entry
+            for entry in pooled
+            if owner_run(entry.get("Labels") or {}, _name(entry)) == run_id
+            and entry["Id"] not in {e["Id"] for e in found}
+        ]
         removed = []
         for entry in found:
             with contextlib.suppress(docker.errors.NotFound):
                 await self._call(self.client.api.remove_container, entry["Id"], force=True, v=True)
                 removed.append(entry["Id"])
         return removed
+
+    async def adopt(self, sandbox: Sandbox, spec: SandboxSpec) -> Sandbox:
+        """Check the pooled container still runs, then rename it ``bosun-<run_id>-<hex>`` so
+        the reaper and ``remove_run`` know its run (labels cannot change after creation)."""
+        try:
+            data = await self._call(self.client.api.inspect_container, sandbox.id)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound(f"pooled sandbox {sandbox.name} is gone") from exc
+        if not (data.get("State") or {}).get("Running"):
+            raise SandboxNotRunning(f"pooled sandbox {sandbox.name} is not running")
+        name = f"bosun-{spec.run_id}-{secrets.token_hex(3)}"
+        try:
+            await self._call(self.client.api.rename, sandbox.id, name)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound(f"pooled sandbox {sandbox.name} is gone") from exc
+        except docker.errors.APIError as exc:
+            raise SandboxStartError(
+                f"cannot hand {sandbox.name} to run {spec.run_id}: {exc}"
+            ) from exc
+        self._oom_seen[sandbox.id] = 0
+        self._stopping.discard(sandbox.id)
+        return Sandbox(id=sandbox.id, name=name, spec=spec)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -511,3 +557,9 @@ class DockerBackend(SandboxBackend):
             return await self._call(fetch)
         except docker.errors.APIError as exc:
             raise CopyError(f"cannot copy {sandbox.name}:{path}: {exc}") from exc
+
+
+def _name(entry: Mapping[str, Any]) -> str:
+    """A container listing entry's name (``Names`` holds ``/name``)."""
+    names = entry.get("Names") or [""]
+    return str(names[0]).lstrip("/")

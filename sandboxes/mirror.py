@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from sandboxes.errors import MirrorLockTimeout, WorkspaceError
@@ -25,6 +25,9 @@ from sandboxes.localrepo import GitRemote, LocalRepository
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 _LOCKS: dict[Path, asyncio.Lock] = {}
+_URLS: dict[Path, str] = {}
+"""The remote URL last written into each mirror's config by this process."""
+_SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 
 
 class MirrorCache:
@@ -74,19 +77,37 @@ class MirrorCache:
         return path
 
     async def update_locked(
-        self, path: Path, remote_url: GitRemote, *, auth_header: str | None = None
+        self,
+        path: Path,
+        remote_url: GitRemote,
+        *,
+        auth_header: str | None = None,
+        branches: Sequence[str] = (),
     ) -> None:
-        """``update`` for a caller already holding ``locked``. A local repository pushes its
-        branches into the mirror itself (``LocalRepository.export_to``): no git process is
-        ever started inside it by a transport."""
+        """``update`` for a caller already holding ``locked``. With ``branches`` (names, not
+        SHAs) an existing mirror fetches only those branches, which must exist on the remote;
+        without, every branch and tag, pruning what the remote deleted. A local repository
+        pushes its branches into the mirror itself (``LocalRepository.export_to``): no git
+        process is ever started inside it by a transport."""
         if isinstance(remote_url, LocalRepository):
             await remote_url.export_to(path)
             return
         url = strip_credentials(remote_url)
         if not await asyncio.to_thread((path / "HEAD").exists):
             await self._create(path, url, auth_header)
+            _URLS[path] = url
             return
-        await run_git(["config", "remote.origin.url", url], cwd=path)
+        if _URLS.get(path) != url:
+            await run_git(["config", "remote.origin.url", url], cwd=path)
+            _URLS[path] = url
+        if branches and not any(_SHA.match(name) for name in branches):
+            refspecs = [f"+refs/heads/{name}:refs/heads/{name}" for name in branches]
+            await run_git(
+                ["fetch", "--quiet", "--no-tags", "origin", *refspecs],
+                cwd=path,
+                auth_header=auth_header,
+            )
+            return
         await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=path, auth_header=auth_header)
 
     async def _create(self, path: Path, url: str, auth_header: str | None) -> None:

@@ -18,6 +18,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,16 +139,30 @@ class WorkspaceManager:
         auth_header: str | None = None,
         owner: tuple[int, int] | None = None,
         continue_branch: bool = False,
+        laid_out: bool = False,
+        timings: dict[str, float] | None = None,
     ) -> Workspace:
         """Fetch the mirror, clone it for this run and check out ``branch``: from the remote's
         ``branch`` when ``continue_branch`` and it exists (a retry or resume), else new from
-        ``base_ref`` (a branch name or commit SHA). Then hand the tree to ``owner``."""
+        ``base_ref`` (a branch name or commit SHA). Then hand the tree to ``owner``.
+
+        A new run fetches only ``base_ref`` into the mirror; a continued one fetches every
+        branch (its own may be gone). ``laid_out``: the run's folder was made by ``lay_out``
+        (a sandbox may already bind its empty ``workspace``), so the clone goes into it.
+        ``timings`` gets ``mirror_fetch`` and ``checkout`` (seconds)."""
         run_dir = self.run_dir(run_id)
         path = run_dir / "workspace"
-        await self.cleanup(run_id)  # a run executed again after its worker died
-        await asyncio.to_thread(run_dir.mkdir, parents=True)
+        if not laid_out:
+            await self.lay_out(run_id)
+        t0 = time.monotonic()
         async with self.mirrors.locked(repo) as mirror:
-            await self.mirrors.update_locked(mirror, remote_url, auth_header=auth_header)
+            await self.mirrors.update_locked(
+                mirror,
+                remote_url,
+                auth_header=auth_header,
+                branches=() if continue_branch else (base_ref,),
+            )
+            t1 = time.monotonic()
             await run_git(["clone", "--quiet", "--local", "--no-checkout", str(mirror), str(path)])
             scratch = await ScratchRepo.create(run_dir / "host.git", mirror)
         git = _Git(path)
@@ -176,7 +191,25 @@ class WorkspaceManager:
             cwd=path,
             as_user=owner,
         )
+        if timings is not None:
+            timings["mirror_fetch"] = round(t1 - t0, 3)
+            timings["checkout"] = round(time.monotonic() - t1, 3)
         return Workspace(run_id, repo, path, run_dir, branch, base_sha, start_sha, owner, scratch)
+
+    async def lay_out(self, run_id: str, *, adopt: Path | None = None) -> Path:
+        """Make the run's folder with an empty ``workspace``; returns it. What an earlier
+        execution of the run left (its worker died) is deleted first. ``adopt``: a warm pool
+        slot's folder (``sandboxes.pool``), whose empty folders a started sandbox already binds,
+        becomes the run's folder by a rename on the same filesystem; the binds follow it."""
+        run_dir = self.run_dir(run_id)
+        await self.cleanup(run_id)
+        await asyncio.to_thread(run_dir.parent.mkdir, parents=True, exist_ok=True)
+        if adopt is not None:
+            await asyncio.to_thread(os.rename, adopt, run_dir)
+        else:
+            await asyncio.to_thread(run_dir.mkdir)
+        await asyncio.to_thread((run_dir / "workspace").mkdir, exist_ok=True)
+        return run_dir
 
     async def cleanup(self, run_id: str) -> None:
         """Delete the run's folder, workspace included. What the agent wrote is deleted by a

@@ -15,12 +15,23 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from sandboxes.base import LABEL_MANAGED, LABEL_RUN_ID, Sandbox, SandboxStatus, open_sandbox
+from sandboxes.base import (
+    LABEL_MANAGED,
+    LABEL_RUN_ID,
+    POOL_PREFIX,
+    Sandbox,
+    SandboxStatus,
+    open_sandbox,
+    owner_run,
+)
 from sandboxes.docker import DockerBackend
 from sandboxes.errors import ImageNotFound, SandboxStartError, SandboxTimeout
+from sandboxes.git import GitIdentity
 from sandboxes.output import LineSplitter, OutputChunk
+from sandboxes.pool import SandboxPool
 from sandboxes.seccomp import BUNDLED_PATH
 from sandboxes.spec import SandboxSpec
+from sandboxes.workspace import WorkspaceManager
 from tests.services import docker_client, missing
 
 pytestmark = pytest.mark.docker
@@ -76,7 +87,43 @@ async def sandbox(backend: DockerBackend, workspace_dir: Path) -> AsyncIterator[
         yield sandbox
 
 
-async def test_container_is_hardened_as_inspected(engine, sandbox: Sandbox) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+async def pooled_sandbox(backend: DockerBackend, sandbox: Sandbox) -> AsyncIterator[Sandbox]:
+    """A sandbox of the same spec as ``sandbox``, but started ahead by a warm pool and claimed
+    the way a run claims it: its folder becomes the run's, then it is handed over."""
+    root = TEST_ROOT / f"pool-{uuid.uuid4().hex[:8]}"
+    workspaces = WorkspaceManager(root, identity=GitIdentity(name="t", email="t@example.com"))
+    run_id = f"t-{uuid.uuid4().hex[:8]}"
+    run_dir = workspaces.run_dir(run_id)
+    spec = sandbox.spec.model_copy(update={"run_id": run_id, "workspace": run_dir / "workspace"})
+    pool = SandboxPool(backend, root / "pool", size=1, idle_seconds=600, check_seconds=3600)
+    try:
+        assert pool.claim(spec, run_dir) is None  # a shape first seen: learnt, filled from now
+        await pool.fill()
+        claim = pool.claim(spec, run_dir)
+        assert claim is not None
+        await workspaces.lay_out(run_id, adopt=claim.folder)
+        os.chown(spec.workspace, *await backend.host_ids(spec))
+        pooled = await backend.adopt(claim.sandbox, spec)
+        try:
+            yield pooled
+        finally:
+            await backend.remove(pooled)
+    finally:
+        await pool.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["fresh", "pooled"])
+def either(request: pytest.FixtureRequest) -> Sandbox:
+    """The inspection tests run on a fresh sandbox and on a pooled one."""
+    name = "sandbox" if request.param == "fresh" else "pooled_sandbox"
+    found: Sandbox = request.getfixturevalue(name)
+    return found
+
+
+async def test_container_is_hardened_as_inspected(engine, either: Sandbox) -> None:  # type: ignore[no-untyped-def]
+    sandbox = either
     attrs = engine.api.inspect_container(sandbox.id)
     host = attrs["HostConfig"]
     assert host["CapDrop"] == ["ALL"]
@@ -99,10 +146,59 @@ async def test_container_is_hardened_as_inspected(engine, sandbox: Sandbox) -> N
     assert mounts["/workspace"]["RW"] is True
     assert not any("docker.sock" in m["Source"] for m in attrs["Mounts"])
     assert attrs["Config"]["Labels"][LABEL_MANAGED] == "true"
-    assert attrs["Config"]["Labels"][LABEL_RUN_ID] == sandbox.spec.run_id
+    assert owner_run(attrs["Config"]["Labels"], attrs["Name"]) == sandbox.spec.run_id
+    pooled = attrs["Config"]["Labels"][LABEL_RUN_ID].startswith(POOL_PREFIX)
+    assert pooled == (sandbox.spec.run_id != attrs["Config"]["Labels"][LABEL_RUN_ID])
 
 
-async def test_process_inside_has_no_privileges(backend: DockerBackend, sandbox: Sandbox) -> None:
+async def test_pooled_sandbox_matches_a_fresh_one_in_everything_but_names(
+    engine,  # type: ignore[no-untyped-def]
+    sandbox: Sandbox,
+    pooled_sandbox: Sandbox,
+) -> None:
+    """Field by field: what the engine enforces is identical; only the name, the run label,
+    the creation time and the workspace folder's host path differ."""
+    fresh = engine.api.inspect_container(sandbox.id)
+    pooled = engine.api.inspect_container(pooled_sandbox.id)
+
+    def enforced(attrs: dict) -> dict:  # type: ignore[type-arg]
+        host = {k: v for k, v in attrs["HostConfig"].items() if k != "Mounts"}
+        mounts = [{**m, "Source": "-"} for m in attrs["HostConfig"].get("Mounts") or []]
+        config = {k: v for k, v in attrs["Config"].items() if k not in {"Labels"}}
+        labels = {
+            k: v
+            for k, v in attrs["Config"]["Labels"].items()
+            if k not in {LABEL_RUN_ID, "bosun.created"}
+        }
+        return {
+            "host": host,
+            "mounts": mounts,
+            "config": config,
+            "labels": labels,
+            "image": attrs["Image"],
+            "apparmor": attrs["AppArmorProfile"],
+            "driver": attrs["Driver"],
+        }
+
+    assert enforced(pooled) == enforced(fresh)
+    assert pooled["State"]["Running"] is True
+
+
+async def test_pooled_workspace_follows_its_folder_to_the_run(
+    backend: DockerBackend, pooled_sandbox: Sandbox
+) -> None:
+    """The slot folder the pooled sandbox was bound to became the run's folder after it
+    started: what the worker writes there now is what the sandbox sees, and the reverse."""
+    marker = f"checkout-{uuid.uuid4().hex[:8]}"
+    (pooled_sandbox.spec.workspace / "host.txt").write_text(marker)
+    inside = await backend.exec(pooled_sandbox, ["cat", "/workspace/host.txt"])
+    assert inside.check().text() == marker
+    await backend.exec(pooled_sandbox, ["sh", "-c", "echo agent > /workspace/agent.txt"])
+    assert (pooled_sandbox.spec.workspace / "agent.txt").read_text() == "agent\n"
+
+
+async def test_process_inside_has_no_privileges(backend: DockerBackend, either: Sandbox) -> None:
+    sandbox = either
     status = (await backend.exec(sandbox, ["cat", "/proc/self/status"])).check().text()
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["CapEff"].strip() == "0000000000000000"

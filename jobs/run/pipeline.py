@@ -12,15 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
 from arq.worker import Retry
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from bot import tracing
-from bot.agents.gateway import sandbox_mount
 from bot.db.models import Repository, Run, Task
 from bot.domain.states import TERMINAL, RunState
 from bot.domain.status import phase_names
@@ -28,21 +26,17 @@ from bot.errors import BosunError
 from jobs.admission.cancel import request_cancel_key
 from jobs.admission.gate import Waiting
 from jobs.context import JobContext, job_context
-from jobs.run.agent import AgentSteps
 from jobs.run.base import (
-    INPUT_MOUNT,
     Loaded,
     StepFailed,
     utc_now,
-    write_input,
 )
 from jobs.run.phases import Phase
+from jobs.run.prepare import PrepareSteps
 from jobs.run.publish import PublishSteps
 from jobs.run.steering import steer_wake_key
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError
-from sandboxes.localrepo import LocalRepoError
-from sandboxes.spec import BindMount, SandboxSpec
 
 log = structlog.get_logger("jobs.run.pipeline")
 
@@ -101,7 +95,7 @@ async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
         return Loaded(run, task, repository)
 
 
-class RunExecution(AgentSteps, PublishSteps):
+class RunExecution(PrepareSteps, PublishSteps):
     """One run's execution: the steps in order, the cancel watch, the ending and clean-up."""
 
     async def execute(self) -> dict[str, Any]:
@@ -271,7 +265,7 @@ class RunExecution(AgentSteps, PublishSteps):
             if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
                 next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
-                    await self._save(heartbeat_at=utc_now(), retry=False)  # a miss is fine
+                    await self._save(heartbeat_at=utc_now())
             if ticks % 10 == 0:
                 with contextlib.suppress(Exception):
                     await self._watch_stall()
@@ -318,95 +312,6 @@ class RunExecution(AgentSteps, PublishSteps):
         if wanted is not None and cap is not None and wanted > cap + 1e-9:
             raised = self.gateway.raise_budget(wanted - cap)
             await self.events.emit("cost", {"source": "budget", "budget_usd": raised})
-
-    async def _prepare(self) -> None:
-        t0 = time.monotonic()
-        self.view.phase("prepare", "running", "fetching the repository")
-        self.reporter.changed()
-        for note in self.narrowed:
-            await self.events.emit(
-                "policy", {"rule": "profiles", "decision": "narrow", "message": note}
-            )
-        backend = self.bosun.backend
-        spec = self._spec(Path("/nonexistent"))
-        owner = await backend.host_ids(spec)
-        auth = await self.port.git_auth_header()
-        continue_branch = self.run.parent_run_id is not None
-        try:
-            self.workspace = await self.bosun.workspaces.prepare(
-                run_id=self.run.id,
-                repo=self.repository.full_name,
-                remote_url=self._remote_url(),
-                branch=self.run.branch or f"bosun/run-{self.run.id}",
-                base_ref=self.repository.default_branch,
-                auth_header=auth,
-                owner=owner,
-                continue_branch=continue_branch,
-            )
-        except LocalRepoError as exc:  # Bosun's own words: the path and what is wrong with it
-            raise StepFailed(f"the local repository cannot be used: {exc}") from exc
-        except SandboxError as exc:
-            raise StepFailed(
-                "could not fetch and check out the repository; the detail is in the run's "
-                "`error` artifact",
-                detail=str(exc),
-            ) from exc
-        self.timings["workspace"] = round(time.monotonic() - t0, 3)
-        self.view.base_sha = self.workspace.base_sha
-        await self._save(
-            base_sha=self.workspace.base_sha, worker=self.bosun.worker_id, heartbeat_at=utc_now()
-        )
-        input_dir = self.workspace.run_dir / "input"
-        async with self.sessions() as session:  # with the steers folded in while it was queued
-            prompt = (
-                await session.execute(select(Run.prompt).where(Run.id == self.run.id))
-            ).scalar()
-        self.run.prompt = prompt if prompt is not None else self.run.prompt
-        await asyncio.to_thread(write_input, input_dir, self.run.prompt)
-        await self._start_gateway(owner[1])
-        t1 = time.monotonic()
-        try:
-            spec = self._spec(self.workspace.path, input_dir)
-            self.sandbox = await backend.create(spec)
-            await backend.start(self.sandbox)
-        except SandboxError as exc:
-            raise StepFailed(f"the sandbox did not start: {exc}") from exc
-        self.timings["sandbox_start"] = round(time.monotonic() - t1, 3)
-        await self._restore_session(input_dir)
-        self.view.phase("prepare", "done", f"base `{self.workspace.base_sha[:12]}`")
-        await self.events.emit(
-            "progress",
-            {
-                "phase": "prepare",
-                "base_sha": self.workspace.base_sha,
-                "workspace": str(self.workspace.path),
-                "timings": dict(self.timings),
-            },
-        )
-
-    def _spec(self, workspace: Path, input_dir: Path | None = None) -> SandboxSpec:
-        sandbox = self.settings.sandbox
-        mounts: tuple[BindMount, ...] = ()
-        if input_dir is not None:
-            mounts = (BindMount(source=input_dir, target=INPUT_MOUNT, read_only=True),)
-            if self.gateway is not None:
-                mounts += (sandbox_mount(self.gateway.socket_dir),)
-        return SandboxSpec(
-            run_id=self.run.id,
-            image=self.profile.image or sandbox.image,
-            workspace=workspace,
-            user=sandbox.user,
-            memory=sandbox.memory,
-            cpus=sandbox.cpus,
-            pids=sandbox.pids,
-            tmpfs_size=sandbox.tmpfs_size,
-            timeout_seconds=self.profile.timeout or sandbox.timeout_seconds,
-            output_limit_bytes=sandbox.output_limit_bytes,
-            runtime=sandbox.runtime,
-            seccomp_profile=sandbox.seccomp_profile,
-            mounts=mounts,
-            labels={"repo": self.repository.full_name.replace("/", "_")},
-        )
 
     async def _end(self, state: RunState, reason: str, *, detail: str | None = None) -> None:
         if detail:  # for maintainers: may quote agent-written data, so never published
