@@ -38,10 +38,20 @@ from sandboxes.git import GitIdentity, GitResult, run_git
 NULL_SHA = "0" * 40
 
 
+_NO_COMMANDS: tuple[tuple[str, str], ...] = (
+    # A fetch or push that reads objects of the repository's alternates would run this
+    # command from its config; ``true`` advertises nothing, which only costs negotiation.
+    ("core.alternateRefsCommand", "true"),
+    ("push.gpgSign", "false"),
+)
+"""Config on top of ``sandboxes.git.git_env``'s for every git run in a user's repository: the
+keys that name a program git would run for the commands Bosun uses there."""
+
+
 class LocalRepoError(WorkspaceError):
     """The local repository cannot be used as asked; the message says how to fix it.
     ``code`` names the problem for API answers (``not_found``, ``unreadable``,
-    ``not_a_repository``, ``git_dir``, ``branch_missing``, ``dirty``)."""
+    ``not_a_repository``, ``git_dir``, ``branch_missing``, ``dirty``, ``config``)."""
 
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
@@ -198,15 +208,39 @@ class LocalRepository:
         argv = [f"--git-dir={self.git_dir}"]
         if work_tree is not None:
             argv.append(f"--work-tree={work_tree}")
-        for key, value in extra:
+        for key, value in (*_NO_COMMANDS, *extra):
             argv += ["-c", f"{key}={value}"]
         return await run_git(
             [*argv, *args],
             cwd=work_tree or self.git_dir,
             stdin=stdin,
-            env={"GIT_CEILING_DIRECTORIES": str(self.git_dir.parent), **(env or {})},
+            env={
+                "GIT_CEILING_DIRECTORIES": str(self.git_dir.parent),
+                # Only local paths, whatever the repository's config says (it overrides every
+                # protocol.*.allow): no ssh (core.sshCommand), no remote helper, no http.
+                "GIT_ALLOW_PROTOCOL": "file",
+                **(env or {}),
+            },
             check=check,
         )
+
+    async def _refuse_rewrites(self, target: Path) -> None:
+        """Raise ``LocalRepoError`` when the repository's config would make git use another
+        repository than ``target`` (``url.<base>.insteadOf``/``pushInsteadOf`` matching its
+        path): the receiving side of a local transport runs that repository's hooks without
+        Bosun's config, so a rewrite could run anyone's hooks as Bosun's user."""
+        found = await self.git(
+            "config", "-z", "--get-regexp", r"^url\..*\.(insteadof|pushinsteadof)$", check=False
+        )
+        for entry in found.text.split("\0"):
+            key, _, value = entry.partition("\n")
+            if key and str(target).startswith(value):
+                raise LocalRepoError(
+                    f"{self.path}'s git config rewrites the path Bosun moves commits through "
+                    f"({key} = {value or '(empty)'}); Bosun never lets a repository's config "
+                    f"redirect it. Remove the setting: git config --unset-all {key}",
+                    code="config",
+                )
 
     # -- reading --------------------------------------------------------------------------
 
@@ -312,6 +346,7 @@ class LocalRepository:
         when missing): pushed from here into the mirror, whose ``receive-pack`` is Bosun's."""
         if not await asyncio.to_thread((mirror / "HEAD").exists):
             await run_git(["init", "--bare", "--quiet", str(mirror)])
+        await self._refuse_rewrites(mirror)
         await self.git(
             "push", "--porcelain", "--no-verify", "--force", "--prune", "--quiet",
             str(mirror), "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*",
@@ -349,6 +384,7 @@ class LocalRepository:
         repository, creating no ref and no ``FETCH_HEAD``."""
         if await self.tree_of(sha) is not None:
             return
+        await self._refuse_rewrites(source)
         ref = f"refs/bosun-export/{uuid.uuid4().hex}"
         await run_git(["update-ref", ref, sha], cwd=source)
         try:

@@ -260,6 +260,82 @@ async def test_hooks_and_filters_of_the_repository_never_run(tmp_path: Path) -> 
     assert not marker.exists(), marker.read_text()
 
 
+def _marker_script(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A program that leaves a marker file when run (and fails); the script and the marker."""
+    marker = tmp_path / f"ran-{name}"
+    script = tmp_path / f"{name}.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    script.chmod(0o755)
+    return script, marker
+
+
+@pytest.mark.parametrize("where", ["export", "push"])
+@pytest.mark.parametrize("how", ["insteadOf", "pushInsteadOf-ssh", "included"])
+async def test_the_repositorys_config_cannot_redirect_bosuns_transfers(
+    tmp_path: Path, where: str, how: str
+) -> None:
+    """A config that rewrites the path Bosun pushes to (export into Bosun's mirror) or fetches
+    from (a run's branch out of Bosun's repository) — to another repository whose hooks would
+    run without Bosun's config, or to ssh with a core.sshCommand — is refused with a message
+    naming the setting, and nothing runs."""
+    path = make_repo(tmp_path / "r")
+    repo = await LocalRepository(path).open()
+    mirror = await mirror_of(repo, tmp_path)
+    main = git(path, "rev-parse", "main").strip()
+    change = await commit_in(mirror, main, {"x.txt": "x\n"}, "x")
+    target = mirror
+    evil_hook, hook_ran = _marker_script(tmp_path, "hook")
+    ssh, ssh_ran = _marker_script(tmp_path, "ssh")
+    evil = tmp_path / "evil.git"
+    git(tmp_path, "init", "-q", "--bare", str(evil))
+    for hook in ("pre-receive", "update", "post-receive", "post-update"):
+        (evil / "hooks" / hook).write_text(evil_hook.read_text())
+        (evil / "hooks" / hook).chmod(0o755)
+    (evil / "hooks" / "pre-upload-pack").write_text(evil_hook.read_text())
+    if how == "insteadOf":
+        git(path, "config", f"url.{evil}.insteadOf", str(target))
+    elif how == "pushInsteadOf-ssh":
+        git(path, "config", "core.sshCommand", str(ssh))
+        git(path, "config", "url.ssh://example.invalid/x.insteadOf", str(target))
+        git(path, "config", "url.ssh://example.invalid/y.pushInsteadOf", str(target))
+    else:
+        included = tmp_path / "included.cfg"
+        included.write_text(f'[url "{evil}"]\n\tinsteadOf = {tmp_path}\n')
+        git(path, "config", "include.path", str(included))
+    with pytest.raises(LocalRepoError, match="rewrites the path Bosun moves commits") as caught:
+        if where == "export":
+            await repo.export_to(target)
+        else:
+            await repo.push_from(mirror, change, "bosun/9-x", force=False)
+    assert caught.value.code == "config" and "git config --unset-all url." in str(caught.value)
+    assert not hook_ran.exists() and not ssh_ran.exists()
+    assert await repo.branch_head("bosun/9-x") is None
+
+
+async def test_git_in_the_repository_speaks_to_local_paths_only(tmp_path: Path) -> None:
+    """Whatever its config allows, git run in a user's repository refuses ssh (so its
+    core.sshCommand never runs), http and remote helpers; and an alternate's
+    core.alternateRefsCommand does not run when Bosun moves commits."""
+    path = make_repo(tmp_path / "r")
+    ssh, ssh_ran = _marker_script(tmp_path, "ssh")
+    alt, alt_ran = _marker_script(tmp_path, "alt")
+    git(path, "config", "core.sshCommand", str(ssh))
+    git(path, "config", "protocol.allow", "always")
+    git(path, "config", "protocol.ssh.allow", "always")
+    git(path, "config", "core.alternateRefsCommand", str(alt))
+    other = make_repo(tmp_path / "other")
+    (path / ".git" / "objects" / "info" / "alternates").write_text(f"{other}/.git/objects\n")
+    repo = await LocalRepository(path).open()
+    for url in ("ssh://example.invalid/x.git", "https://example.invalid/x.git", "testgit::x"):
+        result = await repo.git("ls-remote", url, check=False)
+        assert result.returncode != 0 and "not allowed" in result.text + result.stderr, url
+    mirror = await mirror_of(repo, tmp_path)
+    main = git(path, "rev-parse", "main").strip()
+    change = await commit_in(mirror, main, {"y.txt": "y\n"}, "y")
+    assert await repo.push_from(mirror, change, "bosun/8-y", force=False) == change
+    assert not ssh_ran.exists() and not alt_ran.exists()
+
+
 async def test_merging_into_a_checked_out_main_follows_only_when_it_is_clean(
     tmp_path: Path,
 ) -> None:
