@@ -445,7 +445,8 @@ class GatewaySettings(_Group):
     upstreams: dict[str, Upstream] = Field(
         default_factory=dict,
         description=(
-            "Model APIs beyond api.anthropic.com / api.openai.com, by base URL "
+            "Model APIs beyond api.anthropic.com, api.openai.com and "
+            "generativelanguage.googleapis.com, by base URL "
             '(JSON: `{"http://llm:8080": {"api": "openai", "key_env": ""}}`).'
         ),
     )
