@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from sandboxes.base import LABEL_RUN_ID
+from sandboxes.base import LABEL_MANAGED, owner_run
 from tests.emulator.client import EmulatorClient
 from tests.emulator.server import EmulatorServer
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
@@ -462,21 +462,31 @@ class SecurityStack:
         return list(self.stack.state()["branches"])
 
     def settled(self, run_id: str) -> None:
-        """Wait until the run's sandbox and workspace are gone from the host."""
+        """Wait until the run's sandbox (fresh or taken from the warm pool) and workspace are
+        gone from the host."""
         client = docker_client()
-        label = f"{LABEL_RUN_ID}={run_id}"
         runs_dir = self.stack.settings.sandbox.workdir / "runs" / run_id
         try:
             self.stack.wait_for(
-                lambda: (
-                    not client.api.containers(all=True, filters={"label": label})
-                    and not runs_dir.exists()
-                ),
+                lambda: not run_containers(client, run_id) and not runs_dir.exists(),
                 30,
                 "the run's sandbox and workspace to be removed",
             )
         finally:
             client.close()
+
+
+def run_containers(client: Any, run_id: str) -> list[dict[str, Any]]:
+    """The containers (listing entries) of ``run_id``: labelled with it, or claimed by it from a
+    warm pool (``sandboxes.base.owner_run``)."""
+    found: list[dict[str, Any]] = client.api.containers(
+        all=True, filters={"label": f"{LABEL_MANAGED}=true"}
+    )
+    return [
+        entry
+        for entry in found
+        if owner_run(entry.get("Labels") or {}, (entry.get("Names") or [""])[0]) == run_id
+    ]
 
 
 def require_agent_image() -> None:
@@ -528,7 +538,11 @@ def redis_namespace() -> Iterator[str]:
 
 @contextlib.contextmanager
 def security_stack(
-    root: Path, profiles: dict[str, dict[str, Any]] | None = None, **sandbox: Any
+    root: Path,
+    profiles: dict[str, dict[str, Any]] | None = None,
+    *,
+    worker: dict[str, Any] | None = None,
+    **sandbox: Any,
 ) -> Iterator[SecurityStack]:
     """A Bosun stack (own emulator, Redis namespace and workspace root) with the escape-attempt
     profiles (and ``profiles``) and small sandbox limits; ``sandbox`` overrides settings of that
@@ -570,6 +584,7 @@ def security_stack(
                 port,
                 profiles={**PROFILES, **security_profiles(ports, marker), **(profiles or {})},
                 sandbox=limits,
+                worker=worker or {},
             )
             os.environ.update(planted)
             with running_stack(settings, world, port) as stack:

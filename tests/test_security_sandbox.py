@@ -9,6 +9,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.security_agents import (
     PIDS,
     SecurityStack,
     findings,
+    run_containers,
     security_stack,
 )
 from tests.services import docker_client
@@ -70,6 +72,49 @@ def subuid_start() -> int:
 
 
 def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -> None:
+    number, run = start_sleeper(sec)
+    assert sandbox_kind(sec, run["id"]) == "fresh"
+    assert_hardened(sec, run["id"])
+    cancel(sec, number, run["id"])
+
+
+@pytest.fixture(scope="module")
+def sec_pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityStack]:
+    """The same stack with a warm pool of one sandbox and room for one run at a time."""
+    root = tmp_path_factory.mktemp("security-sandbox-pooled")
+    with security_stack(root, pool_size=1, worker={"max_concurrent_runs": 1}) as running:
+        yield running
+
+
+def test_pooled_sandbox_is_hardened_and_a_cancelled_pooled_run_gives_back_its_slot(
+    sec_pooled: SecurityStack,
+) -> None:
+    """The first run of a profile teaches the worker's pool its sandbox's shape; the next run
+    gets a sandbox started ahead, which holds exactly as a fresh one does. Cancelled by its
+    label, that run's sandbox is removed (never returned to the pool), the pool starts a new
+    one, and the run's capacity slot is free: with room for one run at a time, the next run
+    starts, in the new pooled sandbox."""
+    sec = sec_pooled
+    first_number, first = start_sleeper(sec)
+    assert sandbox_kind(sec, first["id"]) == "fresh"
+    cancel(sec, first_number, first["id"])
+    ready = pool_ready(sec)
+
+    number, run = start_sleeper(sec)
+    assert sandbox_kind(sec, run["id"]) == "pooled"
+    assert assert_hardened(sec, run["id"]) == ready
+    cancel(sec, number, run["id"])
+    refilled = pool_ready(sec)
+    assert refilled != ready
+
+    third_number, third = start_sleeper(sec)  # only starts once the slot is free
+    assert sandbox_kind(sec, third["id"]) == "pooled"
+    assert assert_hardened(sec, third["id"]) == refilled
+    cancel(sec, third_number, third["id"])
+
+
+def start_sleeper(sec: SecurityStack) -> tuple[int, dict[str, Any]]:
+    """Label an issue for the sleeping agent; its run once the agent printed its first line."""
     stack = sec.stack
     number = sec.start("sec-sleep")
     run = sec.run_for(number, {"running"}, timeout=60)
@@ -78,9 +123,53 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         30,
         "the agent's first line",
     )
+    return number, run
+
+
+def sandbox_kind(sec: SecurityStack, run_id: str) -> str:
+    """``pooled`` or ``fresh``, as the run's prepare event (and its manifest timings) say."""
+    (event,) = [e for e in sec.stack.events(run_id, "progress") if "timings" in e["data"]]
+    kind = str(event["data"]["sandbox"])
+    assert ("sandbox_claim" in event["data"]["timings"]) == (kind == "pooled")
+    return kind
+
+
+def cancel(sec: SecurityStack, number: int, run_id: str) -> None:
+    sec.stack.emulator.remove_label(sec.stack.repo, number, "bosun:sec-sleep", "alice")
+    done = sec.run_for(number, {"cancelled", "failed", "review_ready"}, timeout=30)
+    assert done["state"] == "cancelled", done
+    assert "alice" in done["reason"]
+    sec.settled(run_id)  # the sandbox and the workspace are gone
+
+
+def pool_ready(sec: SecurityStack) -> str:
+    """The id of the one started sandbox the stack's pool holds, once it holds one."""
+    client = docker_client()
+    pool_dir = str(sec.stack.settings.sandbox.workdir / "pool")
+    try:
+
+        def ready() -> str | None:
+            found = client.api.containers(filters={"name": "bosun-pool-", "status": "running"})
+            ours = [
+                c["Id"]
+                for c in found
+                if any(m["Source"].startswith(pool_dir) for m in c.get("Mounts") or [])
+            ]
+            return ours[0] if len(ours) == 1 else None
+
+        found: str = sec.stack.wait_for(ready, 60, "the pool to hold one started sandbox")
+        return found
+    finally:
+        client.close()
+
+
+def assert_hardened(sec: SecurityStack, run_id: str) -> str:
+    """Inspect the run's running sandbox from outside and inside; returns its container id."""
+    stack = sec.stack
     client = docker_client()
     try:
-        (container,) = client.containers.list(filters={"label": f"bosun.run_id={run['id']}"})
+        (entry,) = run_containers(client, run_id)
+        container = client.containers.get(entry["Id"])
         attrs = container.attrs
         host, config = attrs["HostConfig"], attrs["Config"]
         uid, gid = (int(part) for part in config["User"].split(":"))
@@ -106,8 +195,9 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         assert mounts["/workspace"]["RW"] is True
         assert all(m["RW"] is False for dest, m in mounts.items() if dest != "/workspace")
         assert not any(s in m["Source"] for m in attrs["Mounts"] for s in ("docker", ".sock"))
-        workspace = Path(mounts["/workspace"]["Source"])
-        assert workspace.is_relative_to(stack.settings.sandbox.workdir)
+        # A pooled sandbox's binds were made to its slot folder, since renamed to the run's.
+        assert Path(mounts["/workspace"]["Source"]).is_relative_to(stack.settings.sandbox.workdir)
+        workspace = stack.settings.sandbox.workdir / "runs" / run_id / "workspace"
         assert_no_secret(sec, "\n".join(config["Env"]), "the container's Env")
 
         info = client.info()
@@ -134,16 +224,12 @@ def test_pipeline_sandbox_is_hardened_while_the_agent_runs(sec: SecurityStack) -
         environment = inside("sh", "-c", "env; tr '\\0' '\\n' < /proc/1/environ")
         assert_no_secret(sec, environment, "the sandbox environment")
         assert inside("ls", "-A", "/bosun").split() == ["prompt.md"]
+        assert "README.md" in inside("ls", "-A", "/workspace").split()  # the run's checkout
         assert inside("ls", "-A", "/bosun-gw").split() == ["forwarder.py", "gateway.sock"]
         assert sec.planted["ANTHROPIC_API_KEY"] not in inside("env")  # the gateway holds it
+        return str(container.id)
     finally:
         client.close()
-
-    stack.emulator.remove_label(stack.repo, number, "bosun:sec-sleep", "alice")
-    done = sec.run_for(number, {"cancelled", "failed", "review_ready"}, timeout=30)
-    assert done["state"] == "cancelled", done
-    assert "alice" in done["reason"]
-    sec.settled(run["id"])  # the sandbox and the workspace are gone
 
 
 # -- 2. escape attempts ----------------------------------------------------------------------
