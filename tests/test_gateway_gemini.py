@@ -199,7 +199,8 @@ async def test_usage_metadata_is_metered_and_priced(harness: Harness, framing: s
     assert record.usage == EXPECTED and record.metered and record.streamed is streamed
     assert record.model == MODEL and record.known_model and record.upstream == "gemini"
     price = DEFAULT_PRICES[MODEL]
-    dollars = (200 * price.input + 65 * price.output + 50 * (price.cache_read or 0)) / 1e6
+    read = price.input if price.cache_read is None else price.cache_read
+    dollars = (200 * price.input + 65 * price.output + 50 * read) / 1e6
     assert record.cost_usd == pytest.approx(dollars)
     assert harness.gateway.spent_usd == pytest.approx(dollars)
 
@@ -210,6 +211,33 @@ async def test_count_tokens_is_free_and_the_path_names_the_model(harness: Harnes
     assert response.json() == {"totalTokens": 100, "promptTokensDetails": []}
     (record,) = harness.records
     assert record.model == MODEL and not record.metered and record.cost_usd == 0
+
+
+async def test_the_path_names_the_model_when_the_answer_does_not(
+    stub_script: ModelScript,
+) -> None:
+    """The model Gemini runs is the one in the path: a cheaper name in the body changes
+    nothing (should an answer lack ``modelVersion``)."""
+    stub = GeminiStub(stub_script, key=REAL_KEY, model_version=False)
+    records: list[UsageRecord] = []
+    path = ROOT / uuid.uuid4().hex[:8]
+    with running(stub) as url:
+        gateway = ModelGateway(
+            "run-gemini",
+            path / "gateway",
+            {"gemini": Upstream(api="gemini", base_url=url)},
+            environ={"GEMINI_API_KEY": REAL_KEY},
+            on_usage=records.append,
+        )
+        async with gateway:
+            transport = httpx.AsyncHTTPTransport(uds=str(gateway.socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                cheap = {**body([PROMPT]), "model": "gemini-2.0-flash-lite"}
+                response = await client.post(f"/gemini{STREAM}?alt=sse", json=cheap)
+    shutil.rmtree(path, ignore_errors=True)
+    assert response.status_code == 200
+    (record,) = records
+    assert record.model == MODEL and record.metered
 
 
 def sse(chunks: list[dict[str, Any]]) -> bytes:

@@ -77,9 +77,12 @@ class GeminiStub:
         key: str | None = None,
         cached_tokens: int = 0,
         thoughts_tokens: int = 0,
+        model_version: bool = True,
     ) -> None:
         self.script = script
         self.key = key
+        self.model_version = model_version
+        """Whether answers name their ``modelVersion`` (the real API's always do)."""
         self.cached_tokens = cached_tokens
         self.thoughts_tokens = thoughts_tokens
         self.seen: list[dict[str, str]] = []
@@ -105,7 +108,7 @@ class GeminiStub:
 
     def response(self, turn: Turn, model: str) -> dict[str, Any]:
         """The whole ``GenerateContentResponse`` for ``turn``."""
-        return {
+        answer = {
             "candidates": [
                 {
                     "content": {"parts": _parts(turn), "role": "model"},
@@ -117,6 +120,9 @@ class GeminiStub:
             "modelVersion": model,
             "responseId": f"stub-response-{next(_ids):04d}",
         }
+        if not self.model_version:
+            del answer["modelVersion"]
+        return answer
 
     def chunks(self, turn: Turn, model: str) -> Iterator[dict[str, Any]]:
         """The streamed answer: text in pieces (usage so far on each), then the function call
@@ -135,12 +141,15 @@ class GeminiStub:
             candidate: dict[str, Any] = {"content": {"parts": [piece], "role": "model"}, "index": 0}
             if last:
                 candidate["finishReason"] = "STOP"
-            yield {
+            chunk = {
                 "candidates": [candidate],
                 "usageMetadata": self.usage(turn, final=last),
                 "modelVersion": model,
                 "responseId": whole["responseId"],
             }
+            if not self.model_version:
+                del chunk["modelVersion"]
+            yield chunk
 
     # -- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -360,7 +360,7 @@ class ModelGateway:
                     raise Refused(
                         400, "invalid_request_error", str(exc), "gateway.metering"
                     ) from exc
-                model = model or allowed.model  # Gemini names it in the path
+                model = allowed.model or model  # Gemini's path names the model it runs
                 body, steers, placed = self._take_steers(allowed.template, body)
                 if placed is not None and placed.depth:  # remembered before the agent can
                     self._placed.append(placed)  # send its next request (after no turn: not)
