@@ -27,14 +27,32 @@ def head_revision() -> str | None:
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
     """Bring the database to ``revision``; returns the revision it is at afterwards."""
 
-    def _run(connection: Connection) -> str | None:
+    def _run(connection: Connection, /) -> str | None:
         config = alembic_config()
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with engine.begin() as connection:
-        return await connection.run_sync(_run)
+    async with engine.connect() as connection:
+        if connection.dialect.name != "sqlite":
+            async with connection.begin():
+                return await connection.run_sync(_run)
+        # SQLite alters a table by copying it into a new one and dropping the old (alembic's
+        # batch mode); with foreign keys on, that drop deletes every row that references the
+        # table through ON DELETE CASCADE (all tasks and runs, when `repositories` is altered).
+        # The pragma only takes effect outside a transaction.
+        await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        await connection.commit()
+        try:
+            async with connection.begin():
+                reached = await connection.run_sync(_run)
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"the migration left rows without their parent: {broken}")
+            return reached
+        finally:
+            await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await connection.commit()
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
