@@ -51,7 +51,7 @@ keys that name a program git would run for the commands Bosun uses there."""
 class LocalRepoError(WorkspaceError):
     """The local repository cannot be used as asked; the message says how to fix it.
     ``code`` names the problem for API answers (``not_found``, ``unreadable``,
-    ``not_a_repository``, ``git_dir``, ``branch_missing``, ``dirty``, ``config``)."""
+    ``not_a_repository``, ``git_dir``, ``branch_missing``, ``dirty``, ``config``, ``owner``)."""
 
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
@@ -174,6 +174,19 @@ class LocalRepository:
                     f"{path} is inside the working copy {top.text.strip()}; give its top "
                     "folder instead",
                     code="not_a_repository",
+                )
+        for folder in {common, path}:
+            owner = (await asyncio.to_thread(os.stat, folder)).st_uid
+            if owner != os.geteuid():
+                # git's own rule (safe.directory): a repository's config, hooks and linked work
+                # trees are its owner's to write, so working in it would hand that owner
+                # whatever Bosun's user may do.
+                raise LocalRepoError(
+                    f"{folder} belongs to uid {owner}, and Bosun runs as uid {os.geteuid()}: "
+                    "Bosun works only in repositories owned by the user it runs as (a "
+                    "repository's config and linked work trees are its owner's to write). Run "
+                    "Bosun as that user, or give Bosun a clone it owns",
+                    code="owner",
                 )
         if not await asyncio.to_thread(os.access, common, os.R_OK | os.W_OK | os.X_OK):
             raise LocalRepoError(

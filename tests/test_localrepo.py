@@ -101,6 +101,15 @@ async def mirror_of(repo: LocalRepository, tmp_path: Path) -> Path:
 # -- validation ----------------------------------------------------------------------------
 
 
+def owned_by(path: Path, uid: int) -> Path:
+    """``path`` and everything in it given to ``uid`` (the tests run as root)."""
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            os.lchown(Path(root) / name, uid, uid)
+    os.lchown(path, uid, uid)
+    return path
+
+
 @pytest.mark.parametrize(
     ("make", "code", "words"),
     [
@@ -113,6 +122,8 @@ async def mirror_of(repo: LocalRepository, tmp_path: Path) -> Path:
             "give its top folder",
         ),
         (lambda p: (p / "f").write_text("x") and p / "f", "not_a_repository", "not a folder"),
+        (lambda p: owned_by(make_repo(p / "o"), 4321), "owner", "belongs to uid 4321"),
+        (lambda p: owned_by(make_repo(p / "g") / ".git", 4321).parent, "owner", "uid 4321"),
     ],
 )
 async def test_what_is_not_a_usable_repository_is_named_with_the_fix(
