@@ -21,11 +21,12 @@ from jobs.deliveries.commands import api_command
 from jobs.deliveries.process import process_delivery
 from jobs.deliveries.sweeper import sweep_deliveries
 from jobs.deliveries.traced import traced_delivery
+from jobs.resilience import ResilientWorker
 from jobs.run.pipeline import execute_run
 from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
 from jobs.upkeep.ping import ping
 from jobs.upkeep.prune import HostUpkeep, prune
-from jobs.upkeep.reconcile import reconcile
+from jobs.upkeep.reconcile import after_reconnect, reconcile
 from jobs.wakeup import WakingWorker
 
 log = structlog.get_logger("jobs.worker")
@@ -78,9 +79,14 @@ def raise_descriptor_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+class BosunWorker(ResilientWorker, WakingWorker):
+    """Woken when a job is queued (``jobs/wakeup.py``); riding out Redis outages, with a
+    reconciler pass once reconnected (``jobs/resilience.py``)."""
+
+
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     """An arq ``Worker`` for ``settings``: woken when a job is queued (``jobs/wakeup.py``),
-    polling every ``poll_delay`` seconds otherwise."""
+    polling every ``poll_delay`` seconds otherwise, surviving Redis and database outages."""
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         raise_descriptor_limit()
@@ -113,7 +119,8 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         if bosun is not None:
             await bosun.adopt_stored_app()
 
-    return WakingWorker(
+    return BosunWorker(
+        on_reconnect=after_reconnect,
         functions=job_functions(),
         cron_jobs=cron_jobs(settings),
         queue_name=settings.redis.queue_name,

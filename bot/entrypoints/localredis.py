@@ -41,6 +41,16 @@ class LocalRedis:
     process: subprocess.Popen[bytes]
     password: str = field(repr=False)
     generated: bool
+    config: str = field(default="", repr=False)
+    binary: str = ""
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None
+
+    def respawn(self) -> None:
+        """Start the server again on the same port with the same password (it died: killed,
+        out of memory); its data is gone, the database still has every delivery and run."""
+        self.process = _spawn(self.binary, self.config)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -127,7 +137,22 @@ async def ensure_redis(url: str, data_dir: Path, password: str | None) -> LocalR
     folder.mkdir(parents=True, exist_ok=True)
     generated = password is None
     secret = password if password is not None else secrets.token_hex(32)
-    process = subprocess.Popen(  # noqa: ASYNC220 -- a long-lived child, started once
+    config = server_config(port, folder, secret)
+    process = _spawn(binary, config)
+    for _ in range(100):
+        if await redis_answers(url, secret, wait=0.2):
+            log.info("local_redis_started", port=port, pid=process.pid, generated=generated)
+            return LocalRedis(process, secret, generated, config, binary)
+        if process.poll() is not None:
+            break
+        await asyncio.sleep(0.05)
+    process.kill()
+    process.wait(timeout=10)
+    raise ConfigError(f"started redis-server on port {port}, but it never answered")
+
+
+def _spawn(binary: str, config: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
         [binary, "-"],  # the configuration, password included, comes on stdin
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -135,15 +160,18 @@ async def ensure_redis(url: str, data_dir: Path, password: str | None) -> LocalR
         preexec_fn=_die_with_parent,
     )
     assert process.stdin is not None
-    process.stdin.write(server_config(port, folder, secret).encode())
+    process.stdin.write(config.encode())
     process.stdin.close()
-    for _ in range(100):
-        if await redis_answers(url, secret, wait=0.2):
-            log.info("local_redis_started", port=port, pid=process.pid, generated=generated)
-            return LocalRedis(process, secret, generated)
-        if process.poll() is not None:
-            break
-        await asyncio.sleep(0.05)
-    process.kill()
-    process.wait(timeout=10)
-    raise ConfigError(f"started redis-server on port {port}, but it never answered")
+    return process
+
+
+async def supervise(child: LocalRedis, every: float = 1.0) -> None:
+    """Start ``child`` again whenever it exits (``bosun up``'s own Redis: nobody else would);
+    runs until cancelled. The worker rides out the gap and reconciles once it answers."""
+    while True:
+        await asyncio.sleep(every)
+        if child.exited():
+            log.warning("local_redis_exited", code=child.process.returncode)
+            await asyncio.to_thread(child.process.wait)
+            child.respawn()
+            log.info("local_redis_restarted", pid=child.process.pid)

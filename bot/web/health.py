@@ -2,7 +2,8 @@
 what this process's role needs and names whichever failed.
 
 A web process needs the database and Redis; a host that also runs a worker (``bosun up``)
-needs the Docker engine too. A worker has no HTTP endpoint of its own to probe:
+needs the Docker engine too, and is not ready while that worker rides out a Redis or database
+outage (``bot.readiness``). A worker has no HTTP endpoint of its own to probe:
 ``bosun worker --check`` (``worker_readiness``) checks that its health-check key is fresh
 (the worker is polling Redis) and that the database and the engine answer.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.datastructures import State
 
+from bot.readiness import READINESS
 from bot.services import Services
 
 Probe = Callable[[], Awaitable[str | None]]
@@ -49,7 +51,19 @@ def web_probes(services: Services, *, with_worker: bool) -> dict[str, Probe]:
     }
     if with_worker:
         probes["docker"] = services.check_docker
+        probes["worker"] = _worker_outages
     return probes
+
+
+async def _worker_outages() -> str | None:
+    """What the worker sharing this process (``bosun up``) is waiting to reach again."""
+    down = READINESS.failing().values()
+    if not down:
+        return None
+    return "; ".join(
+        f"the worker lost {o.service} at {o.since:%H:%M:%S} UTC and is reconnecting ({o.error})"
+        for o in down
+    )[:300]
 
 
 @get("/readyz", include_in_schema=False)
