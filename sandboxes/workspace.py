@@ -163,25 +163,30 @@ class WorkspaceManager:
                 branches=() if continue_branch else (base_ref,),
             )
             t1 = time.monotonic()
-            await run_git(["clone", "--quiet", "--local", "--no-checkout", str(mirror), str(path)])
-            scratch = await ScratchRepo.create(run_dir / "host.git", mirror)
-        git = _Git(path)
-        await git("remote", "set-url", "origin", strip_credentials(str(remote_url)))
-        base_sha = await git.resolve(f"refs/remotes/origin/{base_ref}", base_ref)
-        start_sha = base_sha
-        if continue_branch:
-            existing = await git.resolve(f"refs/remotes/origin/{branch}", required=False)
-            if existing:
-                start_sha = existing
-                merge_base = await git("merge-base", base_sha, existing, check=False)
-                base_sha = merge_base.text.strip() or base_sha
-        for key, value in (
-            ("user.name", self.identity.name),
-            ("user.email", self.identity.email),
-            ("bosun.run", run_id),
-            ("bosun.base", base_sha),
-        ):
-            await git("config", key, value)
+            # Resolved in the mirror, so the clone is made with its whole configuration at
+            # once (its refs/remotes/origin/* are the mirror's refs/heads/*).
+            in_mirror = _Git(mirror)
+            base_sha = await in_mirror.resolve(f"refs/heads/{base_ref}", base_ref)
+            start_sha = base_sha
+            if continue_branch:
+                existing = await in_mirror.resolve(f"refs/heads/{branch}", required=False)
+                if existing:
+                    start_sha = existing
+                    merge_base = await in_mirror("merge-base", base_sha, existing, check=False)
+                    base_sha = merge_base.text.strip() or base_sha
+            config = (
+                ("user.name", self.identity.name),
+                ("user.email", self.identity.email),
+                ("bosun.run", run_id),
+                ("bosun.base", base_sha),
+            )
+            clone = ["clone", "--quiet", "--local", "--no-checkout"]
+            clone += [f"--config={key}={value}" for key, value in config]
+            _, scratch = await asyncio.gather(
+                run_git([*clone, str(mirror), str(path)]),
+                ScratchRepo.create(run_dir / "host.git", mirror),
+            )
+        await _Git(path)("remote", "set-url", "origin", strip_credentials(str(remote_url)))
         if owner is not None:
             await asyncio.to_thread(chown_tree, path, *owner)
         # The files are written by the owner, so the kernel confines what a checkout of a
