@@ -128,6 +128,34 @@ async def test_the_real_key_replaces_every_key_the_agent_sends(
     assert "authorization" not in call["headers"]
 
 
+@pytest.mark.parametrize(
+    ("query", "forwarded"),
+    [
+        ("alt=sse&fields=candidates", "alt=sse"),
+        ("alt=sse&%24fields=candidates&prettyPrint=false", "alt=sse"),
+        ("alt=proto", ""),
+        ("alt=json&callback=steal", ""),
+        ("alt=media&alt=sse", "alt=sse"),
+    ],
+)
+async def test_parameters_that_would_hide_the_usage_are_not_forwarded(
+    harness: Harness, query: str, forwarded: str
+) -> None:
+    """Google's system parameters and headers that leave ``usageMetadata`` out of the answer
+    (a field mask), change its format (protobuf, JSONP) or the method never reach upstream:
+    every answer is metered."""
+    headers = {"x-goog-fieldmask": "candidates", "x-http-method-override": "GET"}
+    async with harness.client() as client:
+        response = await client.post(f"{STREAM}?{query}", json=body([PROMPT]), headers=headers)
+    assert response.status_code == 200, response.text
+    (seen,) = harness.stub.seen
+    assert seen["query"] == forwarded
+    (call,) = harness.stub.script.requests
+    assert not {"x-goog-fieldmask", "x-http-method-override"} & set(call["headers"])
+    (record,) = harness.records
+    assert record.metered and record.usage == EXPECTED
+
+
 async def test_unprefixed_paths_reach_the_gemini_route(harness: Harness) -> None:
     """The runner points GOOGLE_GEMINI_BASE_URL at the bare forwarder URL."""
     async with harness.client() as client:

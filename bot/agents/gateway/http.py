@@ -23,6 +23,12 @@ CREDENTIAL_HEADERS = frozenset(
 )
 """Request headers the container may send but never pass the gateway."""
 
+UNMETERED_HEADERS = frozenset(
+    {"x-goog-fieldmask", "x-http-method-override", "x-http-method", "x-method-override"}
+)
+"""Request headers that would change what upstream does or answers out of the meter's sight (a
+field mask leaving out ``usageMetadata``, another method than the allow-listed one)."""
+
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -61,7 +67,7 @@ def request_headers(
     headers = [
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, value in raw
-        if name.decode("latin-1").lower() not in CREDENTIAL_HEADERS | HOP_BY_HOP
+        if name.decode("latin-1").lower() not in CREDENTIAL_HEADERS | HOP_BY_HOP | UNMETERED_HEADERS
         and name.decode("latin-1").lower() != "accept-encoding"
     ]
     headers.append(("accept-encoding", "identity"))
@@ -89,13 +95,23 @@ CREDENTIAL_PARAMS = frozenset({"key", "access_token"})
 so the key the gateway injects is the only one upstream sees."""
 
 
-def forwarded_query(query: str) -> str:
-    """``query`` without credential parameters (by decoded name, any case); the rest as sent."""
-    kept = []
-    for piece in query.split("&"):
-        name = unquote_plus(piece.partition("=")[0]).strip().lower()
-        if piece and name not in CREDENTIAL_PARAMS:
-            kept.append(piece)
+def forwarded_query(query: str, api: str) -> str:
+    """The query string sent upstream. Gemini's is rebuilt: only ``alt=sse`` (streamed answers
+    as server-sent events) passes, since Google's other system parameters could carry a key
+    (``key``, ``access_token``) or hide the usage from the meter (``fields`` drops
+    ``usageMetadata``, ``alt=proto`` answers in protobuf, ``callback`` wraps the JSON). Other
+    APIs' queries pass as sent, without credential parameters (by decoded name, any case)."""
+    pairs = [
+        (unquote_plus(name).strip().lower(), unquote_plus(value))
+        for name, _, value in (piece.partition("=") for piece in query.split("&") if piece)
+    ]
+    if api == "gemini":
+        return "alt=sse" if ("alt", "sse") in pairs else ""
+    kept = [
+        piece
+        for piece, (name, _) in zip((p for p in query.split("&") if p), pairs, strict=True)
+        if name not in CREDENTIAL_PARAMS
+    ]
     return "&".join(kept)
 
 

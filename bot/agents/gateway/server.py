@@ -366,7 +366,7 @@ class ModelGateway:
                     self._placed.append(placed)  # send its next request (after no turn: not)
                 key = self._keys.get(prefix)
                 auth = http.auth_header(upstream.auth_style or "none", key) if key else None
-                query = http.forwarded_query(query)  # no ?key=: the injected key only
+                query = http.forwarded_query(query, upstream.api)  # no ?key=, no ?fields=
                 url = upstream.base_url + "/" + rest + (f"?{query}" if query else "")
                 self.forwarded += 1
                 number = self.forwarded
