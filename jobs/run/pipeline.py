@@ -265,7 +265,7 @@ class RunExecution(PrepareSteps, PublishSteps):
             if time.monotonic() >= next_beat:  # tell the reconciler this run's worker lives
                 next_beat = time.monotonic() + self.settings.worker.heartbeat_seconds
                 with contextlib.suppress(Exception):
-                    await self._save(heartbeat_at=utc_now())
+                    await self._save(heartbeat_at=utc_now(), retry=False)  # a miss is fine
             if ticks % 10 == 0:
                 with contextlib.suppress(Exception):
                     await self._watch_stall()
