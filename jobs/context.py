@@ -39,14 +39,7 @@ class JobContext:
     def github_app(self) -> GitHubApp:
         if self._app is None:
             gh = self.settings.github
-            self._app = GitHubApp(
-                gh,
-                RetryPolicy(
-                    max_retries=gh.max_retries,
-                    base_seconds=gh.retry_base_seconds,
-                    secondary_min_seconds=gh.secondary_backoff_seconds,
-                ),
-            )
+            self._app = GitHubApp(gh, RetryPolicy.of(gh))
         return self._app
 
     async def adopt_stored_app(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from githubkit.exception import (
@@ -19,6 +20,9 @@ from githubkit.exception import (
 )
 from githubkit.typing import RetryOption
 
+if TYPE_CHECKING:
+    from bot.settings import GitHubSettings
+
 log = structlog.get_logger("bot.github")
 
 
@@ -30,6 +34,19 @@ class RetryPolicy:
     base_seconds: float = 1.0
     max_seconds: float = 300.0
     secondary_min_seconds: float = 60.0
+
+    @classmethod
+    def of(cls, github: GitHubSettings, *, max_retries: int | None = None) -> RetryPolicy:
+        """The policy the settings ask for (``max_retries`` lowered for callers a person
+        waits on, such as a dashboard page)."""
+        retries = (
+            github.max_retries if max_retries is None else min(max_retries, github.max_retries)
+        )
+        return cls(
+            max_retries=retries,
+            base_seconds=github.retry_base_seconds,
+            secondary_min_seconds=github.secondary_backoff_seconds,
+        )
 
     def _capped(self, seconds: float) -> RetryOption:
         return RetryOption(True, timedelta(seconds=min(seconds, self.max_seconds)))

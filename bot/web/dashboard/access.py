@@ -51,14 +51,7 @@ class Access:
     def github_app(self) -> GitHubApp:
         if self._app is None:
             gh = self.settings.github
-            self._app = GitHubApp(
-                gh,
-                RetryPolicy(
-                    max_retries=min(gh.max_retries, 2),
-                    base_seconds=gh.retry_base_seconds,
-                    secondary_min_seconds=gh.secondary_backoff_seconds,
-                ),
-            )
+            self._app = GitHubApp(gh, RetryPolicy.of(gh, max_retries=2))
         return self._app
 
     async def permission(self, viewer: Viewer, repository: Repository | None) -> str:
