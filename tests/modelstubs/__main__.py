@@ -1,7 +1,7 @@
 """``python -m modelstubs {anthropic|openai|gemini} --port PORT [--script FILE] [--prefix P]``:
 serve a stub until killed. FILE is a JSON list of turns (see ``ModelScript.from_json``); each
 request is logged to stderr as one JSON line (method, path, query, the key it carried, how many
-tools it offered)."""
+tools it offered, the body's size)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def logged(app: ASGIApp, prefix: str = "") -> ASGIApp:
             "query": scope.get("query_string", b"").decode(),
             "key": next((headers[h] for h in KEY_HEADERS if h in headers), ""),
             "tools": len(tools) if isinstance(tools, list) else 0,
+            "bytes": len(raw),
         }
         print(json.dumps(line), file=sys.stderr, flush=True)
         sent = False
