@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from bot.agents.gateway.limits import GatewayLimits
+from bot.agents.gateway.pricing import UNKNOWN_MODEL_PRICE, Price, PricingTable
 from bot.agents.gateway.routes import Upstream
 from bot.envfiles import FileValuesSource, WithoutFileVariables, env_file_path, read_env_file
 from bot.errors import ConfigError
@@ -490,6 +491,25 @@ class GatewaySettings(_Group):
         gt=0,
         description="How long a connection may wait for its next request before it is closed.",
     )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description=(
+            "Model prices in dollars per million tokens that win over the genai-prices "
+            "catalogue; a key prices every model name it starts with, the longest key winning "
+            '(JSON: `{"my-model": {"input": 1, "output": 4, "cache_read": 0.1}}`; cache rates '
+            "default to the input rate)."
+        ),
+    )
+    unknown_model_price: Price | None = Field(
+        default=None,
+        description=(
+            "What a model neither `prices` nor the catalogue knows is charged, per million "
+            'tokens (JSON like a `prices` value: `{"input": 30, "output": 150}`); the run '
+            "records a `gateway.pricing` flag and its cost says it is an estimate. Unset: "
+            "Claude Opus 4's rates without a cache discount ($15 in, $75 out), above every "
+            "mainstream coding model."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_limits(self) -> GatewaySettings:
@@ -504,6 +524,9 @@ class GatewaySettings(_Group):
                 "flight could not all have a connection"
             )
         return self
+
+    def pricing(self) -> PricingTable:
+        return PricingTable(self.prices, self.unknown_model_price or UNKNOWN_MODEL_PRICE)
 
     def limits(self) -> GatewayLimits:
         return GatewayLimits(

@@ -294,12 +294,14 @@ async def test_unknown_model_is_priced_at_the_documented_default(make_gateway: F
     records: list[UsageRecord] = []
     gateway = await make_gateway(
         on_usage=records.append,
-        pricing=PricingTable({}, unknown=Price(input=10, output=100, cache_read=1, cache_write=20)),
+        pricing=PricingTable(
+            {}, unknown=Price(input=10, output=100, cache_read=1, cache_write=20), catalogue=False
+        ),  # the stub's model is in the catalogue: leave the catalogue out
     )
     async with sandbox_client(gateway) as client:
         await client.post("/anthropic/v1/messages", json={"model": "x", "messages": [MESSAGE]})
     (record,) = records
-    assert not record.known_model
+    assert not record.known_model and record.event_data()["priced_by"] == "unknown"
     u = ANTHROPIC_EXPECTED
     expected = (u.input_tokens * 10 + u.output_tokens * 100 + u.cache_read_tokens * 1) / 1e6
     expected += u.cache_write_tokens * 20 / 1e6

@@ -9,6 +9,7 @@ import pytest
 from bot.agents.gateway import (
     DUMMY_KEY,
     UNKNOWN_MODEL_PRICE,
+    Charge,
     Price,
     PricingTable,
     Upstream,
@@ -19,8 +20,11 @@ from bot.agents.gateway import (
     routes_for_profile,
 )
 from bot.agents.gateway.pricing import DEFAULT_PRICES
+from bot.domain.states import RunState
+from bot.domain.status import RunView, check_run_update, flag_unpriced
 from bot.errors import ConfigError
 from bot.profiles import ProfileConfig
+from bot.settings import GatewaySettings
 
 
 def sse(*events: dict[str, object], newline: str = "\n") -> bytes:
@@ -108,31 +112,95 @@ def test_chat_usage_in_the_last_chunk_and_done_marker() -> None:
     assert meter.usage == Usage(input_tokens=50, output_tokens=5)
 
 
-def test_pricing_matches_the_longest_prefix() -> None:
-    table = PricingTable()
-    assert table.price_for("gpt-5-mini-2025-08-07") == (DEFAULT_PRICES["gpt-5-mini"], True)
-    assert table.price_for("gpt-5-2025-08-07") == (DEFAULT_PRICES["gpt-5"], True)
-    assert table.price_for("gpt-5-pro") == (DEFAULT_PRICES["gpt-5-pro"], True)
-    assert table.price_for("claude-opus-4-5-20251101")[0].input == 5.0
-    assert table.price_for("claude-opus-4-1-20250805")[0].input == 15.0
-    assert table.price_for("mystery-model") == (UNKNOWN_MODEL_PRICE, False)
-    assert table.price_for(None) == (UNKNOWN_MODEL_PRICE, False)
+KNOWN = [
+    # (the model a response names, the catalogue's model id, the usage, dollars by hand)
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5", Usage(100_000, 10_000), 0.3 + 0.15),
+    ("claude-opus-4-5-20251101", "claude-opus-4-5", Usage(100_000, 10_000), 0.5 + 0.25),
+    ("claude-haiku-4-5", "claude-haiku-4-5", Usage(0, 0, 1_000_000), 0.1),  # cache reads
+    ("gpt-5-2025-08-07", "gpt-5", Usage(100_000, 10_000), 0.125 + 0.1),
+    ("gpt-5-mini", "gpt-5-mini", Usage(1_000_000, 0), 0.25),
+    ("gemini-2.5-pro", "gemini-2.5-pro", Usage(100_000, 10_000), 0.125 + 0.1),
+    ("gemini-2.5-flash", "gemini-2.5-flash", Usage(1_000_000, 100_000), 0.3 + 0.25),
+    # past 200K tokens of input, Sonnet 4.5 costs $6 / $22.50 per million for the request
+    ("claude-sonnet-4-5", "claude-sonnet-4-5", Usage(300_000, 10_000), 1.8 + 0.225),
+]
 
 
-def test_unknown_models_are_never_cheaper_than_mainstream_ones() -> None:
-    premium = {"gpt-5-pro", "o1", "o1-pro", "o3-pro"}
-    for name, price in DEFAULT_PRICES.items():
-        if name not in premium:
-            assert price.input <= UNKNOWN_MODEL_PRICE.input, name
-            assert price.output <= UNKNOWN_MODEL_PRICE.output, name
+@pytest.mark.parametrize(("model", "entry", "usage", "dollars"), KNOWN)
+def test_known_models_are_priced_from_the_genai_prices_catalogue(
+    model: str, entry: str, usage: Usage, dollars: float
+) -> None:
+    import genai_prices
+
+    charge = PricingTable().charge(model, usage)
+    assert (charge.source, charge.matched, charge.known) == ("genai-prices", entry, True)
+    assert charge.usd == pytest.approx(dollars)
+    # the same number the package's own entry point gives
+    counted = genai_prices.Usage(
+        input_tokens=usage.total_input_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        output_tokens=usage.output_tokens,
+    )
+    assert charge.usd == pytest.approx(float(genai_prices.calc_price(counted, model).total_price))
 
 
-def test_pricing_overrides_and_cost() -> None:
-    table = PricingTable().with_overrides({"my-model": Price(input=2, output=4)})
+def test_an_override_wins_over_the_catalogue() -> None:
     usage = Usage(input_tokens=1_000_000, output_tokens=500_000, cache_read_tokens=1_000_000)
-    assert table.cost("my-model-v2", usage) == pytest.approx(2 + 2 + 2)  # reads at input price
-    sonnet = table.cost("claude-sonnet-4-5", usage)
-    assert sonnet == pytest.approx(3 + 7.5 + 0.3)
+    settings = GatewaySettings.model_validate(
+        {
+            "prices": {
+                "claude-sonnet-4": {"input": 1, "output": 2, "cache_read": 0.5},
+                "claude-sonnet-4-5": {"input": 2, "output": 4},  # longer key: wins for 4.5
+                "my-model": {"input": 2, "output": 4},
+            }
+        }
+    )
+    table = settings.pricing()
+    sonnet = table.charge("claude-sonnet-4-5-20250929", usage)
+    assert (sonnet.source, sonnet.matched) == ("override", "claude-sonnet-4-5")
+    assert sonnet.usd == pytest.approx(2 + 2 + 2)  # cache reads at the input price when unset
+    assert table.charge("claude-sonnet-4-20250514", usage).usd == pytest.approx(1 + 1 + 0.5)
+    assert table.charge("my-model-v2", usage) == Charge(6.0, "override", "my-model")
+    assert table.charge("gpt-5", usage).source == "genai-prices"  # the rest: the catalogue
+    assert (
+        PricingTable().with_overrides({"gpt-5": Price(input=0, output=0)}).cost("gpt-5", usage) == 0
+    )  # an operator may declare a model free; only the operator
+
+
+@pytest.mark.parametrize("model", ["mystery-model", "llama-3.1-8b-instruct", "x", None])
+def test_an_unknown_model_is_charged_the_conservative_price_and_flagged(
+    model: str | None,
+) -> None:
+    usage = Usage(input_tokens=100_000, output_tokens=10_000, cache_read_tokens=50_000)
+    charge = PricingTable().charge(model, usage)
+    assert (charge.source, charge.known, charge.matched) == ("unknown", False, None)
+    assert charge.usd == pytest.approx(UNKNOWN_MODEL_PRICE.cost(usage)) and charge.usd > 0
+    assert charge.usd == pytest.approx((100_000 * 15 + 10_000 * 75 + 50_000 * 15) / 1e6)
+    custom = GatewaySettings(unknown_model_price=Price(input=30, output=150)).pricing()
+    assert custom.charge(model, usage).usd == pytest.approx((150_000 * 30 + 10_000 * 150) / 1e6)
+    # the flag: one policy event per model, and the cost in the status says it is an estimate
+    view = RunView("r1", RunState.RUNNING, "o/r", 1, "t", "alice", "default", cost_usd=1.5)
+    view.tokens_in = 150_000
+    first = flag_unpriced(view, model, UNKNOWN_MODEL_PRICE.summary())
+    assert first is not None and first["rule"] == "gateway.pricing"
+    assert first["decision"] == "flag" and "gateway.prices" in first["message"]
+    assert flag_unpriced(view, model, UNKNOWN_MODEL_PRICE.summary()) is None
+    update = check_run_update(view)
+    cost = f"{update.summary}\n{update.text}"
+    assert "an estimate: no price is known for" in cost
+    assert "$15 in / $75 out per million tokens" in cost
+
+
+def test_the_unknown_price_is_above_mainstream_coding_models() -> None:
+    mainstream = [
+        "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5", "gpt-5", "gpt-5-mini",
+        "gpt-5.1", "gpt-4.1", "o3", "o4-mini", "gemini-2.5-pro", "gemini-2.5-flash",
+    ]  # fmt: skip
+    for name in mainstream:
+        price = DEFAULT_PRICES[name]
+        assert 0 < price.input <= UNKNOWN_MODEL_PRICE.input, name
+        assert 0 < price.output <= UNKNOWN_MODEL_PRICE.output, name
+    assert "gemini-2.5-pro" in set(DEFAULT_PRICES) and "mystery-model" not in DEFAULT_PRICES
 
 
 def test_routes_for_known_upstreams_and_agent_env() -> None:

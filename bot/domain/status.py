@@ -54,6 +54,10 @@ class RunView:
     cost_usd: float = 0.0
     tokens_in: int = 0
     tokens_out: int = 0
+    unpriced_models: list[str] = field(default_factory=list)
+    """Models no price list knew, charged at ``unknown_price`` (the cost says so)."""
+    unknown_price: str = ""
+    """That price, e.g. "$15 in / $75 out per million tokens"."""
     reason: str = ""
     transcript_tail: str = ""
     dashboard_url: str = ""
@@ -108,10 +112,43 @@ def _gates_table(view: RunView) -> str:
     return "\n".join(rows)
 
 
+UNNAMED_MODEL = "(a model the response did not name)"
+
+
+def flag_unpriced(view: RunView, model: str | None, price: str) -> dict[str, Any] | None:
+    """Note on ``view`` that ``model``, which no price list knew, was charged at ``price``;
+    the ``policy`` event to record the first time (``None`` when it is already noted)."""
+    name = (model or UNNAMED_MODEL)[:120]
+    if name in view.unpriced_models:
+        return None
+    view.unpriced_models.append(name)
+    view.unknown_price = price
+    return {
+        "rule": "gateway.pricing",
+        "decision": "flag",
+        "model": name,
+        "message": (
+            f"no price is known for model {name!r}: its requests are charged at the "
+            f"unknown-model price, {price} (gateway.unknown_model_price); set gateway.prices "
+            "to price it"
+        ),
+        "source": "gateway",
+    }
+
+
 def _cost(view: RunView) -> str:
     if not (view.cost_usd or view.tokens_in or view.tokens_out):
         return "no model usage recorded"
-    return f"${view.cost_usd:.4f} ({view.tokens_in} tokens in, {view.tokens_out} out)"
+    text = f"${view.cost_usd:.4f} ({view.tokens_in} tokens in, {view.tokens_out} out)"
+    if view.unpriced_models:
+        names = ", ".join(shown(name, code=True) for name in view.unpriced_models[:5])
+        more = f" and {len(view.unpriced_models) - 5} more" if len(view.unpriced_models) > 5 else ""
+        text += (
+            f" ⚠️ an estimate: no price is known for {names}{more}, charged at "
+            f"{view.unknown_price or 'the unknown-model price'} (`gateway.unknown_model_price`; "
+            "set `gateway.prices` to price it)"
+        )
+    return text
 
 
 def gates_passed(view: RunView) -> bool:

@@ -63,6 +63,7 @@ def _type_name(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return " / ".join(str(arg) for arg in get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
+    text = text.replace("bot.agents.gateway.pricing.", "")  # Price: a JSON object
     return text.replace("typing.", "").replace("pydantic.types.", "").replace("pathlib.", "")
 
 

@@ -27,6 +27,7 @@ from bot.agents.gateway import (
 )
 from bot.agents.runners import RunnerEvent, get_runner
 from bot.domain.prompt import phase_prompt, sanitize
+from bot.domain.status import flag_unpriced
 from bot.domain.steering import SteerMessage
 from bot.errors import BosunError
 from bot.tracing.genai import AgentTrace, agent_attributes
@@ -103,6 +104,7 @@ class AgentSteps(RunBase):
             default_route=default_route(self.profile.runner, routes),
             max_concurrent=self.settings.gateway.max_concurrent,
             limits=self.settings.gateway.limits(),
+            pricing=self.settings.gateway.pricing(),
             on_refused=self._on_gateway_refused,
             on_steered=self._on_steered,
         )
@@ -157,7 +159,17 @@ class AgentSteps(RunBase):
         self.view.cost_usd = record.spent_usd
         self.view.tokens_in += record.usage.total_input_tokens
         self.view.tokens_out += record.usage.output_tokens
+        if not record.known_model and record.cost_usd > 0:
+            self._flag_unpriced(record.model)
         self.reporter.changed()
+
+    def _flag_unpriced(self, model: str | None) -> None:
+        """A model no price list knew was charged at the unknown-model price: one ``policy``
+        event per model, and a note in the run's cost."""
+        price = self.settings.gateway.pricing().unknown.summary()
+        event = flag_unpriced(self.view, model, price)
+        if event is not None:
+            self.events.buffer("policy", event)
 
     def _on_gateway_refused(self, refusal: GatewayRefusal) -> None:
         """A request or connection the gateway refused (counted: a flood is a few events)."""

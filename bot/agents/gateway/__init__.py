@@ -13,7 +13,13 @@ from bot.agents.gateway.layout import (
 )
 from bot.agents.gateway.limits import GatewayLimits, GatewayRefusal
 from bot.agents.gateway.metering import Usage, UsageMeter, UsageRecord
-from bot.agents.gateway.pricing import DEFAULT_PRICES, UNKNOWN_MODEL_PRICE, Price, PricingTable
+from bot.agents.gateway.pricing import (
+    DEFAULT_PRICES,
+    UNKNOWN_MODEL_PRICE,
+    Charge,
+    Price,
+    PricingTable,
+)
 from bot.agents.gateway.routes import (
     DUMMY_KEY,
     KNOWN_UPSTREAMS,
@@ -31,6 +37,7 @@ __all__ = [
     "GATEWAY_MOUNT",
     "KNOWN_UPSTREAMS",
     "UNKNOWN_MODEL_PRICE",
+    "Charge",
     "GatewayError",
     "GatewayLimits",
     "GatewayRefusal",

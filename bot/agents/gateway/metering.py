@@ -242,6 +242,9 @@ class UsageRecord:
     metered: bool
     known_model: bool
     duration_s: float
+    priced_by: str = "genai-prices"
+    """Where the price came from: ``override``, ``genai-prices`` or ``unknown`` (charged at the
+    conservative price for a model nobody priced)."""
 
     def event_data(self) -> dict[str, Any]:
         """JSON-safe fields for a ``cost`` event (no headers, no keys)."""
@@ -261,5 +264,6 @@ class UsageRecord:
             "streamed": self.streamed,
             "metered": self.metered,
             "known_model": self.known_model,
+            "priced_by": self.priced_by,
             "duration_s": round(self.duration_s, 3),
         }

@@ -1,23 +1,42 @@
-"""Model prices in dollars per million tokens, and the dollars a metered request cost.
+"""What a metered model request cost, in dollars.
 
-A model name matches the longest table key it starts with, so dated snapshots
-(``claude-sonnet-4-5-20250929``, ``gpt-5-2025-08-07``) price like their family. A model no key
-matches is priced at ``UNKNOWN_MODEL_PRICE`` (Claude Opus 4 rates, no cache discount), above every
-mainstream coding model, so an unknown model over-counts a run's spend rather than slipping past
-its budget; the premium "pro" models carry their own rows. Operators override or
-extend the table with ``PricingTable.with_overrides``.
+A price is found by the model's name alone — whichever route served it (Anthropic, OpenAI,
+Gemini, an OpenAI-compatible server) — the first of:
+
+1. **the operator's overrides** (``gateway.prices``): dollars per million tokens, for every
+   model name a key starts with (the longest key wins: ``my-model`` prices ``my-model-v2``);
+2. **the genai-prices catalogue**: the snapshot of https://github.com/pydantic/genai-prices the
+   installed ``genai-prices`` package ships (never fetched at run time), which knows dated
+   snapshots and aliases (``claude-sonnet-4-5-20250929``, ``gemini-flash-latest``), long-context
+   tiers and price changes by date;
+3. **unknown**: ``unknown`` (``gateway.unknown_model_price``; by default ``UNKNOWN_MODEL_PRICE``,
+   Claude Opus 4 rates with no cache discount, above every mainstream coding model), and the
+   charge says so (``Charge.known`` false) so the run can flag it. A catalogue price of $0 for
+   usage that is not zero counts as unknown too: a free model is the operator's to declare.
+
+Never $0 for a model nobody priced, so an unknown model over-counts a run's spend rather than
+slipping past its budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.agents.gateway.metering import Usage
 
+if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo
+
 MTOK = 1_000_000
+CATALOGUE_PROVIDERS = ("anthropic", "openai", "google")
+"""Whose models ``DEFAULT_PRICES`` lists (any model the catalogue knows is priced)."""
 
 
 class Price(BaseModel):
@@ -45,78 +64,165 @@ class Price(BaseModel):
         )
         return dollars / MTOK
 
+    def summary(self) -> str:
+        return f"${self.input:g} in / ${self.output:g} out per million tokens"
 
-def _p(input: float, output: float, cache_read: float, cache_write: float | None = None) -> Price:
-    return Price(input=input, output=output, cache_read=cache_read, cache_write=cache_write)
+
+UNKNOWN_MODEL_PRICE = Price(input=15.0, output=75.0, cache_read=15.0, cache_write=18.75)
+"""Price of a model nobody priced: Claude Opus 4 rates with no cache discount, above every
+mainstream coding model, so an unknown model's spend is over-counted rather than missed."""
+
+Source = Literal["override", "genai-prices", "unknown"]
 
 
-DEFAULT_PRICES: dict[str, Price] = {
-    # Anthropic: cache writes are the 5-minute tier (1.25x input), cache reads 0.1x input.
-    "claude-opus-4-5": _p(5.0, 25.0, 0.50, 6.25),
-    "claude-opus-4": _p(15.0, 75.0, 1.50, 18.75),
-    "claude-3-opus": _p(15.0, 75.0, 1.50, 18.75),
-    "claude-sonnet-4": _p(3.0, 15.0, 0.30, 3.75),
-    "claude-3-7-sonnet": _p(3.0, 15.0, 0.30, 3.75),
-    "claude-3-5-sonnet": _p(3.0, 15.0, 0.30, 3.75),
-    "claude-haiku-4-5": _p(1.0, 5.0, 0.10, 1.25),
-    "claude-3-5-haiku": _p(0.80, 4.0, 0.08, 1.0),
-    "claude-3-haiku": _p(0.25, 1.25, 0.03, 0.30),
-    # OpenAI: cached input is a discounted read; there is no separate write price.
-    "gpt-5": _p(1.25, 10.0, 0.125),
-    "gpt-5-mini": _p(0.25, 2.0, 0.025),
-    "gpt-5-nano": _p(0.05, 0.40, 0.005),
-    "gpt-4.1": _p(2.0, 8.0, 0.50),
-    "gpt-4.1-mini": _p(0.40, 1.60, 0.10),
-    "gpt-4.1-nano": _p(0.10, 0.40, 0.025),
-    "gpt-4o": _p(2.50, 10.0, 1.25),
-    "gpt-4o-mini": _p(0.15, 0.60, 0.075),
-    "gpt-5-pro": _p(15.0, 120.0, 15.0),
-    "o1": _p(15.0, 60.0, 7.50),
-    "o1-mini": _p(1.10, 4.40, 0.55),
-    "o1-pro": _p(150.0, 600.0, 150.0),
-    "o3": _p(2.0, 8.0, 0.50),
-    "o3-pro": _p(20.0, 80.0, 20.0),
-    "o3-mini": _p(1.10, 4.40, 0.55),
-    "o4-mini": _p(1.10, 4.40, 0.275),
-    "codex-mini": _p(1.50, 6.0, 0.375),
-    # Google Gemini, prompts up to 200K tokens (longer ones cost more); thinking tokens are
-    # billed as output, implicitly cached input as a discounted read.
-    "gemini-3-pro": _p(2.0, 12.0, 0.20),
-    "gemini-2.5-pro": _p(1.25, 10.0, 0.125),
-    "gemini-2.5-flash": _p(0.30, 2.50, 0.03),
-    "gemini-2.5-flash-lite": _p(0.10, 0.40, 0.01),
-    "gemini-2.0-flash": _p(0.10, 0.40, 0.025),
-    "gemini-2.0-flash-lite": _p(0.075, 0.30, 0.075),
-}
+@dataclass(frozen=True)
+class Charge:
+    """What one request cost and where its price came from."""
 
-UNKNOWN_MODEL_PRICE = _p(15.0, 75.0, 15.0, 18.75)
-"""Price of a model no table key matches: Claude Opus 4 rates with no cache discount, above
-every mainstream coding model, so an unknown model's spend is over-counted rather than missed."""
+    usd: float
+    source: Source
+    matched: str | None = None
+    """The override key or the catalogue's model id that priced it."""
+
+    @property
+    def known(self) -> bool:
+        return self.source != "unknown"
+
+
+# --- the genai-prices catalogue ------------------------------------------------------------
+
+
+@cache
+def _snapshot() -> Any:
+    """The catalogue the package ships (imported on first use: it is 1.6 MB of data)."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    return get_snapshot()
+
+
+def catalogue_model(model: str) -> ModelInfo | None:
+    """The catalogue's entry for ``model`` (by name alone), or ``None``."""
+    try:
+        _, info = _snapshot().find_provider_model(model, None, None, None)
+    except LookupError:
+        return None
+    return info  # type: ignore[no-any-return]
+
+
+def catalogue_cost(model: str, usage: Usage, at: datetime | None = None) -> Decimal | None:
+    """The catalogue's dollars for ``usage`` of ``model`` (its tier for this request's input,
+    its price on ``at``, by default now), or ``None`` when it does not know the model."""
+    from genai_prices import Usage as CatalogueUsage
+
+    info = catalogue_model(model)
+    if info is None:
+        return None
+    prices = info.get_prices(at or datetime.now(UTC))
+    counted = CatalogueUsage(
+        input_tokens=usage.total_input_tokens,  # the catalogue counts cached input within it
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+    )
+    return Decimal(prices.calc_price(counted)["total_price"])
+
+
+def _rate(value: object) -> float | None:
+    """A catalogue rate (a number, or tiers: their base) in dollars per million tokens."""
+    if value is None:
+        return None
+    base = getattr(value, "base", value)
+    return float(base)  # type: ignore[arg-type]
+
+
+def catalogue_price(model: str, at: datetime | None = None) -> Price | None:
+    """The catalogue's base rates for ``model`` (below any long-context tier), or ``None``."""
+    info = catalogue_model(model)
+    if info is None:
+        return None
+    prices = info.get_prices(at or datetime.now(UTC))
+    rates = {
+        name: _rate(getattr(prices, f"{name}_mtok", None))
+        for name in ("input", "output", "cache_read", "cache_write")
+    }
+    if rates["input"] is None or rates["output"] is None:
+        return None
+    return Price(
+        input=rates["input"],
+        output=rates["output"],
+        cache_read=rates["cache_read"],
+        cache_write=rates["cache_write"],
+    )
+
+
+class _Catalogue(Mapping[str, Price]):
+    """The catalogue as a mapping of model names to their base rates: any name the catalogue
+    matches (``DEFAULT_PRICES["claude-sonnet-4-5-20250929"]``); iterating lists the model ids
+    of ``CATALOGUE_PROVIDERS``."""
+
+    def __getitem__(self, model: str) -> Price:
+        price = catalogue_price(model)
+        if price is None:
+            raise KeyError(model)
+        return price
+
+    def _ids(self) -> list[str]:
+        return [
+            info.id
+            for provider in _snapshot().providers
+            if provider.id in CATALOGUE_PROVIDERS
+            for info in provider.models
+        ]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids())
+
+    def __len__(self) -> int:
+        return len(self._ids())
+
+
+DEFAULT_PRICES: Mapping[str, Price] = _Catalogue()
+"""The genai-prices catalogue's base rates by model name."""
+
+
+# --- the table a gateway charges from ------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PricingTable:
-    """Per-model prices with longest-prefix matching and a fallback for unknown models."""
+    """The operator's overrides over the genai-prices catalogue, and the price of an unknown
+    model (``catalogue=False`` leaves out the catalogue: overrides and unknown only)."""
 
-    prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    overrides: Mapping[str, Price] = field(default_factory=dict)
     unknown: Price = UNKNOWN_MODEL_PRICE
+    catalogue: bool = True
 
-    def price_for(self, model: str | None) -> tuple[Price, bool]:
-        """The price of ``model`` and whether the table knew it."""
+    def _override(self, model: str) -> str | None:
+        name = model.lower()
+        return max(
+            (key for key in self.overrides if name.startswith(key.lower())), key=len, default=None
+        )
+
+    def charge(self, model: str | None, usage: Usage) -> Charge:
+        """What ``usage`` of ``model`` cost (``model`` ``None``: the response named none)."""
         if model:
-            name = model.lower()
-            best = max(
-                (key for key in self.prices if name.startswith(key.lower())), key=len, default=None
-            )
-            if best is not None:
-                return self.prices[best], True
-        return self.unknown, False
+            key = self._override(model)
+            if key is not None:
+                return Charge(self.overrides[key].cost(usage), "override", key)
+            if self.catalogue:
+                info = catalogue_model(model)
+                dollars = catalogue_cost(model, usage) if info is not None else None
+                used = usage.total_input_tokens + usage.output_tokens
+                if info is not None and dollars is not None and (dollars > 0 or not used):
+                    return Charge(float(dollars), "genai-prices", info.id)
+        return Charge(self.unknown.cost(usage), "unknown")
 
     def cost(self, model: str | None, usage: Usage) -> float:
-        return self.price_for(model)[0].cost(usage)
+        return self.charge(model, usage).usd
 
     def with_overrides(
         self, overrides: Mapping[str, Price], *, unknown: Price | None = None
     ) -> PricingTable:
         """A copy with ``overrides`` added or replacing rows (and optionally a new fallback)."""
-        return PricingTable({**self.prices, **overrides}, unknown or self.unknown)
+        merged = {**self.overrides, **overrides}
+        return PricingTable(merged, unknown or self.unknown, self.catalogue)

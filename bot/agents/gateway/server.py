@@ -124,6 +124,8 @@ class ModelGateway:
         """Delivered steers, put back at their place in every later request of their
         conversation (the agent's own history never holds them)."""
         self._on_steered = on_steered
+        self._unpriced: set[str | None] = set()
+        """Models charged at the unknown-model price so far (each logged once)."""
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -483,9 +485,9 @@ class ModelGateway:
     async def _account(
         self, upstream: Upstream, endpoint: str, status: int, meter: UsageMeter, started: float
     ) -> None:
-        price, known = self.pricing.price_for(meter.model)
         usage = meter.usage
-        cost = price.cost(usage)
+        charge = self.pricing.charge(meter.model, usage)
+        cost = charge.usd
         self.spent_usd += cost
         self.requests += 1
         record = UsageRecord(
@@ -500,22 +502,32 @@ class ModelGateway:
             budget_usd=self.budget_usd,
             streamed=meter.streaming,
             metered=meter.seen_usage,
-            known_model=known,
+            known_model=charge.known,
             duration_s=time.monotonic() - started,
+            priced_by=charge.source,
         )
-        log.info(  # field names avoid "token": the log redactor would blank them
+        log.info(
             "gateway_request_metered",
             run_id=self.run_id,
             upstream=upstream.prefix,
             endpoint=endpoint,
             status=status,
             model=meter.model,
-            input_count=usage.total_input_tokens,
-            output_count=usage.output_tokens,
+            input_tokens=usage.total_input_tokens,
+            output_tokens=usage.output_tokens,
             usd=round(cost, 6),
             spent_usd=round(self.spent_usd, 6),
+            priced_by=charge.source,
             metered=meter.seen_usage,
         )
+        if not charge.known and cost > 0 and meter.model not in self._unpriced:
+            self._unpriced.add(meter.model)
+            log.warning(
+                "gateway_model_unpriced",
+                run_id=self.run_id,
+                model=meter.model,
+                price=self.pricing.unknown.summary(),
+            )
         if self._on_usage is not None:
             await self._call(self._on_usage, record)
         self._check_exhausted()
