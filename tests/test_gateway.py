@@ -704,3 +704,144 @@ async def test_a_body_of_countless_tiny_json_values_is_refused_unparsed(
 def test_a_body_nested_too_deep_to_parse_is_passed_on_as_it_is() -> None:
     body = b"[" * 100_000
     assert adjust_body("POST /v1/messages", body, max_values=1 << 20) == (body, None)
+
+
+async def test_a_slowloris_client_is_cut_off_however_steadily_it_trickles(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    """A byte every 50 ms keeps the connection busy but does not move the deadline: the head
+    and the body must each arrive whole within ``client_timeout`` of their start."""
+    refusals: list[GatewayRefusal] = []
+    limits = GatewayLimits(client_timeout=0.5, idle_timeout=5)
+    gateway = await make_gateway(limits=limits, on_refused=refusals.append)
+    before = len(stub.requests())
+    body = json.dumps({"model": "claude", "messages": [MESSAGE]}).encode()
+    head = _head("/anthropic/v1/messages", len(body))
+    cases = {"head": (b"", head), "body": (head, body)}
+
+    async def trickle(sent_at_once: bytes, trickled: bytes) -> tuple[int, float, int]:
+        reader, writer = await _raw(gateway)
+        writer.write(sent_at_once)
+        started = time.monotonic()
+
+        async def drip() -> int:
+            sent = 0
+            for byte in trickled:
+                writer.write(bytes([byte]))
+                sent += 1
+                await asyncio.sleep(0.05)
+            return sent
+
+        dripping = asyncio.create_task(drip())
+        code, _, answer = await _response(reader)
+        took = time.monotonic() - started
+        dripping.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await dripping
+        assert answer["error"]["type"] == "request_timeout"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection is closed
+        writer.close()
+        return code, took, len(trickled)
+
+    for name, (sent_at_once, trickled) in cases.items():
+        code, took, length = await trickle(sent_at_once, trickled)
+        # cut at the deadline, long before the trickle would have finished
+        assert code == 408 and 0.45 < took < 1.5 and length * 0.05 > 2 * took, (name, took)
+    await gateway.stop()
+    assert len(stub.requests()) == before  # nothing reached the model
+    assert [(r.rule, r.status) for r in refusals][-1] == ("gateway.client_timeout_seconds", 408)
+    assert refusals[-1].count == 2
+
+
+FLOOD_CLIENT = r"""
+import json, socket, sys, threading
+path, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+piece = b"x" * (64 << 10)
+statuses = []
+lock = threading.Lock()
+
+def one(i):
+    chunked = i % 2 == 1
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    framing = "transfer-encoding: chunked" if chunked else f"content-length: {size}"
+    sock.sendall(
+        f"POST /anthropic/v1/messages HTTP/1.1\r\nhost: gw\r\n{framing}\r\n\r\n".encode()
+    )
+    sent = 0
+    try:
+        while sent < size:
+            if chunked:
+                sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            else:
+                sock.sendall(piece)
+            sent += len(piece)
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # the gateway answered and stopped reading: the answer is waiting
+    answer = b""
+    try:
+        while b"\r\n" not in answer:
+            more = sock.recv(4096)
+            if not more:
+                break
+            answer += more
+    except OSError:
+        pass
+    sock.close()
+    with lock:
+        statuses.append((chunked, int(answer.split()[1]) if answer else 0, sent))
+
+def worker(ids):
+    for i in ids:
+        one(i)
+
+threads = [threading.Thread(target=worker, args=(range(k, count, 8),)) for k in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(statuses))
+"""
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+async def test_fifty_oversized_bodies_leave_the_workers_memory_bounded(
+    make_gateway: Factory, stub: StubUpstream
+) -> None:
+    """50 bodies of 12 MiB each (over the default 8 MiB), half with a Content-Length and half
+    chunked, sent whole over 8 connections at a time by another process: 600 MiB offered to a
+    gateway at its default limits. This process (the worker's role) grows by about what the
+    run's buffer allows, not by what was sent."""
+    import sys
+
+    refusals: list[GatewayRefusal] = []
+    gateway = await make_gateway(on_refused=refusals.append)  # the default limits
+    before = len(stub.requests())
+    size, count = 12 << 20, 50
+    baseline = peak = _rss()
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FLOOD_CLIENT, str(gateway.socket_path), str(count), str(size),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    waiting = asyncio.create_task(client.communicate())
+    while not waiting.done():
+        peak = max(peak, _rss())
+        await asyncio.sleep(0.01)
+    out, _ = await waiting
+    statuses = json.loads(out)
+    await gateway.stop()
+    growth = peak - baseline
+    sent = sum(length for _, _, length in statuses)
+    print(f"gateway RSS +{growth / (1 << 20):.1f} MiB at peak; {sent >> 20} MiB sent in bodies")
+    assert len(statuses) == count and {status for _, status, _ in statuses} == {413}
+    assert sum(chunked for chunked, _, _ in statuses) == count // 2
+    assert len(stub.requests()) == before
+    assert sent >= count * (8 << 20)  # each at least up to the limit: it was all offered
+    assert growth < 80 << 20, growth  # the 32 MiB buffer, parsing and read buffers
+    assert refusals and {r.rule for r in refusals} == {"gateway.max_body_bytes"}
+    assert refusals[-1].count == count and len(refusals) <= 4  # a few counted reports
