@@ -24,6 +24,8 @@ GEMINI_KEY = "AIzaSy-REAL-GEMINI-KEY-never-in-the-sandbox-0123"
 KEY_ENV = "BOSUN_TEST_GEMINI_KEY"
 MODEL = "gemini-2.5-pro"
 GENERATE = ":streamGenerateContent"
+THOUGHT = "**Planning the change**\n\nI will look at the task, then act."
+"""A thought summary opening each answer, as Gemini 2.5 sends them (the CLI asks for them)."""
 
 
 @pytest.fixture
@@ -69,7 +71,7 @@ def test_gemini_cli_edits_through_the_gateway_and_pr_shows_cost(
             TextTurn("I created hello.txt."),
         ]
     )
-    stub = GeminiStub(script, key=gemini_key, cached_tokens=50, thoughts_tokens=25)
+    stub = GeminiStub(script, key=gemini_key, cached_tokens=50, thoughts_tokens=25, thought=THOUGHT)
     with (
         running(stub) as stub_url,
         gemini_stack(
@@ -109,6 +111,9 @@ def test_gemini_cli_edits_through_the_gateway_and_pr_shows_cost(
         pr = stack.wait_for(lambda: stack.state()["pulls"], 10, "a PR")[0]
         assert "$" in pr["body"] and "tokens in" in pr["body"]
 
+        # The model's text streams in pieces; each message is one event on the run.
+        messages = [e["data"]["text"] for e in stack.events(run["id"], "message")]
+        assert messages == ["I'll create the file.", "I created hello.txt."], messages
         tools = [e["data"] for e in stack.events(run["id"], "tool")]
         assert [t["name"] for t in tools if t["phase"] == "call"] == [
             "write_file",
@@ -141,7 +146,7 @@ def test_gemini_cli_follows_a_steer_sent_during_a_long_tool_call(
         ]
     )
     with (
-        running(GeminiStub(script, key=gemini_key)) as stub_url,
+        running(GeminiStub(script, key=gemini_key, thought=THOUGHT)) as stub_url,
         gemini_stack(
             github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url
         ) as stack,

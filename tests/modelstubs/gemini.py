@@ -55,8 +55,8 @@ def error_body(status: int, message: str, reason: str | None = None) -> dict[str
     return {"error": error}
 
 
-def _parts(turn: Turn) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
+def _parts(turn: Turn, thought: str = "") -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"text": thought, "thought": True}] if thought else []
     if turn.text:
         parts.append({"text": turn.text})
     if not isinstance(turn, TextTurn):
@@ -68,7 +68,9 @@ def _parts(turn: Turn) -> list[dict[str, Any]]:
 class GeminiStub:
     """ASGI app: ``GeminiStub(ModelScript([ToolTurn("write_file", {...}), TextTurn("done")]),
     key="AIza-real")``. ``cached_tokens`` and ``thoughts_tokens`` go into every scripted
-    answer's ``usageMetadata`` (cached ones are part of ``promptTokenCount``, as upstream)."""
+    answer's ``usageMetadata`` (cached ones are part of ``promptTokenCount``, as upstream);
+    ``thought`` opens every scripted answer with a thought-summary part (``"thought": true``),
+    as Gemini 2.5 sends when asked to ``includeThoughts``."""
 
     def __init__(
         self,
@@ -78,10 +80,12 @@ class GeminiStub:
         cached_tokens: int = 0,
         thoughts_tokens: int = 0,
         model_version: bool = True,
+        thought: str = "",
     ) -> None:
         self.script = script
         self.key = key
         self.model_version = model_version
+        self.thought = thought
         """Whether answers name their ``modelVersion`` (the real API's always do)."""
         self.cached_tokens = cached_tokens
         self.thoughts_tokens = thoughts_tokens
@@ -111,7 +115,7 @@ class GeminiStub:
         answer = {
             "candidates": [
                 {
-                    "content": {"parts": _parts(turn), "role": "model"},
+                    "content": {"parts": _parts(turn, self.thought), "role": "model"},
                     "finishReason": "STOP",
                     "index": 0,
                 }
@@ -131,7 +135,7 @@ class GeminiStub:
         parts = whole["candidates"][0]["content"]["parts"]
         pieces: list[dict[str, Any]] = []
         for part in parts:
-            if "text" in part:
+            if "text" in part and not part.get("thought"):
                 text = part["text"]
                 pieces += [{"text": text[i : i + 16]} for i in range(0, len(text), 16)]
             else:
