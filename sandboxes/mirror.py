@@ -15,7 +15,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandboxes.errors import MirrorLockTimeout, WorkspaceError
@@ -27,6 +28,8 @@ _REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 _LOCKS: dict[Path, asyncio.Lock] = {}
 _URLS: dict[Path, str] = {}
 """The remote URL last written into each mirror's config by this process."""
+PREFETCH_KEEP_SECONDS = 120.0
+"""How long a prefetch waits for its run to take it."""
 _SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 
 
@@ -36,6 +39,7 @@ class MirrorCache:
     def __init__(self, root: Path, *, lock_timeout: float = 900.0) -> None:
         self.root = root
         self.lock_timeout = lock_timeout
+        self._prefetches: dict[str, _Prefetch] = {}
 
     def path_for(self, repo: str) -> Path:
         """The mirror of ``owner/name``."""
@@ -69,12 +73,55 @@ class MirrorCache:
                 os.close(fd)  # closing releases the flock
 
     async def update(
-        self, repo: str, remote_url: GitRemote, *, auth_header: str | None = None
+        self,
+        repo: str,
+        remote_url: GitRemote,
+        *,
+        auth_header: str | None = None,
+        branches: Sequence[str] = (),
     ) -> Path:
-        """Create or incrementally fetch the mirror of ``repo``; returns its path."""
+        """Create or incrementally fetch the mirror of ``repo`` (see ``update_locked`` for
+        ``branches``); returns its path."""
         async with self.locked(repo) as path:
-            await self.update_locked(path, remote_url, auth_header=auth_header)
+            await self.update_locked(path, remote_url, auth_header=auth_header, branches=branches)
         return path
+
+    def prefetch(
+        self,
+        key: str,
+        repo: str,
+        remote_url: GitRemote,
+        auth_header: Callable[[], Awaitable[str | None]],
+        branches: Sequence[str],
+    ) -> None:
+        """Start fetching ``branches`` of ``repo`` now, in the background, for a run about to be
+        made under ``key`` (its delivery): the run takes it with ``prefetched`` instead of
+        fetching itself. One not taken within ``PREFETCH_KEEP_SECONDS`` is forgotten."""
+        if key in self._prefetches:
+            return
+
+        async def fetch() -> None:
+            await self.update(repo, remote_url, auth_header=await auth_header(), branches=branches)
+
+        task = asyncio.get_running_loop().create_task(fetch(), name=f"prefetch-{repo}")
+        task.add_done_callback(_quiet)
+        self._prefetches[key] = _Prefetch(task, repo, tuple(branches))
+        asyncio.get_running_loop().call_later(
+            PREFETCH_KEEP_SECONDS, self._prefetches.pop, key, None
+        )
+
+    async def prefetched(self, key: str, repo: str, branches: Sequence[str]) -> bool:
+        """Whether a prefetch started under ``key`` fetched ``branches`` of ``repo`` (waiting for
+        it to end, without holding the mirror's lock). It was started once the run's trigger
+        arrived, so what it fetched is as new as the run asks; taken once."""
+        found = self._prefetches.pop(key, None)
+        if found is None or found.repo != repo or not set(branches) <= set(found.branches):
+            return False
+        try:
+            await asyncio.shield(found.task)
+        except Exception:  # noqa: BLE001 -- the run fetches itself and reports what fails
+            return False
+        return True
 
     async def update_locked(
         self,
@@ -135,3 +182,16 @@ class MirrorCache:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, partial, True)
             raise
+
+
+@dataclass(frozen=True)
+class _Prefetch:
+    task: asyncio.Task[None]
+    repo: str
+    branches: tuple[str, ...]
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    """Retrieve a prefetch's failure (its run fetches again and reports it)."""
+    if not task.cancelled():
+        task.exception()

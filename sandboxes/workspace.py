@@ -141,6 +141,7 @@ class WorkspaceManager:
         continue_branch: bool = False,
         laid_out: bool = False,
         timings: dict[str, float] | None = None,
+        prefetch_key: str | None = None,
     ) -> Workspace:
         """Fetch the mirror, clone it for this run and check out ``branch``: from the remote's
         ``branch`` when ``continue_branch`` and it exists (a retry or resume), else new from
@@ -149,19 +150,23 @@ class WorkspaceManager:
         A new run fetches only ``base_ref`` into the mirror; a continued one fetches every
         branch (its own may be gone). ``laid_out``: the run's folder was made by ``lay_out``
         (a sandbox may already bind its empty ``workspace``), so the clone goes into it.
-        ``timings`` gets ``mirror_fetch`` and ``checkout`` (seconds)."""
+        ``timings`` gets ``mirror_fetch`` and ``checkout`` (seconds). ``prefetch_key``: a
+        prefetch started under that key (``MirrorCache.prefetch``) stands for the fetch."""
         run_dir = self.run_dir(run_id)
         path = run_dir / "workspace"
         if not laid_out:
             await self.lay_out(run_id)
         t0 = time.monotonic()
+        branches = () if continue_branch else (base_ref,)
+        fetched = bool(branches) and prefetch_key is not None
+        if fetched:
+            assert prefetch_key is not None
+            fetched = await self.mirrors.prefetched(prefetch_key, repo, branches)
         async with self.mirrors.locked(repo) as mirror:
-            await self.mirrors.update_locked(
-                mirror,
-                remote_url,
-                auth_header=auth_header,
-                branches=() if continue_branch else (base_ref,),
-            )
+            if not fetched:
+                await self.mirrors.update_locked(
+                    mirror, remote_url, auth_header=auth_header, branches=branches
+                )
             t1 = time.monotonic()
             # Resolved in the mirror, so the clone is made with its whole configuration at
             # once (its refs/remotes/origin/* are the mirror's refs/heads/*).

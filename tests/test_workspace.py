@@ -3,6 +3,7 @@ rejected), hardening against a planted hook, and git working inside a real sandb
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
@@ -275,3 +276,60 @@ async def test_git_works_inside_the_sandbox(
     subject = sh("git", "log", "-1", "--format=%s", "bosun/1-run-box", cwd=remote)
     assert subject == "Bosun's commit\n"
     assert sh("git", "show", "bosun/1-run-box:agent.txt", cwd=remote) == "agent\n"
+
+
+def push_commit(dev: Path, remote: Path, name: str, branch: str = "main") -> str:
+    (dev / name).write_text(f"{name}\n")
+    sh("git", "add", "-A", cwd=dev)
+    sh("git", "commit", "--quiet", "-m", name, cwd=dev)
+    sh("git", "push", "--quiet", str(remote), f"HEAD:{branch}", cwd=dev)
+    return sh("git", "rev-parse", "HEAD", cwd=dev).strip()
+
+
+async def test_a_new_run_fetches_only_its_base_branch(
+    manager: WorkspaceManager, upstream: tuple[Path, Path]
+) -> None:
+    remote, dev = upstream
+    await prepare(manager, remote, "run-a")  # creates the mirror: every branch
+    mirror = manager.mirrors.path_for("acme/widgets")
+    head = push_commit(dev, remote, "main.txt")
+    other = push_commit(dev, remote, "other.txt", branch="other")
+    timings: dict[str, float] = {}
+    run = await prepare(manager, remote, "run-b", timings=timings)
+    assert run.base_sha == head  # the base branch is as new as the remote's
+    assert sh("git", "branch", "--list", "other", cwd=mirror).strip() == ""  # not fetched
+    assert {"mirror_fetch", "checkout"} <= set(timings)
+    # A continued run (retry, resume) fetches every branch: its own may be anywhere.
+    continued = await prepare(manager, remote, "run-c", branch="other", continue_branch=True)
+    assert continued.start_sha == other
+
+
+async def test_a_prefetch_stands_for_the_runs_fetch_once(
+    manager: WorkspaceManager, upstream: tuple[Path, Path]
+) -> None:
+    """Started when the run's trigger arrived, a prefetch is what the run's prepare uses (a
+    push after it is not seen); it is taken once, and one that failed is fetched again."""
+    remote, dev = upstream
+    await prepare(manager, remote, "run-a")
+    prefetched = push_commit(dev, remote, "one.txt")
+
+    async def no_token() -> str | None:
+        return None
+
+    manager.mirrors.prefetch("delivery-1", "acme/widgets", str(remote), no_token, ("main",))
+    await asyncio.sleep(0)
+    run = await prepare(manager, remote, "run-b", prefetch_key="delivery-1")
+    assert run.base_sha == prefetched
+    later = push_commit(dev, remote, "two.txt")
+    # The trigger had arrived before this push: the run's base is what the prefetch saw.
+    manager.mirrors.prefetch("delivery-2", "acme/widgets", str(remote), no_token, ("main",))
+    await asyncio.sleep(0.5)  # done before the push below
+    newest = push_commit(dev, remote, "three.txt")
+    run = await prepare(manager, remote, "run-c", prefetch_key="delivery-2")
+    assert run.base_sha == later
+    # Taken once: the same key again fetches, as does a prefetch that failed.
+    run = await prepare(manager, remote, "run-d", prefetch_key="delivery-2")
+    assert run.base_sha == newest
+    manager.mirrors.prefetch("delivery-3", "acme/widgets", "/nonexistent.git", no_token, ("main",))
+    run = await prepare(manager, remote, "run-e", prefetch_key="delivery-3")
+    assert run.base_sha == newest

@@ -56,6 +56,7 @@ from jobs.review.handle import (
     handle_review,
     trace_failed_delivery,
 )
+from jobs.run.prepare import prefetch_base
 
 log = structlog.get_logger("jobs.deliveries.process")
 
@@ -288,10 +289,11 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
     known = frozenset(profiles)
     bot_login = bosun.settings.github.bot_login
     # Cheap pre-check with defaults, so most deliveries cost no API call.
-    if trigger_request(
-        event, RepoConfig(), bot_login, known_profiles=known
-    ) is None and event.key not in ("issues.labeled", "issues.unlabeled"):
+    early = trigger_request(event, RepoConfig(), bot_login, known_profiles=known)
+    if early is None and event.key not in ("issues.labeled", "issues.unlabeled"):
         return f"ignored: {event.key} asks nothing of Bosun"
+    if early is not None and early.kind == "start":  # the run's fetch, while this decides
+        prefetch_base(bosun, port, delivery_id, default_branch)
     config, config_error = await load_repo_config(port, default_branch)
     request = trigger_request(event, config, bot_login, known_profiles=known)
     if request is None:

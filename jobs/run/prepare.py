@@ -25,6 +25,8 @@ from sqlalchemy import select
 from bot.agents.gateway import routes_for_profile, sandbox_mount, socket_dir
 from bot.db.models import Run
 from bot.errors import BosunError
+from bot.forge.port import Forge
+from jobs.context import JobContext
 from jobs.run.agent import AgentSteps
 from jobs.run.base import INPUT_MOUNT, StepFailed, utc_now, write_input
 from sandboxes.errors import SandboxError
@@ -99,6 +101,7 @@ class PrepareSteps(AgentSteps):
                 continue_branch=self.run.parent_run_id is not None,
                 laid_out=True,
                 timings=self.timings,
+                prefetch_key=self.run.delivery_id,
             )
         except LocalRepoError as exc:  # Bosun's own words: the path and what is wrong with it
             raise StepFailed(f"the local repository cannot be used: {exc}") from exc
@@ -188,6 +191,16 @@ async def _side_by_side(checkout: Awaitable[None], sandbox: Awaitable[None]) -> 
     for task in tasks:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+def prefetch_base(bosun: JobContext, port: Forge, key: str, branch: str) -> None:
+    """Start fetching ``branch`` into the repository's mirror now, for a run its delivery
+    ``key`` is about to start: the run's prepare step takes this fetch instead of making its
+    own (``WorkspaceManager.prepare``), so it is mostly done before the run is picked up.
+    A run that is not started, or is picked up by another worker, leaves it unused."""
+    bosun.workspaces.mirrors.prefetch(
+        key, port.full_name, port.clone_url(), port.git_auth_header, (branch,)
+    )
 
 
 def _make_folders(paths: list[Path]) -> None:
