@@ -138,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
         ),
     )
+    parser.add_argument(
+        "--baseline-source",
+        type=Path,
+        help="also measure Bosun from this source tree (e.g. `git archive <commit> bot jobs "
+        "sandboxes | tar -x -C DIR`), in the same rounds",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--smoke", action="store_true", help="one short A/B round (1 s each, one web process)"
@@ -173,16 +179,36 @@ def main(argv: list[str] | None = None) -> int:
         root, SECRET, args.redis, namespace, args.log_level, database_url, workers=args.web_workers
     )
     probot = ProbotApp(root, SECRET)
+    receivers: list[Receiver] = [probot, bosun]
+    if args.baseline_source:
+        (root / "baseline").mkdir()
+        base_url = None
+        if args.postgres:
+            asyncio.run(_schema(args.postgres, f"CREATE SCHEMA {schema}_base"))
+            base_url = f"{args.postgres}?search_path={schema}_base"
+        baseline = BosunServe(
+            root / "baseline",
+            SECRET,
+            args.redis,
+            f"{namespace}-base",
+            args.log_level,
+            base_url,
+            workers=args.web_workers,
+        )
+        baseline.name = "bosun-baseline"
+        baseline.settings_env["PYTHONPATH"] = str(args.baseline_source.resolve())
+        receivers.append(baseline)
     rounds: list[dict[str, Any]] = []
     bosun_ids: list[str] = []
     answered: dict[str, int] = {}  # prefix → requests wrk saw answered with a 2xx
     open_loop: dict[str, Any] = {}
+    open_base: dict[str, Any] = {}
     check: dict[str, Any] = {}
     try:
-        bosun.start()
-        probot.start()
+        for receiver in receivers:
+            receiver.start()
         for i in range(args.rounds):
-            for receiver in (probot, bosun):
+            for receiver in receivers:
                 prefix = f"{namespace}-{receiver.name}-{i}-"
                 cpu0, host0, t0 = receiver.cpu_seconds(), host_busy_seconds(), time.monotonic()
                 row = run_wrk(receiver.port, args.seconds, args.connections, prefix, files)
@@ -195,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average": loadavg()[0],
                 }
                 rounds.append(row)
-                if receiver is bosun:
-                    answered[prefix] = row.get("requests", 0) - row["non_2xx"]
+                if isinstance(receiver, BosunServe):
+                    ok = row.get("requests", 0) - row["non_2xx"]
+                    if receiver is bosun:  # the one checked afterwards
+                        answered[prefix] = ok
                     # wrk may stop with one request in flight per connection
-                    sent = answered[prefix] + args.connections
-                    bosun_ids += [f"{prefix}{n}" for n in range(1, sent + 1)]
+                    bosun_ids += [f"{prefix}{n}" for n in range(1, ok + args.connections + 1)]
                 print(
                     f"round {i} {receiver.name:12s} {row.get('rate_per_s', 0):8.0f}/s  "
                     f"p50 {row.get('p50_ms')} ms  p99 {row.get('p99_ms')} ms  "
@@ -208,23 +235,31 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         open_loop = asyncio.run(_open_loop(bosun, args.rate, args.rate_seconds))
+        if args.baseline_source:
+            open_base = asyncio.run(_open_loop(baseline, args.rate, args.rate_seconds))
+            open_base.pop("acked_ids")
         time.sleep(0.5)
         bosun.stop()
         check = _verify(
             bosun, args.redis, namespace, answered, args.connections, open_loop.pop("acked_ids")
         )
     finally:
-        bosun.stop()
-        probot.stop()
+        for receiver in receivers:
+            receiver.stop()
         purge(args.redis, namespace, bosun_ids)
         if args.postgres:
             asyncio.run(_schema(args.postgres, f"DROP SCHEMA {schema} CASCADE"))
+            if args.baseline_source:
+                asyncio.run(_schema(args.postgres, f"DROP SCHEMA {schema}_base CASCADE"))
         shutil.rmtree(root, ignore_errors=True)
 
     def rates(name: str) -> list[float]:
         return [r.get("rate_per_s", 0.0) for r in rounds if r["receiver"] == name]
 
     ratios = [b / p for b, p in zip(rates(bosun.name), rates(probot.name), strict=True) if p]
+    base_ratios = [
+        b / p for b, p in zip(rates("bosun-baseline"), rates(probot.name), strict=False) if p
+    ]
     text = table(
         [
             "round",
@@ -252,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in rounds
         ],
     )
+    text += f"\n\nBosun / Probot per round: {', '.join(f'{x:.2f}' for x in ratios)} "
+    text += f"(median {statistics.median(ratios):.2f}); "
+    if base_ratios:
+        text += f"baseline / Probot: {', '.join(f'{x:.2f}' for x in base_ratios)}; "
+        text += f"baseline open loop p99 {open_base['latency_ms']['p99']:.2f} ms; "
     text += (
-        f"\n\nBosun / Probot per round: {', '.join(f'{x:.2f}' for x in ratios)} "
-        f"(median {statistics.median(ratios):.2f}); "
         f"open loop {args.rate:g}/s: {open_loop['rate_per_s']}/s acked, "
         f"p50 {open_loop['latency_ms']['p50']:.2f} ms, "
         f"p99 {open_loop['latency_ms']['p99']:.2f} ms; "
@@ -276,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": rounds,
             "ratio_per_round": [round(x, 3) for x in ratios],
             "ratio_median": round(statistics.median(ratios), 3),
+            "baseline_source": str(args.baseline_source) if args.baseline_source else None,
+            "baseline_ratio_per_round": [round(x, 3) for x in base_ratios],
             "open_loop": open_loop,
+            "open_loop_baseline": open_base or None,
             "integrity": check,
             "table": text,
         },

@@ -14,6 +14,7 @@ output).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -60,11 +61,19 @@ def secret_field(name: str) -> bool:
     )
 
 
+_OWN_FIELDS = frozenset({"timestamp", "level"})
+"""Fields structlog itself writes (never data): not scanned."""
+_MEMO_CHARS = 256
+_redact_short = functools.lru_cache(maxsize=4096)(redact_text)
+"""Short values repeat (event names, loggers, repositories, actions): each is scanned once
+per process, not on every line (the scan is most of a log line's cost)."""
+
+
 def _redact(value: Any, key: str = "") -> Any:
     if key and secret_field(key) and value not in (None, "", False):
         return REDACTED
     if isinstance(value, str):
-        return redact_text(value)
+        return _redact_short(value) if len(value) <= _MEMO_CHARS else redact_text(value)
     if isinstance(value, dict):
         return {k: _redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -76,7 +85,8 @@ def redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        if key.startswith("_"):  # ProcessorFormatter's own entries (_record, _from_structlog)
+        # ProcessorFormatter's own entries (_record, _from_structlog), structlog's fields
+        if key.startswith("_") or key in _OWN_FIELDS:
             continue
         event_dict[key] = _redact(event_dict[key], key)
     return event_dict

@@ -194,3 +194,91 @@ async def test_database_failure_answers_503_so_github_can_redeliver(
         answer = await http.post("/webhooks/github", content=body, headers=signed(body, delivery))
         assert answer.status_code == 202 and answer.json()["status"] == "accepted"
     assert await queued(settings) == [f"d:{delivery}"]
+
+
+async def test_webhook_path_answers_post_only_and_other_paths_reach_the_app(
+    client: tuple[AsyncTestClient[Any], Settings],
+) -> None:
+    http, _ = client
+    answer = await http.get("/webhooks/github")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+    assert "POST" in answer.json()["error"]
+    assert (await http.get("/healthz")).status_code == 200  # Litestar's routes, as before
+    assert (await http.post("/webhooks/github/", content=b"{}")).status_code in {404, 405}
+
+
+async def _asgi_post(
+    http: AsyncTestClient[Any], headers: dict[str, str], messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """POST to the app as a server would, the body in ``messages``; what the app sent back."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/webhooks/github",
+        "raw_path": b"/webhooks/github",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await http.app(scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+async def test_body_over_the_limit_without_a_length_is_refused_while_read(
+    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+) -> None:
+    http, settings = client
+    big = b'{"pad": "' + b"x" * 9000 + b'"}'
+    chunks = [big[i : i + 1000] for i in range(0, len(big), 1000)]
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    sent = await _asgi_post(http, signed(big, f"{redis_namespace}-chunked"), messages)
+    assert sent[0]["status"] == 413
+    assert len(messages) > 3, "the app read past the limit"
+    assert await stored(settings) == {}
+
+
+async def test_client_gone_before_the_body_is_whole_stores_and_answers_nothing(
+    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+) -> None:
+    http, settings = client
+    body = payload()
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert await _asgi_post(http, signed(body, f"{redis_namespace}-gone"), messages) == []
+    assert await stored(settings) == {}
+
+
+async def test_json_of_another_shape_is_stored_without_a_summary(
+    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+) -> None:
+    http, settings = client
+    for n, body in enumerate(
+        [b"[1, 2]", b'{"action": 5, "installation": {"id": true}, "repository": "x"}']
+    ):
+        delivery = f"{redis_namespace}-shape-{n}"
+        answer = await http.post("/webhooks/github", content=body, headers=signed(body, delivery))
+        assert answer.status_code == 202, answer.text
+    engine = create_engine(settings.database.url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT action, installation_id, repository FROM deliveries ORDER BY id")
+            )
+            assert [tuple(r) for r in rows] == [(None, None, None), (None, None, None)]
+    finally:
+        await engine.dispose()

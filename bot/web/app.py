@@ -36,7 +36,7 @@ from bot.web.health import healthz, readyz
 from bot.web.intake import DeliveryIntake
 from bot.web.middleware import request_logging
 from bot.web.setup import setup_callback, setup_page
-from bot.web.webhooks import receive_webhook
+from bot.web.webhooks import webhook_route
 
 log = structlog.get_logger("bot.web")
 
@@ -82,12 +82,11 @@ def create_app(
             if traced:
                 await asyncio.to_thread(tracing.release)  # flushes: may wait on the collector
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             healthz,
             readyz,
             metrics,
-            receive_webhook,
             setup_page,
             setup_callback,
             api_router(),
@@ -104,6 +103,9 @@ def create_app(
         middleware=[DefineMiddleware(request_logging), dashboard_middleware(settings)],
         debug=False,
     )
+    # POST /webhooks/github in front of Litestar's routing and middleware (bot/web/webhooks.py).
+    app.asgi_handler = webhook_route(app.asgi_handler, app.state, settings.max_webhook_bytes)
+    return app
 
 
 def _version() -> str:

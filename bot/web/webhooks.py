@@ -1,5 +1,9 @@
 """``POST /webhooks/github``: verify, record, enqueue, answer 202 — nothing else (SPEC §3.1).
 
+The hot path of intake is plain ASGI in front of the Litestar app (``webhook_route``): no
+routing, middleware, ``Request`` or ``Response`` objects, one log line per delivery. Measured
+in bench/intake_ab.py; see docs/benchmarks.md.
+
 The signature is checked on the raw bytes before anything is parsed. The delivery is stored
 under its ``X-GitHub-Delivery`` id (a redelivery carries the same id and is acknowledged, not
 processed twice), then ``process_delivery`` is enqueued with ``_job_id`` = the delivery id —
@@ -13,13 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Any
 
 import msgspec
 import structlog
-from litestar import Request, Response, post
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot import tracing
@@ -30,7 +42,11 @@ from bot.web.intake import DeliveryIntake, IncomingDelivery
 
 log = structlog.get_logger("bot.web.webhooks")
 
-__all__ = ["PROCESS_DELIVERY", "receive_webhook", "signature_valid"]
+__all__ = ["PROCESS_DELIVERY", "WEBHOOK_PATH", "signature_valid", "webhook_route"]
+
+WEBHOOK_PATH = "/webhooks/github"
+_JSON = [(b"content-type", b"application/json")]
+_ENCODE = msgspec.json.Encoder().encode
 
 
 def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
@@ -41,9 +57,50 @@ def signature_valid(secret: bytes, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(expected, header.removeprefix("sha256="))
 
 
-def _error(status: int, message: str, reason: str) -> Response[dict[str, str]]:
+Answer = tuple[int, dict[str, Any]]
+
+
+class _Disconnected(Exception):
+    """The client went away before its request was whole: nothing is stored or answered."""
+
+
+def _error(status: int, message: str, reason: str) -> Answer:
     webhook_rejected(reason)
-    return Response({"error": message}, status_code=status)
+    return status, {"error": message}
+
+
+class _Installation(msgspec.Struct):
+    id: int | None = None
+
+
+class _Repository(msgspec.Struct):
+    full_name: str | None = None
+
+
+class _Summary(msgspec.Struct):
+    """The fields the intake records; msgspec checks the whole body is JSON while it skips
+    everything else without building it."""
+
+    action: str | None = None
+    installation: _Installation | None = None
+    repository: _Repository | None = None
+
+
+_DECODE_SUMMARY = msgspec.json.Decoder(_Summary).decode
+
+
+def _summary_of(body: bytes) -> tuple[str | None, int | None, str | None]:
+    """(action, installation id, repository full name); raises ``msgspec.DecodeError`` when
+    the body is not JSON."""
+    try:
+        summary = _DECODE_SUMMARY(body)
+    except msgspec.ValidationError:  # JSON of another shape: read what is there, as it is
+        return _summary(msgspec.json.decode(body))
+    return (
+        summary.action,
+        summary.installation.id if summary.installation else None,
+        summary.repository.full_name if summary.repository else None,
+    )
 
 
 def _summary(payload: Any) -> tuple[str | None, int | None, str | None]:
@@ -57,36 +114,99 @@ def _summary(payload: Any) -> tuple[str | None, int | None, str | None]:
     full_name = repo.get("full_name") if isinstance(repo, dict) else None
     return (
         action,
-        inst_id if isinstance(inst_id, int) else None,
+        inst_id if isinstance(inst_id, int) and not isinstance(inst_id, bool) else None,
         full_name if isinstance(full_name, str) else None,
     )
 
 
-@post("/webhooks/github", status_code=202, include_in_schema=False)
-async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Response[Any]:
+def webhook_route(app: ASGIApp, state: State, max_bytes: int) -> ASGIApp:
+    """``app`` with ``/webhooks/github`` answered in front of it (``state`` is the Litestar
+    app's: its ``services`` and ``intake`` exist once the lifespan has started)."""
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"] != WEBHOOK_PATH:
+            await app(scope, receive, send)
+            return
+        structlog.contextvars.clear_contextvars()
+        extra: list[tuple[bytes, bytes]] = []
+        try:
+            if scope.get("method") != "POST":
+                status, answer = 405, {"error": "only POST is accepted here"}
+                extra = [(b"allow", b"POST")]
+            else:
+                status, answer = await _receive(state, scope, receive, max_bytes)
+        except _Disconnected:
+            return
+        except Exception as exc:  # answered 500 like any route, and logged
+            log.exception("webhook_failed", error=str(exc))
+            status, answer = 500, {"error": "internal error"}
+        finally:
+            structlog.contextvars.clear_contextvars()
+        body = _ENCODE(answer)
+        headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": headers,
+        }
+        await send(start)
+        end: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body,
+            "more_body": False,
+        }
+        await send(end)
+
+    return route
+
+
+async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole body, or None when it is larger than ``max_bytes``."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _receive(state: State, scope: Scope, receive: Receive, max_bytes: int) -> Answer:
+    started = time.perf_counter()
     services: Services = state.services
     secret = services.webhook_secret()
     if secret is None:
         return _error(
             503, "webhook secret not configured: set BOSUN_GITHUB__WEBHOOK_SECRET", "no_secret"
         )
-    try:
-        body = await request.body()
-    except HTTPException as exc:  # over max_webhook_bytes: 413
-        webhook_rejected("too_large" if exc.status_code == 413 else "headers")
-        raise
-    if not signature_valid(secret, body, request.headers.get("x-hub-signature-256")):
+    body = await _read_body(scope, receive, max_bytes)
+    if body is None:
+        return _error(413, f"the body is larger than {max_bytes} bytes", "too_large")
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name.startswith(b"x-"):
+            headers[name] = value
+    signature = headers.get(b"x-hub-signature-256")
+    if not signature_valid(secret, body, signature.decode("latin-1") if signature else None):
         log.warning("delivery_signature_rejected")
         return _error(401, "missing or invalid X-Hub-Signature-256", "signature")
-    event = request.headers.get("x-github-event")
-    delivery_id = request.headers.get("x-github-delivery")
+    event = headers.get(b"x-github-event", b"").decode("latin-1")
+    delivery_id = headers.get(b"x-github-delivery", b"").decode("latin-1")
     if not event or not delivery_id or len(delivery_id) > 64:
         return _error(400, "X-GitHub-Event and X-GitHub-Delivery headers are required", "headers")
     try:
-        payload = msgspec.json.decode(body)
+        action, installation_id, repository = _summary_of(body)
     except msgspec.DecodeError as exc:
         return _error(400, f"body is not valid JSON: {exc}", "json")
-    action, installation_id, repository = _summary(payload)
     structlog.contextvars.bind_contextvars(
         delivery_id=delivery_id, installation_id=installation_id, repo=repository
     )
@@ -130,17 +250,20 @@ async def receive_webhook(request: Request[Any, Any, Any], state: State) -> Resp
                 "bosun.delivery.queued": recorded.queued,
             },
         )
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
     if recorded.duplicate and not recorded.process:
-        log.info("delivery_duplicate_ignored", gh_event=event)
-        return Response({"delivery": delivery_id, "status": "duplicate"}, status_code=202)
+        log.info("delivery_duplicate_ignored", gh_event=event, duration_ms=duration_ms)
+        return 202, {"delivery": delivery_id, "status": "duplicate"}
+    # The one log line of a delivery (the request-logging middleware does not see this path).
     log.info(
         "delivery_recorded",
         gh_event=event,
         action=action,
         queued=recorded.queued,
         duplicate=recorded.duplicate,
+        duration_ms=duration_ms,
     )
-    return Response(
-        {"delivery": delivery_id, "status": "duplicate" if recorded.duplicate else "accepted"},
-        status_code=202,
-    )
+    return 202, {
+        "delivery": delivery_id,
+        "status": "duplicate" if recorded.duplicate else "accepted",
+    }
