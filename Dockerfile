@@ -1,4 +1,8 @@
-# Bosun, the service: web app and worker in one image (`bosun serve`, `bosun worker`, `bosun up`).
+# Bosun, the service: one image, one role per container (compose.yaml, docs/operations.md):
+#   bosun web      webhooks, API, dashboard, /healthz, /readyz, /metrics (the default command)
+#   bosun worker   deliveries, runs, upkeep (needs a Docker engine; health: bosun worker --check)
+#   bosun migrate  creates or upgrades the schema, then exits
+#   bosun up       all of it in one container (single host)
 #
 # Two ways to build it, same file:
 # - offline, as scripts/build_service_image.sh does (`docker build --network none`): the host
@@ -67,4 +71,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["/opt/bosun/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["bosun", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["bosun", "web", "--host", "0.0.0.0", "--port", "8000"]
