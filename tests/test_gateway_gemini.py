@@ -144,7 +144,12 @@ async def test_parameters_that_would_hide_the_usage_are_not_forwarded(
     """Google's system parameters and headers that leave ``usageMetadata`` out of the answer
     (a field mask), change its format (protobuf, JSONP) or the method never reach upstream:
     every answer is metered."""
-    headers = {"x-goog-fieldmask": "candidates", "x-http-method-override": "GET"}
+    headers = {
+        "x-goog-fieldmask": "candidates",
+        "x-http-method-override": "GET",
+        "accept": "application/x-protobuf",
+        "content-type": "application/json+protobuf",
+    }
     async with harness.client() as client:
         response = await client.post(f"{STREAM}?{query}", json=body([PROMPT]), headers=headers)
     assert response.status_code == 200, response.text
@@ -152,6 +157,8 @@ async def test_parameters_that_would_hide_the_usage_are_not_forwarded(
     assert seen["query"] == forwarded
     (call,) = harness.stub.script.requests
     assert not {"x-goog-fieldmask", "x-http-method-override"} & set(call["headers"])
+    assert call["headers"]["content-type"] == "application/json"
+    assert call["headers"]["accept"] == "*/*"
     (record,) = harness.records
     assert record.metered and record.usage == EXPECTED
 

@@ -61,15 +61,21 @@ RESPONSE_DROPPED = frozenset(
 
 
 def request_headers(
-    raw: Iterable[tuple[bytes, bytes]], auth: tuple[str, str] | None
+    raw: Iterable[tuple[bytes, bytes]], auth: tuple[str, str] | None, api: str = ""
 ) -> list[tuple[str, str]]:
-    """The container's headers minus credentials and hop-by-hop ones, plus the real key."""
+    """The container's headers minus credentials and hop-by-hop ones, plus the real key. To
+    Gemini, bodies go as JSON and answers are asked for as JSON or SSE, whatever the agent set
+    (Google APIs also speak protobuf, which the meter cannot read)."""
+    dropped = CREDENTIAL_HEADERS | HOP_BY_HOP | UNMETERED_HEADERS | {"accept-encoding"}
+    if api == "gemini":
+        dropped |= {"accept", "content-type"}
     headers = [
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, value in raw
-        if name.decode("latin-1").lower() not in CREDENTIAL_HEADERS | HOP_BY_HOP | UNMETERED_HEADERS
-        and name.decode("latin-1").lower() != "accept-encoding"
+        if name.decode("latin-1").lower() not in dropped
     ]
+    if api == "gemini":
+        headers += [("content-type", "application/json"), ("accept", "*/*")]
     headers.append(("accept-encoding", "identity"))
     if auth is not None:
         headers.append(auth)

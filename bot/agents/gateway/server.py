@@ -426,7 +426,7 @@ class ModelGateway:
     ) -> None:
         assert self._client is not None
         started = time.monotonic()
-        headers = http.request_headers(raw_headers, auth)
+        headers = http.request_headers(raw_headers, auth, upstream.api)
         upstream_request = self._client.build_request(method, url, headers=headers, content=body)
         try:
             response = await self._client.send(upstream_request, stream=True)
