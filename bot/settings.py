@@ -254,6 +254,49 @@ class SandboxSettings(_Group):
             "every 2 s); past it the agent is stopped and the run fails, nothing pushed."
         ),
     )
+    allowed_images: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Images a repository may name in `image:` of `.github/bosun.yml`: an exact "
+            "reference (`ghcr.io/acme/agent:1.2`; without a tag or digest any tag of that "
+            "image) or a prefix ending in `*` (`ghcr.io/acme/*`). Empty: repositories use the "
+            "profile's image only."
+        ),
+    )
+    image_pull: Literal["never", "missing", "always"] = Field(
+        default="never",
+        description=(
+            "Whether a worker pulls an allowed repository image: `never` (it must be present "
+            "on the worker's engine: `docker pull`/`docker load` it yourself), `missing` "
+            "(pulled when absent), `always` (pulled before each run)."
+        ),
+    )
+    repo_dockerfiles: bool = Field(
+        default=False,
+        description=(
+            "Whether a repository may build its own image from a Dockerfile "
+            "(`image: {dockerfile: ...}`), on the worker host with no network. Every `FROM` "
+            "must be an allowed image present on the engine."
+        ),
+    )
+    image_build_timeout_seconds: int = Field(
+        default=900, gt=0, description="Time limit for building one repository image."
+    )
+    image_build_memory: str = Field(
+        default="2g", description="Memory limit of a repository image build (docker units)."
+    )
+
+    @field_validator("allowed_images")
+    @classmethod
+    def _allowed_images(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            stem = entry.removesuffix("*")
+            if not stem or any(ch.isspace() for ch in entry) or "*" in stem:
+                raise ValueError(
+                    f"{entry!r} is not an image or a prefix ending in `*` "
+                    "(e.g. `ghcr.io/acme/agent:1.2`, `ghcr.io/acme/*`)"
+                )
+        return value
 
     pool_size: int = Field(
         default=0,
@@ -352,6 +395,24 @@ class WorkerSettings(_Group):
         le=72,
         description="How far back a sweep looks (GitHub keeps deliveries for 3 days).",
     )
+    merge_recheck_minutes: int = Field(
+        default=2,
+        ge=1,
+        le=60,
+        description=(
+            "Minutes between re-reads of the checks of approved runs whose merge waits for "
+            "required checks (a divisor of 60). Check webhooks re-read them at once; this "
+            "timer catches a webhook that never came."
+        ),
+    )
+    merge_wait_hours: float = Field(
+        default=24,
+        gt=0,
+        description=(
+            "How long an approved run waits for the required checks of its pull request; "
+            "then it goes back to review, saying which checks never passed."
+        ),
+    )
     name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
@@ -375,6 +436,10 @@ class WorkerSettings(_Group):
         if 60 % self.reconcile_seconds:
             raise ValueError(
                 "reconcile_seconds must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
+            )
+        if 60 % self.merge_recheck_minutes:
+            raise ValueError(
+                "merge_recheck_minutes must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)"
             )
         if 60 % self.sweep_minutes:
             raise ValueError(

@@ -66,6 +66,10 @@ OPERATIONS: list[tuple[str, str]] = [
     ("get", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
     ("patch", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
     ("get", "/repos/{owner}/{repo}/commits/{ref}/check-runs"),
+    ("get", "/repos/{owner}/{repo}/commits/{ref}/status"),
+    ("post", "/repos/{owner}/{repo}/statuses/{sha}"),
+    ("get", "/repos/{owner}/{repo}/branches/{branch}/protection/required_status_checks"),
+    ("get", "/repos/{owner}/{repo}/pulls/{pull_number}/reviews/{review_id}/comments"),
 ]
 
 EVENTS: list[str] = [
@@ -85,12 +89,15 @@ EVENTS: list[str] = [
     "pull_request$unlabeled",
     "pull_request$reopened",
     "issues$reopened",
+    "issues$assigned",
     "pull_request_review$submitted",
     "pull_request_review_comment$created",
     "check_run$created",
     "check_run$completed",
     "check_run$requested_action",
     "check_run$rerequested",
+    "check_suite$completed",
+    "status$event",
     "installation$created",
     "installation_repositories$added",
     "push$event",
@@ -178,6 +185,10 @@ def _patch_webhook_lag(definitions: dict[str, Any]) -> None:
     properties) does not list yet. GitHub's own current description, which githubkit's webhook
     models are generated from, requires them, so payloads without them do not parse there.
     """
+    status = definitions["status$event"]["properties"]["commit"]["properties"]["commit"]
+    status["properties"]["verification"]["properties"]["verified_at"] = {
+        "type": ["string", "null"]
+    }
     label = definitions["label"]
     label["properties"]["archived_at"] = {"type": ["string", "null"], "format": "date-time"}
     label["properties"]["archived_by"] = {

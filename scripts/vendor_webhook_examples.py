@@ -27,6 +27,8 @@ EVENTS = (
     "pull_request_review",
     "pull_request_review_comment",
     "check_run",
+    "check_suite",
+    "status",
     "installation",
     "installation_repositories",
     "ping",

@@ -22,6 +22,8 @@ HANDLED_EVENTS = {
     "pull_request_review",
     "pull_request_review_comment",
     "check_run",
+    "check_suite",
+    "status",
     "installation",
     "installation_repositories",
     "ping",
@@ -36,9 +38,12 @@ EVENT_PERMISSION = {
     "pull_request_review": "pull_requests",
     "pull_request_review_comment": "pull_requests",
     "check_run": "checks",
+    "check_suite": "checks",
+    "status": "statuses",
 }
 
-# What Bosun itself does: push branches and merge, comment and react, open PRs, run check runs.
+# What Bosun itself does: push branches and merge, comment and react, open PRs, run check runs,
+# read the checks a merge waits for.
 NEEDED_PERMISSIONS = {
     "contents": "write",
     "issues": "write",
@@ -46,6 +51,7 @@ NEEDED_PERMISSIONS = {
     "checks": "write",
     "metadata": "read",
     "members": "read",
+    "statuses": "read",  # merge when green: the commit statuses a protected branch requires
 }
 
 

@@ -477,3 +477,78 @@ def test_standalone_server_prints_its_base_url(tmp_path: Any) -> None:
         proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_what_a_merge_waits_for(github_world: World) -> None:
+    """Branch protection's required checks (on the branch, and the administration-only
+    endpoint), commit statuses (latest per context), another App's check runs, and a
+    review's line comments: every body as GitHub's schema says, parsed by githubkit."""
+    em = github_world.emulator
+    sha = em.push("octo/hello", "feature", {"f.txt": "1\n"}, user="alice", message="Add")
+    gh = github_world.installation_github()
+    branch_t = f"{REPO}/branches/{{branch}}"
+    plain = valid(gh.rest.repos.get_branch("octo", "hello", "main"), "get", branch_t)
+    assert plain.protected is False
+    em.protect("octo/hello", "main", ["ci/lint", "test"])
+    main = valid(gh.rest.repos.get_branch("octo", "hello", "main"), "get", branch_t)
+    checks = main.protection.required_status_checks
+    assert (main.protected, checks.contexts) == (True, ["ci/lint", "test"])
+    assert [c.context for c in checks.checks] == ["ci/lint", "test"]
+    refused(  # the App holds no administration permission
+        lambda: gh.rest.repos.get_status_checks_protection("octo", "hello", "main"),
+        403,
+        "get",
+        f"{branch_t}/protection/required_status_checks",
+    )
+
+    status_t = f"{REPO}/commits/{{ref}}/status"
+    empty = valid(gh.rest.repos.get_combined_status_for_ref("octo", "hello", sha), "get", status_t)
+    assert (empty.state, empty.total_count) == ("pending", 0)
+    em.commit_status("octo/hello", sha, "ci/lint", "pending", user="alice")
+    em.commit_status(
+        "octo/hello", sha, "ci/lint", "failure", user="alice", target_url="https://ci.example/1"
+    )
+    em.commit_status("octo/hello", sha, "ci/docs", "success", user="alice")
+    combined = valid(
+        gh.rest.repos.get_combined_status_for_ref("octo", "hello", "feature"), "get", status_t
+    )
+    assert combined.state == "failure" and combined.sha == sha
+    assert sorted((s.context, s.state) for s in combined.statuses) == [
+        ("ci/docs", "success"),
+        ("ci/lint", "failure"),
+    ]
+    refused(  # statuses: read only
+        lambda: gh.rest.repos.create_commit_status("octo", "hello", sha, state="success"),
+        403,
+        "post",
+        f"{REPO}/statuses/{{sha}}",
+    )
+
+    em.ci_check("octo/hello", sha, "test", None, status="in_progress")
+    em.ci_check("octo/hello", sha, "test", "success")
+    runs = valid(
+        gh.rest.checks.list_for_ref("octo", "hello", sha),
+        "get",
+        f"{REPO}/commits/{{ref}}/check-runs",
+    )
+    assert [(r.name, r.status, r.conclusion, r.app.slug) for r in runs.check_runs] == [
+        ("test", "completed", "success", "ci")
+    ]
+
+    pr = gh.rest.pulls.create("octo", "hello", title="F", head="feature", base="main").parsed_data
+    review_id = em.review(
+        "octo/hello",
+        pr.number,
+        "CHANGES_REQUESTED",
+        user="alice",
+        body="Not yet",
+        comments=[{"path": "f.txt", "line": 1, "body": "Use 2"}],
+    )
+    comments = valid(
+        gh.rest.pulls.list_comments_for_review("octo", "hello", pr.number, review_id),
+        "get",
+        f"{REPO}/pulls/{{pull_number}}/reviews/{{review_id}}/comments",
+    )
+    assert [(c.path, c.line, c.body, c.user.login) for c in comments] == [
+        ("f.txt", 1, "Use 2", "alice")
+    ]

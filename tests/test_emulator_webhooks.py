@@ -39,6 +39,9 @@ REQUIRED = {
     ("push", None),
     ("pull_request", "edited"),
     ("pull_request", "labeled"),
+    ("issues", "assigned"),
+    ("status", None),
+    ("check_suite", "completed"),
 }
 
 
@@ -65,7 +68,14 @@ def drive_every_event(world: World) -> None:
     em.edit_issue(repo, pr, user="alice", title="Feature!")  # pull_request.edited
     em.add_labels(repo, pr, ["bosun"], user="alice")  # pull_request.labeled
     em.review(repo, pr, "APPROVED", user="alice", body="ok")
-    em.review_comment(repo, pr, "nit", user="alice", path="f.txt")
+    em.review(
+        repo,
+        pr,
+        "CHANGES_REQUESTED",
+        user="alice",
+        body="no",
+        comments=[{"path": "f.txt", "line": 1, "body": "why?"}],
+    )
     gh = world.installation_github()
     head = em.state("octo", "hello")["branches"]["feature"]
     run = gh.rest.checks.create(
@@ -85,6 +95,12 @@ def drive_every_event(world: World) -> None:
     )
     em.click_action(run.id, "approve", user="alice")
     em.rerequest(run.id, user="alice")
+    em.assign(repo, number, [world.app.bot_login], user="alice")  # issues.assigned
+    feature = em.state("octo", "hello")["branches"]["feature"]
+    em.commit_status(repo, feature, "ci/lint", "success", user="alice")  # status
+    em.ci_check(repo, feature, "test", None, status="in_progress")  # another App's check run
+    em.ci_check(repo, feature, "test", "failure")  # check_run.completed, check_suite.completed
+    em.review_comment(repo, pr, "nit", user="alice", path="f.txt")
     gh.rest.pulls.merge("octo", "hello", pr)
     em.edit_issue(repo, number, user="alice", state="closed")
 
@@ -149,6 +165,18 @@ def test_event_details_match_what_happened(github_world: World) -> None:
     assert created["check_run"]["pull_requests"][0]["number"] == sync["number"]
     review = by_key[("pull_request_review", "submitted")]
     assert review["review"]["state"] == "approved"
+    assigned = by_key[("issues", "assigned")]
+    assert assigned["assignee"]["login"] == github_world.app.bot_login
+    assert assigned["issue"]["assignees"][0]["login"] == github_world.app.bot_login
+    status = by_key[("status", None)]
+    assert (status["context"], status["state"], status["sender"]["login"]) == (
+        "ci/lint",
+        "success",
+        "alice",
+    )
+    suite = by_key[("check_suite", "completed")]["check_suite"]
+    assert (suite["conclusion"], suite["app"]["slug"]) == ("failure", "ci")
+    assert suite["app"]["id"] != github_world.app.app_id
 
 
 def test_sender_does_not_block_the_request(github_world: World) -> None:

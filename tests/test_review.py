@@ -527,6 +527,10 @@ def test_real_check_run_events_map_to_buttons() -> None:
     for event in examples("check_run"):
         check = event.check_run
         assert check is not None
+        if event.action == "completed":  # a check reported: merge when green re-reads them
+            assert event.checks_changed is not None
+            assert event.checks_changed.sha == check.head_sha
+            continue
         identifier = check.requested_action or event.action or ""
         command = button_command(identifier, head_sha=check.head_sha)
         verbs.append(command.verb if command else None)
@@ -589,12 +593,16 @@ def test_approved_review_counts_as_approve_bound_to_its_commit() -> None:
     assert isinstance(reader, RefuseCommand)
 
 
-def test_changes_requested_review_is_recorded_only() -> None:
+def test_changes_requested_review_is_a_retry_and_a_comment_review_is_recorded_only() -> None:
     event = review_event("CHANGES_REQUESTED")
     assert event.review is not None
     decision = decide_review(event.review, snapshot(), "write", DEFAULT, now_sha=HEAD)
-    assert isinstance(decision, IgnoreCommand)
-    assert decision.rule == "review.changes_requested"
+    assert isinstance(decision, RetryRun)  # tests/test_triggers_expected.py has the details
+    commented = review_event("COMMENTED")
+    assert commented.review is not None
+    recorded = decide_review(commented.review, snapshot(), "write", DEFAULT, now_sha=HEAD)
+    assert isinstance(recorded, IgnoreCommand)
+    assert recorded.rule == "review.commented"
 
 
 # --- the status comment's review section --------------------------------------------------

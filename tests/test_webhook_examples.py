@@ -131,6 +131,21 @@ def _check_fields(event: str, parsed: ParsedEvent, payload: dict[str, Any]) -> N
         assert parsed.check_run.requested_action == expected
         if payload["action"] == "requested_action":
             assert expected
+    if event == "check_suite":  # merge when green re-reads the checks of that commit
+        changed = parsed.checks_changed
+        assert changed is not None and changed.sha == payload["check_suite"]["head_sha"]
+        assert changed.app_id == payload["check_suite"]["app"]["id"]
+    if event == "status":
+        changed = parsed.checks_changed
+        assert changed is not None and changed.app_id is None
+        assert (changed.sha, changed.name, changed.state) == (
+            payload["sha"],
+            payload["context"],
+            payload["state"],
+        )
+    if event == "issues" and payload["action"] == "assigned":
+        assert parsed.assignee is not None
+        assert parsed.assignee.login == payload["assignee"]["login"]
     if event == "installation_repositories":
         assert [r.full_name for r in parsed.repositories_added] == [
             r["full_name"] for r in payload["repositories_added"]

@@ -32,7 +32,7 @@ from typing import Literal
 from bot.domain.limits import clip
 from bot.domain.repoconfig import PERMISSION_RANK
 from bot.domain.steering import MAX_STEER_CHARS
-from bot.domain.triggers import command_lines
+from bot.domain.triggers import command_lines, parse_mention
 
 Who = Literal["anyone", "requester_or_write", "write", "approver"]
 Source = Literal["comment", "button", "review", "api", "cli", "dashboard"]
@@ -76,7 +76,7 @@ VERBS: dict[str, VerbSpec] = {
             "requester_or_write",
         ),
         VerbSpec("hold", "/hold", "keep the run where it is: no start, no merge", "write"),
-        VerbSpec("unhold", "/unhold", "lift a hold", "write"),
+        VerbSpec("unhold", "/unhold (or /hold cancel)", "lift a hold", "write"),
         VerbSpec("budget", "/budget +N", "raise the run's budget by N dollars", "write"),
         VerbSpec("status", "/status", "show the run's state and approvals", "anyone", False),
         VerbSpec("help", "/help", "show this list", "anyone", False),
@@ -88,6 +88,8 @@ MAX_COMMANDS = 20
 """Command lines read from one comment; more is an error (and bounds the work per comment)."""
 REPLY_LINES = 10
 """Findings a correction reply lists before it says how many more there were."""
+MAX_REVIEW_FEEDBACK = 30_000
+"""Characters of a "Request changes" review (body and line comments) carried as feedback."""
 TEXT_VERBS: frozenset[str] = frozenset({"retry", "reject", "steer"})
 """Verbs whose argument runs to the end of the comment."""
 
@@ -270,6 +272,8 @@ def _command(verb: str, line: str, line_no: int, args: str, tail: str) -> Comman
             )
             return CommandError(message, line_no, verb)
         return Command(verb, text, line, line_no)
+    if verb == "hold" and args.strip().strip("`").casefold() == "cancel":
+        return Command("unhold", args, line, line_no)  # Prow's grammar: /hold cancel lifts it
     if verb == "budget":
         amount = parse_amount(args)
         if isinstance(amount, str):
@@ -339,6 +343,29 @@ def parse_commands(body: str) -> ParsedComment:
     if conflict is not None:
         errors.append(conflict)
     return ParsedComment(tuple(commands), tuple(errors), tuple(unknown))
+
+
+def mention_retry(body: str, bot_login: str) -> Command | None:
+    """A comment on a Bosun pull request that @-mentions the App with instructions: a
+    ``/retry`` carrying them as feedback. None when it mentions the App not at all, holds a
+    command line, or says nothing besides the mention."""
+    text = parse_mention(body, bot_login)
+    if not text:
+        return None
+    return Command("retry", text, "(mention)", 0)
+
+
+def review_retry(body: str, line_comments: list[tuple[str, int | None, str]]) -> Command:
+    """A "Request changes" review as a ``/retry``: its body, then each line comment as
+    ``path:line: text`` (``line_comments`` as the forge lists them)."""
+    parts = [body.strip()] if body.strip() else []
+    if line_comments:
+        parts.append("Review comments on the code:")
+        for path, line, text in line_comments:
+            where = f"{path}:{line}" if line is not None else path
+            parts.append(f"- `{clip(where, 300)}`: {text.strip()}")
+    feedback = "\n".join(parts)[:MAX_REVIEW_FEEDBACK] or "Changes were requested in a review."
+    return Command("retry", feedback, "(review: changes requested)", 0, source="review")
 
 
 def _may(who: Who, permission: str | None, is_requester: bool, may_approve: bool | None) -> bool:

@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from bot.errors import BosunError
 
 HANDLED_ACTIONS: dict[str, frozenset[str] | None] = {
-    "issues": frozenset({"labeled", "unlabeled", "edited", "closed"}),
+    "issues": frozenset({"labeled", "unlabeled", "edited", "closed", "assigned"}),
     "issue_comment": frozenset({"created"}),
     "pull_request": frozenset({"closed", "synchronize"}),
     "pull_request_review": frozenset({"submitted"}),
     "pull_request_review_comment": frozenset({"created"}),
-    "check_run": frozenset({"requested_action", "rerequested"}),
+    "check_run": frozenset({"requested_action", "rerequested", "completed"}),
+    "check_suite": frozenset({"completed"}),
+    "status": None,  # a commit status has no action
     "installation": None,  # every action keeps the installation table current
     "installation_repositories": frozenset({"added", "removed"}),
     "ping": None,
@@ -114,6 +116,18 @@ class CheckRunRef:
 
 
 @dataclass(frozen=True)
+class ChecksChanged:
+    """A commit's checks changed (``check_run.completed``, ``check_suite.completed``,
+    ``status``): an approved run waiting on them may merge now. ``app_id`` is the App that
+    reported them (None for a commit status)."""
+
+    sha: str
+    app_id: int | None
+    name: str
+    state: str
+
+
+@dataclass(frozen=True)
 class InstallationRef:
     id: int
     account: Actor | None
@@ -135,6 +149,8 @@ class ParsedEvent:
     pull_request: PullRequestRef | None = None
     review: ReviewRef | None = None
     check_run: CheckRunRef | None = None
+    checks_changed: ChecksChanged | None = None
+    assignee: Actor | None = None
     installation: InstallationRef | None = None
     repositories_added: tuple[RepositoryRef, ...] = ()
     repositories_removed: tuple[RepositoryRef, ...] = ()
@@ -237,6 +253,12 @@ class _CheckRun(_Wire):
     app: _App | None = None
 
 
+class _CheckSuite(_Wire):
+    head_sha: str
+    conclusion: str | None = None
+    app: _App | None = None
+
+
 class _RequestedAction(_Wire):
     identifier: str
 
@@ -258,6 +280,11 @@ class _Payload(_Wire):
     pull_request: _PullRequest | None = None
     review: _Review | None = None
     check_run: _CheckRun | None = None
+    check_suite: _CheckSuite | None = None
+    sha: str | None = None  # status
+    context: str | None = None  # status
+    state: str | None = None  # status
+    assignee: _User | None = None
     requested_action: _RequestedAction | None = None
     repositories_added: list[_Repo] = []
     repositories_removed: list[_Repo] = []
@@ -270,6 +297,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "pull_request_review": ("review", "pull_request", "repository", "sender"),
     "pull_request_review_comment": ("comment", "pull_request", "repository", "sender"),
     "check_run": ("check_run", "repository", "sender"),
+    "check_suite": ("check_suite", "repository", "sender"),
+    "status": ("sha", "context", "state", "repository", "sender"),
     "installation": ("installation", "sender"),
     "installation_repositories": ("installation", "sender"),
     "ping": (),
@@ -350,6 +379,17 @@ def _convert(event: str, wire: _Payload) -> ParsedEvent:
             app_id=k.app.id if k.app else None,
             requested_action=wire.requested_action.identifier if wire.requested_action else None,
         )
+    changed = None
+    if event == "check_run" and wire.action == "completed" and wire.check_run is not None:
+        k = wire.check_run
+        app_id = k.app.id if k.app else None
+        changed = ChecksChanged(k.head_sha, app_id, k.name, "completed")
+    elif event == "check_suite" and wire.check_suite is not None:
+        suite = wire.check_suite
+        app_id = suite.app.id if suite.app else None
+        changed = ChecksChanged(suite.head_sha, app_id, "", suite.conclusion or "")
+    elif event == "status" and wire.sha and wire.context and wire.state:
+        changed = ChecksChanged(wire.sha, None, wire.context, wire.state)
     if wire.installation is not None:
         n = wire.installation
         installation = InstallationRef(
@@ -367,6 +407,8 @@ def _convert(event: str, wire: _Payload) -> ParsedEvent:
         pull_request=pull,
         review=review,
         check_run=check,
+        checks_changed=changed,
+        assignee=_actor(wire.assignee),
         installation=installation,
         repositories_added=tuple(r for r in map(_repo, wire.repositories_added) if r),
         repositories_removed=tuple(r for r in map(_repo, wire.repositories_removed) if r),

@@ -3,8 +3,9 @@
 Two steps, both without I/O:
 
 1. ``trigger_request(event, config, bot_login)`` reads a parsed webhook and says whether it asks
-   for anything: a trigger label added or removed, ``/bosun run`` in a new issue comment, the
-   issue closed. Bots (Bosun included) are dropped here unless allow-listed by exact login.
+   for anything: a trigger label added or removed, ``/bosun run`` or an ``@<app-slug>`` mention
+   in a new issue comment, the issue assigned to the App's bot user, the issue closed. Bots
+   (Bosun included) are dropped here unless allow-listed by exact login.
 2. ``decide(request, config, permission, ...)`` applies trust and profiles: the pipeline looks up
    the requester's collaborator permission (the only I/O) and passes it in.
 
@@ -23,7 +24,7 @@ from bot.domain.payloads import IgnoredEvent, ParsedEvent
 from bot.domain.repoconfig import PERMISSION_RANK, RepoConfig
 
 TriggerKind = Literal["start", "cancel"]
-TriggerSource = Literal["label", "comment", "close", "api", "cli", "dashboard"]
+TriggerSource = Literal["label", "comment", "mention", "assign", "close", "api", "cli", "dashboard"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def _label_profile(label: str, config: RepoConfig) -> tuple[bool, str | None]:
     return False, None
 
 
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _RUN = re.compile(r"^ {0,3}/bosun[ \t]+run(?![^\s])[ \t]*(.*)$", re.IGNORECASE)
 
@@ -110,6 +112,36 @@ def parse_run_command(body: str, known_profiles: frozenset[str]) -> tuple[str | 
     return None
 
 
+def app_slug(bot_login: str) -> str:
+    """The App's slug, as people @-mention it: ``bosun`` for ``bosun[bot]``."""
+    return bot_login.removesuffix("[bot]")
+
+
+def mention_pattern(bot_login: str) -> re.Pattern[str]:
+    """``@<slug>`` (or ``@<slug>[bot]``) as a whole word, case-insensitive."""
+    slug = re.escape(app_slug(bot_login))
+    return re.compile(rf"(?<![\w@/.-])@{slug}(?:\[bot\])?(?![\w-])", re.IGNORECASE)
+
+
+def parse_mention(body: str, bot_login: str) -> str | None:
+    """The instructions of a comment that @-mentions the App, or None when it does not.
+
+    A mention counts only outside code blocks and ``>`` quotes (what ``command_lines`` reads)
+    and in a comment that holds no ``/verb`` line (those belong to the command grammar). The
+    instructions are the comment's own lines, the mentions taken out; quoted and fenced text
+    stays, as the commenter wrote it around their request."""
+    pattern = mention_pattern(bot_login)
+    body = _HTML_COMMENT.sub("", body)  # not rendered: it cannot ask for anything
+    lines = command_lines(body)
+    if not any(pattern.search(line) for _, line in lines):
+        return None
+    if any(re.match(r"^ {0,3}/[A-Za-z]", line) for _, line in lines):
+        return None
+    text = pattern.sub("", body.replace("\r\n", "\n"))
+    text = re.sub(r"[ \t]+([,:;])", r"\1", text)  # "Hey @bosun, fix" -> "Hey, fix"
+    return re.sub(r"^[ \t,:;]+", "", text.strip()).strip()
+
+
 def trigger_request(
     event: ParsedEvent | IgnoredEvent,
     config: RepoConfig,
@@ -137,6 +169,11 @@ def trigger_request(
         return None
     if sender.is_bot and sender.login not in config.trigger.allowed_bots:
         return None
+    if event.key == "issues.assigned":
+        assignee = event.assignee
+        if assignee is None or assignee.login.casefold() != bot_login.casefold():
+            return None
+        return request(kind="start", source="assign")
     if event.key in {"issues.labeled", "issues.unlabeled"} and event.label is not None:
         matches, profile = _label_profile(event.label, config)
         if not matches:
@@ -147,7 +184,15 @@ def trigger_request(
     if event.key == "issue_comment.created" and event.comment is not None:
         parsed = parse_run_command(event.comment.body, known_profiles)
         if parsed is None:
-            return None
+            mentioned = parse_mention(event.comment.body, bot_login)
+            if mentioned is None:
+                return None
+            return request(
+                kind="start",
+                source="mention",
+                instructions=mentioned,
+                comment_id=event.comment.id,
+            )
         profile, instructions = parsed
         return request(
             kind="start",

@@ -29,6 +29,7 @@ from bot.domain.payloads import RepositoryRef
 from bot.domain.repoconfig import CONFIG_PATH, LOCAL_CONFIG_PATH, RepoConfig
 from bot.domain.status import STATUS_MARKER, CheckRunUpdate
 from bot.forge.port import (
+    ChecksReport,
     CommentInfo,
     Conflict,
     ForgeError,
@@ -39,6 +40,7 @@ from bot.forge.port import (
     MergeOutcome,
     NotMergeable,
     PullInfo,
+    ReviewLineComment,
 )
 from sandboxes.errors import WorkspaceError
 from sandboxes.git import GitIdentity
@@ -290,6 +292,12 @@ class LocalForge:
             raise ForgeError(f"merging in {self.full_name} failed: {exc}") from exc
         how = "fast-forwarded" if done.fast_forward else "merged"
         return Merged(done.sha, f"{how} `{task.branch}` into `{self.default_branch}`")
+
+    async def review_comments(self, number: int, review_id: int) -> list[ReviewLineComment]:
+        return []  # reviews happen in the dashboard and the CLI: no line comments
+
+    async def checks(self, sha: str, base_branch: str) -> ChecksReport:
+        return ChecksReport()  # no CI reports here: an approval merges at once
 
     # -- git ------------------------------------------------------------------------------
 

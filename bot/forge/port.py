@@ -16,6 +16,8 @@ from typing import Protocol
 
 from bot.domain.payloads import RepositoryRef
 from bot.domain.repoconfig import RepoConfig
+from bot.domain.review.checks import CheckResult as CheckResult  # reported in domain terms
+from bot.domain.review.checks import ChecksReport as ChecksReport
 from bot.domain.status import CheckRunUpdate
 from bot.errors import BosunError
 from sandboxes.localrepo import GitRemote
@@ -114,6 +116,15 @@ class NotMergeable:
 MergeOutcome = Merged | HeadMoved | Conflict | NotMergeable
 
 
+@dataclass(frozen=True)
+class ReviewLineComment:
+    """One comment a review left on a line of the change."""
+
+    path: str
+    line: int | None
+    body: str
+
+
 class Forge(Protocol):
     """What Bosun asks of one repository's forge."""
 
@@ -150,6 +161,15 @@ class Forge(Protocol):
 
     async def close_pull(self, number: int, *, delete_branch: bool) -> None:
         """A rejected or cancelled change: forget it (and delete its branch if asked)."""
+        ...
+
+    async def review_comments(self, number: int, review_id: int) -> list[ReviewLineComment]:
+        """The line comments of review ``review_id`` on change ``number``, oldest first."""
+        ...
+
+    async def checks(self, sha: str, base_branch: str) -> ChecksReport:
+        """The checks ``base_branch`` requires and those reported on commit ``sha`` (a forge
+        without checks reports none: nothing to wait for)."""
         ...
 
     async def commit_tree(self, sha: str) -> str | None: ...

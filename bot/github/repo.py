@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 from githubkit import GitHub, TokenAuthStrategy
 from githubkit.exception import GitHubException, RequestFailed
 from githubkit_schemas.latest.models import (
     CheckRun,
+    CombinedCommitStatus,
     ContentFile,
     FullRepository,
     GitCommit,
@@ -26,6 +28,10 @@ from githubkit_schemas.latest.models import (
     PullRequestMergeResult,
     PullRequestSimple,
     RepositoryCollaboratorPermission,
+    ReviewComment,
+)
+from githubkit_schemas.latest.models import (
+    ReposOwnerRepoCommitsRefCheckRunsGetResponse200 as CheckRunsForRef,
 )
 
 from bot.domain.limits import fit_comment
@@ -33,6 +39,8 @@ from bot.domain.payloads import RepositoryRef
 from bot.domain.repoconfig import CONFIG_PATH, RepoConfig
 from bot.domain.status import CheckRunUpdate
 from bot.forge.port import (
+    CheckResult,
+    ChecksReport,
     CommentInfo,
     Conflict,
     ForgeError,
@@ -44,8 +52,9 @@ from bot.forge.port import (
     MergeOutcome,
     NotMergeable,
     PullInfo,
+    ReviewLineComment,
 )
-from bot.github.tokens import COLLABORATE, MERGE, WRITE_CONTENTS, GitHubApp
+from bot.github.tokens import COLLABORATE, MERGE, READ_CHECKS, WRITE_CONTENTS, GitHubApp
 from bot.metrics.local import GITHUB_HOOKS
 from sandboxes.git import run_git
 
@@ -77,6 +86,27 @@ def forge_error(exc: GitHubException) -> ForgeError:
         kind = ForgeUnavailable if status in TRANSIENT or limited else ForgeRefused
         return kind(text, status=status)
     return ForgeUnavailable(f"GitHub did not answer ({type(exc).__name__}: {exc})")
+
+
+PASSING = frozenset({"success", "neutral", "skipped"})
+"""Check-run conclusions that let a change merge (as branch protection counts them)."""
+
+
+def _check_result(run: CheckRun) -> CheckResult:
+    if run.status != "completed":
+        state: Literal["pending", "success", "failure"] = "pending"
+        detail = str(run.status)
+    else:
+        detail = str(run.conclusion or "completed")
+        state = "success" if detail in PASSING else "failure"
+    app = run.app
+    return CheckResult(
+        name=run.name,
+        state=state,
+        detail=detail,
+        url=run.details_url or run.html_url or None,
+        app_id=app.id if app is not None else None,
+    )
 
 
 def _pull(pr: PullRequest | PullRequestSimple) -> PullInfo:
@@ -421,6 +451,75 @@ class GitHubRepo:
         )
         sha = result.stdout.decode().split("\t", 1)[0].strip()
         return sha if len(sha) >= 40 else None
+
+    async def review_comments(self, number: int, review_id: int) -> list[ReviewLineComment]:
+        async def go(gh: GitHub[Any]) -> list[ReviewLineComment]:
+            out: list[ReviewLineComment] = []
+            page = 1
+            while True:
+                response = await gh.arequest(
+                    "GET",
+                    self._path(f"/pulls/{number}/reviews/{review_id}/comments"),
+                    params={"per_page": 100, "page": page},
+                    response_model=list[ReviewComment],
+                )
+                for c in response.parsed_data:
+                    line = c.line if isinstance(c.line, int) else None
+                    out.append(ReviewLineComment(path=c.path, line=line, body=c.body))
+                if len(response.parsed_data) < 100 or page >= 10:
+                    return out
+                page += 1
+
+        return await self._call(go)
+
+    async def checks(self, sha: str, base_branch: str) -> ChecksReport:
+        """The base branch's required contexts (from ``GET /branches/{branch}``, whose
+        ``protection`` summary needs no administration permission), the latest check run of
+        each name on ``sha`` and its commit statuses."""
+
+        async def go(gh: GitHub[Any]) -> ChecksReport:
+            branch = await gh.arequest(
+                "GET", self._path(f"/branches/{quote(base_branch, safe='')}")
+            )
+            data = branch.json()
+            required: list[str] = []
+            policy = ((data.get("protection") or {}).get("required_status_checks")) or {}
+            if data.get("protected") and policy.get("enforcement_level", "off") != "off":
+                required += [str(c) for c in policy.get("contexts") or []]
+                required += [str(c.get("context")) for c in policy.get("checks") or []]
+            results: list[CheckResult] = []
+            page = 1
+            while True:
+                runs = await gh.arequest(
+                    "GET",
+                    self._path(f"/commits/{sha}/check-runs"),
+                    params={"per_page": 100, "page": page, "filter": "latest"},
+                    response_model=CheckRunsForRef,
+                )
+                for run in runs.parsed_data.check_runs:
+                    results.append(_check_result(run))
+                if len(runs.parsed_data.check_runs) < 100 or page >= 10:
+                    break
+                page += 1
+            combined = await gh.arequest(
+                "GET",
+                self._path(f"/commits/{sha}/status"),
+                params={"per_page": 100},
+                response_model=CombinedCommitStatus,
+            )
+            for status in combined.parsed_data.statuses:
+                state = {"success": "success", "pending": "pending"}.get(status.state, "failure")
+                results.append(
+                    CheckResult(
+                        name=status.context,
+                        state=state,  # type: ignore[arg-type]
+                        detail=status.state,
+                        url=status.target_url or None,
+                    )
+                )
+            return ChecksReport(tuple(dict.fromkeys(required)), tuple(results))
+
+        return await self._call(go, READ_CHECKS)
 
     async def commit_tree(self, sha: str) -> str | None:
         """The tree SHA of commit ``sha`` (Git data API), or None when GitHub has no such

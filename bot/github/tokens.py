@@ -33,6 +33,8 @@ COLLABORATE = {
     "checks": "write",
 }
 MERGE = {**COLLABORATE, "contents": "write"}
+READ_CHECKS = {"metadata": "read", "contents": "read", "checks": "read", "statuses": "read"}
+"""Reading what a merge waits for: branch protection's summary, check runs, commit statuses."""
 
 
 @dataclass(frozen=True)

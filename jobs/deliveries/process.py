@@ -37,6 +37,7 @@ from bot.domain.triggers import (
     RefuseStart,
     StartRun,
     UnknownProfile,
+    app_slug,
     decide,
     trigger_request,
     trusted_by,
@@ -49,6 +50,7 @@ from bot.settings import Settings
 from jobs.admission.cancel import signal_cancel
 from jobs.context import JobContext, job_context
 from jobs.resilience import db_disconnected
+from jobs.review.green import handle_checks_changed
 from jobs.review.handle import (
     handle_button,
     handle_commands,
@@ -56,14 +58,22 @@ from jobs.review.handle import (
     handle_review,
     trace_failed_delivery,
 )
-from jobs.run.prepare import prefetch_base
+from jobs.run.image import image_refusal
 
 log = structlog.get_logger("jobs.deliveries.process")
 
 DELIVERY_TRIES = 5
 """Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
-REVIEW_EVENTS = {"issue_comment", "pull_request", "pull_request_review", "check_run"}
+REVIEW_EVENTS = {
+    "issue_comment",
+    "pull_request",
+    "pull_request_review",
+    "check_run",
+    "check_suite",
+    "status",
+}
 CONFIG_ERROR_MARKER = "<!-- bosun:config-error -->"
+IMAGE_MARKER = "<!-- bosun:image-refused -->"
 REFUSED_MARKER = "<!-- bosun:refused user={login} -->"
 TRIGGER_EVENTS = {"issues", "issue_comment"}
 
@@ -184,7 +194,9 @@ async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | Ignor
     if parsed.key == "issue_comment.created" and parsed.comment and parsed.issue:
         if parsed.comment.user.is_bot:
             return "ignored: comments by bots are never commands"
-        if not parsed.issue.is_pull_request and "/bosun" in parsed.comment.body.lower():
+        body = parsed.comment.body.lower()
+        slug = app_slug(bosun.settings.github.bot_login).lower()
+        if not parsed.issue.is_pull_request and ("/bosun" in body or f"@{slug}" in body):
             outcome = await handle_trigger(bosun, delivery_id, parsed)
             if not outcome.startswith("ignored"):
                 return outcome
@@ -195,6 +207,8 @@ async def route(bosun: JobContext, delivery_id: str, parsed: ParsedEvent | Ignor
         return await handle_review(bosun, port, delivery_id, parsed, permission)
     if parsed.key == "pull_request.synchronize" and parsed.pull_request:
         return await handle_push(bosun, port, parsed, delivery_id)
+    if parsed.checks_changed is not None:
+        return await handle_checks_changed(bosun, port, parsed)
     if parsed.event == "check_run" and parsed.check_run:
         return await handle_button(bosun, port, delivery_id, parsed, permission)
     return f"ignored: {parsed.key} is not acted on"
@@ -289,11 +303,10 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
     known = frozenset(profiles)
     bot_login = bosun.settings.github.bot_login
     # Cheap pre-check with defaults, so most deliveries cost no API call.
-    early = trigger_request(event, RepoConfig(), bot_login, known_profiles=known)
-    if early is None and event.key not in ("issues.labeled", "issues.unlabeled"):
+    if trigger_request(
+        event, RepoConfig(), bot_login, known_profiles=known
+    ) is None and event.key not in ("issues.labeled", "issues.unlabeled"):
         return f"ignored: {event.key} asks nothing of Bosun"
-    if early is not None and early.kind == "start":  # the run's fetch, while this decides
-        prefetch_base(bosun, port, delivery_id, default_branch)
     config, config_error = await load_repo_config(port, default_branch)
     request = trigger_request(event, config, bot_login, known_profiles=known)
     if request is None:
@@ -320,6 +333,13 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
         server_default_profile=config.default_profile or bosun.settings.default_profile,
     )
     log.info("trigger_decided", decision=decision.kind, rule=decision.rule)
+    if isinstance(decision, StartRun):
+        refusal = await image_refusal(bosun.settings, port, config, default_branch)
+        if refusal is not None:  # one comment on the issue, and no run
+            await _reply_once(bosun, port, event.issue.number, IMAGE_MARKER, refusal.message)
+            if event.comment is not None:
+                await port.react("-1", comment_id=event.comment.id, issue=None)
+            return "processed: refused, repository image not allowed"
     return await apply_decision(bosun, port, delivery_id, event, config, decision, permission)
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.control.start import RunRequest, create_run, queue_run
 from bot.db.models import Approval, CommandAudit, Run, Task
 from bot.db.runlog import append_event, transition
-from bot.domain.commands import Command, parse_commands
+from bot.domain.commands import Command, mention_retry, parse_commands
 from bot.domain.limits import clip
 from bot.domain.payloads import ParsedEvent
 from bot.domain.repoconfig import RepoConfig
@@ -100,6 +100,9 @@ async def handle_commands(
     assert event.issue is not None and event.comment is not None and event.sender is not None
     parsed = parse_commands(event.comment.body)
     command = parsed.action or (parsed.queries[0] if parsed.queries else None)
+    if command is None and event.issue.is_pull_request and not parsed.reply():
+        # "@<app-slug> please also cover the empty case" on a Bosun PR: a /retry with it.
+        command = mention_retry(event.comment.body, bosun.settings.github.bot_login)
     if command is None:
         if parsed.reply():
             await port.create_comment(event.issue.number, str(parsed.reply()))
@@ -157,6 +160,13 @@ async def handle_review(
     review, pr_head = event.review, event.pull_request.head_sha
     permission = await permission_of(review.user.login)
     command = Command(verb="approve", args="", raw_line="(review)", line_no=0, source="review")
+    line_comments: list[tuple[str, int | None, str]] = []
+    if review.state == "changes_requested":  # a /retry carrying the review and its comments
+        command = Command(verb="retry", args="", raw_line="(review)", line_no=0, source="review")
+        line_comments = [
+            (c.path, c.line, c.body)
+            for c in await port.review_comments(event.pull_request.number, review.id)
+        ]
     origin = Origin(
         delivery_id, review.user.login, review.user.type, None, event.pull_request.number
     )
@@ -164,8 +174,14 @@ async def handle_review(
     async def step(row: Run, shot: RunSnapshot) -> str:
         if await _already_decided(bosun, origin.delivery_id, row.id):
             return await _resume(bosun, port, row.id, config, origin)
-        decision = decide_review(review, shot, permission, config, now_sha=pr_head)
-        return await apply(bosun, port, shot, task, command, decision, origin, permission, config)
+        decision = decide_review(
+            review, shot, permission, config, now_sha=pr_head, line_comments=line_comments
+        )
+        if isinstance(decision, RetryRun | FoldFeedback):
+            audited = replace(command, args=decision.feedback)
+        else:
+            audited = command
+        return await apply(bosun, port, shot, task, audited, decision, origin, permission, config)
 
     return await serialised(bosun, run.id, step)
 

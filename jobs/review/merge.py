@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import select, update
@@ -26,7 +26,9 @@ from bot.db.runlog import IllegalTransition, append_event, transition
 from bot.domain.limits import clip, listing
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import Approve, RunSnapshot, approval_status, merge_refusal, sha_matches
+from bot.domain.review.checks import Green, Waiting, checks_verdict
 from bot.domain.states import RunState
+from bot.domain.status import CHECK_NAME, CheckRunUpdate
 from bot.forge.port import (
     Conflict,
     Forge,
@@ -51,6 +53,8 @@ from sandboxes.revert import (
 
 log = structlog.get_logger("jobs.review.merge")
 
+AWAITING_CHECKS = "awaiting checks"
+"""The phase of an ``approved`` run whose merge waits for required checks."""
 MERGE_ATTEMPTS = 3
 """Merges tried in one step: a push that keeps the files rebinds the approvals to the new
 head, and the merge is tried again at that head."""
@@ -120,7 +124,7 @@ async def complete_approval(
     )
     found = await read_run(bosun, run_id)
     if found is not None and found[1].state is RunState.APPROVED:
-        await _back_to_review(bosun, port, found[0], number, why)
+        await back_to_review(bosun, port, found[0], number, why)
 
 
 async def _complete(
@@ -138,7 +142,7 @@ async def _complete(
     approved = await _approved_head(bosun, run.id, head)
     refusal = merge_refusal(shot, config, approved, head)
     if refusal is not None:
-        await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
+        await back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
         return False
     async with bosun.services.sessions() as session:
         repository = await session.get(Repository, run.repository_id)
@@ -155,7 +159,7 @@ async def _complete(
                 f"could not keep only the approved files: {clip(str(exc), 500)}. Nothing was "
                 "merged; review and `/approve` again."
             )
-            await _back_to_review(bosun, port, run, number, why)
+            await back_to_review(bosun, port, run, number, why)
             return False
         merge_sha = revert.commit or approved
         review["partial_approval"] = {
@@ -178,6 +182,8 @@ async def _complete(
         await note_on_status(bosun, port, run, note)
         await rewrite_manifest(bosun, run.id, review)
         return False
+    if not await _checks_pass(bosun, port, run, merge_sha, base_branch, number, review):
+        return False  # waiting for required checks (re-checked on their webhooks), or failed
     # The re-check inside the step that merges: the run read now is still approved, at the
     # head about to be merged, and the approvals counted cover exactly the approved head.
     now = await read_run(bosun, run.id)
@@ -185,7 +191,7 @@ async def _complete(
         "the run is gone" if now is None else merge_refusal(now[1], config, approved, merge_sha)
     )
     if refusal is not None:
-        await _back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
+        await back_to_review(bosun, port, run, number, f"nothing was merged: {refusal}.")
         return False
     outcome = await _merge(port, run.pr_number, merge_sha, method)
     if isinstance(outcome, Merged):
@@ -223,8 +229,125 @@ async def _complete(
     else:
         code = f" ({outcome.status})" if outcome.status is not None else ""
         why = f"merging #{run.pr_number} failed{code}: {clip(outcome.message, 300)}"
-    await _back_to_review(bosun, port, run, number, why, review)
+    await back_to_review(bosun, port, run, number, why, review)
     return False
+
+
+async def _checks_pass(
+    bosun: JobContext,
+    port: Forge,
+    run: Run,
+    sha: str,
+    base_branch: str,
+    number: int,
+    review: dict[str, Any],
+) -> bool:
+    """Merge when green: True when every check the base branch requires passed on ``sha``
+    (and Bosun's gates did). Otherwise the run waits, ``approved``, marked ``awaiting
+    checks`` and shown so in the status comment and check run (re-checked when a check
+    reports: ``jobs.review.green``), or goes back to review naming the failed check."""
+    report = await port.checks(sha, base_branch)
+    verdict = checks_verdict(
+        report, gates_passed=run.gates_passed, own_app_id=bosun.settings.github.app_id
+    )
+    was_waiting = run.phase == AWAITING_CHECKS
+    if isinstance(verdict, Green):
+        if was_waiting:
+            await _set_phase(bosun, run, None)
+            passed = listing(verdict.passed) if verdict.passed else "none were required"
+            await _show_check(
+                port, run, "completed", "success", "Required checks passed", f"Passed: {passed}."
+            )
+        return True
+    if isinstance(verdict, Waiting):
+        text = f"Approved; {verdict.describe()}. Bosun merges `{sha[:12]}` once they pass."
+        if not was_waiting or await _last_wait(bosun, run.id) != text:
+            await _set_phase(bosun, run, AWAITING_CHECKS)
+            async with bosun.services.sessions.begin() as session:
+                await append_event(
+                    session,
+                    run.id,
+                    "policy",
+                    {"rule": "merge.checks", "decision": "wait", "message": text[:2000]},
+                )
+            await note_on_status(bosun, port, run, text)
+            await _show_check(port, run, "in_progress", None, "Waiting for required checks", text)
+        return False
+    await _set_phase(bosun, run, None)
+    if verdict.name == CHECK_NAME:
+        why = (
+            "nothing was merged: Bosun's own gates did not pass on this change. `/retry` with "
+            "instructions, then `/approve` again."
+        )
+    else:
+        why = (
+            f"nothing was merged: {verdict.describe()} on `{sha[:12]}`. Fix it (or `/retry` "
+            "with instructions), then `/approve` again."
+        )
+    review["merge"] = {"blocked_by": verdict.name, "detail": verdict.detail, "head_sha": sha}
+    async with bosun.services.sessions.begin() as session:
+        await append_event(
+            session,
+            run.id,
+            "policy",
+            {
+                "rule": "merge.checks",
+                "decision": "refuse",
+                "check": verdict.name[:200],
+                "detail": verdict.detail[:100],
+            },
+        )
+    await _show_check(
+        port,
+        run,
+        "completed",
+        "failure",
+        f"Required check {clip(verdict.name, 80)} did not pass",
+        why[0].upper() + why[1:],
+    )
+    await back_to_review(bosun, port, run, number, why, review)
+    return False
+
+
+async def _set_phase(bosun: JobContext, run: Run, phase: str | None) -> None:
+    async with bosun.services.sessions.begin() as session:
+        await session.execute(update(Run).where(Run.id == run.id).values(phase=phase))
+    run.phase = phase
+
+
+async def _last_wait(bosun: JobContext, run_id: str) -> str | None:
+    """The text of the run's latest "waiting for checks" note (shown only when it changes)."""
+    async with bosun.services.sessions() as session:
+        events = await session.execute(
+            select(RunEvent.data)
+            .where(RunEvent.run_id == run_id, RunEvent.kind == "policy")
+            .order_by(RunEvent.seq.desc())
+            .limit(20)
+        )
+        for data in events.scalars():
+            if data.get("rule") == "merge.checks":
+                return str(data.get("message")) if data.get("decision") == "wait" else None
+    return None
+
+
+async def _show_check(
+    port: Forge,
+    run: Run,
+    status: Literal["in_progress", "completed"],
+    conclusion: str | None,
+    title: str,
+    summary: str,
+) -> None:
+    """The run's check run says what the merge waits for (or why it did not happen)."""
+    if not run.check_run_id:
+        return
+    update_ = CheckRunUpdate(
+        title=clip(title, 200), summary=summary[:60000], status=status, conclusion=conclusion
+    )
+    try:
+        await port.update_check_run(run.check_run_id, update_)
+    except ForgeError as exc:
+        log.warning("merge_check_run_failed", error=repr(exc)[:300])
 
 
 async def _merge(port: Forge, pr: int, sha: str, method: str) -> MergeOutcome:
@@ -416,7 +539,7 @@ async def _conflicts(bosun: JobContext, port: Forge, head: str, base_branch: str
         return []
 
 
-async def _back_to_review(
+async def back_to_review(
     bosun: JobContext,
     port: Forge,
     run: Run,

@@ -31,6 +31,7 @@ from jobs.run.base import (
     StepFailed,
     utc_now,
 )
+from jobs.run.image import repository_image
 from jobs.run.phases import Phase
 from jobs.run.prepare import PrepareSteps
 from jobs.run.publish import PublishSteps
@@ -169,6 +170,11 @@ class RunExecution(PrepareSteps, PublishSteps):
 
     async def _steps(self) -> None:
         await self.move(RunState.PREPARING)
+        image = await repository_image(
+            self.bosun, self.port, self.repository, self.config, self.events.emit
+        )
+        if image is not None:  # the repository's own image (allowed, pulled or built)
+            self.profile = self.profile.model_copy(update={"image": image})
         with tracing.span("prepare"):
             await self._prepare()
         await self.move(RunState.RUNNING)

@@ -262,7 +262,15 @@ def merge_pull(
     return merged
 
 
-def submit_review(ctx: Context, r: Repo, i: Issue, state: str, body: str, user: User) -> Review:
+def submit_review(
+    ctx: Context,
+    r: Repo,
+    i: Issue,
+    state: str,
+    body: str,
+    user: User,
+    comments: list[dict[str, Any]] | None = None,
+) -> Review:
     p = i.pull
     assert p is not None
     if state not in {"APPROVED", "CHANGES_REQUESTED", "COMMENTED"}:
@@ -275,6 +283,17 @@ def submit_review(ctx: Context, r: Repo, i: Issue, state: str, body: str, user: 
     s = ctx.store
     review = Review(s.ids.next("review"), user, state, body, p.head_sha)
     p.reviews.append(review)
+    for item in comments or []:  # line comments submitted with the review, as GitHub's API does
+        comment = ReviewComment(
+            s.ids.next("review_comment"),
+            review.id,
+            user,
+            str(item.get("body", "")),
+            str(item.get("path", "README.md")),
+            int(item.get("line", 1)),
+            p.head_sha,
+        )
+        p.review_comments.append(comment)
     payload = wh.envelope(
         s,
         r,

@@ -78,6 +78,19 @@ def add_labels(ctx: Context, r: Repo, i: Issue, labels: list[str], sender: User)
         _issue_event(ctx, r, i, "labeled", sender, label=wh.label(s, r, name))
 
 
+def assign(ctx: Context, r: Repo, i: Issue, logins: list[str], sender: User) -> None:
+    """Add assignees (an App's bot user too, as GitHub lets Copilot be assigned); one
+    ``issues.assigned`` per new assignee."""
+    s = ctx.store
+    for login in logins:
+        found = s.user(login, "Bot" if login.endswith("[bot]") else "User")
+        if any(u.id == found.id for u in i.assignees):
+            continue
+        i.assignees.append(found)
+        i.updated = time.time()
+        _issue_event(ctx, r, i, "assigned", sender, assignee=wh.user(s, found))
+
+
 def remove_label(ctx: Context, r: Repo, i: Issue, name: str, sender: User) -> None:
     if name not in i.labels:
         raise HttpError(404, "Label does not exist")

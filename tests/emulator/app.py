@@ -17,6 +17,7 @@ from . import (
     routes_oauth,
     routes_pulls,
     routes_repos,
+    routes_statuses,
     scenario,
 )
 from .context import Context
@@ -43,12 +44,14 @@ class EmulatorApp:
         self.ctx.store.base_url = base_url
         self.rest = Router()
         routes_app.register(self.rest, self.ctx)
+        routes_statuses.register(self.rest, self.ctx)  # before `branches/{branch:path}`
         routes_repos.register(self.rest, self.ctx)
         routes_issues.register(self.rest, self.ctx)
         routes_pulls.register(self.rest, self.ctx)
         routes_oauth.register(self.rest, self.ctx)
         self.scenario = Router()
         scenario.register(self.scenario, self.ctx)
+        routes_statuses.register_scenario(self.scenario, self.ctx)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

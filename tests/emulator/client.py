@@ -165,13 +165,54 @@ class EmulatorClient:
         )
         return int(data["number"])
 
-    def review(self, repo: str, number: int, state: str, user: str, body: str = "") -> int:
+    def review(
+        self,
+        repo: str,
+        number: int,
+        state: str,
+        user: str,
+        body: str = "",
+        comments: list[dict[str, Any]] | None = None,
+    ) -> int:
+        """Submit a review; ``comments`` (``path``, ``line``, ``body``) go with it."""
         data = self._call(
             "POST",
             f"/repos/{repo}/pulls/{number}/reviews",
-            {"state": state, "body": body, "user": user},
+            {"state": state, "body": body, "user": user, "comments": comments or []},
         )
         return int(data["id"])
+
+    def assign(self, repo: str, number: int, assignees: list[str], user: str) -> None:
+        body = {"assignees": assignees, "user": user}
+        self._call("POST", f"/repos/{repo}/issues/{number}/assignees", body)
+
+    def protect(self, repo: str, branch: str, contexts: list[str]) -> None:
+        """Require ``contexts`` (check run names or commit status contexts) on ``branch``."""
+        self._call("POST", f"/repos/{repo}/protection", {"branch": branch, "contexts": contexts})
+
+    def commit_status(
+        self, repo: str, sha: str, context: str, state: str, user: str, target_url: str = ""
+    ) -> int:
+        body = {"context": context, "state": state, "user": user}
+        if target_url:
+            body["target_url"] = target_url
+        return int(self._call("POST", f"/repos/{repo}/statuses/{sha}", body)["id"])
+
+    def ci_check(
+        self,
+        repo: str,
+        sha: str,
+        name: str,
+        conclusion: str | None,
+        *,
+        status: str = "completed",
+        app: str = "ci",
+    ) -> int:
+        """Another App (a CI) reports check run ``name`` on ``sha``."""
+        body: dict[str, Any] = {"name": name, "head_sha": sha, "status": status, "app": app}
+        if conclusion:
+            body["conclusion"] = conclusion
+        return int(self._call("POST", f"/repos/{repo}/ci-check-runs", body)["id"])
 
     def review_comment(
         self, repo: str, number: int, body: str, user: str, path: str = "README.md", line: int = 1

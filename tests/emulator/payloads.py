@@ -8,7 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from . import render, render_pulls
-from .state import CheckRun, Comment, Installation, Issue, Repo, Review, ReviewComment, Store, User
+from .state import (
+    App,
+    CheckRun,
+    Comment,
+    Installation,
+    Issue,
+    Repo,
+    Review,
+    ReviewComment,
+    Store,
+    User,
+)
 
 USER_KEYS = {
     "login",
@@ -81,9 +92,11 @@ def repository(s: Store, r: Repo) -> dict[str, Any]:
     return _users(data)
 
 
-def app(s: Store) -> dict[str, Any]:
-    assert s.app is not None
-    return _users({k: v for k, v in render.app(s, s.app).items() if k in APP_KEYS})
+def app(s: Store, other: App | None = None) -> dict[str, Any]:
+    """The App (or ``other``, e.g. a CI App) as webhooks show it."""
+    chosen = other or s.app
+    assert chosen is not None
+    return _users({k: v for k, v in render.app(s, chosen).items() if k in APP_KEYS})
 
 
 def _via_app(s: Store, data: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +146,7 @@ def installation(s: Store, inst: Installation) -> dict[str, Any]:
 
 def check_run(s: Store, r: Repo, c: CheckRun) -> dict[str, Any]:
     data = render_pulls.check_run(s, r, c)
-    data["app"] = app(s)
+    data["app"] = app(s, s.ci_apps[c.app_slug] if c.app_slug else None)
     branch = next((b for b, sha in _branches(r).items() if sha == c.head_sha), None)
     all_done = c.status == "completed"
     data["check_suite"] = {
@@ -147,7 +160,7 @@ def check_run(s: Store, r: Repo, c: CheckRun) -> dict[str, Any]:
         "before": None,
         "after": c.head_sha,
         "pull_requests": data["pull_requests"],
-        "app": app(s),
+        "app": data["app"],
         "created_at": render.iso(c.started),
         "updated_at": render.iso(c.completed or c.started),
     }

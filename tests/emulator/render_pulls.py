@@ -125,6 +125,12 @@ def review(s: Store, r: Repo, i: Issue, v: Review) -> dict[str, Any]:
     }
 
 
+def _check_app(s: Store, c: CheckRun) -> dict[str, Any] | None:
+    """The App a check run belongs to: a CI App by slug, else the emulated App."""
+    owner = s.ci_apps.get(c.app_slug) if c.app_slug else s.app
+    return app(s, owner) if owner else None
+
+
 def check_run(s: Store, r: Repo, c: CheckRun) -> dict[str, Any]:
     api = f"{s.base_url}/repos/{r.full_name}/check-runs/{c.id}"
     html = f"{s.base_url}/{r.full_name}/runs/{c.id}"
@@ -163,7 +169,7 @@ def check_run(s: Store, r: Repo, c: CheckRun) -> dict[str, Any]:
             "annotations_url": f"{api}/annotations",
         },
         "check_suite": {"id": c.suite_id},
-        "app": app(s, s.app) if s.app else None,
+        "app": _check_app(s, c),
         "pull_requests": prs,
     }
 

@@ -175,7 +175,7 @@ def register(router: Router, ctx: Context) -> None:
             {
                 "name": name,
                 "commit": {"sha": sha, "url": f"{api}/commits/{sha}"},
-                "protected": False,
+                "protected": (r.id, name) in s.protections,
             }
             for name, sha in sorted(gitrepo.branches(r.path).items())
         ]
@@ -188,21 +188,22 @@ def register(router: Router, ctx: Context) -> None:
         if sha is None:
             raise HttpError(404, "Branch not found")
         api = f"{s.base_url}/repos/{r.full_name}/branches/{name}"
+        protected = (r.id, name) in s.protections
+        # The protection summary GitHub shows anyone who may read the repository.
+        checks: dict[str, Any] = {"enforcement_level": "off", "contexts": [], "checks": []}
+        if protected:
+            from .routes_statuses import protection_json
+
+            policy = protection_json(s, r, name)
+            checks = {k: policy[k] for k in ("enforcement_level", "contexts", "checks")}
         return Response(
             200,
             {
                 "name": name,
                 "commit": commit_object(s, r, sha),
                 "_links": {"self": api, "html": f"{s.base_url}/{r.full_name}/tree/{name}"},
-                "protected": False,
-                "protection": {
-                    "enabled": False,
-                    "required_status_checks": {
-                        "enforcement_level": "off",
-                        "contexts": [],
-                        "checks": [],
-                    },
-                },
+                "protected": protected,
+                "protection": {"enabled": protected, "required_status_checks": checks},
                 "protection_url": f"{api}/protection",
             },
         )

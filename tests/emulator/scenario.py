@@ -111,6 +111,13 @@ def register(router: Router, ctx: Context) -> None:
         acts.add_labels(ctx, r, issue, list(body.get("labels", [])), ctx.user(body.get("user")))
         return Response(200, {"labels": issue.labels})
 
+    def post_assignees(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        issue = ctx.issue(r, request.params["number"])
+        acts.assign(ctx, r, issue, list(body.get("assignees", [])), ctx.user(body.get("user")))
+        return Response(201, {"assignees": [u.login for u in issue.assignees]})
+
     def delete_label(request: Request) -> Response:
         r = repo_of(request)
         issue = ctx.issue(r, request.params["number"])
@@ -164,6 +171,7 @@ def register(router: Router, ctx: Context) -> None:
             body.get("state", "COMMENTED"),
             body.get("body", ""),
             ctx.user(body.get("user")),
+            body.get("comments") or [],
         )
         return Response(201, {"id": review.id})
 
@@ -315,6 +323,7 @@ def register(router: Router, ctx: Context) -> None:
         ("PATCH", f"{repo}/issues/{{number}}", patch_issue),
         ("POST", f"{repo}/issues/{{number}}/labels", post_labels),
         ("DELETE", f"{repo}/issues/{{number}}/labels/{{label}}", delete_label),
+        ("POST", f"{repo}/issues/{{number}}/assignees", post_assignees),
         ("POST", f"{repo}/issues/{{number}}/comments", post_comment),
         ("PATCH", f"{repo}/issues/comments/{{comment_id}}", patch_comment),
         ("DELETE", f"{repo}/issues/comments/{{comment_id}}", delete_comment),

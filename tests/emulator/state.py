@@ -83,17 +83,20 @@ class App:
             "metadata": "read",
             "pull_requests": "write",
             "members": "read",
+            "statuses": "read",
         }
     )
     events: list[str] = field(
         default_factory=lambda: [
             "check_run",
+            "check_suite",
             "issue_comment",
             "issues",
             "pull_request",
             "pull_request_review",
             "pull_request_review_comment",
             "push",
+            "status",
         ]
     )
 
@@ -187,6 +190,7 @@ class Issue:
     comment_ids: list[int] = field(default_factory=list)
     reactions: list[Reaction] = field(default_factory=list)
     pull: Pull | None = None
+    assignees: list[User] = field(default_factory=list)
 
 
 @dataclass
@@ -223,6 +227,23 @@ class CheckRun:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, str]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)  # every create/update body
+    app_slug: str | None = None  # another App's check run (a CI), by its slug; None: the App
+
+
+@dataclass
+class CommitStatus:
+    """One commit status (``POST /repos/{o}/{r}/statuses/{sha}``): the latest per context
+    counts."""
+
+    id: int
+    repo_id: int
+    sha: str
+    context: str
+    state: str  # error, failure, pending, success
+    creator: User
+    description: str | None = None
+    target_url: str | None = None
+    created: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -275,6 +296,9 @@ class Store:
         self.issues: dict[tuple[int, int], Issue] = {}  # (repo id, number)
         self.comments: dict[int, Comment] = {}
         self.check_runs: dict[int, CheckRun] = {}
+        self.statuses: list[CommitStatus] = []
+        self.protections: dict[tuple[int, str], list[str]] = {}  # (repo, branch) -> contexts
+        self.ci_apps: dict[str, App] = {}  # other Apps that report check runs, by slug
         self.tokens: dict[str, Token] = {}
         self.token_lifetime = 3600.0
         self.deliveries: list[Delivery] = []

@@ -8,7 +8,15 @@ from __future__ import annotations
 import shlex
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 CONFIG_PATH = ".github/bosun.yml"
 LOCAL_CONFIG_PATH = ".bosun.yml"
@@ -253,6 +261,45 @@ class BranchConfig(_Strict):
     )
 
 
+def _repo_path(value: str) -> str:
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith("/") or ".." in parts or "\0" in value:
+        raise ValueError(f"{value!r} must be a path inside the repository (no `/` start, no `..`)")
+    return value
+
+
+class ImageBuildConfig(_Strict):
+    """Build the sandbox image from a Dockerfile of this repository (its default branch), on
+    the worker with no network; the operator must allow builds and every `FROM` image."""
+
+    dockerfile: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        description="Path of the Dockerfile, e.g. `.bosun/Dockerfile`."
+    )
+    context: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default=".", description="Folder sent to the build as its context (default: the root)."
+    )
+
+    @model_validator(mode="after")
+    def _paths(self) -> ImageBuildConfig:
+        for key in ("dockerfile", "context"):
+            try:
+                _repo_path(getattr(self, key))
+            except ValueError as exc:
+                raise _KeyProblem(f"image.{key}", str(exc)) from exc
+        return self
+
+
+def _image_kind(value: Any) -> str:
+    return "build" if isinstance(value, dict | ImageBuildConfig) else "reference"
+
+
+ImageChoice = Annotated[
+    Annotated[Annotated[str, Field(min_length=1, max_length=255)], Tag("reference")]
+    | Annotated[ImageBuildConfig, Tag("build")],
+    Discriminator(_image_kind),
+]
+
+
 class RepoConfig(_Strict):
     """`.github/bosun.yml`: this repository's Bosun policy. Every key is optional."""
 
@@ -284,6 +331,14 @@ class RepoConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description=LimitsConfig.__doc__)
     gates: list[GateConfig] = Field(
         default_factory=list, description="Checks run in the sandbox after the agent, in order."
+    )
+    image: ImageChoice | None = Field(
+        default=None,
+        description=(
+            "The sandbox image for this repository's runs: an image reference the operator "
+            "allows (`sandbox.allowed_images`), or `{dockerfile: .bosun/Dockerfile}` to build "
+            "one (when the operator allows builds). Default: the profile's image."
+        ),
     )
     approval: ApprovalConfig = Field(
         default_factory=ApprovalConfig, description=ApprovalConfig.__doc__

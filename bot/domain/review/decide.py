@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bot.domain.commands import VERBS, Command, help_text
+from collections.abc import Sequence
+
+from bot.domain.commands import VERBS, Command, help_text, review_retry
 from bot.domain.limits import listing
 from bot.domain.payloads import ReviewRef
 from bot.domain.policy import matches
@@ -354,9 +356,22 @@ def decide_review(
     config: RepoConfig,
     *,
     now_sha: str | None,
+    line_comments: Sequence[tuple[str, int | None, str]] = (),
 ) -> ReviewDecision:
     """A submitted GitHub review: ``approved`` counts as ``/approve`` by its author, bound to
-    the review's commit; any other state is recorded only."""
+    the review's commit; ``changes_requested`` is a ``/retry`` carrying the review's body and
+    its ``line_comments`` (path, line, text); any other state is recorded only."""
+    if review.state == "changes_requested":
+        retry = review_retry(review.body, list(line_comments))
+        return decide_command(
+            retry,
+            run,
+            review.user.login,
+            permission,
+            config,
+            now_sha=now_sha,
+            actor_type=review.user.type,
+        )
     if review.state != "approved":
         reason = f"a {review.state.replace('_', ' ')} review is recorded, not acted on"
         return IgnoreCommand(rule=f"review.{review.state}", reason=reason)

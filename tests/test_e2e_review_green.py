@@ -1,0 +1,241 @@
+"""Merge when green: an approved run waits for the checks its base branch requires, merges
+when they pass and goes back to review naming the one that failed. The rules are pure
+(``checks_verdict``); the loop runs through the review harness (Bosun's own delivery
+processing against the emulator, deliveries handed over by the test)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from bot.db.models import Run
+from bot.domain.review.checks import (
+    CheckResult,
+    ChecksReport,
+    Green,
+    Red,
+    Waiting,
+    checks_verdict,
+)
+from bot.domain.states import RunState
+from bot.domain.status import CheckRunUpdate
+from jobs.review.green import recheck_waiting
+from jobs.review.merge import AWAITING_CHECKS
+from tests.review_harness import REPO, STATUS_MARKER, Hook, ReadyRun, Review
+
+# --- the rules --------------------------------------------------------------------------
+
+
+def result(name: str, state: str, detail: str = "", app_id: int | None = 7) -> CheckResult:
+    return CheckResult(name, state, detail or state, None, app_id)  # type: ignore[arg-type]
+
+
+def test_nothing_required_is_green_and_unrequired_failures_do_not_count() -> None:
+    report = ChecksReport((), (result("lint", "failure"),))
+    assert checks_verdict(report, gates_passed=None) == Green(())
+
+
+def test_required_checks_wait_pass_and_fail() -> None:
+    required = ("test", "ci/lint")
+    waiting = checks_verdict(
+        ChecksReport(required, (result("test", "success"),)), gates_passed=True
+    )
+    assert waiting == Waiting(("ci/lint",), ("test",))
+    assert "`ci/lint` (1 of 2 passed)" in waiting.describe()
+    running = checks_verdict(
+        ChecksReport(required, (result("test", "pending"), result("ci/lint", "success"))),
+        gates_passed=True,
+    )
+    assert isinstance(running, Waiting) and running.pending == ("test",)
+    green = checks_verdict(
+        ChecksReport(required, (result("test", "success"), result("ci/lint", "success"))),
+        gates_passed=True,
+    )
+    assert green == Green(("test", "ci/lint"))
+    red = checks_verdict(
+        ChecksReport(required, (result("test", "success"), result("ci/lint", "failure", "error"))),
+        gates_passed=True,
+    )
+    assert isinstance(red, Red) and (red.name, red.detail) == ("ci/lint", "error")
+    assert red.describe() == "the required check `ci/lint` errored"
+
+
+def test_a_check_reported_twice_under_one_name_must_pass_both_times() -> None:
+    report = ChecksReport(("test",), (result("test", "success"), result("test", "failure")))
+    assert isinstance(checks_verdict(report, gates_passed=None), Red)
+
+
+def test_bosuns_own_check_stands_for_its_gates() -> None:
+    own = ChecksReport(("bosun", "test"), (result("bosun", "pending", app_id=1),))
+    waiting = checks_verdict(own, gates_passed=True, own_app_id=1)
+    assert waiting == Waiting(("test",), ())  # never waits on itself
+    failed = checks_verdict(ChecksReport(), gates_passed=False)
+    assert isinstance(failed, Red) and failed.name == "bosun"
+    # Another App's check named `bosun` is not Bosun's: it counts like any other.
+    impostor = ChecksReport(("bosun",), (result("bosun", "failure", app_id=99),))
+    assert checks_verdict(impostor, gates_passed=True, own_app_id=1) == Green(())
+
+
+# --- the loop, through the emulator -----------------------------------------------------
+
+
+async def _hooks(review: Review, since: int, event: str) -> list[Hook]:
+    return [h for h in review._hooks(since) if h.event == event]
+
+
+async def _process_all(review: Review, since: int, *events: str) -> list[str]:
+    """Process, in order, every delivery of ``events`` GitHub sent since ``since``."""
+    outcomes = []
+    for hook in review._hooks(since):
+        if hook.event in events:
+            outcomes.append(await review.process(hook))
+    return outcomes
+
+
+async def _with_check_run(review: Review, run: ReadyRun) -> int:
+    """The run's `bosun` check run, as the pipeline leaves it at review_ready."""
+    check = await review.port.create_check_run(
+        run.head,
+        CheckRunUpdate(
+            title="Ready for review",
+            summary="Gates passed.",
+            status="completed",
+            conclusion="success",
+        ),
+    )
+    async with review.bosun.services.sessions.begin() as session:
+        await session.execute(
+            update(Run).where(Run.id == run.run_id).values(check_run_id=check, gates_passed=True)
+        )
+    return check
+
+
+def _check(state: dict[str, Any], check_id: int) -> dict[str, Any]:
+    return dict(next(c for c in state["check_runs"] if c["id"] == check_id))
+
+
+async def _state(review: Review) -> dict[str, Any]:
+    return dict(await asyncio.to_thread(review.em.state, "octo", "hello"))
+
+
+async def _status_comment(review: Review, issue: int) -> str:
+    return next(c for c in await review.comments(issue) if STATUS_MARKER in c)
+
+
+async def test_an_approved_run_waits_for_required_checks_then_merges(review: Review) -> None:
+    review.em.protect(REPO, "main", ["test", "ci/lint"])
+    run = await review.ready_run()
+    check_id = await _with_check_run(review, run)
+
+    outcome = await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert outcome == "processed: approve (approval.approvers>=write)"  # the job returned
+    row = await review.run(run.run_id)
+    assert (row.state, row.phase) == (RunState.APPROVED, AWAITING_CHECKS)
+    assert await review.merges(run.pr) == []
+    status = await _status_comment(review, run.issue)
+    assert "waiting for required checks: `test`, `ci/lint` (0 of 2 passed)" in status
+    bosun_check = _check(await _state(review), check_id)
+    assert bosun_check["status"] == "in_progress"
+    assert bosun_check["output"]["title"] == "Waiting for required checks"
+
+    # The CI reports `test`: looked at again at once, still waiting for `ci/lint`.
+    mark = review._mark()
+    review.em.ci_check(REPO, run.head, "test", None, status="in_progress")
+    review.em.ci_check(REPO, run.head, "test", "success")
+    outcomes = await _process_all(review, mark, "check_run", "check_suite")
+    assert "processed: checks re-read for 1 waiting run(s)" in outcomes
+    assert await review.merges(run.pr) == []
+    assert "`ci/lint` (1 of 2 passed)" in await _status_comment(review, run.issue)
+
+    # Bosun's own check-run updates are not a reason to look again.
+    own = [
+        h for h in await _hooks(review, 0, "check_run") if h.payload["check_run"]["id"] == check_id
+    ]
+    assert own and await review.process(own[-1]) == "ignored: Bosun's own check"
+
+    # The last required check is a commit status: its webhook merges the approved head.
+    mark = review._mark()
+    review.em.commit_status(REPO, run.head, "ci/lint", "success", user="alice")
+    assert await _process_all(review, mark, "status") == [
+        "processed: checks re-read for 1 waiting run(s)"
+    ]
+    row = await review.run(run.run_id)
+    assert row.state is RunState.MERGED and row.phase is None
+    pull = await review.pull(run.pr)
+    assert pull["merged"] is True and pull["head_sha"] == run.head
+    assert await review.merges(run.pr) == [200]
+    bosun_check = _check(await _state(review), check_id)
+    assert (bosun_check["status"], bosun_check["conclusion"]) == ("completed", "success")
+    assert "src/feature.py" in await review.main_files()
+
+
+async def test_a_failing_required_check_blocks_the_merge_and_is_named(review: Review) -> None:
+    review.em.protect(REPO, "main", ["test"])
+    run = await review.ready_run()
+    check_id = await _with_check_run(review, run)
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).state is RunState.APPROVED
+
+    mark = review._mark()
+    review.em.ci_check(REPO, run.head, "test", "failure")
+    await _process_all(review, mark, "check_run", "check_suite")
+    row = await review.run(run.run_id)
+    assert (row.state, row.phase) == (RunState.REVIEW_READY, None)
+    assert await review.merges(run.pr) == [] and (await review.pull(run.pr))["merged"] is False
+    reply = (await review.comments(run.pr))[-1]
+    assert reply.startswith("Nothing was merged: the required check `test` failed")
+    assert "`test` failed" in await _status_comment(review, run.issue)
+    bosun_check = _check(await _state(review), check_id)
+    assert (bosun_check["status"], bosun_check["conclusion"]) == ("completed", "failure")
+    assert bosun_check["output"]["title"] == "Required check test did not pass"
+    manifest = await review.manifest(run.run_id)
+    assert manifest["review"]["merge"]["blocked_by"] == "test"
+
+    # Fixed and approved again once the check passes: merged.
+    mark = review._mark()
+    review.em.ci_check(REPO, run.head, "test", "success")
+    assert all(o.startswith("ignored") for o in await _process_all(review, mark, "check_run"))
+    await review.process(await review.comment(run.pr, "/approve", "carol"))
+    assert (await review.run(run.run_id)).state is RunState.MERGED
+
+
+async def test_the_timer_catches_a_check_whose_webhook_never_came(review: Review) -> None:
+    review.em.protect(REPO, "main", ["ci/lint"])
+    run = await review.ready_run()
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).phase == AWAITING_CHECKS
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
+    assert (await review.run(run.run_id)).state is RunState.APPROVED  # still pending
+    review.em.commit_status(REPO, run.head, "ci/lint", "success", user="alice")  # not handed over
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
+    assert (await review.run(run.run_id)).state is RunState.MERGED
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 0}
+
+
+async def test_a_wait_that_lasts_too_long_goes_back_to_review(review: Review) -> None:
+    review.em.protect(REPO, "main", ["never-reports"])
+    run = await review.ready_run()
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    from datetime import UTC, datetime, timedelta
+
+    async with review.bosun.services.sessions.begin() as session:
+        await session.execute(
+            update(Run)
+            .where(Run.id == run.run_id)
+            .values(state_since=datetime.now(UTC) - timedelta(hours=25))
+        )
+    await recheck_waiting({"bosun": review.bosun})
+    assert (await review.run(run.run_id)).state is RunState.REVIEW_READY
+    assert "did not all pass within 24 hours" in (await review.comments(run.pr))[-1]
+
+
+@pytest.mark.parametrize("conclusion", ["neutral", "skipped"])
+async def test_neutral_and_skipped_checks_pass(review: Review, conclusion: str) -> None:
+    review.em.protect(REPO, "main", ["docs"])
+    run = await review.ready_run()
+    review.em.ci_check(REPO, run.head, "docs", conclusion)
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).state is RunState.MERGED
