@@ -22,6 +22,7 @@ from jobs.deliveries.process import process_delivery
 from jobs.deliveries.sweeper import sweep_deliveries
 from jobs.deliveries.traced import traced_delivery
 from jobs.resilience import ResilientWorker
+from jobs.review.green import recheck_waiting
 from jobs.run.pipeline import execute_run
 from jobs.upkeep.notify import notify_crons, notify_functions, notify_startup
 from jobs.upkeep.ping import ping
@@ -66,6 +67,13 @@ def cron_jobs(settings: Settings) -> list[Any]:
             unique=True,
         ),
         cron(prune, name=f"{namespace}:prune", minute={41}, second={15}, unique=True),
+        cron(
+            recheck_waiting,  # merge when green: a check webhook that never came
+            name=f"{namespace}:merge-recheck",
+            minute=set(range(0, 60, settings.worker.merge_recheck_minutes)),
+            second={45},
+            unique=True,
+        ),
         *notify_crons(settings),
     ]
 
