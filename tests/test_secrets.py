@@ -189,3 +189,24 @@ def test_a_placeholder_in_a_credential_shape_is_not_reported() -> None:
         "AccountKey=" + "A" * 86 + "==",
     ):
         assert list(find_secrets(line)) == [], line
+
+
+def test_a_pattern_is_skipped_only_where_it_cannot_match() -> None:
+    """Each pattern is searched only in lines holding the text every match of it holds: over
+    every line these tests use, and each with its case flipped, no pattern matches a line
+    its skip test would have passed over."""
+    from bot.domain.secrets import _checks
+    from tests.test_policy import REALISTIC, TRUE_POSITIVES
+
+    lines = [line for _, _, line, _ in MISSED_BEFORE] + [line for _, line in TRUE_POSITIVES]
+    lines += REALISTIC + [line.swapcase() for line in lines]
+    gated = [check for check in _checks() if check.text]
+    assert len(gated) >= 40  # most of the package's patterns have such a text
+    matched = 0
+    for line in lines:
+        for check in gated:
+            if check.pattern.search(line):
+                matched += 1
+                haystack = line.lower() if check.lowered else line
+                assert check.text in haystack, (check.rule.kind, check.pattern.pattern, line)
+    assert matched >= len(MISSED_BEFORE)

@@ -25,9 +25,11 @@ import math
 import pkgutil
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from re import _constants, _parser  # type: ignore[attr-defined]
+from typing import Any
 
 from detect_secrets import plugins as ds_plugins
 from detect_secrets.filters.heuristic import is_sequential_string
@@ -49,8 +51,10 @@ class Rule:
     ``secrets.<kind>``."""
     description: str
     """What it is, in a sentence: "GitHub token", "JSON web token"."""
-    find: Callable[[str], Iterable[str]]
-    """The credentials in a line (each as it appears there)."""
+    patterns: tuple[re.Pattern[str], ...]
+    extract: Callable[[re.Match[str], str], str | None]
+    """The credential a match of one of ``patterns`` in a line is, as it appears there, or
+    ``None`` when the match is none."""
     source: str
     """``detect-secrets`` or ``bosun``."""
     random_only: bool = False
@@ -88,10 +92,41 @@ def _package_rules() -> list[Rule]:
                 continue
             secret_type = str(cls.secret_type)
             kind = _kind(secret_type)
-            finder = _detector_finder(cls())
-            random_only = kind in _RANDOM_ONLY
-            rules.append(Rule(kind, _prose(secret_type), finder, "detect-secrets", random_only))
+            detector = cls()
+            rules.append(
+                Rule(
+                    kind,
+                    _prose(secret_type),
+                    tuple(detector.denylist),
+                    _detector_extract(detector),
+                    "detect-secrets",
+                    random_only=kind in _RANDOM_ONLY,
+                )
+            )
     return rules
+
+
+def _required_text(pattern: re.Pattern[str]) -> str:
+    """The longest run of literal characters every match of ``pattern`` holds (its top-level
+    sequence and the groups in it, as the parser reads them: ``(ghp|gho)_`` → ``gh``), or
+    ``""``."""
+    best = ""
+
+    def walk(items: Any) -> None:
+        nonlocal best
+        run = ""
+        for op, value in items:
+            if op is _constants.LITERAL:
+                run += chr(value)
+                continue
+            best = max(best, run, key=len)
+            run = ""
+            if op is _constants.SUBPATTERN:  # a group without a quantifier: required too
+                walk(value[3])
+        best = max(best, run, key=len)
+
+    walk(_parser.parse(pattern.pattern, pattern.flags))
+    return best if len(best) >= 2 else ""
 
 
 _BLOB = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -103,8 +138,8 @@ def _inside_blob(line: str, start: int, end: int) -> bool:
     return start > 0 and end < len(line) and line[start - 1] in _BLOB and line[end] in _BLOB
 
 
-def _detector_finder(detector: RegexBasedDetector) -> Callable[[str], Iterator[str]]:
-    """The credentials a detector's patterns match in a line, each as it appears there.
+def _detector_extract(detector: RegexBasedDetector) -> Callable[[re.Match[str], str], str | None]:
+    """The credential in a match of a detector's pattern, as it appears in the line.
 
     ``analyze_string`` yields a pattern's groups when it has any, which is sometimes the
     credential (``aws…key = "<group>"``, a URL's password) and sometimes only part of its
@@ -113,65 +148,42 @@ def _detector_finder(detector: RegexBasedDetector) -> Callable[[str], Iterator[s
     match in the middle of a run of base64 characters is data, not a credential. A match
     counts only when ``analyze_string`` accepts it (the JWT detector checks its parts
     decode)."""
-    patterns = list(detector.denylist)
 
-    def find(line: str) -> Iterator[str]:
-        for pattern in patterns:
-            for match in pattern.finditer(line):
-                whole = match.group(0)
-                if _inside_blob(line, match.start(), match.end()):
-                    continue
-                if not any(detector.analyze_string(whole)):
-                    continue
-                secret = whole
-                spans = [
-                    match.span(i) for i in range(1, (pattern.groups or 0) + 1) if match.group(i)
-                ]
-                if spans:
-                    start, end = max(spans, key=lambda span: span[1] - span[0])
-                    if start > match.start() and end >= match.end() - 2:
-                        secret = line[start:end]
-                yield secret
+    def extract(match: re.Match[str], line: str) -> str | None:
+        whole = match.group(0)
+        if _inside_blob(line, match.start(), match.end()):
+            return None
+        if not any(detector.analyze_string(whole)):
+            return None
+        groups = match.re.groups
+        spans = [match.span(i) for i in range(1, groups + 1) if match.group(i)]
+        if spans:
+            start, end = max(spans, key=lambda span: span[1] - span[0])
+            if start > match.start() and end >= match.end() - 2:
+                return line[start:end]
+        return whole
 
-    return find
+    return extract
 
 
-def _pattern(regex: str) -> Callable[[str], Iterator[str]]:
-    """A finder from a regular expression whose group 1 is the credential."""
-    compiled = re.compile(regex)
+def _group_one(match: re.Match[str], line: str) -> str | None:
+    return match.group(1)
 
-    def find(line: str) -> Iterator[str]:
-        for match in compiled.finditer(line):
-            yield match.group(1)
 
-    return find
+def _bosun(kind: str, description: str, regex: str) -> Rule:
+    """One of Bosun's rules: a regular expression whose group 1 is the credential."""
+    return Rule(kind, description, (re.compile(regex),), _group_one, "bosun")
 
 
 _BOSUN_RULES = (
-    Rule(
-        "anthropic_api_key",
-        "Anthropic API key",
-        _pattern(r"(?<![\w-])(sk-ant-[A-Za-z0-9_-]{32,})"),
-        "bosun",
-    ),
-    Rule(
+    _bosun("anthropic_api_key", "Anthropic API key", r"(?<![\w-])(sk-ant-[A-Za-z0-9_-]{32,})"),
+    _bosun(
         "openai_api_key",
         "OpenAI API key",
-        _pattern(r"(?<![\w-])(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})"),
-        "bosun",
+        r"(?<![\w-])(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{32,})",
     ),
-    Rule(
-        "google_api_key",
-        "Google API key",
-        _pattern(r"\b(AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
-        "bosun",
-    ),
-    Rule(
-        "github_token",
-        "GitHub token",
-        _pattern(r"\b(github_pat_[A-Za-z0-9_]{50,255})"),
-        "bosun",
-    ),
+    _bosun("google_api_key", "Google API key", r"\b(AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
+    _bosun("github_token", "GitHub token", r"\b(github_pat_[A-Za-z0-9_]{50,255})"),
 )
 
 
@@ -179,6 +191,29 @@ _BOSUN_RULES = (
 def rules() -> tuple[Rule, ...]:
     """Every rule, the package's first (earlier rules claim their span of a line first)."""
     return (*_package_rules(), *_BOSUN_RULES)
+
+
+@dataclass(frozen=True)
+class _Check:
+    rule: Rule
+    pattern: re.Pattern[str]
+    text: str
+    """Text every match holds (``""``: none known); absent from a line, the pattern is not
+    searched: a substring test is far cheaper, and most lines match none of some fifty
+    patterns."""
+    lowered: bool
+    """Whether ``text`` is looked for in the lower-cased line (a case-insensitive pattern)."""
+
+
+@cache
+def _checks() -> tuple[_Check, ...]:
+    checks = []
+    for rule in rules():
+        for pattern in rule.patterns:
+            text = _required_text(pattern)
+            lowered = bool(pattern.flags & re.IGNORECASE)
+            checks.append(_Check(rule, pattern, text.lower() if lowered else text, lowered))
+    return tuple(checks)
 
 
 # --- the assignment heuristic -------------------------------------------------------------
@@ -193,6 +228,8 @@ _ASSIGNMENT = re.compile(
     r"(?:\"([^\"\s]{16,})\"|'([^'\s]{16,})'|`([^`\s]{16,})`"
     r"|([^\s\"'`,;()\[\]{}<>$%]{16,})(?=$|[\s,;#]))"
 )
+_SENSITIVE_WORDS = ("pass", "pwd", "secret", "token", "key", "credential")
+"""One of these is in every name ``_SENSITIVE_NAME`` matches (lower-cased)."""
 ASSIGNMENT_KIND = "secret_assignment"
 ASSIGNMENT_DESCRIPTION = "hard-coded secret"
 
@@ -284,8 +321,19 @@ def find_secrets(line: str) -> Iterator[Found]:
             at = line.find(secret, at + 1)
         return None
 
-    for rule in rules():
-        for secret in rule.find(line):
+    lowered_line: str | None = None
+    for check in _checks():
+        if check.text:
+            if check.lowered:
+                if lowered_line is None:
+                    lowered_line = line.lower()
+                if check.text not in lowered_line:
+                    continue
+            elif check.text not in line:
+                continue
+        rule = check.rule
+        for match in check.pattern.finditer(line):
+            secret = rule.extract(match, line)
             if not secret or secret in _KNOWN_EXAMPLES:
                 continue
             if rule.kind != "private_key" and is_placeholder(secret):
@@ -295,6 +343,10 @@ def find_secrets(line: str) -> Iterator[Found]:
             span = claim(secret)
             if span is not None:
                 yield Found(rule.kind, rule.description, secret, *span)
+    if lowered_line is None:
+        lowered_line = line.lower()
+    if not any(word in lowered_line for word in _SENSITIVE_WORDS):
+        return
     for match in _ASSIGNMENT.finditer(line):
         index = next(i for i in range(2, 6) if match.group(i) is not None)
         value = match.group(index)
