@@ -315,3 +315,64 @@ def test_resume_continues_the_agent_session(
         assert restored == [
             {"phase": "prepare", "session": session_id, "resumed": True, "from_run": first["id"]}
         ]
+
+
+def test_a_model_nobody_priced_is_charged_conservatively_and_flagged(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    real_key: str,
+) -> None:
+    """A profile naming a model no price list knows (an in-house model behind an Anthropic-
+    compatible server): every request is charged at the unknown-model price, never $0; the run
+    records one ``gateway.pricing`` flag and its PR says the cost is an estimate."""
+    from bot.agents.gateway import UNKNOWN_MODEL_PRICE, Usage
+
+    model = "acme-internal-coder-7"
+    script = ModelScript(
+        [
+            ToolTurn("Write", {"file_path": "/workspace/hello.txt", "content": "hello\n"}),
+            TextTurn("I created hello.txt."),
+        ]
+    )
+    with (
+        running(AnthropicStub(script)) as stub_url,
+        agent_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            stub_url,
+            5.0,
+            model=model,
+        ) as stack,
+    ):
+        number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
+        stack.label(number, "bosun:agent")
+        (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
+        assert run["state"] == "review_ready", run
+        metered = [
+            e["data"]
+            for e in stack.events(run["id"], "cost")
+            if e["data"].get("source") == "gateway"
+        ]
+        assert metered and {(d["model"], d["priced_by"], d["known_model"]) for d in metered} == {
+            (model, "unknown", False)
+        }
+        for d in metered:
+            usage = Usage(d["tokens_in"], d["tokens_out"])  # the stub reports no cache
+            assert d["usd"] > 0
+            assert d["usd"] == pytest.approx(UNKNOWN_MODEL_PRICE.cost(usage), abs=1e-6)
+        flags = [
+            e["data"]
+            for e in stack.events(run["id"], "policy")
+            if e["data"].get("rule") == "gateway.pricing"
+        ]
+        assert [(f["decision"], f["model"]) for f in flags] == [("flag", model)]
+        spent = stack.db("SELECT cost_usd FROM runs WHERE id=?", run["id"])[0][0]
+        assert spent == pytest.approx(sum(d["usd"] for d in metered), abs=1e-5)
+        pr = stack.wait_for(lambda: stack.state()["pulls"], 10, "a PR")[0]
+        assert "an estimate: no price is known for" in pr["body"] and model in pr["body"]
