@@ -43,6 +43,13 @@ class ProfileConfig(BaseModel):
         default="gateway",
         description="`none`: no model access at all; `gateway`: only the model gateway.",
     )
+    agent_network: Literal["none", "registries"] = Field(
+        default="none",
+        description=(
+            "Network of the agent phase besides the model gateway: `none`, or `registries` "
+            "(the setup phase's egress proxy and allowlist). Gates always get `none`."
+        ),
+    )
     upstreams: list[str] = Field(
         default_factory=list, description="Model API base URLs the gateway may forward to."
     )

@@ -28,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bot.agents.egress.settings import CacheSettings, EgressSettings
 from bot.agents.gateway.limits import GatewayLimits
 from bot.agents.gateway.pricing import UNKNOWN_MODEL_PRICE, Price, PricingTable
 from bot.agents.gateway.routes import Upstream
@@ -650,6 +651,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    caches: CacheSettings = Field(default_factory=CacheSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -37,6 +37,7 @@ EVENT_KINDS = frozenset(
         "error",
         "steer",
         "steer_delivered",
+        "egress",
     }
 )
 

@@ -290,6 +290,39 @@ def phase_prompt(prompt: str, phase: str, template: str | None = None, *, plan: 
     return head + _phase_section(phase, template, plan)
 
 
+INSTRUCTION_FILES = ("AGENTS.md", "CLAUDE.md")
+"""Files where repositories keep instructions for coding agents, read by the agents natively
+(Codex, OpenCode, Gemini CLI and others read ``AGENTS.md``; Claude Code reads ``CLAUDE.md``)."""
+INSTRUCTIONS_HEADING = "## The repository's instructions for agents"
+
+
+def instruction_files(present: Sequence[str], runner: str) -> list[str]:
+    """Of the instruction files at the top of the checkout, those the prompt names for
+    ``runner`` (``CLAUDE.md`` only for Claude Code, whose file it is)."""
+    wanted = INSTRUCTION_FILES if runner == "claude-code" else ("AGENTS.md",)
+    return [name for name in wanted if name in present]
+
+
+def with_instructions(prompt: str, files: Sequence[str]) -> str:
+    """``prompt`` with a note that the repository keeps instructions for agents in ``files``,
+    placed before Bosun's phase section (so a later phase keeps it). The files are left where
+    they are for the agent to read itself; their text never enters the prompt."""
+    if not files or INSTRUCTIONS_HEADING in prompt:
+        return prompt
+    names = " and ".join(f"`{name}`" for name in files)
+    note = (
+        f"\n{INSTRUCTIONS_HEADING}\n"
+        f"This repository keeps instructions for coding agents in {names} at the top of the "
+        "checkout (folders may have their own). Read them before you change anything and "
+        "follow them where they do not conflict with this task or the rules below. "
+        "`.github/bosun.yml` is Bosun's policy for the repository, not instructions to you.\n"
+    )
+    cut = prompt.rfind("\n" + PHASE_HEADING)
+    if cut < 0:
+        return prompt.rstrip("\n") + "\n" + note
+    return prompt[:cut] + "\n" + note + prompt[cut:]
+
+
 # --- branch names -------------------------------------------------------------------------
 
 
@@ -309,11 +342,14 @@ def branch_name(prefix: str, issue_number: int, title: str) -> str:
 
 
 __all__ = [
+    "INSTRUCTION_FILES",
     "PHASE_HEADING",
     "PromptComment",
     "branch_name",
     "build_prompt",
+    "instruction_files",
     "phase_prompt",
     "sanitize",
     "slugify",
+    "with_instructions",
 ]

@@ -72,6 +72,8 @@ class RunView:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     """Failure annotations from the gates' output (``bot/domain/annotations.py``), for the check
     run."""
+    egress_denied: list[tuple[str, int, int]] = field(default_factory=list)
+    """``(host, port, attempts)`` the egress proxy refused (setup, or an agent granted it)."""
 
     def phase(self, name: str, state: PhaseState, note: str = "") -> None:
         self.phases[name] = (state, note)
@@ -98,8 +100,33 @@ def phase_names(view: RunView) -> list[str]:
     """The phase rows in order, the agent's expanded into its workflow phases."""
     names: list[str] = []
     for name in PHASES:
+        if name == "agent" and "setup" in view.phases:  # only runs that have a setup phase
+            names.append("setup")
         names += list(view.agent_phases) if name == "agent" else [name]
     return names
+
+
+MAX_DENIED_SHOWN = 20
+
+
+def _egress_denied(view: RunView) -> list[str]:
+    """The hosts the egress proxy refused, as Copilot's firewall lists them."""
+    if not view.egress_denied:
+        return []
+    lines = [
+        "## Blocked network requests",
+        "",
+        "The egress proxy refused these hosts (they are not on the run's allowlist; the "
+        "operator's `egress.allow`, narrowed or extended by `egress` in `.github/bosun.yml`):",
+        "",
+    ]
+    for host, port, attempts in view.egress_denied[:MAX_DENIED_SHOWN]:
+        times = "1 request" if attempts == 1 else f"{attempts} requests"
+        lines.append(f"- {shown(f'{host}:{port}', code=True)} ({times})")
+    more = len(view.egress_denied) - MAX_DENIED_SHOWN
+    if more > 0:
+        lines.append(f"- … and {more} more (the run's `egress` events list them all)")
+    return lines
 
 
 def _gates_table(view: RunView) -> str:
@@ -232,6 +259,8 @@ def check_run_update(view: RunView, *, actions: tuple[CheckAction, ...] = ()) ->
         summary += ["", f"⏳ {view.waiting}; it starts when its turn comes."]
     if view.stalled:
         summary += ["", f"⚠️ Stalled: {view.stalled}. `/cancel` stops it."]
+    if view.egress_denied:
+        summary += ["", *_egress_denied(view)]
     if view.dashboard_url:
         summary += ["", f"[Open this run in the dashboard]({view.dashboard_url})"]
     text = ["## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
@@ -297,6 +326,8 @@ def pr_body(view: RunView) -> str:
         lines += ["", "<details><summary>The plan the agent followed</summary>", ""]
         lines += [*fence(view.plan[:20_000], "markdown"), "", "</details>"]
     lines += ["", "## Gates", "", _gates_table(view), "", "## Cost", "", _cost(view)]
+    if view.egress_denied:
+        lines += ["", *_egress_denied(view)]
     if view.dashboard_url:
         lines += ["", f"[Run in the dashboard]({view.dashboard_url})"]
     if view.transcript_tail:

@@ -175,6 +175,40 @@ def check_github_app(settings: Settings) -> Check:
     return Check("github app", "ok", f"app {gh.app_id} at {gh.api_url}")
 
 
+def check_caches(settings: Settings) -> Check:
+    """The dependency caches' size per repository, against their caps."""
+    from bot.agents.egress.caches import caches_of
+
+    caches = caches_of(settings)
+    if caches is None:
+        return Check("dependency caches", "skip", "off (caches.enabled is false)")
+    sizes = caches.sizes()
+    total = sum(size for size, _ in sizes.values())
+    biggest = sorted(sizes.items(), key=lambda item: -item[1][0])[:5]
+    listed = ", ".join(f"{key} {_human(size)}" for key, (size, _) in biggest)
+    detail = (
+        f"{len(sizes)} repositor{'y' if len(sizes) == 1 else 'ies'}, {_human(total)} of "
+        f"{_human(caches.max_bytes)} at {caches.root}" + (f" ({listed})" if listed else "")
+    )
+    if total > caches.max_bytes:
+        return Check(
+            "dependency caches",
+            "warn",
+            detail,
+            "the next setup evicts the least recently used; or raise BOSUN_CACHES__MAX_BYTES",
+        )
+    return Check("dependency caches", "ok", detail)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 async def run_checks(settings: Settings) -> list[Check]:
     services = Services.build(settings)
     try:
@@ -183,6 +217,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         checks.append(await check_redis(services))
         checks.extend(await check_docker_and_images(services))
         checks.append(check_github_app(settings))
+        checks.append(await asyncio.to_thread(check_caches, settings))
         return checks
     finally:
         await services.close()

@@ -35,6 +35,7 @@ from jobs.run.image import repository_image
 from jobs.run.phases import Phase
 from jobs.run.prepare import PrepareSteps
 from jobs.run.publish import PublishSteps
+from jobs.run.setup import SetupSteps
 from jobs.run.steering import steer_wake_key
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError
@@ -96,7 +97,7 @@ async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
         return Loaded(run, task, repository)
 
 
-class RunExecution(PrepareSteps, PublishSteps):
+class RunExecution(SetupSteps, PrepareSteps, PublishSteps):
     """One run's execution: the steps in order, the cancel watch, the ending and clean-up."""
 
     async def execute(self) -> dict[str, Any]:
@@ -175,8 +176,11 @@ class RunExecution(PrepareSteps, PublishSteps):
         )
         if image is not None:  # the repository's own image (allowed, pulled or built)
             self.profile = self.profile.model_copy(update={"image": image})
+        await self._plan_setup()
         with tracing.span("prepare"):
             await self._prepare()
+        with tracing.span("setup"):
+            await self._setup()
         await self.move(RunState.RUNNING)
         result, failed_phase = await self._run_workflow()
         await self.move(RunState.GATES)
@@ -354,6 +358,7 @@ class RunExecution(PrepareSteps, PublishSteps):
                 await self.bosun.backend.remove(self.sandbox)
             else:  # a run ended for a dead worker: its sandbox goes before its files
                 await self.bosun.backend.remove_run(self.run.id)
+        await self._cleanup_setup()
         if self.gateway is not None:
             with contextlib.suppress(Exception):
                 await self.gateway.stop()

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from bot.domain.egress import BadEntry, Rule
+
 CONFIG_PATH = ".github/bosun.yml"
 LOCAL_CONFIG_PATH = ".bosun.yml"
 """Read when a local repository has no ``CONFIG_PATH`` (GitHub repositories use only that)."""
@@ -261,6 +263,41 @@ class BranchConfig(_Strict):
     )
 
 
+SetupCommand = Annotated[
+    str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)],
+    Field(description="A shell line (run by `/bin/sh -c`) or an argv list (no shell)."),
+]
+
+
+class EgressConfig(_Strict):
+    """What the setup phase may reach through the egress proxy, within the operator's rules."""
+
+    allow: list[Annotated[str, Field(min_length=1, max_length=260)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description=(
+            "Hosts to add to the operator's allowlist: `host`, `*.domain` or either with "
+            "`:port`. Only hosts the operator lets repositories add are kept; the rest are "
+            "ignored with a note on the run."
+        ),
+    )
+    deny: list[Annotated[str, Field(min_length=1, max_length=260)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Hosts of the operator's allowlist this repository does not want reachable.",
+    )
+
+    @model_validator(mode="after")
+    def _entries(self) -> EgressConfig:
+        for key in ("allow", "deny"):
+            for index, entry in enumerate(getattr(self, key)):
+                try:
+                    Rule.parse(entry)
+                except BadEntry as exc:
+                    raise _KeyProblem(f"egress.{key}[{index}]", str(exc)) from exc
+        return self
+
+
 def _repo_path(value: str) -> str:
     parts = value.replace("\\", "/").split("/")
     if value.startswith("/") or ".." in parts or "\0" in value:
@@ -329,6 +366,18 @@ class RepoConfig(_Strict):
         description="Globs a run is expected to touch; runs with overlapping scopes take turns.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description=LimitsConfig.__doc__)
+    setup: list[SetupCommand] | None = Field(
+        default=None,
+        max_length=50,
+        description=(
+            "Commands run in the sandbox before the agent, in order, with network only through "
+            "Bosun's egress proxy (package registries): install the project's dependencies "
+            "here. A string runs in `/bin/sh -c`, a list is an argv. Unset: the "
+            "`onCreateCommand` and `postCreateCommand` of `.devcontainer/devcontainer.json`, "
+            "if any; `[]` runs nothing."
+        ),
+    )
+    egress: EgressConfig = Field(default_factory=EgressConfig, description=EgressConfig.__doc__)
     gates: list[GateConfig] = Field(
         default_factory=list, description="Checks run in the sandbox after the agent, in order."
     )

@@ -1,0 +1,281 @@
+"""Per-repository dependency caches (pip, uv, npm, cargo, go), written only by a run's setup.
+
+On the host (root-owned folders, ``0700``; one folder per repository, never shared)::
+
+    <root>/<repository key>/current -> gen-<run id>   the published cache (a symlink)
+    <root>/<repository key>/gen-<run id>/             {pip,uv,npm,cargo,go/mod}
+    <root>/<repository key>/lock                      flock: publishing excludes staging
+
+A run's sandbox binds ``<run folder>/cache`` at ``/bosun-cache`` (a folder of the run, so warm
+pooled sandboxes bind it like the others). Before setup, ``stage`` fills it from the published
+cache by hard links: folders are new and owned by the sandbox user's host uid, every file is a
+link to a root-owned file that is not group- or world-writable, so setup can add, replace and
+delete entries of its own copy but never change a file another run reads. After setup, ``seal``
+hands the whole copy to root and clears group and world write, so the agent and the gates read
+it but cannot write it, and ``publish`` links the sealed copy into a new generation and points
+``current`` at it. Runs of other repositories never see it: a run binds only its own copy of
+its own repository's cache.
+
+The host never follows a link in a cache: walks use ``os.walk`` without following links,
+ownership and modes are changed through a descriptor opened with ``O_NOFOLLOW``, and a symlink
+or FIFO the setup left is carried over as what it is (links are hard-linked, never read).
+Every run of the sandbox has ended when ``seal`` runs (setup's leftovers are killed first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from sandboxes.errors import SandboxError
+from sandboxes.quota import disk_usage
+
+CACHE_MOUNT = "/bosun-cache"
+RUN_FOLDER = "cache"
+"""The run's copy, in its run folder."""
+ECOSYSTEM_DIRS = ("pip", "uv", "npm", "cargo", "go/mod")
+CURRENT = "current"
+LOCK = "lock"
+_GEN = re.compile(r"^gen-[A-Za-z0-9_.-]+$")
+
+
+class CacheError(SandboxError):
+    """A dependency cache could not be prepared or kept."""
+
+
+def cache_env() -> dict[str, str]:
+    """Where each tool keeps its cache inside the sandbox (the same in every phase; only
+    whether the folder is writable changes)."""
+    return {
+        "PIP_CACHE_DIR": f"{CACHE_MOUNT}/pip",
+        "UV_CACHE_DIR": f"{CACHE_MOUNT}/uv",
+        "npm_config_cache": f"{CACHE_MOUNT}/npm",
+        "CARGO_HOME": f"{CACHE_MOUNT}/cargo",
+        "GOMODCACHE": f"{CACHE_MOUNT}/go/mod",
+        "GOCACHE": "/tmp/go-build",  # noqa: S108 - Go writes its build cache in every phase
+        "GOFLAGS": "-modcacherw",
+    }
+
+
+def repository_key(repository_id: int, full_name: str) -> str:
+    """A folder name that is one repository's alone (ids are unique; the name helps people)."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", full_name)[:60].strip("._") or "repo"
+    digest = hashlib.sha256(f"{repository_id}:{full_name}".encode()).hexdigest()[:8]
+    return f"{repository_id}-{readable}-{digest}"
+
+
+class Caches:
+    """All repositories' caches under ``root``."""
+
+    def __init__(self, root: Path, *, max_bytes: int, max_bytes_per_repository: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.max_bytes_per_repository = max_bytes_per_repository
+
+    def repository(self, key: str) -> Path:
+        if "/" in key or key in {"", ".", ".."} or key.startswith("."):
+            raise CacheError(f"bad cache key {key!r}")
+        return self.root / key
+
+    def stage(self, key: str, target: Path, owner: tuple[int, int]) -> bool:
+        """Fill ``target`` (the run's empty ``cache`` folder) from the repository's published
+        cache; returns whether there was one. Folders go to ``owner`` (the sandbox user's host
+        ids), files stay links to the published, root-owned ones."""
+        repo = self.repository(key)
+        try:
+            for folder in (self.root, repo):
+                folder.mkdir(exist_ok=True, parents=True)
+                os.chmod(folder, 0o700)
+            target.mkdir(exist_ok=True)
+            with _locked(repo, fcntl.LOCK_SH):
+                published = _current(repo)
+                if published is not None:
+                    _link_tree(published, target)
+                    os.utime(published)  # last used: eviction goes by this
+            for name in ECOSYSTEM_DIRS:
+                (target / name).mkdir(parents=True, exist_ok=True)
+            for folder in [target, *_folders(target)]:
+                _own(folder, owner, 0o755)
+        except OSError as exc:
+            raise CacheError(f"cannot prepare the dependency cache of {key}: {exc}") from exc
+        return published is not None
+
+    def seal(self, target: Path) -> None:
+        """Make the run's copy read-only to the sandbox: everything root's, nothing group- or
+        world-writable."""
+        try:
+            for path in [target, *_entries(target)]:
+                _own(path, (0, 0), None)
+        except OSError as exc:
+            raise CacheError(f"cannot seal the dependency cache {target}: {exc}") from exc
+
+    def publish(self, key: str, target: Path, run_id: str) -> int:
+        """Make the sealed copy the repository's cache, unless it is larger than a repository
+        may keep; returns its size in bytes. Earlier generations are removed."""
+        size = disk_usage(target)
+        if size > self.max_bytes_per_repository:
+            return size
+        repo = self.repository(key)
+        name = f"gen-{run_id}"
+        if not _GEN.match(name):
+            raise CacheError(f"bad run id {run_id!r}")
+        try:
+            staging = repo / f".{name}"
+            _remove(staging)
+            _link_tree(target, staging)
+            with _locked(repo, fcntl.LOCK_EX):
+                _remove(repo / name)
+                os.rename(staging, repo / name)
+                link = repo / f".{CURRENT}-{run_id}"
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+                os.symlink(name, link)
+                os.replace(link, repo / CURRENT)
+                for entry in repo.iterdir():
+                    if _GEN.match(entry.name) and entry.name != name:
+                        _remove(entry)
+        except OSError as exc:
+            raise CacheError(f"cannot keep the dependency cache of {key}: {exc}") from exc
+        return size
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove the least recently used repositories' caches until all fit in
+        ``max_bytes`` (never ``keep``, the one the caller uses). Returns the removed keys."""
+        sizes = self.sizes()
+        total = sum(size for size, _ in sizes.values())
+        removed: list[str] = []
+        for key, (size, _used) in sorted(sizes.items(), key=lambda item: item[1][1]):
+            if total <= self.max_bytes:
+                break
+            if key == keep or size == 0:
+                continue
+            repo = self.repository(key)
+            with _locked(repo, fcntl.LOCK_EX):
+                published = _current(repo)
+                if published is not None:
+                    _remove(published)
+            total -= size
+            removed.append(key)
+        return removed
+
+    def sizes(self) -> dict[str, tuple[int, float]]:
+        """Each repository's published cache: ``(bytes, last used as a timestamp)``."""
+        found: dict[str, tuple[int, float]] = {}
+        if not self.root.is_dir():
+            return found
+        for entry in sorted(self.root.iterdir()):
+            if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir():
+                continue
+            published = _current(entry)
+            if published is None:
+                found[entry.name] = (0, 0.0)
+                continue
+            found[entry.name] = (disk_usage(published), published.lstat().st_mtime)
+        return found
+
+
+def _current(repo: Path) -> Path | None:
+    try:
+        target = os.readlink(repo / CURRENT)
+    except OSError:
+        return None
+    path = repo / target
+    if not _GEN.match(target) or path.is_symlink() or not path.is_dir():
+        return None
+    return path
+
+
+@contextlib.contextmanager
+def _locked(repo: Path, how: int) -> Iterator[None]:
+    fd = os.open(repo / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, how)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _own(path: Path, owner: tuple[int, int], folder_mode: int | None) -> None:
+    """``lchown`` ``path``, clear its group/world write and set-id bits and make a file readable
+    to all, through a descriptor that cannot be a followed link (a symlink or socket only
+    changes owner)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):
+            os.lchown(path, *owner)
+            return
+        raise
+    try:
+        info = os.fstat(fd)
+        os.fchown(fd, *owner)
+        mode = stat.S_IMODE(info.st_mode) & ~0o7022
+        if stat.S_ISDIR(info.st_mode):
+            mode = folder_mode if folder_mode is not None else mode | 0o755
+        elif stat.S_ISREG(info.st_mode):
+            mode |= 0o444  # tools write their cache files 0600; every later run reads them
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _entries(root: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        out += [base / name for name in dirnames]
+        out += [base / name for name in filenames]
+    return out
+
+
+def _folders(root: Path) -> list[Path]:
+    out: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+        base = Path(dirpath)
+        out += [base / name for name in dirnames if not (base / name).is_symlink()]
+    return out
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """New folders in ``target`` mirroring ``source``, with a hard link to every other entry
+    (a copy where the two are on different filesystems)."""
+    target.mkdir(exist_ok=True)
+    for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
+        base = Path(dirpath)
+        out = target / base.relative_to(source)
+        for name in list(dirnames):
+            if (base / name).is_symlink():  # os.walk lists a link to a folder as a folder
+                dirnames.remove(name)
+                filenames.append(name)
+                continue
+            (out / name).mkdir(exist_ok=True)
+        for name in filenames:
+            src, dst = base / name, out / name
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), dst)
+                elif stat.S_ISREG(src.lstat().st_mode):
+                    shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path`` and what is below it, never following a link (the worker is root:
+    read-only folders such as Go's module cache are no obstacle)."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)

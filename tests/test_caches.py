@@ -1,0 +1,138 @@
+"""Per-repository dependency caches on the host: a run's copy is writable by the sandbox user
+during setup only, is never another repository's, is never a way to touch a host file, and
+the caches stay within their caps (least recently used go first)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from sandboxes.caches import ECOSYSTEM_DIRS, Caches, repository_key
+
+SANDBOX = (101000, 101000)  # a remapped sandbox user's host ids
+
+
+def make(tmp_path: Path, **caps: int) -> Caches:
+    return Caches(
+        tmp_path / "caches",
+        max_bytes=caps.get("max_bytes", 10**9),
+        max_bytes_per_repository=caps.get("per_repository", 10**9),
+    )
+
+
+def cache_of(run_dir: Path) -> Path:
+    """The run's cache folder (its run folder exists, as the prepare step makes it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir / "cache"
+
+
+def run_setup(caches: Caches, key: str, run_dir: Path, files: dict[str, bytes]) -> int:
+    """What a run does: stage, let "setup" write, seal, publish."""
+    target = cache_of(run_dir)
+    caches.stage(key, target, SANDBOX)
+    for name, data in files.items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes(data)
+        os.chmod(target / name, 0o600)  # as pip writes its cache files
+    caches.seal(target)
+    return caches.publish(key, target, run_dir.name)
+
+
+def test_a_run_copy_is_the_sandbox_users_during_setup_and_roots_after(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the worker changes owners as root; run the tests as root")
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/hello")
+    run_setup(caches, key, tmp_path / "r1", {"pip/http/a": b"wheel"})
+
+    target = cache_of(tmp_path / "r2")
+    assert caches.stage(key, target, SANDBOX) is True
+    for name in ECOSYSTEM_DIRS:
+        info = (target / name).lstat()
+        assert (info.st_uid, info.st_gid) == SANDBOX and stat.S_IMODE(info.st_mode) == 0o755
+    published = (target / "pip/http/a").lstat()
+    mode = stat.S_IMODE(published.st_mode)  # 0600 as written: readable to all, root's to write
+    assert published.st_uid == 0 and mode & 0o444 == 0o444 and not mode & 0o022
+    assert (target / "pip/http/a").read_bytes() == b"wheel"
+    # The copy's file is a link to the published one: nobody but root may write it.
+    assert published.st_nlink >= 2
+
+    caches.seal(target)
+    for path in [target, *target.rglob("*")]:
+        info = path.lstat()
+        assert info.st_uid == 0 and not info.st_mode & 0o022, path
+
+
+def test_repositories_never_share_a_cache(tmp_path: Path) -> None:
+    caches = make(tmp_path)
+    one, other = repository_key(1, "octo/hello"), repository_key(2, "octo/other")
+    assert one != other and "/" not in one
+    run_setup(caches, one, tmp_path / "r1", {"pip/secret-wheel": b"x" * 10})
+    target = cache_of(tmp_path / "r2")
+    assert caches.stage(other, target, SANDBOX) is False
+    assert [p for p in target.rglob("*") if p.is_file()] == []
+    # A renamed repository keeps its id but gets a new key: nothing carries over by name.
+    assert repository_key(1, "octo/renamed") != one
+
+
+def test_links_the_setup_planted_are_never_followed(tmp_path: Path) -> None:
+    host_file = tmp_path / "host-secret"
+    host_file.write_text("secret")
+    os.chmod(host_file, 0o640)
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "f").write_text("host")
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/hello")
+    target = cache_of(tmp_path / "r1")
+    caches.stage(key, target, SANDBOX)
+    os.symlink(host_file, target / "pip" / "to-file")
+    os.symlink(host_dir, target / "npm" / "to-dir")
+    os.mkfifo(target / "uv" / "fifo")
+    caches.seal(target)
+    caches.publish(key, target, "r1")
+    assert stat.S_IMODE(host_file.stat().st_mode) == 0o640  # not chmodded through the link
+    assert host_file.stat().st_uid == 0
+    again = cache_of(tmp_path / "r2")
+    caches.stage(key, again, SANDBOX)
+    assert (again / "pip" / "to-file").is_symlink()
+    assert (again / "npm" / "to-dir").is_symlink()
+    assert stat.S_ISFIFO((again / "uv" / "fifo").lstat().st_mode)
+    assert (host_dir / "f").read_text() == "host" and host_file.read_text() == "secret"
+    caches.evict()
+    assert host_file.exists() and (host_dir / "f").exists()
+
+
+def test_caps_drop_an_oversized_cache_and_evict_the_least_recently_used(tmp_path: Path) -> None:
+    caches = make(tmp_path, per_repository=200_000, max_bytes=300_000)
+    big = repository_key(9, "octo/big")
+    size = run_setup(caches, big, tmp_path / "r0", {"pip/big": os.urandom(250_000)})
+    assert size > 200_000 and caches.sizes()[big][0] == 0  # measured, not kept
+
+    keys = [repository_key(n, f"octo/r{n}") for n in (1, 2, 3)]
+    for n, key in enumerate(keys):
+        run_setup(caches, key, tmp_path / f"r{n + 1}", {"pip/w": os.urandom(120_000)})
+        time.sleep(0.01)
+    # The oldest is used again: the next one in line goes instead.
+    caches.stage(keys[0], cache_of(tmp_path / "r9"), SANDBOX)
+    removed = caches.evict(keep=keys[2])
+    assert removed == [keys[1]]
+    sizes = caches.sizes()
+    assert sizes[keys[1]][0] == 0 and sizes[keys[0]][0] > 0 and sizes[keys[2]][0] > 0
+    assert sum(size for size, _ in sizes.values()) <= 300_000
+
+
+def test_publishing_replaces_the_earlier_generation(tmp_path: Path) -> None:
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/hello")
+    run_setup(caches, key, tmp_path / "ra", {"pip/a": b"a"})
+    run_setup(caches, key, tmp_path / "rb", {"pip/b": b"b"})
+    generations = sorted(p.name for p in (caches.root / key).iterdir() if p.name.startswith("gen-"))
+    assert generations == ["gen-rb"]
+    target = cache_of(tmp_path / "rc")
+    caches.stage(key, target, SANDBOX)
+    assert (target / "pip/a").read_bytes() == b"a" and (target / "pip/b").read_bytes() == b"b"

@@ -1,0 +1,228 @@
+"""End to end: the setup phase installs a Python project's dependency through the egress proxy,
+from a package index on loopback, into the run's sandbox; the agent's change passes the test
+gate with it; a host off the allowlist is denied and listed on the PR and the check run; the
+agent phase has no network at all; the repository's dependency cache makes its next run's
+install skip the download, and another repository's run never sees that cache.
+
+Bosun web + worker + real Redis + real Docker + the GitHub emulator over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.emulator.world import World
+from tests.package_index import PackageIndex, build_wheel, package_index
+from tests.stack import BosunStack, open_stack
+
+WHEEL_PADDING = 3_000_000
+"""Bytes of the wheel's incompressible padding: its download takes about 1.5 s at the
+index's 2 MB/s, which the cache saves."""
+
+APP = "def answer():\n    raise NotImplementedError\n"
+TESTS = (
+    "import unittest\n\nimport app\n\n\n"
+    "class AnswerTest(unittest.TestCase):\n"
+    "    def test_answer(self):\n"
+    "        self.assertEqual(app.answer(), 42)\n"
+)
+
+# The agent: looks for any way out of the sandbox (none may work), then makes the change.
+AGENT = r"""
+import json, os, pathlib, socket, urllib.request
+results = {}
+def probe(name, open_it):
+    try:
+        open_it()
+        results[name] = "open"
+    except Exception as exc:
+        results[name] = type(exc).__name__
+def unix(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect(path)
+probe("proxy_port", lambda: socket.create_connection(("127.0.0.1", 8789), timeout=3))
+probe("proxy_socket", lambda: unix("/bosun-egress/egress.sock"))
+probe("internet", lambda: socket.create_connection(("1.1.1.1", 443), timeout=3))
+probe("index", lambda: urllib.request.urlopen("INDEX_URL", timeout=3))
+probe("cache_write", lambda: open("/bosun-cache/pip/planted", "w"))
+results["proxy_env"] = os.environ.get("HTTP_PROXY", "")
+results["egress_dir"] = sorted(os.listdir("/bosun-egress"))
+print("probes: " + json.dumps(results, sort_keys=True))
+pathlib.Path("/workspace/app.py").write_text(
+    "import bosun_dep\n\n\ndef answer():\n    return bosun_dep.VALUE\n"
+)
+"""
+
+
+DENIED_PROBE = (
+    "import socket; s = socket.create_connection(('127.0.0.1', 8789)); "
+    "s.sendall(b'GET http://denied.example/ HTTP/1.1\\r\\nHost: denied.example\\r\\n\\r\\n'); "
+    "print(s.recv(4096).decode()); raise SystemExit(1)"
+)
+"""A raw proxy request to a host off the allowlist, printing the proxy's answer; it fails, and
+it is the last command, so the run goes on without anything left undone."""
+
+
+def setup_config(index: PackageIndex) -> str:
+    # pip caches only what it fetched over https, or from a --trusted-host (a mirror on http).
+    install = (
+        ".venv/bin/pip install --disable-pip-version-check --trusted-host 127.0.0.1 "
+        f"--index-url {index.url} bosun-dep"
+    )
+    return (
+        "setup:\n"
+        "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l)\n"
+        "  - python3 -m venv .venv\n"
+        f"  - {install}\n"
+        f"  - {json.dumps(['python3', '-c', DENIED_PROBE])}\n"
+        "gates:\n"
+        "  - name: test\n"
+        '    run: [".venv/bin/python", "-m", "unittest", "-v"]\n'
+    )
+
+
+def seed(stack: BosunStack, repo: str, index: PackageIndex) -> None:
+    files = {
+        ".github/bosun.yml": setup_config(index),
+        ".gitignore": ".venv/\n",
+        "app.py": APP,
+        "test_app.py": TESTS,
+    }
+    stack.emulator.push(repo, "main", files, user="alice")
+
+
+def run_once(stack: BosunStack, repo: str, title: str, seen: set[str]) -> dict[str, Any]:
+    """Label a new issue of ``repo`` and wait for its run to end (``seen``: earlier runs)."""
+    body = "Make answer() return the dependency's value."
+    number = stack.emulator.create_issue(repo, title, body, "alice")
+    stack.emulator.add_labels(repo, number, ["bosun"], "alice")
+    ended = {"review_ready", "failed", "cancelled"}
+    runs = stack.wait_run(ended, timeout=180, count=len(seen) + 1)
+    run = next(r for r in runs if r["id"] not in seen)
+    seen.add(run["id"])
+    assert run["state"] == "review_ready", run
+    return run
+
+
+def pip_install(stack: BosunStack, run_id: str) -> tuple[float, int]:
+    """The pip command's duration and the bytes the proxy brought in for it (index + files)."""
+    (step,) = [
+        e["data"]
+        for e in stack.events(run_id, "progress")
+        if e["data"].get("phase") == "setup" and e["data"].get("command") == 3
+    ]
+    assert step["exit_code"] == 0, step
+    received = sum(
+        e["data"]["bytes_in"]
+        for e in stack.events(run_id, "egress")
+        if e["data"]["allowed"] and e["data"]["host"] == "127.0.0.1"
+    )
+    return step["duration_s"], received
+
+
+def check_run_of(stack: BosunStack, repo: str, head_sha: str) -> dict[str, Any]:
+    owner, name = repo.split("/")
+
+    def done() -> dict[str, Any] | None:
+        checks = [
+            c
+            for c in stack.emulator.state(owner, name)["check_runs"]
+            if c["name"] == "bosun" and c["head_sha"] == head_sha and c["status"] == "completed"
+        ]
+        return checks[-1] if checks else None
+
+    return stack.wait_for(done, 30, "a completed check run on the PR head")
+
+
+def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n", padding=WHEEL_PADDING)
+    with package_index({"bosun-dep": (name, wheel)}) as index:
+        profiles = {
+            "default": {
+                "runner": "script",
+                "command": ["python3", "-c", AGENT.replace("INDEX_URL", index.url)],
+            }
+        }
+        with open_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            profiles=profiles,
+            egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
+            caches={"dir": work_root / "caches"},
+        ) as stack:
+            seen: set[str] = set()
+            seed(stack, stack.repo, index)
+            first = run_once(stack, stack.repo, "Use the dependency", seen)
+            assert index.sent[name] == 1
+
+            # The PR is green: the gate imported what setup installed.
+            events = stack.events(first["id"])
+            gates = [e["data"] for e in events if e["kind"] == "gate_result"]
+            assert gates == [gates[0]] and gates[0]["passed"] is True, gates
+            pr = next(p for p in stack.state()["pulls"] if p["pull"]["head"] == first["branch"])
+            assert pr["pull"]["draft"] is False
+            check = check_run_of(stack, stack.repo, first["head_sha"])
+            assert check["conclusion"] == "success"
+
+            # The denied host: refused by the proxy, logged, named on the PR and the check run.
+            egress = [e["data"] for e in stack.events(first["id"], "egress")]
+            denied = [e for e in egress if not e["allowed"]]
+            assert [(e["host"], e["port"], e["phase"]) for e in denied] == [
+                ("denied.example", 80, "setup")
+            ]
+            assert denied[0]["reason"] == "not on the allowlist"
+            allowed = [e for e in egress if e["allowed"]]
+            assert allowed and all(e["host"] == "127.0.0.1" for e in allowed)
+            assert sum(e["bytes_in"] for e in allowed) >= len(wheel)
+            assert "`denied.example:80`" in pr["body"] and "Blocked network requests" in pr["body"]
+            assert "`denied.example:80`" in check["output"]["summary"]
+            # The failing last command is reported, and the run went on.
+            setup_text = stack.artifacts(first["id"])["setup"].read_text()
+            assert "refused denied.example:80: not on the allowlist" in setup_text
+            assert "cache-files-before=0" in setup_text
+            assert any(e["kind"] == "log" and "command 4 of 4" in e["data"]["line"] for e in events)
+
+            # The agent phase had no network: neither the proxy nor anything else.
+            transcript = stack.artifacts(first["id"])["transcript"].read_text()
+            line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
+            probes = json.loads(line.removeprefix("probes: "))
+            assert probes["proxy_port"] == "ConnectionRefusedError", probes
+            assert probes["proxy_socket"] in ("FileNotFoundError", "ConnectionRefusedError")
+            assert probes["internet"] == "OSError", probes  # network unreachable
+            assert probes["index"] == "URLError", probes
+            assert probes["cache_write"] == "PermissionError", probes
+            assert probes["proxy_env"] == ""
+            assert "egress.sock" not in probes["egress_dir"]
+
+            # The second run of the repository installs from its cache: no second download.
+            second = run_once(stack, stack.repo, "Use the dependency again", seen)
+            assert index.sent[name] == 1
+            cold, cold_bytes = pip_install(stack, first["id"])
+            warm, warm_bytes = pip_install(stack, second["id"])
+            assert warm_bytes < len(wheel) <= cold_bytes
+            print(
+                f"pip install: cold {cold:.2f}s ({cold_bytes} B), warm {warm:.2f}s ({warm_bytes} B)"
+            )
+            assert "cache-files-before=0" not in stack.artifacts(second["id"])["setup"].read_text()
+
+            # Another repository's run starts with an empty cache and downloads again.
+            other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
+            github_world.emulator.add_user("alice", other.full_name, "write")
+            seed(stack, other.full_name, index)
+            third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
+            assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
+            assert index.sent[name] == 2
+            _, other_bytes = pip_install(stack, third["id"])
+            assert other_bytes >= len(wheel)
