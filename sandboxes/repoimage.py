@@ -93,14 +93,13 @@ def dockerfile_in_context(dockerfile: str, context: str) -> str | None:
 
 async def context_tree(request: BuildRequest) -> str:
     """The git tree id of the context folder at the commit (raises when it does not exist)."""
-    spec = f"{request.commit}:" + ("" if request.context in (".", "") else request.context)
-    result = await run_git(
-        ["--git-dir", str(request.mirror), "rev-parse", "--verify", "--quiet", spec + "^{tree}"],
-        check=False,
-        timeout=60,
-    )
+    folder = request.context.strip("/")
+    spec = f"{request.commit}^{{tree}}" if folder in ("", ".") else f"{request.commit}:{folder}"
+    git_dir = ["--git-dir", str(request.mirror)]
+    result = await run_git([*git_dir, "rev-parse", "--verify", "--quiet", spec], check=False)
     tree = result.stdout.decode().strip()
-    if result.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", tree):
+    kind = await run_git([*git_dir, "cat-file", "-t", tree or "0" * 40], check=False)
+    if result.returncode != 0 or kind.stdout.decode().strip() != "tree":
         raise ImageBuildError(
             f"the build context `{request.context}` is not a folder on the default branch"
         )

@@ -4,6 +4,7 @@ tests check what a user would see — run state, reason, events — and that not
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -111,6 +112,76 @@ def test_pooled_sandbox_is_hardened_and_a_cancelled_pooled_run_gives_back_its_sl
     assert sandbox_kind(sec, third["id"]) == "pooled"
     assert assert_hardened(sec, third["id"]) == refilled
     cancel(sec, third_number, third["id"])
+
+
+REPO_IMAGE = "bosun-repotest/agent-as-root:1"
+"""A repository image allowed by the operator, built on the default agent image with
+``USER root``: the sandbox still runs as the sandbox user."""
+
+
+@pytest.fixture(scope="module")
+def sec_repo_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecurityStack]:
+    """The stack with repository images allowed (one tag, the default agent image as the base of
+    a repository Dockerfile) and builds on."""
+    client = docker_client()
+    try:
+        client.images.build(
+            fileobj=io.BytesIO(b"FROM bosun-agent:latest\nUSER root\n"),
+            tag=REPO_IMAGE,
+            network_mode="none",
+            rm=True,
+        )
+        root = tmp_path_factory.mktemp("security-sandbox-images")
+        allowed = [REPO_IMAGE, "bosun-agent:latest"]
+        with security_stack(root, allowed_images=allowed, repo_dockerfiles=True) as running:
+            yield running
+    finally:
+        for image in client.images.list(name="bosun-repo"):
+            if any(tag.startswith("bosun-repo/octo-hello:") for tag in image.tags):
+                client.images.remove(image.id, force=True)
+        client.images.remove(REPO_IMAGE, force=True)
+        client.close()
+
+
+def test_a_repository_image_gets_the_same_hardening(sec_repo_images: SecurityStack) -> None:
+    """An allowed image named in `.github/bosun.yml`, then one built from the repository's
+    Dockerfile (USER root in both): the running sandbox is inspected as the default one is, and
+    runs as the sandbox user; the second run of the Dockerfile builds nothing."""
+    sec = sec_repo_images
+    stack = sec.stack
+    stack.emulator.push(stack.repo, "main", {".github/bosun.yml": f"image: {REPO_IMAGE}\n"})
+    number, run = start_sleeper(sec)
+    assert container_image(run["id"]) == REPO_IMAGE
+    assert_hardened(sec, run["id"])
+    cancel(sec, number, run["id"])
+
+    dockerfile = "FROM bosun-agent:latest\nUSER root\nRUN echo built > /opt/repo-image\n"
+    config = "image:\n  dockerfile: .bosun/Dockerfile\n"
+    stack.emulator.push(
+        stack.repo, "main", {".github/bosun.yml": config, ".bosun/Dockerfile": dockerfile}
+    )
+    decisions = []
+    for _ in range(2):
+        number, run = start_sleeper(sec)
+        image = container_image(run["id"])
+        assert image.startswith("bosun-repo/octo-hello:")
+        assert_hardened(sec, run["id"])
+        (event,) = [
+            e for e in stack.events(run["id"], "policy") if e["data"].get("rule") == "image"
+        ]
+        assert event["data"]["image"] == image
+        decisions.append(event["data"]["decision"])
+        cancel(sec, number, run["id"])
+    assert decisions == ["build", "cached"]
+
+
+def container_image(run_id: str) -> str:
+    client = docker_client()
+    try:
+        (entry,) = run_containers(client, run_id)
+        return str(client.containers.get(entry["Id"]).attrs["Config"]["Image"])
+    finally:
+        client.close()
 
 
 def start_sleeper(sec: SecurityStack) -> tuple[int, dict[str, Any]]:

@@ -1,0 +1,244 @@
+"""Per-repository images: the operator's allowlist (pure), and a repository Dockerfile built on
+the real engine — no network during the build, cached by content so the second run builds
+nothing, refused bases and failed builds said plainly."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.domain.images import (
+    dockerfile_bases,
+    image_allowed,
+    refused_build,
+    refused_image,
+)
+from bot.domain.repoconfig import ImageBuildConfig, RepoConfigError, parse_repo_config
+from sandboxes.errors import ImageNotFound
+from sandboxes.repoimage import BuildRequest, ImageBuildError, build, repo_tag
+from tests.services import docker_client
+
+ALLOWED = ["ghcr.io/acme/*", "python", "bosun-agent:latest", "localhost:5000/*"]
+
+
+@pytest.mark.parametrize(
+    ("image", "allowed"),
+    [
+        ("ghcr.io/acme/agent:1.2", True),
+        ("ghcr.io/acme/team/agent@sha256:" + "a" * 64, True),
+        ("ghcr.io/acme-evil/agent:1", False),  # a prefix is not a string prefix
+        ("ghcr.io/acme", False),
+        ("python", True),
+        ("python:3.12", True),  # no tag on the list: any tag
+        ("docker.io/library/python:3.12", True),  # Docker's spelled-out name is the same image
+        ("python-evil", False),
+        ("evil/python", False),
+        ("bosun-agent:latest", True),
+        ("bosun-agent:other", False),  # a tag on the list: that tag only
+        ("localhost:5000/x", True),
+        ("localhost:5001/x", False),
+        ("ghcr.io/acme/../evil", False),  # not a reference at all
+        ("GHCR.io/acme/x", False),
+        ("", False),
+    ],
+)
+def test_the_allowlist(image: str, allowed: bool) -> None:
+    assert image_allowed(image, ALLOWED) is allowed
+
+
+def test_an_empty_allowlist_allows_nothing() -> None:
+    assert not image_allowed("bosun-agent:latest", [])
+
+
+def test_a_refusal_names_the_image_and_how_the_operator_allows_it() -> None:
+    refusal = refused_image("ghcr.io/other/agent:2", ALLOWED)
+    assert refusal is not None
+    assert "`ghcr.io/other/agent:2`" in refusal.message and "no run starts" in refusal.message
+    assert "`sandbox.allowed_images` (`BOSUN_SANDBOX__ALLOWED_IMAGES`)" in refusal.message
+    assert "`ghcr.io/other/*`" in refusal.message
+    assert refused_image("ghcr.io/acme/agent:2", ALLOWED) is None
+    bad = refused_image("Not An Image", ALLOWED)
+    assert bad is not None and "not a valid image reference" in bad.message
+
+
+def test_dockerfile_bases_and_build_refusals() -> None:
+    text = (
+        "# syntax=docker/dockerfile:1\n"
+        "FROM --platform=linux/amd64 bosun-agent:latest AS base\n"
+        "RUN echo \\\n  hi\n"
+        "FROM base\n"
+        "from python:3.12 as tools\n"
+        "FROM scratch\n"
+    )
+    assert dockerfile_bases(text) == ["bosun-agent:latest", "python:3.12"]
+    off = refused_build(".bosun/Dockerfile", False, ["bosun-agent:latest"], ALLOWED)
+    assert off is not None and "`sandbox.repo_dockerfiles`" in off.message
+    assert refused_build(".bosun/Dockerfile", True, ["bosun-agent:latest"], ALLOWED) is None
+    evil = refused_build("D", True, ["bosun-agent:latest", "internal/secrets:1"], ALLOWED)
+    assert evil is not None and "`internal/secrets:1`" in evil.message
+    args = refused_build("D", True, ["$BASE"], ALLOWED)
+    assert args is not None and "no build arguments" in args.message
+    assert refused_build("D", True, [], ALLOWED) is not None
+
+
+def test_the_image_key_in_bosun_yml() -> None:
+    assert parse_repo_config("image: ghcr.io/acme/agent:1\n").image == "ghcr.io/acme/agent:1"
+    built = parse_repo_config("image:\n  dockerfile: .bosun/Dockerfile\n  context: .bosun\n")
+    assert built.image == ImageBuildConfig(dockerfile=".bosun/Dockerfile", context=".bosun")
+    for bad, where in (
+        ("image:\n  dockerfile: ../etc/Dockerfile\n", "image.dockerfile"),
+        ("image:\n  dockerfile: /Dockerfile\n", "image.dockerfile"),
+        ("image:\n  dockerfile: D\n  network: host\n", "image.build.network"),
+        ("image: 5\n", "image.reference"),
+    ):
+        with pytest.raises(RepoConfigError, match=where.replace(".", r"\.")):
+            parse_repo_config(bad)
+
+
+# --- building on the engine -------------------------------------------------------------
+
+DOCKERFILE = (
+    "FROM bosun-agent:latest\n"
+    "USER root\n"
+    "COPY tool.txt /opt/tool.txt\n"
+    "RUN ls /sys/class/net > /opt/netifs && (getent hosts pypi.org || true) > /opt/dns\n"
+)
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+class Repo:
+    """A repository with a Dockerfile, and its bare mirror as the worker keeps it."""
+
+    def __init__(self, root: Path) -> None:
+        self.work = root / "work"
+        self.mirror = root / "mirror.git"
+        self.work.mkdir()
+        _git(self.work, "init", "-q", "-b", "main")
+        _git(self.work, "config", "user.email", "t@example.com")
+        _git(self.work, "config", "user.name", "T")
+        self.name = f"octo/img-{uuid.uuid4().hex[:8]}"
+
+    def commit(self, files: dict[str, str]) -> str:
+        for path, text in files.items():
+            target = self.work / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        _git(self.work, "add", "-A")
+        _git(self.work, "commit", "-q", "-m", "change")
+        if self.mirror.exists():
+            _git(self.mirror, "fetch", "-q", str(self.work), "+main:main")
+        else:
+            subprocess.run(
+                ["git", "clone", "-q", "--bare", str(self.work), str(self.mirror)], check=True
+            )
+        return _git(self.work, "rev-parse", "HEAD")
+
+    def request(self, commit: str, **changes: Any) -> BuildRequest:
+        values: dict[str, Any] = {
+            "repo": self.name,
+            "mirror": self.mirror,
+            "commit": commit,
+            "dockerfile": ".bosun/Dockerfile",
+            "context": ".",
+            "bases": ("bosun-agent:latest",),
+            "memory_bytes": 512 * 1024 * 1024,
+            "timeout_seconds": 300,
+        }
+        values.update(changes)
+        return BuildRequest(**values)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repo]:
+    made = Repo(tmp_path)
+    yield made
+    client = docker_client()
+    prefix = repo_tag(made.name, "x").split(":", 1)[0]
+    for image in client.images.list(name=prefix):
+        client.images.remove(image.id, force=True)
+    client.close()
+
+
+@pytest.mark.docker
+async def test_a_dockerfile_is_built_without_network_once_per_content(repo: Repo) -> None:
+    client = docker_client()
+    client.images.get("bosun-agent:latest")  # the base: built by sandboxes/images/build.sh
+    first_commit = repo.commit({".bosun/Dockerfile": DOCKERFILE, "tool.txt": "v1\n"})
+
+    t0 = time.monotonic()
+    first = await build(client, repo.request(first_commit))
+    first_s = time.monotonic() - t0
+    assert first.built and first.tag.startswith("bosun-repo/octo-img-")
+    t0 = time.monotonic()
+    again = await build(client, repo.request(first_commit))
+    again_s = time.monotonic() - t0
+    assert (again.built, again.tag, again.image_id) == (False, first.tag, first.image_id)
+    print(f"repository image: built in {first_s:.2f} s, found by content in {again_s:.2f} s")
+
+    def inside(tag: str, *argv: str) -> str:
+        out = client.containers.run(tag, list(argv), remove=True, network_mode="none")
+        return bytes(out).decode()
+
+    assert inside(first.tag, "cat", "/opt/netifs").split() == ["lo"]  # --network none
+    assert inside(first.tag, "cat", "/opt/dns") == ""  # no name resolves during the build
+    assert inside(first.tag, "cat", "/opt/tool.txt") == "v1\n"
+
+    # A commit that changes the context rebuilds (the next test: one that does not, reuses).
+    changed = repo.commit({"tool.txt": "v2\n"})
+    rebuilt = await build(client, repo.request(changed))
+    assert rebuilt.built and rebuilt.tag != first.tag
+    assert inside(rebuilt.tag, "cat", "/opt/tool.txt") == "v2\n"
+    client.close()
+
+
+@pytest.mark.docker
+async def test_a_context_folder_keeps_its_image_while_the_rest_of_the_repo_moves(
+    repo: Repo,
+) -> None:
+    client = docker_client()
+    dockerfile = "FROM bosun-agent:latest\nCOPY tool.txt /opt/tool.txt\n"
+    first = repo.commit({".bosun/Dockerfile": dockerfile, ".bosun/tool.txt": "v1\n"})
+    request = repo.request(first, context=".bosun")
+    built = await build(client, request)
+    assert built.built
+    moved = repo.commit({"src/app.py": "print('elsewhere')\n"})
+    same = await build(client, repo.request(moved, context=".bosun"))
+    assert (same.built, same.tag) == (False, built.tag)
+    client.close()
+
+
+@pytest.mark.docker
+async def test_build_failures_say_why(repo: Repo) -> None:
+    client = docker_client()
+    commit = repo.commit(
+        {
+            ".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN echo compiling && false\n",
+            "Dockerfile.missing": "FROM bosun-missing-base:never\n",
+        }
+    )
+    with pytest.raises(ImageBuildError, match="failed") as failed:
+        await build(client, repo.request(commit))
+    assert "compiling" in failed.value.log
+    with pytest.raises(ImageNotFound, match="bosun-missing-base:never"):
+        await build(
+            client,
+            repo.request(
+                commit, dockerfile="Dockerfile.missing", bases=("bosun-missing-base:never",)
+            ),
+        )
+    with pytest.raises(ImageBuildError, match="outside the build context"):
+        await build(client, repo.request(commit, context="src"))
+    with pytest.raises(ImageBuildError, match="not a folder"):
+        await build(client, repo.request(commit, context="nowhere", dockerfile="nowhere/D"))
+    client.close()
