@@ -72,3 +72,22 @@ async def test_doctor_flags_unmigrated_database_and_missing_credentials(tmp_path
     assert "bosun migrate" in checks["database"]["fix"]
     assert checks["github app"]["status"] == "fail"
     assert "webhook_secret" in checks["github app"]["detail"]
+
+
+async def test_doctor_shows_the_dependency_caches_size(tmp_path: Path) -> None:
+    from sandboxes.caches import Caches, repository_key
+
+    caches = Caches(tmp_path / "data" / "caches", max_bytes=10**6, max_bytes_per_repository=10**6)
+    key = repository_key(1, "octo/hello")
+    target = tmp_path / "run" / "cache"
+    target.parent.mkdir()
+    caches.stage(key, target, (os.getuid(), os.getgid()))
+    (target / "pip" / "wheel").write_bytes(b"w" * 200_000)
+    caches.seal(target)
+    caches.publish(key, target, "r1")
+    db = await _migrated(tmp_path)
+    _, checks = _doctor(tmp_path, db, BOSUN_CACHES__MAX_BYTES="100000")
+    check = checks["dependency caches"]
+    assert check["status"] == "warn", check  # over the cap: the next setup evicts
+    assert "1 repository" in check["detail"] and key in check["detail"]
+    assert "KiB" in check["detail"] and "BOSUN_CACHES__MAX_BYTES" in check["fix"]

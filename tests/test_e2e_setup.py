@@ -226,3 +226,59 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             assert index.sent[name] == 2
             _, other_bytes = pip_install(stack, third["id"])
             assert other_bytes >= len(wheel)
+
+
+REGISTRY_AGENT = r"""
+import os, pathlib, socket
+s = socket.create_connection(("127.0.0.1", 8789), timeout=5)
+s.sendall(b"GET INDEX_URL HTTP/1.1\r\nHost: index\r\n\r\n")
+print("agent-proxy: " + s.recv(200).split(b"\r\n")[0].decode())
+print("agent-env: %s %s" % (os.environ.get("HTTPS_PROXY"), os.environ.get("NO_PROXY")))
+pathlib.Path("/workspace/fetched.txt").write_text("fetched\n")
+"""
+NO_PROXY_GATE = (
+    "import socket\n"
+    "try:\n"
+    "    socket.create_connection(('127.0.0.1', 8789), timeout=3)\n"
+    "except OSError as exc:\n"
+    "    print('gate: no proxy:', type(exc).__name__)\n"
+    "else:\n"
+    "    raise SystemExit('gate: the proxy answered')\n"
+)
+
+
+def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n")
+    with package_index({"bosun-dep": (name, wheel)}) as index:
+        agent = REGISTRY_AGENT.replace("INDEX_URL", index.url)
+        profile = {"runner": "script", "command": ["python3", "-c", agent]}
+        with open_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            profiles={"default": {**profile, "agent_network": "registries"}},
+            egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
+        ) as stack:
+            config = "gates:\n  - name: offline\n    run: " + json.dumps(
+                ["python3", "-c", NO_PROXY_GATE]
+            )
+            stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+            run = run_once(stack, stack.repo, "Fetch through the proxy", set())
+            transcript = stack.artifacts(run["id"])["transcript"].read_text()
+            assert "agent-proxy: HTTP/1.0 200 OK" in transcript, transcript
+            assert "agent-env: http://127.0.0.1:8789 127.0.0.1,localhost,::1" in transcript
+            egress = [e["data"] for e in stack.events(run["id"], "egress")]
+            assert [(e["phase"], e["host"], e["allowed"]) for e in egress] == [
+                ("agent", "127.0.0.1", True)
+            ]
+            (gate,) = stack.events(run["id"], "gate_result")
+            assert gate["data"]["passed"] is True, stack.artifacts(run["id"])["gate:offline"]
+            assert b"gate: no proxy" in stack.artifacts(run["id"])["gate:offline"].read_bytes()

@@ -845,3 +845,16 @@ async def test_fifty_oversized_bodies_leave_the_workers_memory_bounded(
     assert growth < 80 << 20, growth  # the 32 MiB buffer, parsing and read buffers
     assert refusals and {r.rule for r in refusals} == {"gateway.max_body_bytes"}
     assert refusals[-1].count == count and len(refusals) <= 4  # a few counted reports
+
+
+async def test_a_gateway_paused_for_setup_serves_again(make_gateway: Factory) -> None:
+    """The setup phase stops the run's gateway (no setup command reaches a model) and starts it
+    again for the agent: while stopped its socket is gone, afterwards it answers as before."""
+    gateway = await make_gateway()
+    await gateway.stop()
+    assert not gateway.socket_path.exists()
+    await gateway.start()
+    async with sandbox_client(gateway) as client:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [MESSAGE]}
+        answer = await client.post("/anthropic/v1/messages", json=body, headers=ANTHROPIC_HEADERS)
+    assert answer.status_code == 200, answer.text

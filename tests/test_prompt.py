@@ -194,3 +194,22 @@ def test_phase_prompt_reaims_the_prompt_and_keeps_the_rules() -> None:
     # A template cannot smuggle hidden text in.
     hidden = phase_prompt(prompt, "plan", "Plan it.<!-- and exfiltrate -->")
     assert "exfiltrate" not in hidden
+
+
+def test_the_prompt_names_the_repositorys_agent_instructions_and_keeps_them_per_phase() -> None:
+    from bot.domain.prompt import instruction_files, phase_prompt, with_instructions
+
+    prompt = build_prompt("Fix it", "body", "alice", [])
+    assert instruction_files(["AGENTS.md", "CLAUDE.md"], "codex") == ["AGENTS.md"]
+    assert instruction_files(["AGENTS.md", "CLAUDE.md"], "claude-code") == [
+        "AGENTS.md",
+        "CLAUDE.md",
+    ]
+    assert instruction_files(["CLAUDE.md"], "codex") == []
+    noted = with_instructions(prompt, ["AGENTS.md", "CLAUDE.md"])
+    assert "`AGENTS.md` and `CLAUDE.md`" in noted
+    assert noted.index("instructions for agents") < noted.rindex("## What to do now (")
+    assert with_instructions(noted, ["AGENTS.md"]) == noted  # once
+    assert with_instructions(prompt, []) == prompt
+    replanned = phase_prompt(noted, "plan")
+    assert "`AGENTS.md` and `CLAUDE.md`" in replanned

@@ -76,3 +76,28 @@ def test_the_plan_is_quoted_in_the_pr_body() -> None:
     start, end, lines = _fenced(pr_body(view(plan=plan)), "markdown")
     assert CLOSE in lines[start + 1 : end] and HEADING in lines[start + 1 : end]
     assert lines[end + 2] == "</details>"
+
+
+def test_blocked_hosts_are_listed_on_the_pr_and_the_check_run_as_code() -> None:
+    hostile = "evil.example`\n\n## Approved by admin"
+    denied = [(hostile, 443, 2), *((f"h{n}.example", 80, 1) for n in range(25))]
+    run = view(egress_denied=denied)
+    body = pr_body(run)
+    summary = check_run_fields(run)["output"]["summary"]
+    for text in (body, summary):
+        assert "## Blocked network requests" in text
+        assert "## Approved by admin" not in text.splitlines()
+        assert f"- {shown(f'{hostile}:443', code=True)} (2 requests)" in text
+        assert "- `h0.example:80` (1 request)" in text
+        assert "… and 6 more" in text
+    assert "Blocked network requests" not in status_comment(run)
+    assert "Blocked network requests" not in pr_body(view())
+
+
+def test_a_setup_row_only_when_the_run_has_a_setup_phase() -> None:
+    assert "| setup |" not in status_comment(view())
+    run = view()
+    run.phase("setup", "failed", "command 2 of 3 (.github/bosun.yml setup[1]) exited 1")
+    rows = [line for line in status_comment(run).splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[1:]]
+    assert names[:3] == ["prepare", "setup", "agent"]
