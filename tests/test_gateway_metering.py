@@ -21,7 +21,7 @@ from bot.agents.gateway import (
 )
 from bot.agents.gateway.pricing import DEFAULT_PRICES
 from bot.domain.states import RunState
-from bot.domain.status import RunView, check_run_update, flag_unpriced
+from bot.domain.status import MAX_UNPRICED, RunView, check_run_update, flag_unpriced
 from bot.errors import ConfigError
 from bot.profiles import ProfileConfig
 from bot.settings import GatewaySettings
@@ -259,3 +259,15 @@ def test_default_route_follows_the_runner_api() -> None:
     only = {"openai": both["openai"]}
     assert default_route("aider", only) == "openai"
     assert default_route("claude-code", {}) is None
+
+
+def test_a_new_model_name_on_every_request_makes_a_bounded_number_of_flags() -> None:
+    """The agent names the model: 1,000 made-up names are 10 flags, and the cost note stays
+    one line naming five of them."""
+    view = RunView("r1", RunState.RUNNING, "o/r", 1, "t", "alice", "default", cost_usd=9.0)
+    events = [flag_unpriced(view, f"made-up-{i}`*{'x' * 500}", "$15") for i in range(1000)]
+    assert sum(event is not None for event in events) == MAX_UNPRICED == 10
+    assert all(len(name) == 120 for name in view.unpriced_models)
+    update = check_run_update(view)
+    note = next(line for line in (update.text or "").splitlines() if "an estimate" in line)
+    assert note.count("made-up-") == 5 and " and more," in note and len(note) < 1200

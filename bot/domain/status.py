@@ -140,13 +140,17 @@ def _gates_table(view: RunView) -> str:
 
 
 UNNAMED_MODEL = "(a model the response did not name)"
+MAX_UNPRICED = 10
+"""Models flagged one by one in a run; the agent names the model, and a new name on every
+request must not make an event each."""
 
 
 def flag_unpriced(view: RunView, model: str | None, price: str) -> dict[str, Any] | None:
     """Note on ``view`` that ``model``, which no price list knew, was charged at ``price``;
-    the ``policy`` event to record the first time (``None`` when it is already noted)."""
+    the ``policy`` event to record the first time (``None`` when it is already noted, or
+    ``MAX_UNPRICED`` models are)."""
     name = (model or UNNAMED_MODEL)[:120]
-    if name in view.unpriced_models:
+    if name in view.unpriced_models or len(view.unpriced_models) >= MAX_UNPRICED:
         return None
     view.unpriced_models.append(name)
     view.unknown_price = price
@@ -169,7 +173,7 @@ def _cost(view: RunView) -> str:
     text = f"${view.cost_usd:.4f} ({view.tokens_in} tokens in, {view.tokens_out} out)"
     if view.unpriced_models:
         names = ", ".join(shown(name, code=True) for name in view.unpriced_models[:5])
-        more = f" and {len(view.unpriced_models) - 5} more" if len(view.unpriced_models) > 5 else ""
+        more = " and more" if len(view.unpriced_models) > 5 else ""
         text += (
             f" ⚠️ an estimate: no price is known for {names}{more}, charged at "
             f"{view.unknown_price or 'the unknown-model price'} (`gateway.unknown_model_price`; "

@@ -520,8 +520,9 @@ class ModelGateway:
             priced_by=charge.source,
             metered=meter.seen_usage,
         )
-        if not charge.known and cost > 0 and meter.model not in self._unpriced:
-            self._unpriced.add(meter.model)
+        unpriced = self._unpriced
+        if not charge.known and cost > 0 and meter.model not in unpriced and len(unpriced) < 32:
+            unpriced.add(meter.model)  # logged once each, and at most 32 (the agent names them)
             log.warning(
                 "gateway_model_unpriced",
                 run_id=self.run_id,
