@@ -239,3 +239,32 @@ async def test_neutral_and_skipped_checks_pass(review: Review, conclusion: str) 
     review.em.ci_check(REPO, run.head, "docs", conclusion)
     await review.process(await review.comment(run.pr, "/approve", "bob"))
     assert (await review.run(run.run_id)).state is RunState.MERGED
+
+
+def test_a_check_bound_to_an_app_counts_only_that_apps_runs() -> None:
+    report = ChecksReport(
+        ("test",),
+        (result("test", "success", app_id=None), result("test", "failure", app_id=99)),
+        required_apps=(("test", 7),),
+    )
+    assert checks_verdict(report, gates_passed=None) == Waiting(("test",), ())
+    passed = ChecksReport(
+        ("test",), (*report.results, result("test", "success", app_id=7)), (("test", 7),)
+    )
+    assert checks_verdict(passed, gates_passed=None) == Green(("test",))
+
+
+async def test_a_status_posing_as_a_check_bound_to_the_ci_does_not_merge(review: Review) -> None:
+    """Branch protection binds `test` to the CI App: anyone's commit status named `test` (or
+    another App's check run) neither passes nor fails it; the CI's own check run does."""
+    review.em.protect(REPO, "main", ["test"], apps={"test": "ci"})
+    run = await review.ready_run()
+    review.em.commit_status(REPO, run.head, "test", "success", user="mallory")
+    review.em.ci_check(REPO, run.head, "test", "failure", app="other-ci")
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    row = await review.run(run.run_id)
+    assert (row.state, row.phase) == (RunState.APPROVED, AWAITING_CHECKS)
+    mark = review._mark()
+    review.em.ci_check(REPO, run.head, "test", "success", app="ci")
+    await _process_all(review, mark, "check_run", "check_suite")
+    assert (await review.run(run.run_id)).state is RunState.MERGED

@@ -483,10 +483,14 @@ class GitHubRepo:
             )
             data = branch.json()
             required: list[str] = []
+            apps: list[tuple[str, int]] = []
             policy = ((data.get("protection") or {}).get("required_status_checks")) or {}
             if data.get("protected") and policy.get("enforcement_level", "off") != "off":
                 required += [str(c) for c in policy.get("contexts") or []]
-                required += [str(c.get("context")) for c in policy.get("checks") or []]
+                for check in policy.get("checks") or []:
+                    required.append(str(check.get("context")))
+                    if isinstance(check.get("app_id"), int):
+                        apps.append((str(check["context"]), check["app_id"]))
             results: list[CheckResult] = []
             page = 1
             while True:
@@ -517,7 +521,11 @@ class GitHubRepo:
                         url=status.target_url or None,
                     )
                 )
-            return ChecksReport(tuple(dict.fromkeys(required)), tuple(results))
+            return ChecksReport(
+                required=tuple(dict.fromkeys(required)),
+                results=tuple(results),
+                required_apps=tuple(apps),
+            )
 
         return await self._call(go, READ_CHECKS)
 

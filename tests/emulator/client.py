@@ -186,9 +186,13 @@ class EmulatorClient:
         body = {"assignees": assignees, "user": user}
         self._call("POST", f"/repos/{repo}/issues/{number}/assignees", body)
 
-    def protect(self, repo: str, branch: str, contexts: list[str]) -> None:
-        """Require ``contexts`` (check run names or commit status contexts) on ``branch``."""
-        self._call("POST", f"/repos/{repo}/protection", {"branch": branch, "contexts": contexts})
+    def protect(
+        self, repo: str, branch: str, contexts: list[str], apps: dict[str, str] | None = None
+    ) -> None:
+        """Require ``contexts`` (check run names or commit status contexts) on ``branch``;
+        ``apps`` binds a context to the check runs of one App (by slug)."""
+        body = {"branch": branch, "contexts": contexts, "apps": apps or {}}
+        self._call("POST", f"/repos/{repo}/protection", body)
 
     def commit_status(
         self, repo: str, sha: str, context: str, state: str, user: str, target_url: str = ""

@@ -260,11 +260,15 @@ def protection_json(s: Store, r: Repo, branch: str) -> dict[str, Any]:
     """The ``status-check-policy`` of a protected branch."""
     api = f"{s.base_url}/repos/{r.full_name}/branches/{branch}/protection/required_status_checks"
     contexts = s.protections.get((r.id, branch), [])
+    bound = s.protection_apps.get((r.id, branch), {})
     return {
         "url": api,
         "strict": False,
         "contexts": list(contexts),
-        "checks": [{"context": c, "app_id": None} for c in contexts],
+        "checks": [
+            {"context": c, "app_id": s.ci_apps[bound[c]].id if c in bound else None}
+            for c in contexts
+        ],
         "contexts_url": f"{api}/contexts",
         "enforcement_level": "non_admins",
     }
@@ -356,11 +360,15 @@ def register_scenario(router: Router, ctx: Context) -> None:
         r = repo_of(request)
         branch = str(body.get("branch") or r.default_branch)
         contexts = [str(c) for c in body.get("contexts") or []]
+        apps = {str(k): str(v) for k, v in (body.get("apps") or {}).items()}  # context -> slug
+        for slug in apps.values():
+            ci_app(ctx, slug)
         with ctx.store.lock:
             if body.get("remove"):
                 ctx.store.protections.pop((r.id, branch), None)
             else:
                 ctx.store.protections[(r.id, branch)] = contexts
+                ctx.store.protection_apps[(r.id, branch)] = apps
         return Response(200, {"branch": branch, "contexts": contexts})
 
     def post_commit_status(request: Request) -> Response:

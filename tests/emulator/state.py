@@ -298,6 +298,7 @@ class Store:
         self.check_runs: dict[int, CheckRun] = {}
         self.statuses: list[CommitStatus] = []
         self.protections: dict[tuple[int, str], list[str]] = {}  # (repo, branch) -> contexts
+        self.protection_apps: dict[tuple[int, str], dict[str, str]] = {}  # context -> App slug
         self.ci_apps: dict[str, App] = {}  # other Apps that report check runs, by slug
         self.tokens: dict[str, Token] = {}
         self.token_lifetime = 3600.0

@@ -8,6 +8,8 @@ The rules, as branch protection counts them:
 * A required context passes when every check reported under that name passed (check runs:
   ``success``, ``neutral``, ``skipped``; commit statuses: ``success``). One failing report
   fails it. None reported yet, or one still running, is waiting.
+* A context the protection binds to one App (``checks[].app_id``) counts only that App's check
+  runs: a commit status or another App's check of the same name neither passes nor fails it.
 * Bosun's own check run (``bosun``) stands for Bosun's gates: its conclusion while a run
   waits is Bosun's to set, so it is never waited on; the gates decide instead.
 """
@@ -41,6 +43,8 @@ class ChecksReport:
 
     required: tuple[str, ...] = ()
     results: tuple[CheckResult, ...] = ()
+    required_apps: tuple[tuple[str, int], ...] = ()
+    """Required contexts that only one App's check runs satisfy: (name, app id)."""
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,13 @@ def checks_verdict(
         by_name.setdefault(result.name, []).append(result)
     passed: list[str] = []
     pending: list[str] = []
+    apps = dict(report.required_apps)
     for name in report.required:
         if name == own_check:
             continue  # Bosun's gates, decided above
         found = by_name.get(name, [])
+        if name in apps:
+            found = [r for r in found if r.app_id == apps[name]]
         failed = next((r for r in found if r.state == "failure"), None)
         if failed is not None:
             return Red(name, failed.detail, failed.url)
