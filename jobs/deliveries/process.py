@@ -7,7 +7,9 @@ delivery is processed at most once; a transient GitHub failure retries the job.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +45,7 @@ from bot.domain.triggers import (
     trusted_by,
 )
 from bot.errors import ConflictError
-from bot.forge.port import Forge, ForgeError
+from bot.forge.port import CommentInfo, Forge, ForgeError
 from bot.github.permissions import cached_permission
 from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
@@ -59,8 +61,12 @@ from jobs.review.handle import (
     trace_failed_delivery,
 )
 from jobs.run.image import image_refusal
+from jobs.run.prepare import prefetch_base
 
 log = structlog.get_logger("jobs.deliveries.process")
+
+_EARLY_COMMENTS: dict[str, asyncio.Future[list[CommentInfo]]] = {}
+"""Comment listings started while a delivery is decided, by delivery id (``start_run``)."""
 
 DELIVERY_TRIES = 5
 """Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
@@ -303,10 +309,12 @@ async def handle_trigger(bosun: JobContext, delivery_id: str, event: ParsedEvent
     known = frozenset(profiles)
     bot_login = bosun.settings.github.bot_login
     # Cheap pre-check with defaults, so most deliveries cost no API call.
-    if trigger_request(
-        event, RepoConfig(), bot_login, known_profiles=known
-    ) is None and event.key not in ("issues.labeled", "issues.unlabeled"):
+    early = trigger_request(event, RepoConfig(), bot_login, known_profiles=known)
+    if early is None and event.key not in ("issues.labeled", "issues.unlabeled"):
         return f"ignored: {event.key} asks nothing of Bosun"
+    if early is not None and early.kind == "start":  # the run's reads, while this decides
+        prefetch_base(bosun, port, delivery_id, default_branch)
+        _list_comments_early(port, delivery_id, event.issue.number)
     config, config_error = await load_repo_config(port, default_branch)
     request = trigger_request(event, config, bot_login, known_profiles=known)
     if request is None:
@@ -421,16 +429,35 @@ async def cancel_runs(bosun: JobContext, event: ParsedEvent, actor: str, reason:
     return len(runs)
 
 
+def _list_comments_early(port: Forge, delivery_id: str, number: int) -> None:
+    """Start listing the issue's comments while the delivery is decided (a start is likely):
+    ``start_run`` takes the listing instead of asking again; one not taken within a minute
+    is dropped."""
+    task = asyncio.ensure_future(port.list_comments(number))
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    _EARLY_COMMENTS[delivery_id] = task
+    asyncio.get_running_loop().call_later(60, _EARLY_COMMENTS.pop, delivery_id, None)
+
+
 async def _trusted_comments(
-    bosun: JobContext, port: Forge, number: int, config: RepoConfig
+    bosun: JobContext,
+    port: Forge,
+    number: int,
+    config: RepoConfig,
+    listed: Awaitable[list[CommentInfo]] | None = None,
 ) -> list[PromptComment]:
-    comments = await port.list_comments(number)
+    comments = await (listed if listed is not None else port.list_comments(number))
     bot_login = bosun.settings.github.bot_login
+    authors = sorted(
+        {c.author for c in comments if not (c.author == bot_login or c.author_type == "Bot")}
+    )  # each author's permission once, all at once
+    permissions = await asyncio.gather(*(permission_of(bosun, port, a) for a in authors))
+    permission_by_author = dict(zip(authors, permissions, strict=True))
     out: list[PromptComment] = []
     for comment in comments:
         if comment.author == bot_login or comment.author_type == "Bot":
             continue
-        permission = await permission_of(bosun, port, comment.author)
+        permission = permission_by_author[comment.author]
         trusted = trusted_by(
             comment.author,
             comment.author_type,
@@ -459,7 +486,8 @@ async def start_run(
 ) -> str | None:
     assert event.repository is not None and event.issue is not None
     issue = event.issue
-    comments = await _trusted_comments(bosun, port, issue.number, config)
+    listed = _EARLY_COMMENTS.pop(delivery_id, None)
+    comments = await _trusted_comments(bosun, port, issue.number, config, listed)
     async with bosun.services.sessions.begin() as session:
         repo = await upsert_repository(session, event.repository, event.installation_id)
         await insert_ignore(
