@@ -186,6 +186,7 @@ TRUE_POSITIVES = [
     ("slack_token", f'client = WebClient(token="{SLACK}")'),
     ("private_key", KEY_BLOCK),
     ("private_key", "-----BEGIN " + "OPENSSH PRIVATE KEY-----"),
+    ("private_key", "-----BEGIN " + "ENCRYPTED PRIVATE KEY-----"),
     ("anthropic_api_key", f"ANTHROPIC_API_KEY={ANTHROPIC}"),
     ("openai_api_key", f'openai.api_key = "{OPENAI}"'),
     ("stripe_access_key", f"stripe.api_key = '{STRIPE}'"),

@@ -103,7 +103,7 @@ def test_the_rules_are_the_packages_detectors_plus_bosuns() -> None:
     } <= by_source["detect-secrets"]  # fmt: skip
     assert "ip_public" not in by_source["detect-secrets"]  # an address is no credential
     assert by_source["bosun"] == {
-        "anthropic_api_key", "openai_api_key", "google_api_key", "github_token"
+        "anthropic_api_key", "openai_api_key", "google_api_key", "github_token", "private_key"
     }  # fmt: skip
 
 

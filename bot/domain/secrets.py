@@ -6,7 +6,8 @@ detector it ships, so an upgrade brings its new ones — but for its public-IP d
 address is not a credential). Its keyword and entropy detectors are not used: they block lock
 files, hashes and base64 test data. Bosun adds rules for what the package does not know: the
 model API keys it handles itself (Anthropic, OpenAI project and service keys, Google API keys
-such as Gemini's) and GitHub's fine-grained tokens, and one heuristic of its own: a value with
+such as Gemini's), GitHub's fine-grained tokens and any PEM private key header (the package
+lists nine, not PKCS#8's ``ENCRYPTED PRIVATE KEY``), and one heuristic of its own: a value with
 the look of a random key assigned to a secret-sounding name (``DB_PASSWORD = "…"``).
 
 A found value is dropped when it is a placeholder (``ghp_xxxx…``, ``sk-your-key-here``,
@@ -184,6 +185,12 @@ _BOSUN_RULES = (
     ),
     _bosun("google_api_key", "Google API key", r"\b(AIza[0-9A-Za-z_-]{35})(?![0-9A-Za-z_-])"),
     _bosun("github_token", "GitHub token", r"\b(github_pat_[A-Za-z0-9_]{50,255})"),
+    # Any PEM private key header (PKCS#8 "ENCRYPTED PRIVATE KEY" is not in the package's list).
+    _bosun(
+        "private_key",
+        "private key",
+        r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)",
+    ),
 )
 
 
