@@ -6,7 +6,8 @@
 #   run   Docker, git, the base and agent images, the Python env, the Redis password
 #         (`bosun up` brings its own Redis, requiring it, when none answers).
 #   test  everything `run` needs plus Redis with that password, PostgreSQL 15 (role/password
-#         bosun, database bosun_test), Chromium, and the dev extras (pytest, ruff, mypy).
+#         bosun, database bosun_test), Chromium, Docker Compose (the deployment test), and the
+#         dev extras (pytest, ruff, mypy).
 #
 # Idempotent: each step checks before it acts, so a second run takes seconds.
 # BOSUN_BOOTSTRAP_CHECK=1 only checks: it lists what it would do and exits 3 if anything is
@@ -78,6 +79,7 @@ EOF
 pkg_wanted() {
     case "$1" in
     docker.io) docker info >/dev/null 2>&1 || have dockerd && return 1 ;;
+    docker-compose) { have docker-compose || docker compose version; } >/dev/null 2>&1 && return 1 ;;
     redis-server) have redis-server && return 1 ;;
     postgresql) have pg_ctlcluster && return 1 ;;
     chromium) { have chromium || have chromium-browser || have google-chrome; } && return 1 ;;
@@ -92,7 +94,7 @@ ensure_packages() {
     local pkgs=(ca-certificates curl git make debootstrap debian-archive-keyring docker.io python3 python3-pip)
     if [ "$profile" = test ]; then
         # nodejs/npm and wrk: the intake benchmark's Probot baseline and load generator.
-        pkgs+=(redis-server postgresql chromium fonts-liberation shellcheck nodejs npm wrk)
+        pkgs+=(redis-server postgresql chromium fonts-liberation shellcheck nodejs npm wrk docker-compose)
     fi
     local want=() p
     for p in "${pkgs[@]}"; do

@@ -1,13 +1,13 @@
 """The deployment as compose.yaml describes it: one service image, one role per container.
 
-``test_compose_file_describes_the_documented_stack`` reads compose.yaml (no Compose needed).
-``test_role_containers_serve_a_delivery`` runs the service image's roles as plain containers the
-way compose.yaml does — ``bosun migrate`` once, ``bosun web`` and ``bosun worker`` — against the
-host's PostgreSQL and Redis, with every secret in a ``*_FILE``: a signed delivery posted to the
-web container is processed by the worker container, ``/readyz`` of the web-only container holds
-no Docker check, and ``bosun worker --check`` says 0 while the worker polls and 1 once it stopped.
-It needs a built image (``scripts/build_service_image.sh``, about 2-3 minutes), named by
-``BOSUN_TEST_SERVICE_IMAGE``.
+- ``test_compose_file_describes_the_documented_stack`` reads compose.yaml (no Docker needed).
+- ``test_compose_stack_comes_up_and_serves_a_delivery``: ``docker compose up`` of the file as the
+  operations guide says (PostgreSQL is a stand-in built offline, ``tests/images/postgres``).
+- ``test_role_containers_serve_a_delivery`` runs the roles as plain containers, the way
+  compose.yaml does, against the host's PostgreSQL and Redis, every secret in a ``*_FILE``.
+
+Both container tests need a built image (``scripts/build_service_image.sh``, about 2-3 minutes),
+named by ``BOSUN_TEST_SERVICE_IMAGE``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import hmac
 import json
 import os
 import secrets
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -258,3 +260,160 @@ def test_role_containers_serve_a_delivery(tmp_path: Path, pg_schema: str) -> Non
     finally:
         for container in started:
             container.remove(force=True)
+
+
+POSTGRES_STAND_IN = "bosun-test-postgres:15"
+
+
+def _compose_command() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail("no Docker Compose: apt-get install docker-compose (or the compose plugin)")
+
+
+def _postgres_stand_in(engine: Any) -> str:
+    """The official postgres image needs a registry; build Debian's PostgreSQL 15 with the same
+    contract offline (tests/images/postgres) when it is not there yet."""
+    import docker.errors
+
+    try:
+        engine.images.get(POSTGRES_STAND_IN)
+        return POSTGRES_STAND_IN
+    except docker.errors.ImageNotFound:
+        pass
+    context = ROOT / "build" / "images" / "postgres"
+    shutil.rmtree(context, ignore_errors=True)
+    shutil.copytree(ROOT / "tests" / "images" / "postgres", context)
+    subprocess.run(
+        [str(ROOT / "sandboxes/images/fetch_debs.sh"), str(context / "debs"),
+         "debian:bookworm-slim", "postgresql-15"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["docker", "build", "--network", "none", "-q", "-t", POSTGRES_STAND_IN, str(context)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return POSTGRES_STAND_IN
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.skipif(
+    not IMAGE,
+    reason="needs a built service image: BOSUN_TEST_SERVICE_IMAGE=bosun:latest "
+    "(scripts/build_service_image.sh)",
+)
+def test_compose_stack_comes_up_and_serves_a_delivery(tmp_path: Path) -> None:
+    """``docker compose up`` of compose.yaml as the operations guide says: the secrets under
+    ./secrets, bosun.env next to the file. Migrate finishes, web is ready, a signed delivery is
+    processed by the worker, ``bosun worker --check`` passes in the worker, and Redis refuses a
+    client without the password."""
+    engine = docker_client()
+    compose = _compose_command()
+    project = tmp_path / "bosun"
+    project.mkdir()
+    shutil.copy(ROOT / "compose.yaml", project / "compose.yaml")
+    state = tmp_path / "state"
+    state.mkdir()
+    postgres_password = secrets.token_hex(16)
+    webhook_secret = secrets.token_hex(20)
+    values = {
+        "postgres_password": postgres_password,
+        "database_url": f"postgresql+asyncpg://bosun:{postgres_password}@postgres/bosun",
+        "redis_password": secrets.token_hex(32),
+        "dashboard_key": secrets.token_hex(32),
+        "github_app_key": "not used by this test",
+        "webhook_secret": webhook_secret,
+    }
+    # As the operations guide says: readable files in a folder only root may enter. Compose
+    # mounts each file itself, so the containers' users read them whatever uid the engine
+    # maps them to (userns-remap here), and nobody else on the host can.
+    (project / "secrets").mkdir()
+    (project / "secrets").chmod(0o700)
+    for name, value in values.items():
+        path = project / "secrets" / name
+        path.write_text(value + "\n")
+        path.chmod(0o444)
+    (project / "bosun.env").write_text(
+        "BOSUN_PUBLIC_URL=http://127.0.0.1\nBOSUN_WORKER__HEALTH_CHECK_SECONDS=2\n"
+    )
+    port = free_port()
+    name = f"bosuntest{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "BOSUN_IMAGE": IMAGE,
+        "BOSUN_POSTGRES_IMAGE": _postgres_stand_in(engine),
+        "BOSUN_PORT": str(port),
+        "BOSUN_HOST_STATE": str(state),
+        "COMPOSE_PROJECT_NAME": name,
+    }
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*compose, "-f", "compose.yaml", *args],
+            cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            logs = subprocess.run(
+                [*compose, "-f", "compose.yaml", "logs", "--no-color", "--tail", "40"],
+                cwd=project, env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            raise AssertionError(f"{args}: {done.stdout}{done.stderr}\n{logs.stdout[-6000:]}")
+        return done
+
+    try:
+        run("up", "-d")
+        ready_url = f"http://127.0.0.1:{port}/readyz"
+        try:
+            _, body = _wait(lambda: (r := _get(ready_url))[0] == 200 and r, "web ready", 120)
+        except AssertionError:
+            logs = run("logs", "--no-color", "--tail", "40", check=False).stdout
+            raise AssertionError(f"{_get(ready_url)}\n{logs[-6000:]}") from None
+        assert set(body["checks"]) == {"database", "redis"}
+        migrate = run("ps", "-q", "migrate").stdout.strip()
+        assert engine.containers.get(migrate).attrs["State"]["ExitCode"] == 0
+
+        _wait(
+            lambda: (
+                run("exec", "-T", "worker", "bosun", "worker", "--check", check=False).returncode
+                == 0
+            ),
+            "bosun worker --check passing in the worker container",
+            90,
+        )
+        delivery = str(uuid.uuid4())
+        payload = json.dumps({"zen": "Design for failure.", "hook_id": 2}).encode()
+        signature = hmac.new(webhook_secret.encode(), payload, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/github",
+            data=payload,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "ping",
+                "X-GitHub-Delivery": delivery,
+                "X-Hub-Signature-256": f"sha256={signature}",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        query = f"SELECT status FROM deliveries WHERE id = '{delivery}'"
+        status = _wait(
+            lambda: (
+                out := run(
+                    "exec", "-T", "postgres", "psql", "-U", "bosun", "-d", "bosun", "-tAc", query,
+                    check=False,
+                ).stdout.strip()
+            ) in ("processed", "ignored") and out,
+            "the worker processing the delivery",
+            60,
+        )  # fmt: skip
+        assert status in ("processed", "ignored")
+
+        refused = run("exec", "-T", "redis", "redis-cli", "ping", check=False)
+        assert "NOAUTH" in refused.stdout + refused.stderr
+        web_user = run("exec", "-T", "web", "id", "-u").stdout.strip()
+        assert web_user == "10001"
+    finally:
+        run("down", "-v", "--remove-orphans", check=False)
