@@ -247,7 +247,7 @@ NO_PROXY_GATE = (
 )
 
 
-def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates(
+def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates_and_devcontainers_run(
     github_world: World,
     tmp_path: Path,
     redis_url: str,
@@ -270,8 +270,14 @@ def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates(
             config = "gates:\n  - name: offline\n    run: " + json.dumps(
                 ["python3", "-c", NO_PROXY_GATE]
             )
-            stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+            devcontainer = (
+                "// no setup: key, so the dev container's create commands run\n"
+                '{"image": "ignored", "postCreateCommand": ["sh", "-c", "echo from-$((6*7))"],}\n'
+            )
+            files = {".github/bosun.yml": config, ".devcontainer/devcontainer.json": devcontainer}
+            stack.emulator.push(stack.repo, "main", files, user="alice")
             run = run_once(stack, stack.repo, "Fetch through the proxy", set())
+            assert "from-42" in stack.artifacts(run["id"])["setup"].read_text()
             transcript = stack.artifacts(run["id"])["transcript"].read_text()
             assert "agent-proxy: HTTP/1.0 200 OK" in transcript, transcript
             assert "agent-env: http://127.0.0.1:8789 127.0.0.1,localhost,::1" in transcript

@@ -94,10 +94,15 @@ def test_public_addresses_are_public() -> None:
 # --- the proxy, for real --------------------------------------------------------------------
 
 
+upstream_heads: list[bytes] = []
+"""Request heads the upstream received (the plain-HTTP test reads them)."""
+
+
 async def _echo_server() -> tuple[asyncio.Server, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.read(65536)
         if data.startswith(b"GET "):
+            upstream_heads.append(data)
             body = b"first line: " + data.split(b"\r\n", 1)[0]
             head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n\r\n".encode()
             writer.write(head + body)
@@ -177,15 +182,19 @@ async def test_connect_to_an_allowed_host_tunnels_and_is_logged(
 
 
 async def test_plain_http_goes_upstream_in_origin_form(tmp_path: Path, upstream: int) -> None:
+    """Origin form, the URL's host as ``Host`` (never another site's), no proxy headers."""
     policy = EgressPolicy(parse_rules([f"mirror.test:{upstream}"]), frozenset({"mirror.test"}))
     proxy, records = await _proxy(tmp_path, policy, {"mirror.test": ["127.0.0.1"]})
     try:
         request = (
             f"GET http://mirror.test:{upstream}/simple/pkg/?x=1 HTTP/1.1\r\n"
-            f"Host: mirror.test\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n"
+            f"Host: fronted.example\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n"
         )
         answer = await _ask(proxy, request.encode())
         assert answer.endswith(b"first line: GET /simple/pkg/?x=1 HTTP/1.1")
+        seen = upstream_heads[-1]
+        assert f"Host: mirror.test:{upstream}".encode() in seen
+        assert b"fronted.example" not in seen and b"Proxy-Authorization" not in seen
         await asyncio.sleep(0.05)
         assert records[0].allowed and records[0].method == "GET"
     finally:

@@ -130,14 +130,22 @@ class SetupSteps(AgentSteps):
         return spec.model_copy(update={"mounts": spec.mounts + mounts, "env": {**spec.env, **env}})
 
     async def _setup_commands(self) -> tuple[SetupCommand, ...]:
+        """``setup:`` of the policy file, else the default branch's devcontainer.json's create
+        commands (both places asked at once: one round trip for the many repositories that
+        have neither)."""
         if self.config.setup is not None:
             return tuple(from_config(self.config.setup))
-        for path in DEVCONTAINER_PATHS:
-            try:
-                text = await self.port.file_text(path, self.repository.default_branch)
-            except ForgeError as exc:
-                log.warning("devcontainer_unreadable", path=path, error=str(exc))
+        branch = self.repository.default_branch
+        texts = await asyncio.gather(
+            *(self.port.file_text(path, branch) for path in DEVCONTAINER_PATHS),
+            return_exceptions=True,
+        )
+        for path, text in zip(DEVCONTAINER_PATHS, texts, strict=True):
+            if isinstance(text, ForgeError):
+                log.warning("devcontainer_unreadable", path=path, error=str(text))
                 return ()
+            if isinstance(text, BaseException):
+                raise text
             if text is None:
                 continue
             try:

@@ -42,7 +42,11 @@ PROXY_PORT = 8789
 """The loopback port the in-sandbox forwarder listens on for the proxy."""
 CHUNK = 64 * 1024
 HEAD_LIMIT = 32 * 1024
-_DROPPED_HEADERS = frozenset({b"proxy-connection", b"proxy-authorization", b"connection"})
+_DROPPED_HEADERS = frozenset(
+    {b"proxy-connection", b"proxy-authorization", b"connection", b"host", b"keep-alive"}
+)
+"""Request headers not sent on: the proxy's own, hop-by-hop ones, and ``Host`` (set from the
+URL the decision was made on, so a request cannot name another site behind the same address)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +329,10 @@ def _parse_head(head: bytes) -> tuple[bytes, str, int, bytes]:
         header = line.split(b":", 1)[0].strip().lower()
         if header not in _DROPPED_HEADERS:
             out.append(line)
+    authority = f"[{name}]" if ":" in name else name
+    if port != 80:
+        authority += f":{port}"
+    out.insert(1, b"Host: " + authority.encode())
     out.append(b"Connection: close")
     return method, name, port, b"\r\n".join(out) + b"\r\n\r\n"
 
