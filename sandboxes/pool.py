@@ -47,6 +47,10 @@ log = structlog.get_logger(__name__)
 
 SHAPE_KEEP_SECONDS = 3600.0
 """A shape no run has claimed for this long is no longer refilled."""
+MAX_BACKOFF_SECONDS = 60.0
+"""The longest wait before starting a shape's sandbox again after failures."""
+CLOSE_WAIT_SECONDS = 30.0
+"""How long ``close`` waits for a sandbox being started."""
 PER_EXEC = frozenset({"run_id", "workspace", "mounts", "labels"})
 """Spec fields a pooled sandbox does not share with its run (moved or per-run)."""
 NOT_ENFORCED = frozenset({"timeout_seconds", "output_limit_bytes"})
@@ -107,6 +111,9 @@ class _Wanted:
     spec: SandboxSpec
     run_dir: Path
     claimed_at: float
+    failures: int = 0
+    """Starts that failed in a row (a missing image, an engine that is down)."""
+    retry_at: float = 0.0
 
 
 class SandboxPool:
@@ -160,7 +167,11 @@ class SandboxPool:
             shape = shape_of(spec, run_dir)
         except ValueError:
             return None
-        self._wanted[shape] = _Wanted(spec, run_dir, time.monotonic())
+        known = self._wanted.get(shape)
+        if known is not None:
+            known.spec, known.run_dir, known.claimed_at = spec, run_dir, time.monotonic()
+        else:
+            self._wanted[shape] = _Wanted(spec, run_dir, time.monotonic())
         self._ensure_running()
         asyncio.get_running_loop().call_later(self.refill_delay, self._wake.set)
         queue = self._ready.get(shape)
@@ -177,11 +188,17 @@ class SandboxPool:
             await self._fill()
 
     async def close(self) -> None:
-        """Stop refilling and remove every ready sandbox and its folder."""
+        """Stop refilling and remove every ready sandbox and its folder. A sandbox being started
+        is waited for (then removed), so none is left behind unknown."""
         self._closed = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
+                async with asyncio.timeout(CLOSE_WAIT_SECONDS):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         slots = self.ready()
@@ -202,6 +219,8 @@ class SandboxPool:
                 await self.fill()
             except Exception as exc:  # noqa: BLE001 -- the engine may be down: try next round
                 log.warning("sandbox_pool_round_failed", error=str(exc))
+            if self._closed:
+                break
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.check_seconds):
@@ -230,11 +249,17 @@ class SandboxPool:
             if now - wanted.claimed_at > SHAPE_KEEP_SECONDS:
                 del self._wanted[shape]
                 continue
+            if now < wanted.retry_at:
+                continue
             queue = self._ready.setdefault(shape, deque())
             while len(queue) < self.size and not self._closed:
                 slot = await self._start(shape, wanted)
-                if slot is None:
-                    return  # the engine refused: try again next round
+                if slot is None:  # the engine refused: again later, waiting longer each time
+                    wanted.failures += 1
+                    backoff = min(MAX_BACKOFF_SECONDS, self.check_seconds * 2**wanted.failures)
+                    wanted.retry_at = time.monotonic() + backoff
+                    break
+                wanted.failures = 0
                 queue.append(slot)
 
     async def _start(self, shape: Shape, wanted: _Wanted) -> Slot | None:

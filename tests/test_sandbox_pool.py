@@ -231,3 +231,32 @@ async def test_pool_of_size_zero_starts_nothing(
     assert pool.claim(spec, run_dir) is None
     assert pool.created == 0 and pool_containers(engine, pool) == []
     await pool.close()
+
+
+async def test_a_shape_that_cannot_start_is_tried_again_later_not_every_round(
+    engine: docker.DockerClient, workspaces: WorkspaceManager
+) -> None:
+    """An image that is missing (or an engine that is down) is not hammered: each failed start
+    doubles the wait before the next; the run that asked starts its own sandbox meanwhile."""
+    attempts: list[float] = []
+
+    class Counting(DockerBackend):
+        async def create(self, spec: SandboxSpec) -> Sandbox:
+            attempts.append(time.monotonic())
+            return await super().create(spec)
+
+    backend = Counting()
+    pool = SandboxPool(
+        backend, workspaces.root / "pool", size=1, idle_seconds=600, check_seconds=0.05
+    )
+    spec, run_dir = run_spec(workspaces, "r-missing")
+    spec = spec.model_copy(update={"image": "bosun-absent:nope"})
+    try:
+        assert pool.claim(spec, run_dir) is None
+        await asyncio.sleep(2.0)  # 40 rounds of 0.05 s; waits of 0.1, 0.2, 0.4, 0.8 s
+        assert 2 <= len(attempts) <= 6, attempts
+        assert pool.ready() == [] and pool.created == 0
+        assert not list((workspaces.root / "pool" / pool.id).glob("*"))  # no folder left
+    finally:
+        await pool.close()
+        await backend.close()
