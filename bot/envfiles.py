@@ -36,13 +36,30 @@ def env_file_path(environ: Mapping[str, str] | None = None) -> Path | None:
     environ = os.environ if environ is None else environ
     named = environ.get(ENV_FILE_VARIABLE)
     if named is None:
-        return DEFAULT_ENV_FILE if DEFAULT_ENV_FILE.is_file() else None
+        if not DEFAULT_ENV_FILE.is_file():
+            return None
+        _check_trusted(DEFAULT_ENV_FILE)
+        return DEFAULT_ENV_FILE
     if not named:
         return None
     path = Path(named)
     if not path.is_file():
         raise ConfigError(f"{ENV_FILE_VARIABLE}={named}: no such file")
+    _check_trusted(path)
     return path
+
+
+def _check_trusted(path: Path) -> None:
+    """An env file decides where Bosun's database, Redis and GitHub are: it must belong to
+    this user (or root) and be writable by no one else — a ``.env`` in a repository someone
+    else wrote is not configuration."""
+    info = path.stat()
+    if info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
+        raise ConfigError(
+            f"refusing the env file {path}: it must be owned by you (or root) and writable by "
+            f"no one else (owner uid {info.st_uid}, mode {info.st_mode & 0o777:o}); fix it, or "
+            f"set {ENV_FILE_VARIABLE}= (empty) to read none"
+        )
 
 
 def read_env_file(path: Path | None) -> dict[str, str]:

@@ -32,7 +32,7 @@ from bot.db.runlog import append_event
 from bot.domain.states import DeliveryStatus, RunState
 from bot.entrypoints.cli import main
 from bot.settings import Settings
-from jobs.upkeep.prune import PruneReport, prune_database, prune_host
+from jobs.upkeep.prune import HostUpkeep, PruneReport, prune_database, prune_host
 from sandboxes.git import GitIdentity
 from sandboxes.workspace import WorkspaceManager
 from tests.conftest import make_settings
@@ -250,5 +250,32 @@ async def test_prune_removes_what_expired_and_keeps_the_rest(tmp_path: Path, db_
 
         again = await prune(dry_run=False)
         assert all(r.count == 0 for r in again.removed.values()), _counts(again)
+    finally:
+        await engine.dispose()
+
+
+async def test_each_worker_prunes_its_host_at_start(tmp_path: Path) -> None:
+    """The worker's host pass (``HostUpkeep``) runs at start, without waiting an hour: a
+    finished run's leftover workspace goes, a running run's stays."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    settings = make_settings(tmp_path, db, "redis://127.0.0.1:1/0", retention=RETENTION)
+    engine = create_engine(db)
+    sessions = session_factory(engine)
+    try:
+        await upgrade(engine)
+        await _seed(settings, sessions, utcnow())
+        workspaces = WorkspaceManager(settings.sandbox.workdir, identity=GitIdentity("b", "b@x"))
+        runs = settings.sandbox.workdir / "runs"
+        upkeep = HostUpkeep(sessions, settings, lambda: workspaces)
+        upkeep.start()
+        try:
+            for _ in range(100):
+                if not (runs / "r-old").exists():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await upkeep.stop()
+        assert not (runs / "r-old").exists() and not (runs / "r-recent").exists()
+        assert (runs / "r-running" / "workspace" / "f.txt").exists()
     finally:
         await engine.dispose()

@@ -4,6 +4,7 @@ are clear errors, and no error message quotes a secret."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,24 @@ def test_env_file_and_its_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("BOSUN_ENV_FILE", str(tmp_path / "missing.env"))
     with pytest.raises(ConfigError, match=r"BOSUN_ENV_FILE=.*no such file"):
         Settings()
+
+
+def test_an_env_file_others_may_write_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A .env that someone else wrote (a repository checked out here) is not configuration."""
+    env = tmp_path / ".env"
+    env.write_text("BOSUN_DATABASE__URL=postgresql+asyncpg://attacker@evil/db\n")
+    env.chmod(0o666)
+    with pytest.raises(ConfigError, match=r"refusing the env file .*writable by no one else"):
+        Settings()
+    env.chmod(0o644)
+    if os.geteuid() == 0:  # only root can give a file away
+        os.chown(env, 12345, 12345)
+        with pytest.raises(ConfigError, match=r"owner uid 12345"):
+            Settings()
+    monkeypatch.setenv("BOSUN_ENV_FILE", "")
+    assert "evil" not in Settings().database.url
 
 
 def test_conflicts_and_unreadable_files_are_clear_errors(
