@@ -14,7 +14,8 @@ HEADER = """# Configuration reference
 
 Bosun reads its settings once, when a command starts, from the environment, then from an env
 file (`.env` in the working directory, or the file `BOSUN_ENV_FILE` names; empty: none; the
-environment wins), then from files: every variable below may instead be given as
+environment wins; it must belong to the user or root and be writable by no one else), then from
+files: every variable below may instead be given as
 `<VARIABLE>_FILE` naming a file that holds its value (Docker and Compose secrets, systemd
 credentials; one trailing newline is dropped; JSON for lists and mappings). Setting both is an
 error. Names are `BOSUN_<FIELD>` for top-level settings and `BOSUN_<GROUP>__<FIELD>` for
