@@ -260,3 +260,34 @@ async def test_a_shape_that_cannot_start_is_tried_again_later_not_every_round(
     finally:
         await pool.close()
         await backend.close()
+
+
+async def test_a_ready_sandbox_sees_nothing_of_the_run_that_claimed_its_neighbour(
+    engine: docker.DockerClient, backend: DockerBackend, workspaces: WorkspaceManager
+) -> None:
+    """Each pooled sandbox binds only its own empty folders: what one run writes into the
+    sandbox it claimed never shows in the one the next run will get, and the claimed one
+    sees its run's files."""
+    pool = SandboxPool(
+        backend, workspaces.root / "pool", size=2, idle_seconds=600, check_seconds=3600
+    )
+    spec, run_dir = run_spec(workspaces, "r-first")
+    try:
+        assert pool.claim(spec, run_dir) is None
+        await pool.fill()
+        claim = pool.claim(spec, run_dir)
+        assert claim is not None
+        await workspaces.lay_out("r-first", adopt=claim.folder)
+        (run_dir / "workspace" / "secret.txt").write_text("run one's data\n")
+        (run_dir / "input").mkdir(exist_ok=True)
+        (run_dir / "input" / "prompt.md").write_text("run one's prompt\n")
+        claimed = await backend.adopt(claim.sandbox, spec)
+        (neighbour,) = pool.ready()
+        for sandbox, expect in ((neighbour.sandbox, ""), (claimed, "secret.txt\nprompt.md\n")):
+            listing = await backend.exec(
+                sandbox, ["sh", "-c", "ls -A /workspace; ls -A /bosun"], timeout=30
+            )
+            assert listing.check().text() == expect, sandbox.name
+        await backend.remove(claimed)
+    finally:
+        await pool.close()
