@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def sec_repo_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Securi
         with security_stack(root, allowed_images=allowed, repo_dockerfiles=True) as running:
             yield running
     finally:
-        for image in client.images.list(name="bosun-repo"):
+        for image in client.images.list():
             if any(tag.startswith("bosun-repo/octo-hello:") for tag in image.tags):
                 client.images.remove(image.id, force=True)
         client.images.remove(REPO_IMAGE, force=True)
@@ -155,7 +156,8 @@ def test_a_repository_image_gets_the_same_hardening(sec_repo_images: SecuritySta
     assert_hardened(sec, run["id"])
     cancel(sec, number, run["id"])
 
-    dockerfile = "FROM bosun-agent:latest\nUSER root\nRUN echo built > /opt/repo-image\n"
+    mark = uuid.uuid4().hex  # content of this test's own: never found from an earlier run
+    dockerfile = f"FROM bosun-agent:latest\nUSER root\nRUN echo {mark} > /opt/repo-image\n"
     config = "image:\n  dockerfile: .bosun/Dockerfile\n"
     stack.emulator.push(
         stack.repo, "main", {".github/bosun.yml": config, ".bosun/Dockerfile": dockerfile}
