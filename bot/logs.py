@@ -92,6 +92,19 @@ def redact_processor(
     return event_dict
 
 
+_LIBRARY_NOISE = ("color_message",)
+"""Extras libraries put on their records for their own formatters (uvicorn's message with
+terminal colour codes)."""
+
+
+def _drop_library_noise(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in _LIBRARY_NOISE:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 class _BosunHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler ``configure_logging`` installs (and replaces when called again)."""
 
@@ -126,6 +139,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.stdlib.ExtraAdder(),
+            _drop_library_noise,
             timestamper,
         ],
         processors=[*last, structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
+from litestar.testing import AsyncTestClient
 
 from bot.logs import configure_logging, redact_text, secret_field
+from bot.web.app import create_app
+from tests.conftest import make_settings
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +119,21 @@ def test_console_on_a_terminal_is_redacted_too(capsys: pytest.CaptureFixture[str
 )
 def test_field_names_name_a_credential_by_whole_words(name: str, secret: bool) -> None:
     assert secret_field(name) is secret
+
+
+async def test_the_web_app_leaves_logging_to_bosun(
+    tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Litestar configures the root logger by default, which replaced Bosun's handler once
+    the app was built: uvicorn's lines came out as plain text."""
+    configure_logging("info", "json")
+    settings = make_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'b.db'}", redis_url)
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 42, extra={"color_message": "\x1b[36m%d\x1b[0m"}
+        )
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    started = next(line for line in lines if line.get("logger") == "uvicorn.error")
+    assert started["event"] == "Started server process [42]"
+    assert "color_message" not in started

@@ -101,6 +101,7 @@ def create_app(
         lifespan=[lifespan],
         state=State({"settings": settings, "with_worker": with_worker}),
         middleware=[DefineMiddleware(request_logging), dashboard_middleware(settings)],
+        logging_config=None,  # bot.logs configures logging: Litestar's would replace the root's
         debug=False,
     )
     # POST /webhooks/github in front of Litestar's routing and middleware (bot/web/webhooks.py).
