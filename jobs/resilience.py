@@ -34,6 +34,7 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 from sqlalchemy.exc import DBAPIError
 
 from bot.readiness import READINESS
@@ -61,7 +62,12 @@ def backoff(attempt: int) -> float:
 
 
 def redis_down(exc: BaseException) -> bool:
-    return isinstance(exc, REDIS_DOWN)
+    """Whether ``exc`` means Redis went away (redis-py reports a connection lost while it
+    WATCHed keys as a ``WatchError`` caused by the ``ConnectionError``)."""
+    if isinstance(exc, REDIS_DOWN):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, WatchError) and isinstance(cause, REDIS_DOWN)
 
 
 def db_disconnected(exc: BaseException) -> bool:
@@ -70,10 +76,11 @@ def db_disconnected(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if isinstance(state, str) and state[:2] in ("08", "57"):
-            return True  # connection exception; operator intervention (shutdown, starting up)
-        cause = getattr(exc.orig, "__cause__", None)
+        cause = getattr(exc.orig, "__cause__", None)  # the driver's own error
+        for error in (exc.orig, cause):
+            state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+            if isinstance(state, str) and state[:2] in ("08", "57"):
+                return True  # connection exception; operator intervention (shutting down…)
         return isinstance(cause, ConnectionError | socket.gaierror)
     # Raised as it is when connecting: refused or reset while the server restarts, or its name
     # not resolving while it is away (a container being replaced).
@@ -152,8 +159,21 @@ class ResilientWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await super()._poll_iteration()
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
             await self._ride_out(exc)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except Exception as exc:
+            if redis_down(exc):
+                # arq counted the job it was taking (a slot and its semaphore) before Redis
+                # failed under it: give that slot back, or each outage would leak one.
+                self.job_counter -= 1
+                self.sem.release()
+            raise
 
     async def _ride_out(self, exc: BaseException) -> None:
         running = sum(not t.done() for t in self.tasks.values())
@@ -201,7 +221,9 @@ class ResilientWorker(Worker):
     async def run_job(self, job_id: str, score: int) -> None:
         try:
             await super().run_job(job_id, score)
-        except REDIS_DOWN as exc:
+        except Exception as exc:
+            if not redis_down(exc):
+                raise
             # Redis went away as the job was being read: give its pickup back once Redis
             # answers, so another poll takes it instead of waiting for the pickup to lapse.
             log.warning("job_pickup_lost", job=job_id, error=str(exc)[:300])

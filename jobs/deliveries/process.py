@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -45,7 +45,7 @@ from bot.domain.triggers import (
     trusted_by,
 )
 from bot.errors import ConflictError
-from bot.forge.port import CommentInfo, Forge, ForgeError
+from bot.forge.port import CommentInfo, Forge, ForgeError, ForgeUnavailable
 from bot.github.permissions import cached_permission
 from bot.profiles import ProfileConfig, effective_profile
 from bot.settings import Settings
@@ -70,6 +70,9 @@ _EARLY_COMMENTS: dict[str, asyncio.Future[list[CommentInfo]]] = {}
 
 DELIVERY_TRIES = 5
 """Tries of one delivery (``max_tries`` of ``process_delivery`` in ``jobs.worker``)."""
+FORGE_OUTAGE_PATIENCE = timedelta(hours=1)
+"""How long after it arrived a delivery the forge keeps failing (5xx, network) is tried
+again, at each reconciler pass once its job's tries are spent, before it is failed."""
 REVIEW_EVENTS = {
     "issue_comment",
     "pull_request",
@@ -98,6 +101,7 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
             delivery.status = DeliveryStatus.PROCESSING
             delivery.attempts += 1
             event_name, payload = delivery.event, delivery.payload
+            received_at = delivery.received_at
     except Exception as exc:
         if db_disconnected(exc):
             raise _database_away(exc, tries) from exc
@@ -123,6 +127,12 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
         if tries < DELIVERY_TRIES:
             log.warning("delivery_retry", error=repr(exc)[:300], job_try=tries)
             raise Retry(defer=min(60, 2**tries)) from exc
+        if isinstance(exc, ForgeUnavailable) and _within_outage_patience(received_at):
+            # GitHub is down for longer than this job's tries: hand the delivery back to the
+            # reconciler, which enqueues it again at each pass until GitHub answers.
+            await _finish(bosun, delivery_id, DeliveryStatus.RECEIVED, repr(exc)[:1000])
+            log.warning("delivery_waits_for_forge", error=repr(exc)[:300])
+            return {"delivery": delivery_id, "outcome": "waiting for the forge"}
         await _failed(bosun, delivery_id, parsed, repr(exc))
         raise
     except Exception as exc:
@@ -137,6 +147,12 @@ async def process_delivery(ctx: dict[str, Any], delivery_id: str) -> dict[str, A
     )
     log.info("delivery_processed", gh_event=event_name, outcome=outcome)
     return {"delivery": delivery_id, "outcome": outcome}
+
+
+def _within_outage_patience(received_at: datetime) -> bool:
+    """Whether a delivery GitHub's outage keeps from being decided is still worth trying."""
+    received = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
+    return datetime.now(UTC) - received < FORGE_OUTAGE_PATIENCE
 
 
 def _database_away(exc: BaseException, tries: int) -> Retry:

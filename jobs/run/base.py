@@ -267,12 +267,17 @@ class RunBase:
         await asyncio.to_thread(append_line, path, line)
 
     async def _cancel_requested(self) -> bool:
-        async with self.sessions() as session:
-            run = await session.get(Run, self.run.id, populate_existing=True)
-            if run is not None and run.cancel_requested:
-                self.cancelled_by = self.cancelled_by or run.cancel_actor or "request"
-                return True
-        return False
+        async def read() -> tuple[bool, str | None]:
+            async with self.sessions() as session:
+                run = await session.get(Run, self.run.id, populate_existing=True)
+                if run is None or not run.cancel_requested:
+                    return False, None
+                return True, run.cancel_actor
+
+        requested, actor = await db_retry(read, what="cancel_check")
+        if requested:
+            self.cancelled_by = self.cancelled_by or actor or "request"
+        return requested
 
 
 def write_input(folder: Path, prompt: str, name: str = "prompt.md") -> None:
