@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                     "round": i,
                     "receiver": receiver.name,
                     "server_cores": round((receiver.cpu_seconds() - cpu0) / elapsed, 2),
+                    "server_cpu_ms_per_delivery": round(
+                        (receiver.cpu_seconds() - cpu0) * 1000 / max(1, row.get("requests", 0)), 3
+                    ),
                     "host_busy_cores": round((host_busy_seconds() - host0) / elapsed, 2),
                     "load_average": loadavg()[0],
                 }
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "p99 ms",
             "non-2xx",
             "server cores",
+            "server CPU ms/delivery",
             "host busy",
             "load 1 min",
         ],
@@ -281,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 r.get("p99_ms"),
                 r["non_2xx"],
                 r["server_cores"],
+                r["server_cpu_ms_per_delivery"],
                 r["host_busy_cores"],
                 r["load_average"],
             ]

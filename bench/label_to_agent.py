@@ -289,7 +289,7 @@ async def _purge(url: str, namespace: str, database: Path) -> None:
         for start in range(0, len(keys), 1000):
             await redis.delete(*keys[start : start + 1000])
     finally:
-        await redis.aclose()
+        await redis.aclose(close_connection_pool=True)
 
 
 if __name__ == "__main__":

@@ -279,10 +279,15 @@ def deployed(
     redis: str,
     database_url: str = "",
     keep: bool = False,
+    workers: int = 1,
+    repo_cap: int | None = None,
+    worker: dict[str, Any] | None = None,
 ) -> Iterator[Deployment]:
-    """One ``bosun worker`` and ``webs`` ``bosun serve`` processes on loopback, the emulator in
-    its own process, the repository ``octo/hello`` (alice may write) whose runs' ``script``
-    agent runs ``command``; everything stopped and removed afterwards (``keep``: the folder)."""
+    """``workers`` ``bosun worker`` and ``webs`` ``bosun serve`` processes on loopback, the
+    emulator in its own process, the repository ``octo/hello`` (alice may write; at most
+    ``repo_cap`` runs at once, default ``runs``) whose runs' ``script`` agent runs
+    ``command``; everything stopped and removed afterwards (``keep``: the folder). ``worker``
+    overrides worker settings (default: ``runs`` runs at once)."""
     root = Path(tempfile.mkdtemp(prefix="bosun-bench-live-"))
     root.chmod(0o755)  # the remapped sandbox uid must traverse it to the workspaces
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
@@ -294,7 +299,7 @@ def deployed(
         ports = [free_port() for _ in range(webs)]
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         app = emulator.create_app(f"{urls[0]}/webhooks/github", "webhook-secret")
-        config = f"limits:\n  concurrent_runs: {runs}\n"
+        config = f"limits:\n  concurrent_runs: {repo_cap or runs}\n"
         source = make_source_repo(
             root / "source", {"README.md": "# Hello\n", ".github/bosun.yml": config}
         )
@@ -311,7 +316,12 @@ def deployed(
             profiles={"ticker": {"runner": "script", "command": command}},
             default_profile="ticker",
             database={"url": database_url},
-            worker={"poll_delay": 0.05, "max_jobs": runs + 4, "max_concurrent_runs": runs},
+            worker={
+                "poll_delay": 0.05,
+                "max_jobs": runs + 4,
+                "max_concurrent_runs": runs,
+                **(worker or {}),
+            },
             log_level="warning",
         )
         env = {
@@ -322,13 +332,16 @@ def deployed(
         logs = root / "logs"
         logs.mkdir()
 
-        def spawn(name: str, *argv: str) -> None:
+        def spawn(name: str, *argv: str, **extra: str) -> None:
             with (logs / f"{name}.log").open("ab") as log:
                 processes.append(
-                    subprocess.Popen([str(BOSUN), *argv], env=env, stdout=log, stderr=log)
+                    subprocess.Popen(
+                        [str(BOSUN), *argv], env={**env, **extra}, stdout=log, stderr=log
+                    )
                 )
 
-        spawn("worker", "worker")
+        for index in range(workers):
+            spawn(f"worker-{index}", "worker", BOSUN_WORKER__NAME=f"worker-{index}")
         for index, port in enumerate(ports):
             spawn(f"web-{index}", "serve", "--port", str(port))
         for web in urls:
@@ -348,6 +361,8 @@ def deployed(
         emulator.close()
         emulator_proc.terminate()
         emulator_proc.wait(10)
+        if emulator_proc.stdout is not None:
+            emulator_proc.stdout.close()
         with contextlib.suppress(Exception):
             asyncio.run(_purge(redis, namespace, root / "bosun.db"))
         if keep:

@@ -72,6 +72,8 @@ BENCHMARKS = {
     ),
     "live_log": ("bench.live_log", [], [_needs_redis, _needs_docker], "cpu_cores"),
     "queue_pickup": ("bench.queue_pickup", [], [_needs_redis], "pickup_ms"),
+    # Its queue part is tests/test_fleet_queue.py's code with more runs.
+    "fleet": ("bench.fleet", ["--skip", "queue"], [_needs_redis, _needs_docker], "eight_at_once"),
 }
 
 
