@@ -19,7 +19,10 @@ its own repository's cache.
 The host never follows a link in a cache: walks use ``os.walk`` without following links,
 ownership and modes are changed through a descriptor opened with ``O_NOFOLLOW``, and a symlink
 or FIFO the setup left is carried over as what it is (links are hard-linked, never read).
-Every run of the sandbox has ended when ``seal`` runs (setup's leftovers are killed first).
+Setup's leftover processes are killed before ``seal``, and ``seal`` itself walks through
+descriptors, each entry opened relative to its folder, so even a process still running could
+not send it outside the copy; once sealed, nothing in the copy is the sandbox's to change, so
+``publish`` reads a tree that no longer moves.
 """
 
 from __future__ import annotations
@@ -110,12 +113,20 @@ class Caches:
 
     def seal(self, target: Path) -> None:
         """Make the run's copy read-only to the sandbox: everything root's, nothing group- or
-        world-writable."""
+        world-writable, files readable. Walked top down through descriptors, each entry opened
+        relative to its folder with ``O_NOFOLLOW``: a folder swapped for a link mid-walk (were
+        a process of the sandbox still running) is never followed, and each folder is root's
+        before what is in it is read."""
         try:
-            for path in [target, *_entries(target)]:
-                _own(path, (0, 0), None)
+            top = os.open(target, _FOLDER_FLAGS)
         except OSError as exc:
             raise CacheError(f"cannot seal the dependency cache {target}: {exc}") from exc
+        try:
+            _seal_folder(top, depth=0)
+        except OSError as exc:
+            raise CacheError(f"cannot seal the dependency cache {target}: {exc}") from exc
+        finally:
+            os.close(top)
 
     def publish(self, key: str, target: Path, run_id: str) -> int:
         """Make the sealed copy the repository's cache, unless it is larger than a repository
@@ -203,6 +214,46 @@ def _locked(repo: Path, how: int) -> Iterator[None]:
         os.close(fd)
 
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ENTRY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+MAX_DEPTH = 256
+
+
+def _seal_fd(fd: int) -> None:
+    info = os.fstat(fd)
+    os.fchown(fd, 0, 0)
+    mode = stat.S_IMODE(info.st_mode) & ~0o7022
+    if stat.S_ISDIR(info.st_mode):
+        mode |= 0o755
+    elif stat.S_ISREG(info.st_mode):
+        mode |= 0o444  # tools write their cache files 0600; every later run reads them
+    os.fchmod(fd, mode)
+
+
+def _seal_folder(fd: int, depth: int) -> None:
+    """Seal the folder open at ``fd``, then everything in it."""
+    if depth > MAX_DEPTH:
+        raise OSError(errno.ELOOP, "folders nested too deep")
+    _seal_fd(fd)
+    for name in os.listdir(fd):
+        try:
+            child = os.open(name, _ENTRY_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):  # a link, a socket
+                os.chown(name, 0, 0, dir_fd=fd, follow_symlinks=False)
+                continue
+            if exc.errno == errno.ENOENT:
+                continue
+            raise
+        try:
+            if stat.S_ISDIR(os.fstat(child).st_mode):
+                _seal_folder(child, depth + 1)
+            else:
+                _seal_fd(child)
+        finally:
+            os.close(child)
+
+
 def _own(path: Path, owner: tuple[int, int], folder_mode: int | None) -> None:
     """``lchown`` ``path``, clear its group/world write and set-id bits and make a file readable
     to all, through a descriptor that cannot be a followed link (a symlink or socket only
@@ -225,15 +276,6 @@ def _own(path: Path, owner: tuple[int, int], folder_mode: int | None) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
-
-
-def _entries(root: Path) -> list[Path]:
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(dirpath)
-        out += [base / name for name in dirnames]
-        out += [base / name for name in filenames]
-    return out
 
 
 def _folders(root: Path) -> list[Path]:
