@@ -74,7 +74,7 @@ def setup_config(index: PackageIndex) -> str:
     )
     return (
         "setup:\n"
-        "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l)\n"
+        "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l); env | sort\n"
         "  - python3 -m venv .venv\n"
         f"  - {install}\n"
         f"  - {json.dumps(['python3', '-c', DENIED_PROBE])}\n"
@@ -192,6 +192,11 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             setup_text = stack.artifacts(first["id"])["setup"].read_text()
             assert "refused denied.example:80: not on the allowlist" in setup_text
             assert "cache-files-before=0" in setup_text
+            # Setup's environment: the proxy and the caches, and nothing of the worker's.
+            assert "HTTPS_PROXY=http://127.0.0.1:8789" in setup_text
+            assert "PIP_CACHE_DIR=/bosun-cache/pip" in setup_text
+            for secret in ("webhook-secret", "PRIVATE KEY", "BOSUN_", "ghs_", "REDIS"):
+                assert secret not in setup_text, secret
             assert any(e["kind"] == "log" and "command 4 of 4" in e["data"]["line"] for e in events)
 
             # The agent phase had no network: neither the proxy nor anything else.
