@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import secrets
 import shutil
 import subprocess
@@ -135,3 +137,55 @@ async def test_web_only_readiness_does_not_need_docker(
         both = await client.get("/readyz")
     assert both.status_code == 503
     assert both.json()["failing"] == ["docker"]
+
+
+async def test_worker_check_follows_the_worker(
+    tmp_path: Path, redis_url: str, redis_namespace: str
+) -> None:
+    """``bosun worker --check`` (the orchestrator's health check): 1 before the worker runs, 0
+    while a worker of that name polls the queue, 1 for another name, and 1 once it stopped."""
+    from click.testing import CliRunner
+
+    from bot.entrypoints.cli import main
+    from jobs.worker import build_worker
+    from tests.lifecycle_stack import settings_env
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    settings = make_settings(
+        tmp_path, db, redis_url, redis_namespace,
+        worker={"name": "w-check", "health_check_seconds": 1},
+    )  # fmt: skip
+    engine = create_engine(db)
+    await upgrade(engine)
+    await engine.dispose()
+    env = {**settings_env(settings), "BOSUN_ENV_FILE": ""}
+
+    async def check(name: str = "w-check") -> tuple[int, str]:
+        result = await asyncio.to_thread(
+            CliRunner().invoke,
+            main,
+            ["worker", "--check"],
+            env={**env, "BOSUN_WORKER": json.dumps({"name": name})},
+        )
+        return result.exit_code, result.output
+
+    code, output = await check()
+    assert code == 1 and "worker: no fresh health-check key" in output, output
+    worker = build_worker(settings, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        for _ in range(100):
+            code, output = await check()
+            if code == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert code == 0, output
+        assert {"worker: ok", "database: ok", "redis: ok", "docker: ok"} <= set(output.split("\n"))
+        assert (await check("another-worker"))[0] == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+    code, output = await check()  # arq deletes the key when the worker closes
+    assert code == 1, output
