@@ -48,8 +48,11 @@ PREPARE_PARTS: list[tuple[str, str]] = [
     ("container_create", "  prepare ‖ sandbox: container create"),
     ("container_start", "  prepare ‖ sandbox: container start"),
     ("sandbox_start", "  prepare ‖ sandbox: all of it"),
+    ("to_agent", "  the run's own record: job start → agent exec opened"),
 ]
-REQUIRED_PARTS = {"host_ids", "git_token", "mirror_fetch", "checkout", "workspace", "sandbox_start"}
+REQUIRED_PARTS = {
+    "host_ids", "git_token", "mirror_fetch", "checkout", "workspace", "sandbox_start", "to_agent",
+}  # fmt: skip
 
 
 @dataclass
@@ -135,8 +138,11 @@ async def measure(
         if kind == "status":
             marks.setdefault(str(payload.get("to")), _ts(created))
         elif kind == "progress" and payload.get("phase") == "prepare" and "timings" in payload:
-            timings = dict(payload["timings"])
+            timings = {**timings, **payload["timings"]}
             sandbox = str(payload.get("sandbox", ""))
+    manifest = stack.artifacts(run_id).get("manifest.json")
+    if manifest is not None:  # the run's final record: every timing, the agent's included
+        timings = {**timings, **json.loads(manifest.read_text()).get("timings_s", {})}
     calls = recorder.for_run(run_id)
 
     def first(stage: str, end: bool = False, index: int = 0) -> float:

@@ -54,5 +54,7 @@ def test_label_to_agent_smoke_round_measures_every_stage(pool: int, tmp_path: Pa
     assert math.isfinite(total) and total > 0
     # The product's own record of the run (manifest timings) is where the prepare stages come
     # from, so a production run shows the same breakdown.
-    assert {"mirror_fetch", "checkout", "sandbox_start", "prepare"} <= set(samples[1]["timings"])
+    assert {"mirror_fetch", "checkout", "sandbox_start", "prepare", "to_agent"} <= set(
+        samples[1]["timings"]
+    )
     assert samples[1]["sandbox"] == ("pooled" if pool else "fresh"), samples[1]

@@ -355,6 +355,7 @@ class AgentSteps(RunBase):
         phase_events: list[RunnerEvent] = []
         self.transcript_pending = True
         t0 = time.monotonic()
+        self.timings.setdefault("to_agent", round(t0 - self.began, 3))  # job start → agent exec
 
         async def on_line(stream: str, line: str) -> None:
             for event in runner.parse_line(stream, line):

@@ -118,6 +118,8 @@ class RunBase:
         self.transcript_pending = False
         self.runner_events: list[RunnerEvent] = []
         self.timings: dict[str, float] = {}
+        self.began = time.monotonic()
+        """When this execution of the run began (``timings["to_agent"]`` counts from here)."""
         self.policy: list[dict[str, Any]] = []
         self.failed_gates: list[tuple[str, str]] = []
         """(gate name, output) of each failing gate, annotated once the tree is read."""
