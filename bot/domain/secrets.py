@@ -30,11 +30,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from re import _constants, _parser  # type: ignore[attr-defined]
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from detect_secrets import plugins as ds_plugins
-from detect_secrets.filters.heuristic import is_sequential_string
-from detect_secrets.plugins.base import RegexBasedDetector
+if TYPE_CHECKING:  # the package is imported on first use (~0.3 s): not for `bosun --help`
+    from detect_secrets.plugins.base import RegexBasedDetector
 
 REDACTED = "[redacted]"
 
@@ -81,6 +80,9 @@ def _prose(secret_type: str) -> str:
 
 def _package_rules() -> list[Rule]:
     rules: list[Rule] = []
+    from detect_secrets import plugins as ds_plugins
+    from detect_secrets.plugins.base import RegexBasedDetector
+
     for module_info in sorted(pkgutil.iter_modules(ds_plugins.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{ds_plugins.__name__}.{module_info.name}")
         for name, cls in sorted(inspect.getmembers(module, inspect.isclass)):
@@ -258,6 +260,14 @@ def shannon_entropy(text: str) -> float:
     return -sum(n / len(text) * math.log2(n / len(text)) for n in counts.values())
 
 
+@cache
+def _is_sequential_string() -> Callable[[str], bool]:
+    """detect-secrets' test for ``ABCDEF…``, ``123456…``, ``0123…ABCDEF`` and the like."""
+    from detect_secrets.filters.heuristic import is_sequential_string
+
+    return is_sequential_string
+
+
 def is_placeholder(value: str) -> bool:
     """Documentation's stand-ins, templates, sequences and values too uniform to be keys."""
     lowered = value.lower()
@@ -265,7 +275,7 @@ def is_placeholder(value: str) -> bool:
         value in _KNOWN_EXAMPLES
         or any(p in lowered for p in _PLACEHOLDERS)
         or shannon_entropy(value) < 2.5
-        or is_sequential_string(value)
+        or _is_sequential_string()(value)
     )
 
 
