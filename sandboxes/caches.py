@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,7 @@ ECOSYSTEM_DIRS = ("pip", "uv", "npm", "cargo", "go/mod")
 CURRENT = "current"
 LOCK = "lock"
 _GEN = re.compile(r"^gen-[A-Za-z0-9_.-]+$")
+STALE_STAGING_SECONDS = 3600.0
 
 
 class CacheError(SandboxError):
@@ -150,9 +152,12 @@ class Caches:
                     link.unlink()
                 os.symlink(name, link)
                 os.replace(link, repo / CURRENT)
+                stale = time.time() - STALE_STAGING_SECONDS
                 for entry in repo.iterdir():
                     if _GEN.match(entry.name) and entry.name != name:
                         _remove(entry)
+                    elif entry.name.startswith(".gen-") and entry.lstat().st_mtime < stale:
+                        _remove(entry)  # a worker died while publishing
         except OSError as exc:
             raise CacheError(f"cannot keep the dependency cache of {key}: {exc}") from exc
         return size

@@ -192,6 +192,8 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             setup_text = stack.artifacts(first["id"])["setup"].read_text()
             assert "refused denied.example:80: not on the allowlist" in setup_text
             assert "cache-files-before=0" in setup_text
+            live = [e["data"] for e in events if e["kind"] == "log"]
+            assert {"stream": "setup:stdout", "line": "cache-files-before=0"} in live
             # Setup's environment: the proxy and the caches, and nothing of the worker's.
             assert "HTTPS_PROXY=http://127.0.0.1:8789" in setup_text
             assert "PIP_CACHE_DIR=/bosun-cache/pip" in setup_text

@@ -57,12 +57,16 @@ from jobs.run.phases import Phase
 from sandboxes.base import ExecResult
 from sandboxes.caches import CACHE_MOUNT, RUN_FOLDER, CacheError, Caches, cache_env, repository_key
 from sandboxes.errors import SandboxError
+from sandboxes.output import LineSplitter
 from sandboxes.quota import WorkspaceQuota
 from sandboxes.spec import BindMount, SandboxSpec
 
 log = structlog.get_logger("jobs.run.setup")
 
 SETUP_OUTPUT_LIMIT = 2_000_000
+"""Bytes of setup output kept as the run's ``setup`` artifact."""
+SETUP_LOG_LINES = 2_000
+"""Lines of setup output sent to the live log as ``log`` events (``stream: setup:stdout``)."""
 
 
 class SetupSteps(AgentSteps):
@@ -239,9 +243,23 @@ class SetupSteps(AgentSteps):
         assert self.sandbox is not None
         running: list[asyncio.Task[ExecResult]] = []
 
+        lines = 0
+
+        async def live(stream: str, line: str) -> None:  # for whoever follows the run
+            nonlocal lines
+            lines += 1
+            if lines <= SETUP_LOG_LINES:
+                self.events.buffer("log", {"stream": f"setup:{stream}", "line": line[:2000]})
+            elif lines == SETUP_LOG_LINES + 1:
+                note = f"[setup output past {SETUP_LOG_LINES} lines: see the `setup` artifact]"
+                self.events.buffer("log", {"stream": "bosun", "line": note})
+
+        splitter = LineSplitter(live)
+
         async def collect(chunk: Any) -> None:
             if len(output) < SETUP_OUTPUT_LIMIT:
                 output.extend(chunk.data)
+            await splitter(chunk)
 
         async def too_big(_size: int) -> None:
             for task in running:
@@ -280,6 +298,7 @@ class SetupSteps(AgentSteps):
                 running[:] = [task]
                 try:
                     result = await task
+                    await splitter.flush()
                 except asyncio.CancelledError:
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():
