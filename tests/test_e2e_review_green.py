@@ -13,6 +13,7 @@ from sqlalchemy import update
 
 from bot.db.models import Run
 from bot.domain.review.checks import (
+    AWAITING_CHECKS,
     CheckResult,
     ChecksReport,
     Green,
@@ -23,7 +24,6 @@ from bot.domain.review.checks import (
 from bot.domain.states import RunState
 from bot.domain.status import CheckRunUpdate
 from jobs.review.green import recheck_waiting
-from jobs.review.merge import AWAITING_CHECKS
 from tests.review_harness import REPO, STATUS_MARKER, Hook, ReadyRun, Review
 
 # --- the rules --------------------------------------------------------------------------
@@ -268,3 +268,23 @@ async def test_a_status_posing_as_a_check_bound_to_the_ci_does_not_merge(review:
     review.em.ci_check(REPO, run.head, "test", "success", app="ci")
     await _process_all(review, mark, "check_run", "check_suite")
     assert (await review.run(run.run_id)).state is RunState.MERGED
+
+
+async def test_a_push_while_waiting_ends_the_wait_and_merges_nothing(review: Review) -> None:
+    review.em.protect(REPO, "main", ["test"])
+    run = await review.ready_run()
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).phase == AWAITING_CHECKS
+    pushed, synchronize = await review.push(run.branch, {"src/late.py": "x = 1\n"})
+    assert synchronize is not None
+    await review.process(synchronize)
+    row = await review.run(run.run_id)
+    assert (row.state, row.phase, row.head_sha) == (RunState.REVIEW_READY, None, pushed)
+    # The CI passing on the old head, or the new one, merges nothing: no approval covers it.
+    mark = review._mark()
+    review.em.ci_check(REPO, run.head, "test", "success")
+    review.em.ci_check(REPO, pushed, "test", "success")
+    outcomes = await _process_all(review, mark, "check_run", "check_suite")
+    assert outcomes and all(o.startswith("ignored") for o in outcomes)
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 0}
+    assert await review.merges(run.pr) == [] and (await review.pull(run.pr))["merged"] is False

@@ -21,11 +21,12 @@ from sqlalchemy import select
 from bot.db.models import Approval, Repository, Run
 from bot.domain.payloads import ParsedEvent
 from bot.domain.repoconfig import RepoConfig
+from bot.domain.review.checks import AWAITING_CHECKS
 from bot.domain.states import RunState
 from bot.errors import ConflictError
 from bot.forge.port import Forge, ForgeError
 from jobs.context import JobContext, job_context
-from jobs.review.merge import AWAITING_CHECKS, back_to_review, complete_approval
+from jobs.review.merge import back_to_review, complete_approval
 from jobs.review.step import serialised
 
 log = structlog.get_logger("jobs.review.green")

@@ -54,6 +54,7 @@ from bot.domain.review import (
     decide_review,
     head_when_written,
 )
+from bot.domain.review.checks import AWAITING_CHECKS
 from bot.domain.states import ACTIVE, TERMINAL, RunState
 from bot.domain.steering import fold_into_prompt
 from bot.forge.port import Forge
@@ -349,6 +350,8 @@ async def _commit(
                     row.state is RunState.APPROVED
                     and not approval_status(replace(shot, approvals=left), config).satisfied
                 ):
+                    if row.phase == AWAITING_CHECKS:
+                        row.phase = None  # nothing waits to merge any more
                     await transition(
                         session,
                         row,

@@ -26,7 +26,7 @@ from bot.db.runlog import IllegalTransition, append_event, transition
 from bot.domain.limits import clip, listing
 from bot.domain.repoconfig import RepoConfig
 from bot.domain.review import Approve, RunSnapshot, approval_status, merge_refusal, sha_matches
-from bot.domain.review.checks import Green, Waiting, checks_verdict
+from bot.domain.review.checks import AWAITING_CHECKS, Green, Waiting, checks_verdict
 from bot.domain.states import RunState
 from bot.domain.status import CHECK_NAME, CheckRunUpdate
 from bot.forge.port import (
@@ -53,8 +53,6 @@ from sandboxes.revert import (
 
 log = structlog.get_logger("jobs.review.merge")
 
-AWAITING_CHECKS = "awaiting checks"
-"""The phase of an ``approved`` run whose merge waits for required checks."""
 MERGE_ATTEMPTS = 3
 """Merges tried in one step: a push that keeps the files rebinds the approvals to the new
 head, and the merge is tried again at that head."""

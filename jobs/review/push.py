@@ -24,6 +24,7 @@ from bot.db.models import Approval, Run
 from bot.db.runlog import append_event, transition
 from bot.domain.payloads import ParsedEvent
 from bot.domain.review import REVIEWABLE, RunSnapshot, decide_push, sha_matches
+from bot.domain.review.checks import AWAITING_CHECKS
 from bot.domain.states import RunState
 from bot.forge.port import Forge
 from jobs.context import JobContext
@@ -122,6 +123,8 @@ async def sync_head(
             },
         )
         if decision.back_to_review:
+            if row.phase == AWAITING_CHECKS:
+                row.phase = None  # approvals must be given again: nothing waits to merge
             await transition(
                 session,
                 row,

@@ -23,6 +23,10 @@ from bot.domain.limits import clip, listing
 from bot.domain.status import CHECK_NAME
 
 
+AWAITING_CHECKS = "awaiting checks"
+"""The phase of an ``approved`` run whose merge waits for required checks."""
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """One check the forge reports on a commit: a check run (by name) or a commit status
