@@ -253,3 +253,18 @@ async def test_a_stopped_proxy_cuts_open_tunnels(tmp_path: Path) -> None:
     await asyncio.sleep(0.05)
     server.close()
     await server.wait_closed()
+
+
+def test_the_dashboards_live_log_shows_each_egress_request() -> None:
+    from bot.web.dashboard.runpage import line_of
+
+    denied = EgressRecord("CONNECT", "evil.example", 443, False, "not on the allowlist")
+    allowed = EgressRecord("GET", "pypi.org", 80, True, "allowlisted", "1.2.3.4", 10, 2048)
+    lines = [
+        line_of({"seq": n, "kind": "egress", "data": r.event_data("setup")})
+        for n, r in enumerate((denied, allowed))
+    ]
+    assert lines[0] is not None and lines[1] is not None
+    assert lines[0]["text"] == "egress CONNECT evil.example:443: DENIED (not on the allowlist)"
+    assert lines[1]["text"] == "egress GET pypi.org:80: allowed, 2048 B in, 10 B out"
+    assert lines[0]["stream"] == "egress"

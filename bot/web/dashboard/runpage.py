@@ -45,7 +45,7 @@ TAB_TITLES = {
     "summary": "Summary",
     "events": "Events",
 }
-LOG_KINDS = ("log", "message", "tool", "error", "status", "gate_result", "policy")
+LOG_KINDS = ("log", "message", "tool", "error", "status", "gate_result", "policy", "egress")
 LOG_TAIL = 1500
 GATE_TAIL = 64 * 1024
 ACTION_WAIT = 10.0
@@ -92,6 +92,13 @@ def line_of(event: RunEvent | dict[str, Any]) -> dict[str, Any] | None:
         text, stream = f"gate {data.get('name', '')}: {verdict}", "bosun"
     elif kind == "policy":
         text, stream = f"policy {data.get('rule', '')}: {data.get('decision', '')}", "bosun"
+    elif kind == "egress":
+        where = f"{data.get('host', '?')}:{data.get('port', '?')}"
+        if data.get("allowed"):
+            verdict = f"allowed, {data.get('bytes_in', 0)} B in, {data.get('bytes_out', 0)} B out"
+        else:
+            verdict = f"DENIED ({data.get('reason', '')})"
+        text, stream = f"egress {data.get('method', '')} {where}: {verdict}", "egress"
     else:
         return None
     if not text.strip():
