@@ -242,3 +242,83 @@ async def test_build_failures_say_why(repo: Repo) -> None:
     with pytest.raises(ImageBuildError, match="not a folder"):
         await build(client, repo.request(commit, context="nowhere", dockerfile="nowhere/D"))
     client.close()
+
+
+# --- a run started elsewhere (API, CLI, dashboard) is checked again by the pipeline ---------
+
+
+class _Port:
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    async def file_text(self, path: str, ref: str) -> str | None:
+        return self.files.get(path)
+
+
+def _bosun(tmp_path: Path, **sandbox: Any) -> Any:
+    from types import SimpleNamespace
+
+    from bot.settings import Settings
+    from sandboxes.docker import DockerBackend
+
+    settings = Settings.model_validate(
+        {"data_dir": tmp_path, "sandbox": {"workdir": tmp_path / "work", **sandbox}}
+    )
+    return SimpleNamespace(settings=settings, backend=DockerBackend())
+
+
+async def test_the_pipeline_refuses_an_image_a_run_started_elsewhere_asks_for(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from jobs.run.base import StepFailed
+    from jobs.run.image import repository_image
+
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def emit(kind: str, data: dict[str, Any]) -> None:
+        events.append((kind, data))
+
+    repository = SimpleNamespace(full_name="octo/x", default_branch="main")
+    bosun = _bosun(tmp_path, allowed_images=["ghcr.io/acme/*"])
+    config = parse_repo_config("image: ghcr.io/evil/agent:1\n")
+    with pytest.raises(StepFailed, match=r"`ghcr.io/evil/agent:1`.*no run starts"):
+        await repository_image(bosun, _Port({}), repository, config, emit)
+    assert events == [("policy", {"rule": "image", "decision": "refuse", "image": config.image})]
+
+    built = parse_repo_config("image:\n  dockerfile: D\n")
+    with pytest.raises(StepFailed, match="does not build repository images"):
+        await repository_image(bosun, _Port({"D": "FROM x\n"}), repository, built, emit)
+    builds = _bosun(tmp_path, allowed_images=["bosun-agent:latest"], repo_dockerfiles=True)
+    with pytest.raises(StepFailed, match="`internal/secrets:1`"):
+        port = _Port({"D": "FROM internal/secrets:1\n"})
+        await repository_image(builds, port, repository, built, emit)
+    with pytest.raises(StepFailed, match="which is not on `main`"):
+        await repository_image(builds, _Port({}), repository, built, emit)
+    assert await repository_image(bosun, _Port({}), repository, parse_repo_config(""), emit) is None
+
+
+@pytest.mark.docker
+async def test_an_allowed_image_missing_from_the_engine_is_not_pulled_unless_the_operator_says(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from jobs.run.base import StepFailed
+    from jobs.run.image import repository_image
+
+    async def emit(kind: str, data: dict[str, Any]) -> None:
+        return None
+
+    missing = f"bosun-not-here/{uuid.uuid4().hex[:8]}:1"
+    bosun = _bosun(tmp_path, allowed_images=["bosun-not-here/*"])
+    repository = SimpleNamespace(full_name="octo/x", default_branch="main")
+    config = parse_repo_config(f"image: {missing}\n")
+    with pytest.raises(StepFailed, match=r"`sandbox.image_pull` is `never`"):
+        await repository_image(bosun, _Port({}), repository, config, emit)
+    present = parse_repo_config("image: bosun-agent:latest\n")
+    allowed = _bosun(tmp_path, allowed_images=["bosun-agent:latest"])
+    assert await repository_image(allowed, _Port({}), repository, present, emit) == (
+        "bosun-agent:latest"
+    )
