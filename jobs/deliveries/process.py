@@ -244,10 +244,13 @@ async def sync_installation(bosun: JobContext, event: ParsedEvent) -> str:
     if installation is None:
         return "ignored: no installation in payload"
     async with bosun.services.sessions.begin() as session:
-        row = await session.get(Installation, installation.id)
-        if row is None:
-            row = Installation(id=installation.id, account_login="")
-            session.add(row)
+        # Not get-or-add: another worker may be recording the same new installation from a
+        # delivery of its own (an issue event's upsert_repository) at this very moment.
+        await insert_ignore(
+            session, Installation, {"id": installation.id, "account_login": ""}, ["id"]
+        )
+        row = await session.get(Installation, installation.id, populate_existing=True)
+        assert row is not None
         if installation.account is not None:
             row.account_login = installation.account.login
             row.account_type = installation.account.type
