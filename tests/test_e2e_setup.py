@@ -74,7 +74,8 @@ def setup_config(index: PackageIndex) -> str:
     )
     return (
         "setup:\n"
-        "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l); env | sort\n"
+        "  - echo setup-uid=$(id -u) cache-files-before=$(find /bosun-cache -type f | wc -l)\n"
+        "  - env | sort\n"
         "  - python3 -m venv .venv\n"
         f"  - {install}\n"
         f"  - {json.dumps(['python3', '-c', DENIED_PROBE])}\n"
@@ -112,7 +113,7 @@ def pip_install(stack: BosunStack, run_id: str) -> tuple[float, int]:
     (step,) = [
         e["data"]
         for e in stack.events(run_id, "progress")
-        if e["data"].get("phase") == "setup" and e["data"].get("command") == 3
+        if e["data"].get("phase") == "setup" and e["data"].get("command") == 4
     ]
     assert step["exit_code"] == 0, step
     received = sum(
@@ -188,18 +189,20 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             assert sum(e["bytes_in"] for e in allowed) >= len(wheel)
             assert "`denied.example:80`" in pr["body"] and "Blocked network requests" in pr["body"]
             assert "`denied.example:80`" in check["output"]["summary"]
+            assert "| setup | ❌ failed | command 5 of 5 (" in check["output"]["summary"]
+            assert "exited 1; the run goes on" in check["output"]["summary"]
             # The failing last command is reported, and the run went on.
             setup_text = stack.artifacts(first["id"])["setup"].read_text()
             assert "refused denied.example:80: not on the allowlist" in setup_text
-            assert "cache-files-before=0" in setup_text
+            assert " cache-files-before=0" in setup_text
             live = [e["data"] for e in events if e["kind"] == "log"]
-            assert {"stream": "setup:stdout", "line": "cache-files-before=0"} in live
+            assert {"stream": "setup:stdout", "line": "setup-uid=1000 cache-files-before=0"} in live
             # Setup's environment: the proxy and the caches, and nothing of the worker's.
             assert "HTTPS_PROXY=http://127.0.0.1:8789" in setup_text
             assert "PIP_CACHE_DIR=/bosun-cache/pip" in setup_text
             for secret in ("webhook-secret", "PRIVATE KEY", "BOSUN_", "ghs_", "REDIS"):
                 assert secret not in setup_text, secret
-            assert any(e["kind"] == "log" and "command 4 of 4" in e["data"]["line"] for e in events)
+            assert any(e["kind"] == "log" and "command 5 of 5" in e["data"]["line"] for e in events)
 
             # The agent phase had no network: neither the proxy nor anything else.
             transcript = stack.artifacts(first["id"])["transcript"].read_text()
@@ -222,14 +225,14 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             print(
                 f"pip install: cold {cold:.2f}s ({cold_bytes} B), warm {warm:.2f}s ({warm_bytes} B)"
             )
-            assert "cache-files-before=0" not in stack.artifacts(second["id"])["setup"].read_text()
+            assert " cache-files-before=0" not in stack.artifacts(second["id"])["setup"].read_text()
 
             # Another repository's run starts with an empty cache and downloads again.
             other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
             github_world.emulator.add_user("alice", other.full_name, "write")
             seed(stack, other.full_name, index)
             third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
-            assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
+            assert " cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
             assert index.sent[name] == 2
             _, other_bytes = pip_install(stack, third["id"])
             assert other_bytes >= len(wheel)

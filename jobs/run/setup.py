@@ -229,7 +229,12 @@ class SetupSteps(AgentSteps):
         await self._keep_cache(cache)
         self.view.egress_denied = self._denied()
         if failure is not None:
-            note = f"{failure}; the run goes on without the rest (see the `setup` artifact)"
+            skipped = len(commands) - done - 1
+            after = f"; the {skipped} after it skipped" if skipped > 0 else ""
+            note = (
+                f"{failure}{after}; the run goes on and the gates tell whether the work holds "
+                "(output in the `setup` artifact)"
+            )
             self.view.phase("setup", "failed", note)
             await self.events.emit("log", {"stream": "bosun", "line": f"setup: {note}"})
         else:
