@@ -13,9 +13,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.emulator.world import World
+from tests.modelstubs import ModelScript, TextTurn, ToolTurn
+from tests.modelstubs.anthropic import AnthropicStub
+from tests.modelstubs.server import running
 from tests.package_index import PackageIndex, build_wheel, package_index
 from tests.stack import BosunStack, open_stack
+from tests.test_e2e_agents import KEY_ENV, REAL_KEY, agent_stack
 
 WHEEL_PADDING = 3_000_000
 """Bytes of the wheel's incompressible padding: its download takes about 1.5 s at the
@@ -298,3 +304,51 @@ def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates_and_devcont
             (gate,) = stack.events(run["id"], "gate_result")
             assert gate["data"]["passed"] is True, stack.artifacts(run["id"])["gate:offline"]
             assert b"gate: no proxy" in stack.artifacts(run["id"])["gate:offline"].read_bytes()
+
+
+GATEWAY_PROBE = (
+    "import socket\n"
+    "for name, address, family in (\n"
+    "    ('socket', '/bosun-gw/gateway.sock', socket.AF_UNIX),\n"
+    "    ('port', ('127.0.0.1', 8788), socket.AF_INET),\n"
+    "):\n"
+    "    s = socket.socket(family)\n"
+    "    try:\n"
+    "        s.connect(address)\n"
+    "        print('setup-gateway', name, 'open')\n"
+    "    except OSError as exc:\n"
+    "        print('setup-gateway', name, type(exc).__name__)\n"
+)
+
+
+def test_setup_cannot_reach_the_model_gateway_and_the_agent_then_can(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, REAL_KEY)
+    script = ModelScript(
+        [
+            ToolTurn("Write", {"file_path": "/workspace/hello.txt", "content": "hello\n"}),
+            TextTurn("I created hello.txt."),
+        ]
+    )
+    with (
+        running(AnthropicStub(script)) as stub_url,
+        agent_stack(
+            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
+        ) as stack,
+    ):
+        config = "setup:\n  - " + json.dumps(["python3", "-c", GATEWAY_PROBE]) + "\n"
+        stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+        number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
+        stack.label(number, "bosun:agent")
+        (run,) = stack.wait_run({"review_ready", "failed"}, timeout=180)
+        assert run["state"] == "review_ready", run
+        setup_text = stack.artifacts(run["id"])["setup"].read_text()
+        assert "setup-gateway socket FileNotFoundError" in setup_text, setup_text
+        assert "setup-gateway port ConnectionRefusedError" in setup_text, setup_text
+        assert [r for r in script.requests if r["path"] == "/v1/messages"]  # the agent's
