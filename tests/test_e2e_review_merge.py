@@ -131,3 +131,26 @@ def test_partial_approval_merges_exactly_the_approved_files(stack: BosunStack) -
     assert approval["actor"] == "bob" and approval["sha"] == run["head_sha"]
     assert approval["paths"] == ["src/feature.py"] and approval["valid"] is True
     assert any("Kept only the approved files" in c["body"] for c in _comments(stack, pr))
+
+
+def test_merge_when_green_through_the_whole_stack(stack: BosunStack) -> None:
+    """Webhooks over HTTP, the worker deciding: the approved run waits for the CI's required
+    status, its own check run says so, and the status's webhook merges it."""
+    _auto_merge(stack)
+    stack.emulator.protect(stack.repo, "main", ["ci/test"])
+    run, pr = _ready_pr(stack, "Green first")
+    stack.emulator.comment(stack.repo, pr, "/approve", "bob")
+    stack.wait_run({"approved"}, timeout=60)
+
+    def waiting_check() -> dict[str, Any] | None:
+        checks = [c for c in stack.state()["check_runs"] if c["name"] == "bosun"]
+        latest = checks[-1] if checks else None
+        title = (latest or {}).get("output", {}).get("title")
+        return latest if title == "Waiting for required checks" else None
+
+    check = stack.wait_for(waiting_check, 30, "the check run waiting for ci/test")
+    assert check["status"] == "in_progress" and "`ci/test`" in check["output"]["summary"]
+    assert _merge_calls(stack, pr) == []
+    stack.emulator.commit_status(stack.repo, run["head_sha"], "ci/test", "success", user="ci")
+    stack.wait_run({"merged"}, timeout=60)
+    assert _pull(stack, pr)["merged"] is True and len(_merge_calls(stack, pr)) == 1
