@@ -131,7 +131,8 @@ class SetupSteps(AgentSteps):
         if self._registries:
             env.update(proxy_env())
             env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"  # the model gateway
-        return spec.model_copy(update={"mounts": spec.mounts + mounts, "env": {**spec.env, **env}})
+        fields = spec.model_dump() | {"mounts": spec.mounts + mounts, "env": {**spec.env, **env}}
+        return SandboxSpec.model_validate(fields)  # validated again: mounts, env names
 
     async def _setup_commands(self) -> tuple[SetupCommand, ...]:
         """``setup:`` of the policy file, else the default branch's devcontainer.json's create
