@@ -22,7 +22,6 @@ from typing import Literal
 from bot.domain.limits import clip, listing
 from bot.domain.status import CHECK_NAME
 
-
 AWAITING_CHECKS = "awaiting checks"
 """The phase of an ``approved`` run whose merge waits for required checks."""
 
