@@ -352,3 +352,21 @@ def test_setup_cannot_reach_the_model_gateway_and_the_agent_then_can(
         assert "setup-gateway socket FileNotFoundError" in setup_text, setup_text
         assert "setup-gateway port ConnectionRefusedError" in setup_text, setup_text
         assert [r for r in script.requests if r["path"] == "/v1/messages"]  # the agent's
+
+
+def test_a_broken_devcontainer_runs_nothing_and_says_why(stack: BosunStack) -> None:
+    broken = '{"postCreateCommand": ["pip", 3]}'
+    files = {".devcontainer/devcontainer.json": broken}
+    stack.emulator.push(stack.repo, "main", files, user="alice")
+    run = run_once(stack, stack.repo, "Edit", set())
+    (decision,) = [
+        e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "setup"
+    ]
+    assert decision["decision"] == "skip"
+    assert "postCreateCommand must be a string or a non-empty array" in decision["message"]
+    assert "setup" not in stack.artifacts(run["id"])  # nothing ran
+    check = check_run_of(stack, stack.repo, run["head_sha"])
+    assert (
+        "| setup | ❌ failed | .devcontainer/devcontainer.json postCreateCommand"
+        in (check["output"]["summary"])
+    )

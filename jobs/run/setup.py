@@ -50,7 +50,7 @@ from bot.domain.devcontainer import (
 )
 from bot.domain.egress import effective_policy
 from bot.domain.prompt import INSTRUCTION_FILES, instruction_files, with_instructions
-from bot.forge.port import ForgeError
+from bot.forge.port import ForgeRefused
 from jobs.run.agent import AgentSteps
 from jobs.run.base import write_input
 from jobs.run.phases import Phase
@@ -146,8 +146,8 @@ class SetupSteps(AgentSteps):
             return_exceptions=True,
         )
         for path, text in zip(DEVCONTAINER_PATHS, texts, strict=True):
-            if isinstance(text, ForgeError):
-                log.warning("devcontainer_unreadable", path=path, error=str(text))
+            if isinstance(text, ForgeRefused):  # unavailable: raised, the run says to retry
+                await self._skip_setup(f"{path} could not be read ({text}); no setup command ran")
                 return ()
             if isinstance(text, BaseException):
                 raise text
@@ -156,13 +156,17 @@ class SetupSteps(AgentSteps):
             try:
                 return tuple(parse_devcontainer(text, path))
             except DevcontainerError as exc:
-                message = f"{exc}; none of its setup commands ran"
-                self.view.phase("setup", "failed", message)
-                decision = {"rule": "setup", "decision": "skip", "message": message}
-                self.policy.append(decision)
-                await self.events.emit("policy", decision)
+                await self._skip_setup(f"{exc}; none of its setup commands ran")
                 return ()
         return ()
+
+    async def _skip_setup(self, message: str) -> None:
+        """The repository's setup cannot run: say why on the run (its ``setup`` row and a
+        ``policy`` event); the run goes on without it."""
+        self.view.phase("setup", "failed", message)
+        decision = {"rule": "setup", "decision": "skip", "message": message}
+        self.policy.append(decision)
+        await self.events.emit("policy", decision)
 
     async def _note_instructions(self) -> None:
         """``AGENTS.md`` (and ``CLAUDE.md`` for Claude Code) stay where they are for the agent
