@@ -20,9 +20,11 @@ from sqlalchemy import update
 
 from bot import tracing
 from bot.db.models import Repository, Run, Task
+from bot.domain.limits import clip
 from bot.domain.states import TERMINAL, RunState
 from bot.domain.status import phase_names
 from bot.errors import BosunError
+from bot.forge.port import ForgeUnavailable
 from jobs.admission.cancel import request_cancel_key
 from jobs.admission.gate import Waiting
 from jobs.context import JobContext, job_context
@@ -122,6 +124,10 @@ class RunExecution(SetupSteps, PrepareSteps, PublishSteps):
             await self._end(RunState.CANCELLED, f"cancelled by {self.cancelled_by or 'request'}")
         except StepFailed as exc:
             await self._end(exc.state, exc.reason, detail=exc.detail)
+        except ForgeUnavailable as exc:  # still failing after the client's own retries
+            log.warning("run_forge_unavailable", error=str(exc)[:300])
+            reason = f"{clip(str(exc), 300)}; comment `/retry` to run it again once it answers"
+            await self._end(RunState.FAILED, reason, detail=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             log.exception("run_crashed")
             reason = f"internal error ({type(exc).__name__}); the detail is in the run's log"

@@ -9,10 +9,12 @@ import json
 import time
 from typing import Any
 
+import structlog
 from sqlalchemy import update
 
 from bot.db.models import Run, Task
 from bot.domain.annotations import gate_annotations
+from bot.domain.limits import clip
 from bot.domain.states import RunState
 from bot.domain.status import GateView, gates_passed, pr_body
 from jobs.run.base import (
@@ -21,9 +23,15 @@ from jobs.run.base import (
 )
 from jobs.run.diffcheck import DiffVerdict, evaluate_diff
 from jobs.run.phases import plan_comment
-from sandboxes.errors import PushRejected, SandboxError, UnreadableWorkspace
+from sandboxes.errors import GitError, PushRejected, SandboxError, UnreadableWorkspace
 from sandboxes.git import push_refusal_summary
 from sandboxes.treewalk import WalkLimits
+
+log = structlog.get_logger("jobs.run.publish")
+
+PUSH_TRIES = 4
+"""Pushes of one run's commit before a forge that does not answer (or answers 5xx) fails the
+run; ``github.retry_base_seconds`` times 4, 8, 16 s apart (4, 8, 16 s with the defaults)."""
 
 
 class PublishSteps(RunBase):
@@ -165,14 +173,27 @@ class PublishSteps(RunBase):
         self.view.phase("push", "running", f"`{head[:12]}`")
         self.reporter.changed()
         t0 = time.monotonic()
-        try:
-            auth = await self.port.git_auth_header()
-            await self.workspace.push(head, self._remote_url(), auth_header=auth)
-        except PushRejected as exc:
-            self.view.phase("push", "failed", "rejected")
-            raise StepFailed(
-                f"the push was rejected: {push_refusal_summary(str(exc))}", detail=str(exc)
-            ) from exc
+        for attempt in range(1, PUSH_TRIES + 1):
+            try:
+                auth = await self.port.git_auth_header()
+                await self.workspace.push(head, self._remote_url(), auth_header=auth)
+                break
+            except PushRejected as exc:
+                self.view.phase("push", "failed", "rejected")
+                raise StepFailed(
+                    f"the push was rejected: {push_refusal_summary(str(exc))}", detail=str(exc)
+                ) from exc
+            except GitError as exc:  # no answer, or a 5xx: the forge may be back in a moment
+                if attempt == PUSH_TRIES:
+                    self.view.phase("push", "failed", "unreachable")
+                    raise StepFailed(
+                        f"the push failed {PUSH_TRIES} times (is the forge reachable?): "
+                        f"{_last_line(exc.stderr)}; comment `/retry` to run it again",
+                        detail=str(exc),
+                    ) from exc
+                wait = min(30.0, self.settings.github.retry_base_seconds * 2 ** (attempt + 1))
+                log.warning("push_retry", attempt=attempt, wait_s=wait, error=str(exc)[:300])
+                await asyncio.sleep(wait)
         self.timings["push"] = round(time.monotonic() - t0, 3)
         self.view.head_sha = head
         await self._save(head_sha=head)
@@ -258,3 +279,9 @@ class PublishSteps(RunBase):
         reason = "the plan is posted on the issue; no code was changed"
         await self._finish_artifacts(RunState.REVIEW_READY, reason)
         await self.move(RunState.REVIEW_READY, reason=reason)
+
+
+def _last_line(stderr: str) -> str:
+    """What git said last (credentials are redacted in ``GitError.stderr``), on one line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return clip(lines[-1], 200) if lines else "git gave no reason"
