@@ -17,7 +17,14 @@ from pathlib import Path
 from tests.services import missing, tcp_open
 from tests.stack import free_port
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def _pg_bin() -> Path:
+    """The newest installed PostgreSQL's programs (Debian keeps each major version apart)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3])
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def _wait(predicate: object, timeout: float, what: str) -> None:
@@ -75,7 +82,7 @@ class PrivateRedis:
 
 
 class PrivatePostgres:
-    """A PostgreSQL 15 cluster of its own (``initdb`` into a temporary folder, run as the
+    """A PostgreSQL cluster of its own (``initdb`` into a temporary folder, run as the
     ``postgres`` user on a free port), trust-authenticated on loopback only."""
 
     def __init__(self) -> None:
