@@ -288,3 +288,31 @@ async def test_a_push_while_waiting_ends_the_wait_and_merges_nothing(review: Rev
     assert outcomes and all(o.startswith("ignored") for o in outcomes)
     assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 0}
     assert await review.merges(run.pr) == [] and (await review.pull(run.pr))["merged"] is False
+
+
+async def test_an_installation_without_the_statuses_permission_still_reads_check_runs(
+    review: Review,
+) -> None:
+    """The Commit statuses permission is new: until an owner accepts it, GitHub refuses a
+    token asking for it (422). Check runs are still read; a required commit status waits, and
+    the status comment says which permission to accept."""
+    granted = {
+        "checks": "write",
+        "contents": "write",
+        "issues": "write",
+        "metadata": "read",
+        "pull_requests": "write",
+        "members": "read",
+    }
+    review.em.grant(granted)
+    review.em.protect(REPO, "main", ["test", "ci/lint"])
+    run = await review.ready_run()
+    review.em.ci_check(REPO, run.head, "test", "success")
+    review.em.commit_status(REPO, run.head, "ci/lint", "success", user="alice")
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).phase == AWAITING_CHECKS
+    status = await _status_comment(review, run.issue)
+    assert "`ci/lint` (1 of 2 passed)" in status and "*Commit statuses: read*" in status
+    review.em.grant({**granted, "statuses": "read"})  # the owner accepts it
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
+    assert (await review.run(run.run_id)).state is RunState.MERGED

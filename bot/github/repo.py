@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -54,7 +55,14 @@ from bot.forge.port import (
     PullInfo,
     ReviewLineComment,
 )
-from bot.github.tokens import COLLABORATE, MERGE, READ_CHECKS, WRITE_CONTENTS, GitHubApp
+from bot.github.tokens import (
+    COLLABORATE,
+    MERGE,
+    READ_CHECK_RUNS,
+    READ_CHECKS,
+    WRITE_CONTENTS,
+    GitHubApp,
+)
 from bot.metrics.local import GITHUB_HOOKS
 from sandboxes.git import run_git
 
@@ -475,9 +483,13 @@ class GitHubRepo:
     async def checks(self, sha: str, base_branch: str) -> ChecksReport:
         """The base branch's required contexts (from ``GET /branches/{branch}``, whose
         ``protection`` summary needs no administration permission), the latest check run of
-        each name on ``sha`` and its commit statuses."""
+        each name on ``sha`` and its commit statuses.
 
-        async def go(gh: GitHub[Any]) -> ChecksReport:
+        An installation that has not accepted the App's Commit statuses permission yet (it was
+        added for this) gets a 422 for a token asking for it: then the check runs alone are
+        read, and the report says the statuses could not be."""
+
+        async def go(gh: GitHub[Any], statuses: bool = True) -> ChecksReport:
             branch = await gh.arequest(
                 "GET", self._path(f"/branches/{quote(base_branch, safe='')}")
             )
@@ -505,6 +517,13 @@ class GitHubRepo:
                 if len(runs.parsed_data.check_runs) < 100 or page >= 10:
                     break
                 page += 1
+            if not statuses:
+                return ChecksReport(
+                    required=tuple(dict.fromkeys(required)),
+                    results=tuple(results),
+                    required_apps=tuple(apps),
+                    statuses_readable=False,
+                )
             combined = await gh.arequest(
                 "GET",
                 self._path(f"/commits/{sha}/status"),
@@ -527,7 +546,12 @@ class GitHubRepo:
                 required_apps=tuple(apps),
             )
 
-        return await self._call(go, READ_CHECKS)
+        try:
+            return await self._call(go, READ_CHECKS)
+        except ForgeRefused as exc:
+            if exc.status != 422:
+                raise
+            return await self._call(partial(go, statuses=False), READ_CHECK_RUNS)
 
     async def commit_tree(self, sha: str) -> str | None:
         """The tree SHA of commit ``sha`` (Git data API), or None when GitHub has no such

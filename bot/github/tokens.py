@@ -34,6 +34,7 @@ COLLABORATE = {
 }
 MERGE = {**COLLABORATE, "contents": "write"}
 READ_CHECKS = {"metadata": "read", "contents": "read", "checks": "read", "statuses": "read"}
+READ_CHECK_RUNS = {"metadata": "read", "contents": "read", "checks": "read"}
 """Reading what a merge waits for: branch protection's summary, check runs, commit statuses."""
 
 

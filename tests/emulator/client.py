@@ -186,6 +186,10 @@ class EmulatorClient:
         body = {"assignees": assignees, "user": user}
         self._call("POST", f"/repos/{repo}/issues/{number}/assignees", body)
 
+    def grant(self, permissions: dict[str, str]) -> None:
+        """Set what the installation granted the App (e.g. a new permission not accepted)."""
+        self._call("PUT", "/app/permissions", permissions)
+
     def protect(
         self, repo: str, branch: str, contexts: list[str], apps: dict[str, str] | None = None
     ) -> None:

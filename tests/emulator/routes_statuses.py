@@ -382,7 +382,17 @@ def register_scenario(router: Router, ctx: Context) -> None:
         check = report_check(ctx, r, request.json())
         return Response(201, {"id": check.id, "suite_id": check.suite_id})
 
+    def put_permissions(request: Request) -> Response:
+        """The permissions the installation granted (an App whose new permission an owner
+        has not accepted yet gets a 422 for a token asking for it)."""
+        app = ctx.store.app
+        if app is None:
+            raise HttpError(422, "No app configured")
+        app.permissions = {str(k): str(v) for k, v in request.json().items()}
+        return Response(200, dict(app.permissions))
+
     base = "/_emulator/repos/{owner}/{name}"
+    router.add("PUT", "/_emulator/app/permissions", put_permissions, "scenario")
     router.add("POST", f"{base}/protection", post_protection, "scenario")
     router.add("POST", f"{base}/statuses/{{sha}}", post_commit_status, "scenario")
     router.add("POST", f"{base}/ci-check-runs", post_ci_check, "scenario")

@@ -48,6 +48,8 @@ class ChecksReport:
     results: tuple[CheckResult, ...] = ()
     required_apps: tuple[tuple[str, int], ...] = ()
     """Required contexts that only one App's check runs satisfy: (name, app id)."""
+    statuses_readable: bool = True
+    """False when the forge would not show the commit statuses (a missing permission)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ class Waiting:
 
     pending: tuple[str, ...]
     passed: tuple[str, ...]
+    hint: str = ""
 
     def describe(self) -> str:
         done = f" ({len(self.passed)} of {len(self.passed) + len(self.pending)} passed)"
-        return f"waiting for required checks: {listing(self.pending)}{done}"
+        return f"waiting for required checks: {listing(self.pending)}{done}{self.hint}"
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ def checks_verdict(
             passed.append(name)
         else:
             pending.append(name)
+    if pending and not report.statuses_readable:
+        hint = (
+            " — Bosun cannot read commit statuses: an owner of the installation accepts the "
+            "App's new *Commit statuses: read* permission"
+        )
+        return Waiting(tuple(pending), tuple(passed), hint)
     if pending:
         return Waiting(tuple(pending), tuple(passed))
     return Green(tuple(passed))
