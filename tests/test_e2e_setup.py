@@ -168,6 +168,8 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             profiles=profiles,
             egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
             caches={"dir": work_root / "caches"},
+            # Later runs usually take a warm pooled sandbox: its binds are the run's folders.
+            sandbox={"pool_size": 1},
         ) as stack:
             seen: set[str] = set()
             seed(stack, stack.repo, index)
