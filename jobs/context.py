@@ -114,6 +114,8 @@ class JobContext:
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
+        if self._workspaces is not None:
+            await self._workspaces.mirrors.close()
         if self._backend is not None:
             await self._backend.close()
         await self.services.close()

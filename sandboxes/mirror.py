@@ -110,6 +110,18 @@ class MirrorCache:
             PREFETCH_KEEP_SECONDS, self._prefetches.pop, key, None
         )
 
+    async def close(self, timeout: float = 30.0) -> None:
+        """Let the prefetches still running end (a fetch cut short would leave its git process
+        and pipes behind), cancelling those that take longer than ``timeout``."""
+        tasks = [found.task for found in self._prefetches.values() if not found.task.done()]
+        self._prefetches.clear()
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
     async def prefetched(self, key: str, repo: str, branches: Sequence[str]) -> bool:
         """Whether a prefetch started under ``key`` fetched ``branches`` of ``repo`` (waiting for
         it to end, without holding the mirror's lock). It was started once the run's trigger
