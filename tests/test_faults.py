@@ -468,8 +468,17 @@ def test_two_hundred_deliveries_while_every_worker_is_down(faults: FaultStack) -
     faults.emulator.deliveries()  # waits until the emulator has sent them all
     sent = [d["guid"] for d in faults.emulator.deliveries(since=faults.since)]
     assert len(sent) >= 200
-    stored = faults.db("SELECT count(*) FROM deliveries WHERE id = ANY($1)", sent)[0][0]
-    assert stored == len(sent)  # every one stored with no worker up
+
+    def missing() -> list[dict[str, Any]]:
+        guids = {row[0] for row in faults.db("SELECT id FROM deliveries WHERE id = ANY($1)", sent)}
+        return [d for d in faults.emulator.deliveries(since=faults.since) if d["guid"] not in guids]
+
+    try:  # every one stored with no worker up (a 202 means stored)
+        faults.wait_for(lambda: not missing(), 30, "every delivery stored")
+    except AssertionError:
+        raise AssertionError(
+            [(d["event"], d.get("action"), d["attempts"]) for d in missing()]
+        ) from None
     started = time.monotonic()
     faults.processes.workers.clear()
     for _ in range(3):
