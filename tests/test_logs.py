@@ -15,15 +15,33 @@ from bot.logs import configure_logging, redact_text, secret_field
 from bot.web.app import create_app
 from tests.conftest import make_settings
 
+LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "arq", "arq.worker", "alembic", "httpx")
+
 
 @pytest.fixture(autouse=True)
 def _restore_structlog() -> Iterator[None]:
+    """Each test starts as a fresh process would (whatever an earlier test in this process did
+    to the library loggers, as a server started with uvicorn's own config does) and leaves
+    logging as it found it."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    saved = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
+        logger.handlers[:], logger.level, logger.propagate, logger.disabled = [], 0, True, False
     yield
     structlog.reset_defaults()
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, (kept, was, propagate, disabled) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:], logger.level, logger.propagate, logger.disabled = (
+            kept,
+            was,
+            propagate,
+            disabled,
+        )
 
 
 def test_json_lines_with_context_and_redaction(capsys: pytest.CaptureFixture[str]) -> None:

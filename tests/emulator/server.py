@@ -28,7 +28,12 @@ class EmulatorServer:
         self.port = self.sock.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.app = EmulatorApp(data_dir, self.base_url)
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="on", access_log=False)
+        # Leaves logging alone: uvicorn's own config would give the "uvicorn" loggers a
+        # handler bound to this moment's stderr, stop them propagating and set their level,
+        # for the whole test process.
+        config = uvicorn.Config(
+            self.app, lifespan="on", access_log=False, log_config=None, log_level=None
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="github-emulator", daemon=True)
 
