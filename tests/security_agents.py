@@ -250,7 +250,11 @@ for pid in children:
     os.waitpid(pid, 0)
 finish("forkbomb")
 sys.stdout.flush()
-os.execvp("sh", ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 1000"])
+# A shell fork bomb churns until the run's time limit ends it. The agent itself (this process)
+# waits without forking: a shell parent would die of its own refused fork, ending the run early.
+if os.fork() == 0:
+    os.execvp("sh", ["sh", "-c", "bomb() { bomb | bomb & }; bomb"])
+time.sleep(1000)
 """
 
 MEMORY_BOMB = r"""
