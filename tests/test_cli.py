@@ -271,7 +271,7 @@ def test_logs_follow_a_live_run_to_its_end_and_ctrl_c_exits_130(live: BosunStack
             if line.rstrip().endswith("started"):
                 break
         watcher.send_signal(signal.SIGINT)
-        assert watcher.wait(10) == 130
+        assert watcher.wait(60) == 130  # exit code, not speed: the host may be loaded
         err = watcher.stderr.read()
     assert "interrupted" in err and "Traceback" not in err
 
