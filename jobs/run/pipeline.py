@@ -185,7 +185,8 @@ class RunExecution(SetupSteps, PrepareSteps, PublishSteps):
         await self._plan_setup()
         with tracing.span("prepare"):
             await self._prepare()
-        with tracing.span("setup"):
+        # A span only when there is setup to do (commands, or the agent's proxied network).
+        with tracing.span("setup") if self.egress is not None else contextlib.nullcontext():
             await self._setup()
         await self.move(RunState.RUNNING)
         result, failed_phase = await self._run_workflow()
