@@ -5,14 +5,16 @@ delivery that GitHub keeps failing ends with a visible trace on its run."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
 
-from bot.db.models import Run, RunEvent
+from bot.db.models import Delivery, Run, RunEvent
 from bot.domain.review import RunSnapshot
 from bot.domain.states import RunState
 from bot.forge.port import ForgeError
+from jobs.deliveries.process import DELIVERY_TRIES, FORGE_OUTAGE_PATIENCE, process_delivery
 from jobs.review.step import RunBusy, StaleRun, claim, run_lock, serialised
 from tests.review_harness import Review
 
@@ -95,11 +97,20 @@ async def test_a_delivery_github_keeps_failing_leaves_a_trace_on_its_run(review:
         "error", method="GET", path="/repos/*/*/collaborators/bob/permission", count=None
     )
     hook = await review.comment(run.pr, "/approve", "bob")
-    with pytest.raises(ForgeError, match="502"):
-        await review.process(hook)
-
-    assert (await review.deliveries())[hook.guid] == "failed"
+    # Failing through all five tries: handed back to the reconciler, which tries it again at
+    # each pass while GitHub may come back (an outage loses no delivery)...
+    assert await review.process(hook) == "waiting for the forge"
+    assert (await review.deliveries())[hook.guid] == "received"
     assert len(review.retries) == 4  # five tries in all
+    # ... and still failing an hour after it arrived: failed, with a trace on its run.
+    async with review.bosun.services.sessions.begin() as session:
+        aged = datetime.now(UTC) - FORGE_OUTAGE_PATIENCE - timedelta(minutes=1)
+        await session.execute(
+            update(Delivery).where(Delivery.id == hook.guid).values(received_at=aged)
+        )
+    with pytest.raises(ForgeError, match="502"):
+        await process_delivery({"bosun": review.bosun, "job_try": DELIVERY_TRIES}, hook.guid)
+    assert (await review.deliveries())[hook.guid] == "failed"
     async with review.bosun.services.sessions() as session:
         errors = (
             await session.execute(
