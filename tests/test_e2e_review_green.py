@@ -117,6 +117,14 @@ def _check(state: dict[str, Any], check_id: int) -> dict[str, Any]:
     return dict(next(c for c in state["check_runs"] if c["id"] == check_id))
 
 
+async def _current_check(review: Review, run: ReadyRun) -> dict[str, Any]:
+    """The run's check run now: the merge's own once it noted something (GitHub never
+    reopens a completed one, so the merge starts a new `bosun` check run on the head)."""
+    check_id = (await review.run(run.run_id)).check_run_id
+    assert check_id is not None
+    return _check(await _state(review), check_id)
+
+
 async def _state(review: Review) -> dict[str, Any]:
     return dict(await asyncio.to_thread(review.em.state, "octo", "hello"))
 
@@ -137,9 +145,11 @@ async def test_an_approved_run_waits_for_required_checks_then_merges(review: Rev
     assert await review.merges(run.pr) == []
     status = await _status_comment(review, run.issue)
     assert "waiting for required checks: `test`, `ci/lint` (0 of 2 passed)" in status
-    bosun_check = _check(await _state(review), check_id)
-    assert bosun_check["status"] == "in_progress"
+    bosun_check = await _current_check(review, run)
+    assert bosun_check["status"] == "in_progress" and bosun_check["id"] != check_id
     assert bosun_check["output"]["title"] == "Waiting for required checks"
+    assert bosun_check["name"] == "bosun" and bosun_check["head_sha"] == run.head
+    assert _check(await _state(review), check_id)["conclusion"] == "success"  # left as it was
 
     # The CI reports `test`: looked at again at once, still waiting for `ci/lint`.
     mark = review._mark()
@@ -152,7 +162,9 @@ async def test_an_approved_run_waits_for_required_checks_then_merges(review: Rev
 
     # Bosun's own check-run updates are not a reason to look again.
     own = [
-        h for h in await _hooks(review, 0, "check_run") if h.payload["check_run"]["id"] == check_id
+        h
+        for h in await _hooks(review, 0, "check_run")
+        if h.payload["check_run"]["app"]["id"] == review.app.app_id and h.action == "completed"
     ]
     assert own and await review.process(own[-1]) == "ignored: Bosun's own check"
 
@@ -167,8 +179,9 @@ async def test_an_approved_run_waits_for_required_checks_then_merges(review: Rev
     pull = await review.pull(run.pr)
     assert pull["merged"] is True and pull["head_sha"] == run.head
     assert await review.merges(run.pr) == [200]
-    bosun_check = _check(await _state(review), check_id)
+    bosun_check = await _current_check(review, run)
     assert (bosun_check["status"], bosun_check["conclusion"]) == ("completed", "success")
+    assert bosun_check["output"]["title"] == "Required checks passed"
     assert "src/feature.py" in await review.main_files()
 
 
@@ -188,8 +201,9 @@ async def test_a_failing_required_check_blocks_the_merge_and_is_named(review: Re
     reply = (await review.comments(run.pr))[-1]
     assert reply.startswith("Nothing was merged: the required check `test` failed")
     assert "`test` failed" in await _status_comment(review, run.issue)
-    bosun_check = _check(await _state(review), check_id)
+    bosun_check = await _current_check(review, run)
     assert (bosun_check["status"], bosun_check["conclusion"]) == ("completed", "failure")
+    assert bosun_check["id"] != check_id  # a new run: the waiting one, completed
     assert bosun_check["output"]["title"] == "Required check test did not pass"
     manifest = await review.manifest(run.run_id)
     assert manifest["review"]["merge"]["blocked_by"] == "test"
@@ -316,3 +330,24 @@ async def test_an_installation_without_the_statuses_permission_still_reads_check
     review.em.grant({**granted, "statuses": "read"})  # the owner accepts it
     assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
     assert (await review.run(run.run_id)).state is RunState.MERGED
+
+
+async def test_a_branch_that_requires_bosun_itself_gets_a_passing_bosun_check(
+    review: Review,
+) -> None:
+    """`bosun` in the required checks stands for Bosun's gates: with them passed the run
+    merges, and a new passing `bosun` check run on the head (the pipeline's own is completed
+    and GitHub never changes a completed one) lets GitHub's protection agree."""
+    review.em.protect(REPO, "main", ["bosun"])
+    run = await review.ready_run()
+    first = await _with_check_run(review, run)
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    row = await review.run(run.run_id)
+    assert row.state is RunState.MERGED and row.check_run_id != first
+    check = await _current_check(review, run)
+    assert (check["name"], check["status"], check["conclusion"]) == (
+        "bosun",
+        "completed",
+        "success",
+    )
+    assert check["head_sha"] == run.head

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from sqlalchemy import select, update
@@ -250,11 +250,22 @@ async def _checks_pass(
     )
     was_waiting = run.phase == AWAITING_CHECKS
     if isinstance(verdict, Green):
-        if was_waiting:
+        # A base branch that requires `bosun` itself merges only on a passing one: say so.
+        if was_waiting or CHECK_NAME in report.required:
             await _set_phase(bosun, run, None)
             passed = listing(verdict.passed) if verdict.passed else "none were required"
             await _show_check(
-                port, run, "completed", "success", "Required checks passed", f"Passed: {passed}."
+                bosun,
+                port,
+                run,
+                sha,
+                CheckRunUpdate(
+                    title="Required checks passed",
+                    summary=f"Passed: {passed}. Merging `{sha[:12]}`.",
+                    status="completed",
+                    conclusion="success",
+                ),
+                opened=was_waiting,
             )
         return True
     if isinstance(verdict, Waiting):
@@ -269,9 +280,12 @@ async def _checks_pass(
                     {"rule": "merge.checks", "decision": "wait", "message": text[:2000]},
                 )
             await note_on_status(bosun, port, run, text)
-            await _show_check(port, run, "in_progress", None, "Waiting for required checks", text)
+            update_ = CheckRunUpdate(
+                title="Waiting for required checks", summary=text, status="in_progress"
+            )
+            await _show_check(bosun, port, run, sha, update_, opened=was_waiting)
         return False
-    await _set_phase(bosun, run, None)
+    await _set_phase(bosun, run, None)  # (was_waiting, read before, says whose check run is open)
     if verdict.name == CHECK_NAME:
         why = (
             "nothing was merged: Bosun's own gates did not pass on this change. `/retry` with "
@@ -295,14 +309,13 @@ async def _checks_pass(
                 "detail": verdict.detail[:100],
             },
         )
-    await _show_check(
-        port,
-        run,
-        "completed",
-        "failure",
-        f"Required check {clip(verdict.name, 80)} did not pass",
-        why[0].upper() + why[1:],
+    failed = CheckRunUpdate(
+        title=f"Required check {clip(verdict.name, 80)} did not pass",
+        summary=why[0].upper() + why[1:],
+        status="completed",
+        conclusion="failure",
     )
+    await _show_check(bosun, port, run, sha, failed, opened=was_waiting)
     await back_to_review(bosun, port, run, number, why, review)
     return False
 
@@ -329,23 +342,25 @@ async def _last_wait(bosun: JobContext, run_id: str) -> str | None:
 
 
 async def _show_check(
-    port: Forge,
-    run: Run,
-    status: Literal["in_progress", "completed"],
-    conclusion: str | None,
-    title: str,
-    summary: str,
+    bosun: JobContext, port: Forge, run: Run, sha: str, update_: CheckRunUpdate, *, opened: bool
 ) -> None:
-    """The run's check run says what the merge waits for (or why it did not happen)."""
-    if not run.check_run_id:
-        return
-    update_ = CheckRunUpdate(
-        title=clip(title, 200), summary=summary[:60000], status=status, conclusion=conclusion
-    )
+    """The `bosun` check run says what the merge waits for, or why it did not happen.
+
+    GitHub never reopens a completed check run (its status and conclusion are final), and the
+    pipeline completed the run's own: the first note of a merge gets a new check run on the
+    head (it becomes the run's, buttons included), which later notes update (``opened``)."""
+    fields = replace(update_, title=clip(update_.title, 200), summary=update_.summary[:60000])
     try:
-        await port.update_check_run(run.check_run_id, update_)
+        if opened and run.check_run_id:
+            await port.update_check_run(run.check_run_id, fields)
+            return
+        check_id = await port.create_check_run(sha, fields)
     except ForgeError as exc:
         log.warning("merge_check_run_failed", error=repr(exc)[:300])
+        return
+    async with bosun.services.sessions.begin() as session:
+        await session.execute(update(Run).where(Run.id == run.id).values(check_run_id=check_id))
+    run.check_run_id = check_id
 
 
 async def _merge(port: Forge, pr: int, sha: str, method: str) -> MergeOutcome:

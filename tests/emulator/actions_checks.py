@@ -166,6 +166,15 @@ def create(ctx: Context, r: Repo, body: dict[str, Any]) -> CheckRun:
 
 def update(ctx: Context, r: Repo, c: CheckRun, body: dict[str, Any]) -> None:
     validate(body)
+    reopened = body.get("status") not in (None, "completed")
+    changed = body.get("conclusion") not in (None, c.conclusion)
+    if c.status == "completed" and (reopened or changed):
+        # GitHub keeps a completed check run's status and conclusion: a new run is needed.
+        raise _invalid(
+            "A completed check run's status and conclusion cannot change.",
+            "status" if reopened else "conclusion",
+            body.get("status") if reopened else body.get("conclusion"),
+        )
     if _apply(c, body):
         _emit(ctx, r, c, "completed", ctx.bot())
 
