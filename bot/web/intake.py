@@ -29,6 +29,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot import jobcodec
@@ -104,6 +105,13 @@ async def enqueue_jobs(
     queue = redis.default_queue_name
     result = await redis.eval(_ENQUEUE, 2, queue, wake_channel(queue), *argv)  # type: ignore[misc]
     return int(result)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is gone (not the statement refused)."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, InterfaceError)
+    return isinstance(exc, ConnectionError)
 
 
 class DeliveryIntake:
@@ -223,13 +231,23 @@ class DeliveryIntake:
             }
             for d in deliveries
         ]
-        conn = await self._connection()
-        try:
-            async with conn.begin():
-                return await self._write_rows(conn, rows, deliveries, copies)
-        except BaseException:
-            await self._drop_connection()  # the next batch starts on a fresh connection
-            raise
+        while True:
+            reused = self._conn is not None and not self._conn.closed
+            conn = await self._connection()
+            try:
+                async with conn.begin():
+                    return await self._write_rows(conn, rows, deliveries, copies)
+            except Exception as exc:
+                await self._drop_connection()  # the next batch starts on a fresh connection
+                if not (reused and _connection_lost(exc)):
+                    raise
+                # The held connection died with the server it was on (a database restart,
+                # a failover): write the batch again at once on a fresh one rather than answer
+                # this batch 503 long after the database came back.
+                log.info("delivery_writer_reconnecting", error=str(exc)[:300])
+            except BaseException:
+                await self._drop_connection()
+                raise
 
     async def _write_rows(
         self,
