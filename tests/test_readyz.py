@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from bot.db.engine import create_engine
 from bot.db.migrate import upgrade
 from bot.entrypoints.localredis import server_config
+from bot.readiness import READINESS
 from bot.web.app import create_app
 from tests.conftest import make_settings
 from tests.services import docker_client, missing
@@ -189,3 +190,32 @@ async def test_worker_check_follows_the_worker(
         await worker.close()
     code, output = await check()  # arq deletes the key when the worker closes
     assert code == 1, output
+
+
+async def test_bosun_up_is_not_ready_while_its_worker_rides_out_an_outage(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    """``bosun up``'s worker shares the process: while it waits to reconnect (``bot.readiness``,
+    marked by ``jobs.resilience``) the process is not ready, and says what the worker lost."""
+    docker_client()
+    db = f"sqlite+aiosqlite:///{tmp_path / 'bosun.db'}"
+    settings = make_settings(tmp_path, db, private_redis.url)
+    engine = create_engine(db)
+    await upgrade(engine)
+    await engine.dispose()
+    READINESS.clear()
+    try:
+        async with AsyncTestClient(app=create_app(settings, with_worker=True)) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            READINESS.down("database", "connection refused")
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            assert down.json()["failing"] == ["worker"]
+            error = down.json()["checks"]["worker"]["error"]
+            assert "lost database" in error and "connection refused" in error
+            async with AsyncTestClient(app=create_app(settings)) as web_only:
+                assert (await web_only.get("/readyz")).status_code == 200  # no worker inside
+            READINESS.up("database")
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        READINESS.clear()
