@@ -4,6 +4,8 @@ password never shows in logs, ``bosun doctor`` or ``bosun config docs``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -21,7 +23,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from bot.entrypoints.localredis import ensure_redis
+from bot.entrypoints.localredis import ensure_redis, redis_answers, supervise
 from bot.errors import ConfigError
 from bot.settings import RedisSettings, Settings
 from tests.lifecycle_stack import BOSUN, BosunProcess
@@ -263,3 +265,30 @@ def test_settings_keep_the_password_secret(tmp_path: Path) -> None:
         RedisSettings(url="redis://:a@cache", password_file=secret_file)
     with pytest.raises(ConfigError, match=r"cannot read redis\.password_file"):
         RedisSettings(password_file=tmp_path / "absent").password_value()
+
+
+async def test_bosun_up_restarts_its_redis_when_it_dies(tmp_path: Path) -> None:
+    """``bosun up``'s own redis-server, SIGKILLed, is started again on the same port with the
+    same password (and still refuses strangers); its worker rides out the gap."""
+    if shutil.which("redis-server") is None:
+        missing("redis-server", "install redis-server (scripts/bootstrap.sh test)")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    local = await ensure_redis(url, tmp_path, None)
+    assert local is not None
+    watching = asyncio.create_task(supervise(local, every=0.1))
+    try:
+        first = local.process.pid
+        os.kill(first, signal.SIGKILL)
+        for _ in range(100):
+            if local.process.pid != first and await redis_answers(url, local.password, 0.2):
+                break
+            await asyncio.sleep(0.05)
+        assert local.process.pid != first and await redis_answers(url, local.password)
+        assert_refuses_strangers(port, local.password)
+        assert local.password not in _cmdline(local.process.pid)
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        local.stop()
