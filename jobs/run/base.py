@@ -239,8 +239,12 @@ class RunBase:
     async def _finish_artifacts(self, state: RunState, reason: str) -> None:
         """Summary and manifest as of the state the run is about to enter."""
         self.view.state, self.view.reason = state, reason
-        async with self.sessions() as session:
-            approvals, commands = await review_records(session, self.run.id)
+
+        async def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            async with self.sessions() as session:
+                return await review_records(session, self.run.id)
+
+        approvals, commands = await db_retry(read, what="review_records")
         manifest = build_manifest(
             self.run,
             self.task,
