@@ -127,7 +127,7 @@ class SandboxPool:
         size: int,
         idle_seconds: float,
         check_seconds: float = 2.0,
-        refill_delay: float = 1.0,
+        refill_delay: float = 0.5,
     ) -> None:
         self.backend = backend
         self.root = root
