@@ -70,6 +70,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("post", "/repos/{owner}/{repo}/statuses/{sha}"),
     ("get", "/repos/{owner}/{repo}/branches/{branch}/protection/required_status_checks"),
     ("get", "/repos/{owner}/{repo}/pulls/{pull_number}/reviews/{review_id}/comments"),
+    ("get", "/repos/{owner}/{repo}/rules/branches/{branch}"),
 ]
 
 EVENTS: list[str] = [

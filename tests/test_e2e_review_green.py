@@ -351,3 +351,19 @@ async def test_a_branch_that_requires_bosun_itself_gets_a_passing_bosun_check(
         "success",
     )
     assert check["head_sha"] == run.head
+
+
+async def test_a_rulesets_required_checks_are_waited_for_too(review: Review) -> None:
+    """Required status checks come from rulesets as well as from classic branch protection
+    (here: no protection at all, a ruleset requiring `e2e` from the CI App)."""
+    review.em.ruleset(REPO, "main", ["e2e"], apps={"e2e": "ci"})
+    run = await review.ready_run()
+    await review.process(await review.comment(run.pr, "/approve", "bob"))
+    assert (await review.run(run.run_id)).phase == AWAITING_CHECKS
+    assert "`e2e` (0 of 1 passed)" in await _status_comment(review, run.issue)
+    review.em.commit_status(REPO, run.head, "e2e", "success", user="mallory")  # not the CI
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
+    assert (await review.run(run.run_id)).state is RunState.APPROVED
+    review.em.ci_check(REPO, run.head, "e2e", "success", app="ci")
+    assert await recheck_waiting({"bosun": review.bosun}) == {"rechecked": 1}
+    assert (await review.run(run.run_id)).state is RunState.MERGED

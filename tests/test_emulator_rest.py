@@ -500,6 +500,16 @@ def test_what_a_merge_waits_for(github_world: World) -> None:
         "get",
         f"{branch_t}/protection/required_status_checks",
     )
+    rules_t = f"{REPO}/rules/branches/{{branch}}"
+    assert valid(gh.rest.repos.get_branch_rules("octo", "hello", "main"), "get", rules_t) == []
+    em.ruleset("octo/hello", "main", ["build", "e2e"], apps={"e2e": "ci"})
+    (rule,) = valid(gh.rest.repos.get_branch_rules("octo", "hello", "main"), "get", rules_t)
+    checks = rule.parameters.required_status_checks
+    assert rule.type == "required_status_checks"
+    assert [(c.context, isinstance(c.integration_id, int)) for c in checks] == [
+        ("build", False),
+        ("e2e", True),
+    ]
 
     status_t = f"{REPO}/commits/{{ref}}/status"
     empty = valid(gh.rest.repos.get_combined_status_for_ref("octo", "hello", sha), "get", status_t)

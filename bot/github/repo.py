@@ -482,8 +482,9 @@ class GitHubRepo:
 
     async def checks(self, sha: str, base_branch: str) -> ChecksReport:
         """The base branch's required contexts (from ``GET /branches/{branch}``, whose
-        ``protection`` summary needs no administration permission), the latest check run of
-        each name on ``sha`` and its commit statuses.
+        ``protection`` summary needs no administration permission, and from its rulesets:
+        ``GET /rules/branches/{branch}``), the latest check run of each name on ``sha`` and
+        its commit statuses.
 
         An installation that has not accepted the App's Commit statuses permission yet (it was
         added for this) gets a 422 for a token asking for it: then the check runs alone are
@@ -503,6 +504,10 @@ class GitHubRepo:
                     required.append(str(check.get("context")))
                     if isinstance(check.get("app_id"), int):
                         apps.append((str(check["context"]), check["app_id"]))
+            for context, app_id in await self._ruleset_checks(gh, base_branch):
+                required.append(context)
+                if app_id is not None:
+                    apps.append((context, app_id))
             results: list[CheckResult] = []
             page = 1
             while True:
@@ -552,6 +557,28 @@ class GitHubRepo:
             if exc.status != 422:
                 raise
             return await self._call(partial(go, statuses=False), READ_CHECK_RUNS)
+
+    async def _ruleset_checks(self, gh: GitHub[Any], branch: str) -> list[tuple[str, int | None]]:
+        """The status checks the repository's (and its organisation's) rulesets require on
+        ``branch``: (context, the App they must come from). A forge without rulesets (an
+        older GitHub Enterprise Server) answers 404: none."""
+        try:
+            response = await gh.arequest(
+                "GET", self._path(f"/rules/branches/{quote(branch, safe='')}")
+            )
+        except RequestFailed as exc:
+            if exc.response.status_code == 404:
+                return []
+            raise
+        found: list[tuple[str, int | None]] = []
+        for rule in response.json() or []:
+            if not isinstance(rule, dict) or rule.get("type") != "required_status_checks":
+                continue
+            for check in (rule.get("parameters") or {}).get("required_status_checks") or []:
+                if isinstance(check, dict) and isinstance(check.get("context"), str):
+                    app = check.get("integration_id")
+                    found.append((check["context"], app if isinstance(app, int) else None))
+        return found
 
     async def commit_tree(self, sha: str) -> str | None:
         """The tree SHA of commit ``sha`` (Git data API), or None when GitHub has no such

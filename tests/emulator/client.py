@@ -186,6 +186,14 @@ class EmulatorClient:
         body = {"assignees": assignees, "user": user}
         self._call("POST", f"/repos/{repo}/issues/{number}/assignees", body)
 
+    def ruleset(
+        self, repo: str, branch: str, contexts: list[str], apps: dict[str, str] | None = None
+    ) -> None:
+        """A repository ruleset on ``branch`` that requires ``contexts`` (``apps``: a
+        context's checks must come from that App, by slug)."""
+        body = {"branch": branch, "contexts": contexts, "apps": apps or {}}
+        self._call("POST", f"/repos/{repo}/rulesets", body)
+
     def grant(self, permissions: dict[str, str]) -> None:
         """Set what the installation granted the App (e.g. a new permission not accepted)."""
         self._call("PUT", "/app/permissions", permissions)

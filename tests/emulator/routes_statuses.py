@@ -2,7 +2,8 @@
 REST API and its ``status`` webhook) and check runs reported by another App (a CI), with
 their ``check_run`` and ``check_suite`` webhooks.
 
-REST: ``GET /repos/{o}/{r}/commits/{ref}/status`` (combined status), ``POST
+REST: ``GET /repos/{o}/{r}/rules/branches/{branch}`` (a ruleset's required status checks),
+``GET /repos/{o}/{r}/commits/{ref}/status`` (combined status), ``POST
 /repos/{o}/{r}/statuses/{sha}``, ``GET /repos/{o}/{r}/branches/{branch}/protection/
 required_status_checks`` (needs ``administration: read``, which Bosun's App does not ask for:
 it reads the same list from ``GET /branches/{branch}``) and ``GET
@@ -24,6 +25,7 @@ from .http import HttpError, Request, Response, Router, not_found
 from .state import App, CheckRun, CommitStatus, Repo, Store, User
 
 STATUS_STATES = ("error", "failure", "pending", "success")
+META = ("metadata", "read")
 STATUS_DOCS = "https://docs.github.com/rest/commits/statuses#create-a-commit-status"
 
 
@@ -330,7 +332,32 @@ def register(router: Router, ctx: Context) -> None:
         chunk = comments[(page - 1) * per_page : page * per_page]
         return Response(200, [wh.review_comment(s, r, issue, c) for c in chunk])
 
+    def branch_rules(request: Request) -> Response:
+        """The active rules for a branch: a ruleset's required status checks."""
+        r: Repo = request.auth.repo
+        checks = s.rulesets.get((r.id, request.params["branch"]), [])
+        if not checks:
+            return Response(200, [])
+        required = []
+        for context, slug in checks:
+            item: dict[str, Any] = {"context": context}
+            if slug is not None:
+                item["integration_id"] = s.ci_apps[slug].id
+            required.append(item)
+        rule = {
+            "type": "required_status_checks",
+            "parameters": {
+                "required_status_checks": required,
+                "strict_required_status_checks_policy": False,
+            },
+            "ruleset_source_type": "Repository",
+            "ruleset_source": r.full_name,
+            "ruleset_id": 1000 + r.id % 1000,
+        }
+        return Response(200, [rule])
+
     base = "/repos/{owner}/{repo}"
+    router.add("GET", f"{base}/rules/branches/{{branch:path}}", branch_rules, "token", META)
     router.add(
         "GET", f"{base}/commits/{{ref:path}}/status", combined_status, "token", ("statuses", "read")
     )
@@ -391,7 +418,20 @@ def register_scenario(router: Router, ctx: Context) -> None:
         app.permissions = {str(k): str(v) for k, v in request.json().items()}
         return Response(200, dict(app.permissions))
 
+    def post_ruleset(request: Request) -> Response:
+        body = request.json()
+        r = repo_of(request)
+        branch = str(body.get("branch") or r.default_branch)
+        apps = {str(k): str(v) for k, v in (body.get("apps") or {}).items()}
+        for slug in apps.values():
+            ci_app(ctx, slug)
+        checks = [(str(c), apps.get(str(c))) for c in body.get("contexts") or []]
+        with ctx.store.lock:
+            ctx.store.rulesets[(r.id, branch)] = checks
+        return Response(201, {"branch": branch})
+
     base = "/_emulator/repos/{owner}/{name}"
+    router.add("POST", f"{base}/rulesets", post_ruleset, "scenario")
     router.add("PUT", "/_emulator/app/permissions", put_permissions, "scenario")
     router.add("POST", f"{base}/protection", post_protection, "scenario")
     router.add("POST", f"{base}/statuses/{{sha}}", post_commit_status, "scenario")

@@ -299,6 +299,8 @@ class Store:
         self.statuses: list[CommitStatus] = []
         self.protections: dict[tuple[int, str], list[str]] = {}  # (repo, branch) -> contexts
         self.protection_apps: dict[tuple[int, str], dict[str, str]] = {}  # context -> App slug
+        # Rulesets' required status checks: (repo, branch) -> [(context, App slug or None)]
+        self.rulesets: dict[tuple[int, str], list[tuple[str, str | None]]] = {}
         self.ci_apps: dict[str, App] = {}  # other Apps that report check runs, by slug
         self.tokens: dict[str, Token] = {}
         self.token_lifetime = 3600.0
