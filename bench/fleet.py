@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -187,6 +188,9 @@ def queue_burst(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         asyncio.run(_schema(args.postgres, f"DROP SCHEMA {schema} CASCADE"))
     report = audit(facts, sampler.samples, lag=args.queue_poll + 4.0)
+    if args.trace:
+        trace = {"facts": [vars(f) for f in facts], "samples": [vars(s) for s in sampler.samples]}
+        args.trace.write_text(json.dumps(trace))
     report["positions_wrong"] = report["positions_wrong"][:20]
     return {
         **report,
@@ -220,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip", choices=["agents", "queue"], help="run one part only")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--trace", type=Path, help="write the queue part's runs and samples here")
     parser.add_argument("--smoke", action="store_true", help="2 agents for 6 s, 6 queued runs")
     args = parser.parse_args(argv)
     if args.smoke:
