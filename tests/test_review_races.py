@@ -166,23 +166,27 @@ async def test_a_reject_while_the_merge_call_is_in_flight_is_told_it_was_merged(
 async def test_approve_and_reject_at_once_end_in_one_state_github_agrees_with(
     review: Review, first: str
 ) -> None:
-    """Both comments are on GitHub before Bosun decides either; whichever is decided first
-    wins, the other is answered with what happened."""
+    """Both comments are on GitHub before Bosun decides either, and both are processed at
+    once (``first`` is started first, but either may reach the run's lock first): whichever
+    is decided first wins, the other is answered with what happened, and GitHub agrees."""
     run = await review.ready_run()
     approve = await review.comment(run.pr, "/approve", "bob")
     reject = await review.comment(run.pr, "/reject too risky", "carol")
     order = [approve, reject] if first == "approve" else [reject, approve]
-    outcomes = await asyncio.gather(*(review.start(hook) for hook in order))
+    done = await asyncio.gather(*(review.start(hook) for hook in order))
+    outcome = dict(zip([hook.guid for hook in order], done, strict=True))
 
     pull = await review.pull(run.pr)
     row = await review.run(run.run_id)
-    if first == "approve":
-        assert outcomes[1] == "processed: refuse (state.merged)"
-        assert (row.state, pull["merged"]) == (RunState.MERGED, True)
+    if row.state is RunState.MERGED:
+        assert outcome[reject.guid] == "processed: refuse (state.merged)"
+        assert "refuse" not in outcome[approve.guid]
+        assert pull["merged"] is True and (await review.merges(run.pr)).count(200) == 1
     else:
-        assert outcomes[1] == "processed: refuse (state.approve)"
-        assert (row.state, pull["merged"]) == (RunState.REJECTED, False)
-        assert (await review.merges(run.pr)) == []
+        assert row.state is RunState.REJECTED, row.state
+        assert outcome[approve.guid] == "processed: refuse (state.approve)"
+        assert "refuse" not in outcome[reject.guid]
+        assert pull["merged"] is False and (await review.merges(run.pr)) == []
     assert set((await review.deliveries()).values()) == {"processed"}
 
 
