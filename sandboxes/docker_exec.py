@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from docker.utils.socket import frames_iter
@@ -34,6 +36,41 @@ def wrap(argv: list[str]) -> list[str]:
 
 
 _END = object()
+
+
+def buffered_reader(sock: Any) -> io.BufferedReader | None:
+    """The buffered reader http.client parsed the engine's answer to ``exec start`` with.
+
+    docker-py hands over the socket under it, but when the client reads that answer late (a
+    busy host) the first frames arrive with it and sit in this reader's buffer: reading the
+    socket would lose them (the pid line, an agent's first output). Reading through this reader
+    loses nothing. Its socket's timeout is lifted, as docker-py does for attach streams: an
+    agent may be silent for longer than the API client's timeout."""
+    response = getattr(sock, "_response", None)
+    reader = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    if not isinstance(reader, io.BufferedReader):
+        return None
+    raw = getattr(sock, "_sock", None)
+    if isinstance(raw, socket.socket):
+        raw.settimeout(None)
+    return reader
+
+
+def read_frames(reader: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
+    """The engine's multiplexed frames (8-byte header: stream, 3 zero bytes, big-endian size),
+    to the end of the stream; a frame cut short by the end is delivered as far as it came."""
+    while True:
+        header = reader.read(8)
+        if len(header) < 8:
+            return
+        size = int.from_bytes(header[4:8], "big")
+        if size == 0:
+            continue
+        data = reader.read(size)
+        if data:
+            yield header[0], data
+        if len(data) < size:
+            return
 
 
 class FrameStream:
@@ -61,7 +98,9 @@ class FrameStream:
 
     def _pump(self) -> None:
         try:
-            for stream_id, data in frames_iter(self._sock, tty=False):
+            reader = buffered_reader(self._sock)
+            frames = frames_iter(self._sock, tty=False) if reader is None else read_frames(reader)
+            for stream_id, data in frames:
                 stream: Stream = "stderr" if stream_id == 2 else "stdout"
                 if data and not self._deliver((stream, bytes(data))):
                     return

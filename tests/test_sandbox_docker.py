@@ -4,6 +4,7 @@ container and from inside it, streaming, exit codes, deadlines, stop, output cap
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import shutil
@@ -300,6 +301,29 @@ async def test_output_streams_in_order_before_exit(
     assert seen[0][2] < finished - 0.5  # the first line arrived while the command still ran
     assert result.stdout == b"out1\nout2\nout3\n"
     assert result.stderr == b"oops\n"
+
+
+async def test_first_output_survives_a_client_slow_to_read_the_engines_answer(
+    backend: DockerBackend, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy host the engine's answer to `exec start` and the command's first frames reach
+    the client together, and http.client buffers them with the headers: read from the socket
+    under it, they were lost (an agent's first lines, and the pid line that lets a deadline
+    kill just the command). Reading through that buffer keeps them."""
+    begin = http.client.HTTPResponse.begin
+
+    def late(self: http.client.HTTPResponse) -> None:
+        time.sleep(0.3)  # the first frames are written meanwhile
+        begin(self)
+
+    monkeypatch.setattr(http.client.HTTPResponse, "begin", late)
+    for _ in range(3):
+        result = await backend.exec(sandbox, ["sh", "-c", "echo first; echo err >&2; exit 3"])
+        assert (result.exit_code, result.stdout, result.stderr) == (3, b"first\n", b"err\n")
+    timed = await backend.exec(sandbox, ["sh", "-c", "echo started; sleep 100"], timeout=1.5)
+    assert timed.timed_out and timed.stdout == b"started\n"
+    # The pid line was seen, so only the command was killed: the sandbox still runs.
+    assert (await backend.exec(sandbox, ["echo", "alive"])).check().text() == "alive\n"
 
 
 async def test_missing_command_reports_127(backend: DockerBackend, sandbox: Sandbox) -> None:
