@@ -10,7 +10,7 @@ answers with a ``MergeOutcome`` value, and check runs are ``CheckRunUpdate`` val
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -283,28 +283,17 @@ class GitHubRepo:
         """Every comment on issue or PR ``number``, oldest first."""
 
         async def go(gh: GitHub[Any]) -> list[CommentInfo]:
-            out: list[CommentInfo] = []
-            page = 1
-            while True:
-                response = await gh.arequest(
-                    "GET",
-                    self._path(f"/issues/{number}/comments"),
-                    params={"per_page": 100, "page": page},
-                    response_model=list[IssueComment],
+            path = self._path(f"/issues/{number}/comments")
+            comments = await _every_page(gh, path, list[IssueComment], list, max_pages=100)
+            return [
+                CommentInfo(
+                    id=c.id,
+                    author=c.user.login if c.user else "ghost",
+                    author_type=c.user.type if c.user else "User",
+                    body=c.body or "",
                 )
-                for c in response.parsed_data:
-                    user = c.user
-                    out.append(
-                        CommentInfo(
-                            id=c.id,
-                            author=user.login if user else "ghost",
-                            author_type=user.type if user else "User",
-                            body=c.body or "",
-                        )
-                    )
-                if len(response.parsed_data) < 100:
-                    return out
-                page += 1
+                for c in comments
+            ]
 
         return await self._call(go)
 
@@ -462,21 +451,14 @@ class GitHubRepo:
 
     async def review_comments(self, number: int, review_id: int) -> list[ReviewLineComment]:
         async def go(gh: GitHub[Any]) -> list[ReviewLineComment]:
-            out: list[ReviewLineComment] = []
-            page = 1
-            while True:
-                response = await gh.arequest(
-                    "GET",
-                    self._path(f"/pulls/{number}/reviews/{review_id}/comments"),
-                    params={"per_page": 100, "page": page},
-                    response_model=list[ReviewComment],
+            path = self._path(f"/pulls/{number}/reviews/{review_id}/comments")
+            comments = await _every_page(gh, path, list[ReviewComment], list, max_pages=10)
+            return [
+                ReviewLineComment(
+                    path=c.path, line=c.line if isinstance(c.line, int) else None, body=c.body
                 )
-                for c in response.parsed_data:
-                    line = c.line if isinstance(c.line, int) else None
-                    out.append(ReviewLineComment(path=c.path, line=line, body=c.body))
-                if len(response.parsed_data) < 100 or page >= 10:
-                    return out
-                page += 1
+                for c in comments
+            ]
 
         return await self._call(go)
 
@@ -508,20 +490,15 @@ class GitHubRepo:
                 required.append(context)
                 if app_id is not None:
                     apps.append((context, app_id))
-            results: list[CheckResult] = []
-            page = 1
-            while True:
-                runs = await gh.arequest(
-                    "GET",
-                    self._path(f"/commits/{sha}/check-runs"),
-                    params={"per_page": 100, "page": page, "filter": "latest"},
-                    response_model=CheckRunsForRef,
-                )
-                for run in runs.parsed_data.check_runs:
-                    results.append(_check_result(run))
-                if len(runs.parsed_data.check_runs) < 100 or page >= 10:
-                    break
-                page += 1
+            runs = await _every_page(
+                gh,
+                self._path(f"/commits/{sha}/check-runs"),
+                CheckRunsForRef,
+                lambda found: found.check_runs,
+                params={"filter": "latest"},
+                max_pages=10,
+            )
+            results = [_check_result(run) for run in runs]
             if not statuses:
                 return ChecksReport(
                     required=tuple(dict.fromkeys(required)),
@@ -609,3 +586,27 @@ class GitHubRepo:
 
     def clone_url(self) -> str:
         return f"{self.app.settings.web_url.rstrip('/')}/{self.full_name}.git"
+
+
+async def _every_page(
+    gh: GitHub[Any],
+    path: str,
+    model: Any,
+    items: Callable[[Any], Sequence[T]],
+    *,
+    params: dict[str, str] | None = None,
+    max_pages: int,
+) -> list[T]:
+    """Every item of a list GitHub pages (100 a page), page after page until a short one, at
+    most ``max_pages`` pages; ``items`` takes a page's items out of its parsed answer."""
+    out: list[T] = []
+    for page in range(1, max_pages + 1):
+        response = await gh.arequest(
+            "GET", path, params={**(params or {}), "per_page": 100, "page": page},
+            response_model=model,
+        )  # fmt: skip
+        found = items(response.parsed_data)
+        out.extend(found)
+        if len(found) < 100:
+            break
+    return out
