@@ -14,6 +14,8 @@ export BOSUN_TEST_REDIS_PASSWORD_FILE ?= $(REDIS_PASSWORD_FILE)
 # Browser tests drive the Debian Chromium the bootstrap installs (Playwright's own download
 # needs a CDN this kind of machine cannot reach).
 export BOSUN_TEST_CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser)
+# Under CI the bootstrap builds the service image for the deployment tests (scripts/bootstrap.sh).
+export BOSUN_TEST_SERVICE_IMAGE ?= $(if $(filter true,$(CI)),bosun:test,)
 PYTEST_ARGS ?=
 
 .PHONY: help run test bootstrap bootstrap-run bootstrap-test lint format typecheck pytest \

@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 from bot.envfiles import _file_variables
 from bot.settings import Settings
 from tests.conftest import _pg_admin
-from tests.services import POSTGRES_URL, REDIS_PASSWORD_FILE, docker_client
+from tests.services import POSTGRES_URL, REDIS_PASSWORD_FILE, docker_client, missing
 from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +103,16 @@ def _wait(probe: Any, what: str, seconds: float = 60) -> Any:
         time.sleep(0.3)
 
 
+def need_image() -> None:
+    """The service image under test (built by the bootstrap under CI, where its absence fails)."""
+    if not IMAGE:
+        missing(
+            "the service image",
+            "build it with scripts/build_service_image.sh and set "
+            "BOSUN_TEST_SERVICE_IMAGE=bosun:latest",
+        )
+
+
 def _get(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
@@ -114,12 +124,8 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(
-    not IMAGE,
-    reason="needs a built service image: BOSUN_TEST_SERVICE_IMAGE=bosun:latest "
-    "(scripts/build_service_image.sh)",
-)
 def test_role_containers_serve_a_delivery(tmp_path: Path, pg_schema: str) -> None:
+    need_image()
     engine = docker_client()
     engine.images.get(IMAGE)
     namespace = f"deploy-{uuid.uuid4().hex[:8]}"
@@ -300,16 +306,12 @@ def _postgres_stand_in(engine: Any) -> str:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.skipif(
-    not IMAGE,
-    reason="needs a built service image: BOSUN_TEST_SERVICE_IMAGE=bosun:latest "
-    "(scripts/build_service_image.sh)",
-)
 def test_compose_stack_comes_up_and_serves_a_delivery(tmp_path: Path) -> None:
     """``docker compose up`` of compose.yaml as the operations guide says: the secrets under
     ./secrets, bosun.env next to the file. Migrate finishes, web is ready, a signed delivery is
     processed by the worker, ``bosun worker --check`` passes in the worker, and Redis refuses a
     client without the password."""
+    need_image()
     engine = docker_client()
     compose = _compose_command()
     project = tmp_path / "bosun"
