@@ -31,6 +31,7 @@ from tests.emulator.client import EmulatorClient
 from tests.emulator.server import EmulatorServer
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
 from tests.lifecycle_stack import BASE_IMAGE, BOSUN, FAST_WORKER, BosunProcess, ProcessStack
+from tests.netlink import Link
 from tests.private_services import PrivatePostgres, PrivateRedis
 from tests.services import docker_client, missing
 from tests.stack import WORK_ROOT, free_port, make_stack_settings
@@ -94,6 +95,8 @@ class FaultStack:
     redis: PrivateRedis
     ports: list[int]
     processes: ProcessStack
+    github: Link
+    """The network path from Bosun's processes to GitHub (the emulator), which a test can cut."""
     webs: list[BosunProcess] = field(default_factory=list)
     since: int = 0
     """Deliveries sent before the scenario began (earlier scenarios', or not Bosun's)."""
@@ -132,6 +135,7 @@ class FaultStack:
         """A scenario starts on a healthy stack: three workers, webhooks to web 0; only what
         happens from here on is accounted."""
         self.emulator.clear_faults()
+        self.github.mend()
         self.send_to(0)
         alive = [w for w in self.workers if w.alive()]
         self.processes.workers[:] = alive
@@ -337,6 +341,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         repo = emulator.create_repo("octo", "hello", str(source))
         emulator.add_user("alice", "octo/hello", "write")
         world = World(emulator, app, repo, WebhookReceiver(url=""), source)
+        github = Link(server.port)
         settings = make_stack_settings(
             tmp_path,
             world,
@@ -348,16 +353,20 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
             worker=WORKER,
             profiles=PROFILES,
         )
+        # Bosun reaches GitHub through a link the outage scenario cuts; the emulator's webhooks
+        # reach Bosun directly.
+        settings.github.api_url = settings.github.web_url = github.url
         logs = tmp_path / "logs"
         logs.mkdir()
         processes = ProcessStack(settings, world, logs)
-        stack = FaultStack(settings, world, logs, pg, redis, ports, processes)
+        stack = FaultStack(settings, world, logs, pg, redis, ports, processes, github)
         try:
             stack.start()
             yield stack
         finally:
             stack.stop()
     finally:
+        github.close()
         redis.destroy()
         pg.destroy()
         emulator.close()
@@ -430,21 +439,27 @@ def test_a_worker_killed_during_publish(faults: FaultStack) -> None:
 
 
 def test_github_unreachable_for_a_while(faults: FaultStack) -> None:
-    """Every GitHub API and git call answers 502 for 50 s — longer than a delivery's own tries
-    (with this stack's short client retries), so the deliveries are handed back to the
-    reconciler and enqueued again until GitHub answers — while one agent works and three issues
-    are labelled: nothing is lost, and every run settles in one clear state once GitHub is
-    back (the working run may fail to push while GitHub is down: then it says so)."""
+    """The network to GitHub fails for two minutes: every API and git connection is reset,
+    open ones broken (then, as a second outage, every call answers 502 for 20 s) — longer than
+    a delivery's own tries (with this stack's short client retries), so the deliveries are
+    handed back to the reconciler and enqueued again until GitHub answers — while one agent
+    works and three issues are labelled: nothing is lost, and every run settles in one clear
+    state once GitHub is back (the working run may fail to push while GitHub is down: then it
+    says so)."""
     faults.label_issues(1, "steady", "Working")
     faults.ticking(1)
-    outage = faults.emulator.fault("error", status=502, count=None)
+    faults.github.cut()
     started = time.monotonic()
     faults.label_issues(3, "default", "While GitHub is down")
-    time.sleep(max(0.0, 50 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 120 - (time.monotonic() - started)))
+    faults.github.mend()
+    print(f"\n[faults] the network to GitHub was down for {time.monotonic() - started:.0f}s")
+    outage = faults.emulator.fault("error", status=502, count=None)
+    time.sleep(20)
     faults.emulator.clear_faults()
-    print(f"\n[faults] GitHub answered 502 to every call for {time.monotonic() - started:.0f}s")
     counts = faults.account("github unreachable", expected_runs=4, timeout=240)
-    assert faults.emulator.fault_info(outage["id"])["hits"] > 10  # GitHub was really down
+    assert faults.github.refused > 10  # the network was really down
+    assert faults.emulator.fault_info(outage["id"])["hits"] > 0
     assert counts["runs_by_state"].get("review_ready", 0) >= 3, counts
     assert any(w.logged_at("delivery_waits_for_forge") for w in faults.workers)
     for run in faults.runs():  # a run GitHub's outage ended says so, and how to go on
