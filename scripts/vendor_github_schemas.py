@@ -187,9 +187,7 @@ def _patch_webhook_lag(definitions: dict[str, Any]) -> None:
     models are generated from, requires them, so payloads without them do not parse there.
     """
     status = definitions["status$event"]["properties"]["commit"]["properties"]["commit"]
-    status["properties"]["verification"]["properties"]["verified_at"] = {
-        "type": ["string", "null"]
-    }
+    status["properties"]["verification"]["properties"]["verified_at"] = {"type": ["string", "null"]}
     label = definitions["label"]
     label["properties"]["archived_at"] = {"type": ["string", "null"], "format": "date-time"}
     label["properties"]["archived_by"] = {
