@@ -42,7 +42,7 @@ test: bootstrap-test
 	run $(VENV)/ruff check .; \
 	run $(VENV)/ruff format --check .; \
 	run $(VENV)/mypy; \
-	run $(VENV)/pytest -q $(PYTEST_ARGS); \
+	run $(VENV)/pytest -q --durations=25 $(PYTEST_ARGS); \
 	if [ -n "$$failed" ]; then printf "==> failed:$$failed\n"; exit 1; fi; \
 	echo "==> all checks passed"
 
