@@ -6,6 +6,7 @@ PostgreSQL (each test in a schema of its own, dropped afterwards).
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,15 @@ from bot.settings import Settings
 from tests.services import POSTGRES_URL, REDIS_URL, missing
 
 pytest_plugins = ["tests.emulator.fixtures", "tests.stack", "tests.review_harness"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C works in the processes the tests start, whoever started the tests: a shell that
+    ran them in the background (``cmd &``) hands them SIGINT ignored, which every child would
+    inherit (the CLI's Ctrl-C test then waits forever). A handled signal is reset to the
+    default in a child, so handling it here gives each child Python's KeyboardInterrupt."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 async def _pg_admin(sql: str) -> None:
