@@ -104,9 +104,11 @@ async def test_scanning_a_large_allowed_diff_leaves_the_event_loop_free(root: Pa
     ws = await workspace(root)
     lines = [f"value_{i} = compute({i}, 'some text to scan on this line')\n" for i in range(60_000)]
     (ws.path / "big.py").write_text("".join(lines) + f'TOKEN = "{GH}"\n')
+    for part in range(1, 4):  # enough text that the scan takes a while even when it is quick
+        (ws.path / f"big{part}.py").write_text("".join(lines))
     changes = await ws.changes(max_diff_bytes=20_000_000)
-    assert changes.diff_bytes is not None and changes.diff_bytes > 3_000_000
-    config = parse_repo_config("limits:\n  max_diff_lines: 100000\n")
+    assert changes.diff_bytes is not None and changes.diff_bytes > 12_000_000
+    config = parse_repo_config("limits:\n  max_diff_lines: 300000\n")
     gaps: list[float] = []
 
     async def ticker() -> None:
