@@ -16,6 +16,15 @@ it but cannot write it, and ``publish`` links the sealed copy into a new generat
 ``current`` at it. Runs of other repositories never see it: a run binds only its own copy of
 its own repository's cache.
 
+Files a tool opens for writing in place are its lock files, and those are empty: ``stage``
+gives the run new empty files of its own instead of links (uv opens ``.lock`` read-write and
+fails on a read-only one), so nothing is shared that a tool must write. uv cannot work on a
+read-only cache at all (it locks and writes temporary files in every folder it reads), so after
+``publish`` the uv folder of the run's copy is handed back by ``reopen``: its folders are the
+sandbox user's again and its lock files new, its other files stay the root-owned links the
+published generation shares — uv can add and replace entries of this run's copy in the later
+phases, never change a file of the repository's cache, and nothing of it is published.
+
 The host never follows a link in a cache: walks use ``os.walk`` without following links,
 ownership and modes are changed through a descriptor opened with ``O_NOFOLLOW``, and a symlink
 or FIFO the setup left is carried over as what it is (links are hard-linked, never read).
@@ -46,6 +55,10 @@ CACHE_MOUNT = "/bosun-cache"
 RUN_FOLDER = "cache"
 """The run's copy, in its run folder."""
 ECOSYSTEM_DIRS = ("pip", "uv", "npm", "cargo", "go/mod")
+REOPENED_DIRS = ("uv",)
+"""Ecosystems whose tool needs a writable cache folder after setup (``Caches.reopen``): pip,
+npm and Go read a read-only cache, and cargo takes a read-only ``CARGO_HOME`` for one (it falls
+back to a shared lock and skips its last-use database); uv fails outright."""
 CURRENT = "current"
 LOCK = "lock"
 _GEN = re.compile(r"^gen-[A-Za-z0-9_.-]+$")
@@ -67,6 +80,7 @@ def cache_env() -> dict[str, str]:
         "GOMODCACHE": f"{CACHE_MOUNT}/go/mod",
         "GOCACHE": "/tmp/go-build",  # noqa: S108 - Go writes its build cache in every phase
         "GOFLAGS": "-modcacherw",
+        "UV_LINK_MODE": "copy",  # the cache and the environment are different mounts
     }
 
 
@@ -100,15 +114,18 @@ class Caches:
                 folder.mkdir(exist_ok=True, parents=True)
                 os.chmod(folder, 0o700)
             target.mkdir(exist_ok=True)
+            fresh: list[Path] = []
             with _locked(repo, fcntl.LOCK_SH):
                 published = _current(repo)
                 if published is not None:
-                    _link_tree(published, target)
+                    fresh = _link_tree(published, target, fresh_empty=True)
                     os.utime(published)  # last used: eviction goes by this
             for name in ECOSYSTEM_DIRS:
                 (target / name).mkdir(parents=True, exist_ok=True)
             for folder in [target, *_folders(target)]:
                 _own(folder, owner, 0o755)
+            for path in fresh:
+                _own(path, owner, None)
         except OSError as exc:
             raise CacheError(f"cannot prepare the dependency cache of {key}: {exc}") from exc
         return published is not None
@@ -129,6 +146,29 @@ class Caches:
             raise CacheError(f"cannot seal the dependency cache {target}: {exc}") from exc
         finally:
             os.close(top)
+
+    def reopen(self, target: Path, owner: tuple[int, int]) -> None:
+        """Hand the ``REOPENED_DIRS`` of the sealed, published copy back to ``owner`` for the
+        later phases: folders theirs again (``0755``), every empty file (a lock) replaced by a
+        new one of theirs; files with content stay root's, shared with the published
+        generation, so a tool can replace them in this copy but never change them. Nothing of
+        the sandbox runs meanwhile (setup's processes are gone, the agent not started)."""
+        try:
+            for name in REOPENED_DIRS:
+                top = target / name
+                if top.is_symlink() or not top.is_dir():
+                    continue
+                for folder in [top, *_folders(top)]:
+                    _own(folder, owner, 0o755)
+                    for entry in list(os.scandir(folder)):
+                        if (
+                            entry.is_file(follow_symlinks=False)
+                            and not entry.stat(follow_symlinks=False).st_size
+                        ):
+                            os.unlink(entry.path)
+                            _own(_empty_file(Path(entry.path), 0o644), owner, None)
+        except OSError as exc:
+            raise CacheError(f"cannot reopen the dependency cache {target}: {exc}") from exc
 
     def publish(self, key: str, target: Path, run_id: str) -> int:
         """Make the sealed copy the repository's cache, unless it is larger than a repository
@@ -291,9 +331,17 @@ def _folders(root: Path) -> list[Path]:
     return out
 
 
-def _link_tree(source: Path, target: Path) -> None:
+def _empty_file(path: Path, mode: int) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    os.close(fd)
+    return path
+
+
+def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list[Path]:
     """New folders in ``target`` mirroring ``source``, with a hard link to every other entry
-    (a copy where the two are on different filesystems)."""
+    (a copy where the two are on different filesystems). With ``fresh_empty`` an empty file
+    (a tool's lock) is a new empty file instead of a link; those are returned."""
+    fresh: list[Path] = []
     target.mkdir(exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
         base = Path(dirpath)
@@ -306,6 +354,12 @@ def _link_tree(source: Path, target: Path) -> None:
             (out / name).mkdir(exist_ok=True)
         for name in filenames:
             src, dst = base / name, out / name
+            if fresh_empty:
+                info = src.lstat()
+                if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+                    with contextlib.suppress(FileExistsError):
+                        fresh.append(_empty_file(dst, stat.S_IMODE(info.st_mode) & 0o755))
+                    continue
             try:
                 os.link(src, dst, follow_symlinks=False)
             except FileExistsError:
@@ -317,6 +371,7 @@ def _link_tree(source: Path, target: Path) -> None:
                     os.symlink(os.readlink(src), dst)
                 elif stat.S_ISREG(src.lstat().st_mode):
                     shutil.copy2(src, dst, follow_symlinks=False)
+    return fresh
 
 
 def _remove(path: Path) -> None:

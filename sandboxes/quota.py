@@ -108,8 +108,14 @@ class WorkspaceQuota:
         on_exceeded: OnExceeded,
         *,
         interval: float = 2.0,
+        name: str = "the workspace",
+        setting: str = "sandbox.workspace_limit_bytes",
     ) -> None:
         self.root = root
+        self.name = name
+        """What the run's end calls ``root``."""
+        self.setting = setting
+        """The setting that holds the limit."""
         self.limit_bytes = limit_bytes
         self.on_exceeded = on_exceeded
         self.interval = interval
@@ -133,12 +139,12 @@ class WorkspaceQuota:
         """What the run's end says when the limit was broken."""
         if self.unmeasurable is not None:
             return (
-                f"the workspace grew past what Bosun can measure ({self.unmeasurable}); the "
+                f"{self.name} grew past what Bosun can measure ({self.unmeasurable}); the "
                 "agent was stopped and nothing was pushed"
             )
         return (
-            f"the workspace grew past {self.limit_bytes / 1e6:.0f} MB (disk limit, "
-            f"sandbox.workspace_limit_bytes): it had grown by {(self.exceeded or 0) / 1e6:.0f} MB "
+            f"{self.name} grew past {self.limit_bytes / 1e6:.0f} MB (disk limit, "
+            f"{self.setting}): it had grown by {(self.exceeded or 0) / 1e6:.0f} MB "
             "when the agent was stopped; nothing was pushed"
         )
 

@@ -1,8 +1,13 @@
-"""A tiny PEP 503 package index on loopback, serving wheels built in the test.
+"""A tiny PEP 503 package index and a tiny npm registry on loopback, serving packages built in
+the test.
 
 ``PackageIndex`` serves ``/simple/`` (the project list), ``/simple/<project>/`` (links with
-``sha256`` fragments) and ``/files/<wheel>``, cacheable like PyPI's files, at a throttled rate
-so a download the cache saves is visible. It counts each file it sent.
+``sha256`` fragments and the wheel's metadata apart, PEP 658) and ``/files/<wheel>``,
+cacheable like PyPI's files, at a throttled rate so a download the cache saves is visible. It
+counts each file it sent (``HEAD`` answers the same headers and counts nothing).
+
+``npm_registry`` serves the same way what ``npm`` asks a registry for: ``/<name>`` (the
+packument: versions, ``dist.tarball`` and ``dist.integrity``) and ``/<name>/-/<file>.tgz``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import base64
 import contextlib
 import hashlib
 import io
+import json
 import os
+import tarfile
 import threading
 import time
 import zipfile
@@ -51,6 +58,12 @@ def build_wheel(name: str, version: str, module: str, padding: int = 0) -> tuple
     return f"{dist}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
+def _wheel_metadata(wheel: bytes) -> bytes:
+    with zipfile.ZipFile(io.BytesIO(wheel)) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        return archive.read(name)
+
+
 @dataclass
 class PackageIndex:
     port: int
@@ -64,38 +77,37 @@ class PackageIndex:
         return f"http://127.0.0.1:{self.port}/simple/"
 
 
+Page = tuple[int, bytes, str, str, str | None]
+"""What a path answers: status, body, content type, ``Cache-Control`` and the file it counts
+as sent (``None`` for pages)."""
+NOT_FOUND: Page = (404, b"not found", "text/plain", "no-store", None)
+
+
 @contextlib.contextmanager
-def package_index(
-    wheels: dict[str, tuple[str, bytes]], bytes_per_second: int = 2_000_000
-) -> Iterator[PackageIndex]:
-    """Serve ``wheels`` on a free loopback port for the block."""
-    by_file = {file: data for file, data in wheels.values()}
-    index: PackageIndex
+def _serving(answer: Any, sent: Counter[str], bytes_per_second: int) -> Iterator[int]:
+    """Serve ``answer(path) -> Page`` on a free loopback port for the block; yields the port."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/simple/":
-                links = "".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in wheels)
-                self._send(200, links.encode(), "text/html", "max-age=0")
-            elif path.startswith("/simple/") and path.strip("/").split("/")[-1] in wheels:
-                file, data = wheels[path.strip("/").split("/")[-1]]
-                digest = hashlib.sha256(data).hexdigest()
-                page = f'<a href="/files/{file}#sha256={digest}">{file}</a>\n'
-                self._send(200, page.encode(), "text/html", "max-age=0")
-            elif path.startswith("/files/") and path[len("/files/") :] in by_file:
-                name = path[len("/files/") :]
-                index.sent[name] += 1
-                self._send(200, by_file[name], "application/octet-stream", "max-age=31536000")
-            else:
-                self._send(404, b"not found", "text/plain", "no-store")
+        def do_HEAD(self) -> None:  # uv asks before it downloads a wheel
+            self._answer(body=False)
 
-        def _send(self, status: int, body: bytes, kind: str, cache: str) -> None:
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def _answer(self, body: bool) -> None:
+            status, data, kind, cache, counted = answer(self.path.split("?", 1)[0])
             self.send_response(status)
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", f"public, {cache}")
             self.end_headers()
+            if not body:
+                return
+            if counted is not None:
+                sent[counted] += 1
+            self._send(data)
+
+        def _send(self, body: bytes) -> None:
             step = 64 * 1024
             for start in range(0, len(body), step):
                 self.wfile.write(body[start : start + step])
@@ -106,11 +118,130 @@ def package_index(
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    index = PackageIndex(server.server_address[1], wheels)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield index
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def package_index(
+    wheels: dict[str, tuple[str, bytes]], bytes_per_second: int = 2_000_000
+) -> Iterator[PackageIndex]:
+    """Serve ``wheels`` on a free loopback port for the block."""
+    by_file = {file: data for file, data in wheels.values()}
+    metadata = {f"{file}.metadata": _wheel_metadata(data) for file, data in wheels.values()}
+
+    def answer(path: str) -> Page:
+        if path == "/simple/":
+            links = "".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in wheels)
+            return 200, links.encode(), "text/html", "max-age=0", None
+        if path.startswith("/simple/") and path.strip("/").split("/")[-1] in wheels:
+            file, data = wheels[path.strip("/").split("/")[-1]]
+            digest = hashlib.sha256(data).hexdigest()
+            core = hashlib.sha256(metadata[f"{file}.metadata"]).hexdigest()
+            page = (  # with its metadata apart (PEP 658), as PyPI serves it
+                f'<a href="/files/{file}#sha256={digest}" data-core-metadata="sha256={core}" '
+                f'data-dist-info-metadata="sha256={core}">{file}</a>\n'
+            )
+            return 200, page.encode(), "text/html", "max-age=0", None
+        name = path.removeprefix("/files/")
+        if path.startswith("/files/") and name in by_file:
+            return 200, by_file[name], "application/octet-stream", "max-age=31536000", name
+        if path.startswith("/files/") and name in metadata:
+            return 200, metadata[name], "text/plain", "max-age=31536000", None
+        return NOT_FOUND
+
+    sent: Counter[str] = Counter()
+    with _serving(answer, sent, bytes_per_second) as port:
+        yield PackageIndex(port, wheels, sent)
+
+
+def build_npm_package(name: str, version: str, main: str, padding: int = 0) -> bytes:
+    """An npm package tarball (``package/package.json``, ``package/index.js`` holding ``main``,
+    and ``padding`` bytes of incompressible data)."""
+    files = {
+        "package/package.json": json.dumps(
+            {"name": name, "version": version, "main": "index.js"}
+        ).encode(),
+        "package/index.js": main.encode(),
+        "package/padding.bin": os.urandom(padding),
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, 499162500
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def npm_integrity(data: bytes) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+
+@dataclass
+class NpmRegistry:
+    port: int
+    packages: dict[str, tuple[str, bytes]]
+    """name -> (version, tarball)."""
+    sent: Counter[str] = field(default_factory=Counter)
+    """Tarball file name -> times it was sent."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def tarball_url(self, name: str) -> str:
+        version, _ = self.packages[name]
+        return f"{self.url}{name}/-/{name}-{version}.tgz"
+
+    def lock_entry(self, name: str) -> dict[str, str]:
+        """``name``'s entry in a ``package-lock.json`` (``packages["node_modules/<name>"]``)."""
+        version, data = self.packages[name]
+        return {
+            "version": version,
+            "resolved": self.tarball_url(name),
+            "integrity": npm_integrity(data),
+        }
+
+
+@contextlib.contextmanager
+def npm_registry(
+    packages: dict[str, tuple[str, bytes]], bytes_per_second: int = 2_000_000
+) -> Iterator[NpmRegistry]:
+    """Serve ``packages`` (name -> (version, tarball)) as an npm registry on loopback."""
+    registry: NpmRegistry
+
+    def answer(path: str) -> Page:
+        name, _, file = path.strip("/").partition("/-/")
+        if name not in packages:
+            return NOT_FOUND
+        version, data = packages[name]
+        if not file:
+            manifest = {
+                "name": name,
+                "version": version,
+                "dist": {
+                    "tarball": registry.tarball_url(name),
+                    "integrity": npm_integrity(data),
+                    "shasum": hashlib.sha1(data).hexdigest(),
+                },
+            }
+            packument = {
+                "name": name,
+                "dist-tags": {"latest": version},
+                "versions": {version: manifest},
+            }
+            return 200, json.dumps(packument).encode(), "application/json", "max-age=300", None
+        if file == f"{name}-{version}.tgz":
+            return 200, data, "application/octet-stream", "max-age=31536000", file
+        return NOT_FOUND
+
+    sent: Counter[str] = Counter()
+    with _serving(answer, sent, bytes_per_second) as port:
+        registry = NpmRegistry(port, packages, sent)
+        yield registry

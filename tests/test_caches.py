@@ -136,3 +136,39 @@ def test_publishing_replaces_the_earlier_generation(tmp_path: Path) -> None:
     target = cache_of(tmp_path / "rc")
     caches.stage(key, target, SANDBOX)
     assert (target / "pip/a").read_bytes() == b"a" and (target / "pip/b").read_bytes() == b"b"
+
+
+def test_lock_files_are_the_runs_own_and_uvs_folder_is_reopened_after_publishing(
+    tmp_path: Path,
+) -> None:
+    """A tool's lock file (empty) is a new file of the run's, never the published one; after
+    publishing, uv's folder is the sandbox user's again for the later phases (uv cannot read a
+    read-only cache) while its files stay the published, root-owned ones."""
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/hello")
+    files = {"uv/.lock": b"", "uv/wheels-v5/x/1.0.lock": b"", "uv/archive-v0/a/m.py": b"42"}
+    run_setup(caches, key, tmp_path / "r1", {**files, "npm/_cacache/index-v5/b": b"entry"})
+    published = caches.root / key / "current"
+
+    target = cache_of(tmp_path / "r2")
+    caches.stage(key, target, SANDBOX)
+    for lock in ("uv/.lock", "uv/wheels-v5/x/1.0.lock"):
+        info = (target / lock).lstat()
+        assert (info.st_uid, info.st_size, info.st_nlink) == (SANDBOX[0], 0, 1), lock
+        assert (published / lock).lstat().st_uid == 0
+    assert (target / "uv/archive-v0/a/m.py").lstat().st_nlink >= 2  # content stays linked
+
+    caches.seal(target)
+    caches.publish(key, target, "r2")
+    caches.reopen(target, SANDBOX)
+    for folder in [target / "uv", *(p for p in (target / "uv").rglob("*") if p.is_dir())]:
+        assert folder.lstat().st_uid == SANDBOX[0], folder
+    assert (target / "uv/.lock").lstat().st_uid == SANDBOX[0]
+    module = (target / "uv/archive-v0/a/m.py").lstat()
+    assert module.st_uid == 0 and not module.st_mode & 0o022 and module.st_nlink >= 2
+    # Only uv's folder: the others stay sealed.
+    assert (target / "npm").lstat().st_uid == 0 and (target / "pip").lstat().st_uid == 0
+    # The published generation is untouched: root's folders and files.
+    generation = published.resolve()
+    for path in [generation, *generation.rglob("*")]:
+        assert path.lstat().st_uid == 0, path

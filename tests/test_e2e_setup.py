@@ -19,9 +19,17 @@ from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.server import running
-from tests.package_index import PackageIndex, build_wheel, package_index
+from tests.package_index import (
+    NpmRegistry,
+    PackageIndex,
+    build_npm_package,
+    build_wheel,
+    npm_registry,
+    package_index,
+)
 from tests.stack import BosunStack, open_stack
 from tests.test_e2e_agents import KEY_ENV, REAL_KEY, agent_stack
+from tests.tool_image import tool_image
 
 WHEEL_PADDING = 3_000_000
 """Bytes of the wheel's incompressible padding: its download takes about 1.5 s at the
@@ -372,3 +380,212 @@ def test_a_broken_devcontainer_runs_nothing_and_says_why(stack: BosunStack) -> N
         "| setup | ❌ failed | .devcontainer/devcontainer.json postCreateCommand"
         in (check["output"]["summary"])
     )
+
+
+# --- uv and npm: the caches a Python (uv) and a Node (npm) project rely on ------------------
+
+UV_PROJECT = """[project]
+name = "fixture"
+version = "0.1.0"
+requires-python = ">=3.11"
+dependencies = ["bosun-dep"]
+
+[[tool.uv.index]]
+name = "loopback"
+url = "INDEX_URL"
+default = true
+"""
+NODE_MAIN = "module.exports = () => require('bosun-npm-dep');\n"
+NODE_GATE = "const assert = require('assert'); assert.strictEqual(require('./index.js')(), 42);"
+
+# The agent: reinstalls both environments from the (read-only) caches alone, then tries to
+# change what the repository's cache holds; uv's folder is this run's to write, nothing in it
+# the repository's.
+TOOLS_AGENT = r"""
+import glob, json, os, pathlib, subprocess
+results = {}
+def run(name, *argv):
+    done = subprocess.run(argv, capture_output=True, text=True, cwd="/workspace")
+    results[name] = done.returncode
+    print(name, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+def attempt(name, change):
+    try:
+        change()
+        results[name] = "open"
+    except Exception as exc:
+        results[name] = type(exc).__name__
+subprocess.run(["rm", "-rf", ".venv", "node_modules"], check=True, cwd="/workspace")
+run("uv_sync", "uv", "sync", "--offline")
+run("uv_run", "uv", "run", "--offline", "python", "-c", "import bosun_dep; print(bosun_dep.VALUE)")
+run("npm_ci", "npm", "ci", "--offline", "--no-audit", "--no-fund")
+module = (glob.glob("/bosun-cache/uv/archive-v*/*/bosun_dep/__init__.py") or ["none"])[0]
+attempt("uv_file_write", lambda: open(module, "a").write("VALUE = 666\n"))
+def replace():
+    os.unlink(module)
+    pathlib.Path(module).write_text("VALUE = 666\n")
+attempt("uv_file_replace", replace)
+blob = [p for p in glob.glob("/bosun-cache/npm/_cacache/content-v2/**", recursive=True)
+        if os.path.isfile(p)] or ["none"]
+blob = blob[0]
+attempt("npm_file_write", lambda: open(blob, "a").write("x"))
+attempt("npm_new_file", lambda: open("/bosun-cache/npm/planted", "w"))
+attempt("pip_new_file", lambda: open("/bosun-cache/pip/planted", "w"))
+print("probes: " + json.dumps(results, sort_keys=True))
+pathlib.Path("/workspace/app.py").write_text(
+    "import bosun_dep\n\n\ndef answer():\n    return bosun_dep.VALUE\n"
+)
+"""
+
+
+def tools_config() -> str:
+    gates = [
+        ("python", ["uv", "run", "--offline", "python", "-m", "unittest", "-v"]),
+        ("node", ["sh", "-c", f'npm ci --offline --no-audit --no-fund && node -e "{NODE_GATE}"']),
+    ]
+    return (
+        "setup:\n"
+        "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l)\n"
+        "  - uv sync\n"
+        "  - npm ci --no-audit --no-fund\n"
+        "gates:\n"
+        + "".join(f"  - name: {name}\n    run: {json.dumps(argv)}\n" for name, argv in gates)
+    )
+
+
+def seed_tools(stack: BosunStack, repo: str, index: PackageIndex, registry: NpmRegistry) -> None:
+    lock = {
+        "name": "fixture",
+        "version": "1.0.0",
+        "lockfileVersion": 3,
+        "requires": True,
+        "packages": {
+            "": {"name": "fixture", "version": "1.0.0", "dependencies": {"bosun-npm-dep": "1.0.0"}},
+            "node_modules/bosun-npm-dep": registry.lock_entry("bosun-npm-dep"),
+        },
+    }
+    package = {"name": "fixture", "version": "1.0.0", "dependencies": {"bosun-npm-dep": "1.0.0"}}
+    files = {
+        ".github/bosun.yml": tools_config(),
+        ".gitignore": ".venv/\nnode_modules/\nuv.lock\n",
+        "pyproject.toml": UV_PROJECT.replace("INDEX_URL", index.url),
+        "package.json": json.dumps(package, indent=2) + "\n",
+        "package-lock.json": json.dumps(lock, indent=2) + "\n",
+        ".npmrc": f"registry={registry.url}\n",
+        "index.js": NODE_MAIN,
+        "app.py": APP,
+        "test_app.py": TESTS,
+    }
+    stack.emulator.push(repo, "main", files, user="alice")
+
+
+def setup_step(stack: BosunStack, run_id: str, command: int, port: int) -> tuple[float, int]:
+    """Setup command ``command``'s duration, and the bytes the proxy brought in from ``port``."""
+    (step,) = [
+        e["data"]
+        for e in stack.events(run_id, "progress")
+        if e["data"].get("phase") == "setup" and e["data"].get("command") == command
+    ]
+    assert step["exit_code"] == 0, (step, stack.artifacts(run_id)["setup"].read_text())
+    received = sum(
+        e["data"]["bytes_in"]
+        for e in stack.events(run_id, "egress")
+        if e["data"]["allowed"] and e["data"]["port"] == port
+    )
+    return step["duration_s"], received
+
+
+def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_afterwards(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    image = tool_image()
+    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n", padding=WHEEL_PADDING // 2)
+    tarball = build_npm_package(
+        "bosun-npm-dep", "1.0.0", "module.exports = 42;\n", padding=WHEEL_PADDING // 2
+    )
+    tgz = "bosun-npm-dep-1.0.0.tgz"
+    with (
+        package_index({"bosun-dep": (name, wheel)}) as index,
+        npm_registry({"bosun-npm-dep": ("1.0.0", tarball)}) as registry,
+    ):
+        command = ["python3", "-c", TOOLS_AGENT]
+        profiles = {"default": {"runner": "script", "command": command, "image": image}}
+        egress = {
+            "allow": [f"127.0.0.1:{index.port}", f"127.0.0.1:{registry.port}"],
+            "private_hosts": ["127.0.0.1"],
+        }
+        caches = work_root / "caches"
+        with open_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            profiles=profiles,
+            egress=egress,
+            caches={"dir": caches},
+        ) as stack:
+            seen: set[str] = set()
+            seed_tools(stack, stack.repo, index, registry)
+            first = run_once(stack, stack.repo, "Use the dependency", seen)
+            setup_text = stack.artifacts(first["id"])["setup"].read_text()
+            assert "cache-files-before=0" in setup_text, setup_text
+            assert (index.sent[name], registry.sent[tgz]) == (1, 1)
+            uv_cold, uv_cold_bytes = setup_step(stack, first["id"], 2, index.port)
+            npm_cold, npm_cold_bytes = setup_step(stack, first["id"], 3, registry.port)
+            assert uv_cold_bytes >= len(wheel) and npm_cold_bytes >= len(tarball)
+
+            # Both gates ran uv and npm offline on the read-only caches and passed.
+            gates = {e["data"]["name"]: e["data"] for e in stack.events(first["id"], "gate_result")}
+            assert set(gates) == {"python", "node"}, gates
+            for gate in gates:
+                log = stack.artifacts(first["id"])[f"gate:{gate}"].read_text()
+                assert gates[gate]["passed"] is True, log
+
+            # The agent reinstalled both from the caches alone; it could not change a cached
+            # file, and what it replaced in uv's folder stayed in its own run.
+            transcript = stack.artifacts(first["id"])["transcript"].read_text()
+            line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
+            probes = json.loads(line.removeprefix("probes: "))
+            assert probes == {
+                "uv_sync": 0,
+                "uv_run": 0,
+                "npm_ci": 0,
+                "uv_file_write": "PermissionError",
+                "uv_file_replace": "open",
+                "npm_file_write": "PermissionError",
+                "npm_new_file": "PermissionError",
+                "pip_new_file": "PermissionError",
+            }, transcript
+            (key,) = [p for p in caches.iterdir() if p.is_dir()]
+            (published,) = (key / "current" / "uv").glob("archive-v*/*/bosun_dep/__init__.py")
+            assert published.read_text() == "VALUE = 42\n"
+            assert published.stat().st_uid == 0 and not published.stat().st_mode & 0o022
+
+            # The second run: uv and npm install from the cache (and uv, whose lock files the
+            # first run left, is not stopped by them).
+            second = run_once(stack, stack.repo, "Use the dependency again", seen)
+            assert (index.sent[name], registry.sent[tgz]) == (1, 1)
+            uv_warm, uv_warm_bytes = setup_step(stack, second["id"], 2, index.port)
+            npm_warm, npm_warm_bytes = setup_step(stack, second["id"], 3, registry.port)
+            assert uv_warm_bytes < 10_000 and npm_warm_bytes < 10_000
+            gates = {
+                e["data"]["name"]: e["data"] for e in stack.events(second["id"], "gate_result")
+            }
+            assert all(gate["passed"] for gate in gates.values()), gates
+            print(
+                f"uv sync: cold {uv_cold:.2f}s ({uv_cold_bytes} B), warm {uv_warm:.2f}s "
+                f"({uv_warm_bytes} B); npm ci: cold {npm_cold:.2f}s ({npm_cold_bytes} B), "
+                f"warm {npm_warm:.2f}s ({npm_warm_bytes} B)"
+            )
+
+            # Another repository's run sees none of it and downloads both again.
+            other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
+            github_world.emulator.add_user("alice", other.full_name, "write")
+            seed_tools(stack, other.full_name, index, registry)
+            third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
+            assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
+            assert (index.sent[name], registry.sent[tgz]) == (2, 2)

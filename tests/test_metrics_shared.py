@@ -284,7 +284,16 @@ def test_failure_sentences_are_the_ones_runs_end_with() -> None:
         "start": "the sandbox did not start: no such image",
         "out_of_memory": "the agent ran out of memory and was killed (sandbox memory limit)",
     }
-    for label, sentence in sentences.items():
+    cache = WorkspaceQuota(
+        Path("/nonexistent"),
+        10,
+        ignore,
+        name="the dependency cache (uv)",
+        setting="caches.max_bytes_per_repository",
+    )
+    cache.exceeded = 20
+    pairs = [*sentences.items(), ("workspace_limit", cache.reason())]
+    for label, sentence in pairs:
         matched = [lbl for pattern, lbl in shared.SANDBOX_FAILURES if _like(sentence, pattern)]
         assert matched == [label], sentence
 

@@ -39,6 +39,7 @@ SANDBOX_FAILURES: tuple[tuple[str, str], ...] = (
     ("the sandbox stopped under the agent%", "lost"),
     ("the agent ran out of memory%", "out_of_memory"),
     ("the workspace grew past%", "workspace_limit"),
+    ("the dependency cache (%", "workspace_limit"),
     ("could not stop the sandbox%", "stop"),
 )
 """How a failed run's reason names a sandbox failure (the sentences ``jobs.run.pipeline``,

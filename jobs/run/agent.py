@@ -49,7 +49,7 @@ from jobs.run.steering import queued_steers
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError, UnreadableWorkspace
 from sandboxes.output import LineSplitter
-from sandboxes.quota import WorkspaceQuota
+from sandboxes.quota import OnExceeded, WorkspaceQuota
 
 log = structlog.get_logger("jobs.run.pipeline")
 
@@ -389,13 +389,16 @@ class AgentSteps(RunBase):
 
         assert self.workspace is not None
         limit = self.settings.sandbox.workspace_limit_bytes
-        quota = WorkspaceQuota(self.workspace.path, limit, disk_full)
+        quotas = [WorkspaceQuota(self.workspace.path, limit, disk_full), *self._quotas(disk_full)]
         try:
-            async with quota:
+            async with contextlib.AsyncExitStack() as watching:
+                for quota in quotas:
+                    await watching.enter_async_context(quota)
                 result = await self.agent_task
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            stopped = self.budget_exhausted or quota.exceeded is not None
+            over = any(quota.exceeded is not None for quota in quotas)
+            stopped = self.budget_exhausted or over
             if not stopped or (current is not None and current.cancelling()):
                 raise
             result = ExecResult(
@@ -444,8 +447,9 @@ class AgentSteps(RunBase):
         )
         if result.oom_killed:
             raise StepFailed("the agent ran out of memory and was killed (sandbox memory limit)")
-        if quota.exceeded is not None:
-            raise StepFailed(quota.reason())
+        for quota in quotas:
+            if quota.exceeded is not None:
+                raise StepFailed(quota.reason())
         # Cancelled though nobody asked: the engine or an operator stopped the sandbox.
         if (
             result.cancelled
@@ -455,6 +459,11 @@ class AgentSteps(RunBase):
         ):
             raise StepFailed(SANDBOX_LOST)
         return result
+
+    def _quotas(self, on_exceeded: OnExceeded) -> list[WorkspaceQuota]:
+        """Host folders besides the workspace the agent may write, each watched while it runs
+        (none here; the setup step adds the dependency cache's writable part)."""
+        return []
 
     async def _save_transcript(self) -> None:
         await self.artifact("transcript", bytes(self.transcript))

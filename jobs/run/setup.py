@@ -55,10 +55,18 @@ from jobs.run.agent import AgentSteps
 from jobs.run.base import write_input
 from jobs.run.phases import Phase
 from sandboxes.base import ExecResult
-from sandboxes.caches import CACHE_MOUNT, RUN_FOLDER, CacheError, Caches, cache_env, repository_key
+from sandboxes.caches import (
+    CACHE_MOUNT,
+    REOPENED_DIRS,
+    RUN_FOLDER,
+    CacheError,
+    Caches,
+    cache_env,
+    repository_key,
+)
 from sandboxes.errors import SandboxError
 from sandboxes.output import LineSplitter
-from sandboxes.quota import WorkspaceQuota
+from sandboxes.quota import OnExceeded, WorkspaceQuota
 from sandboxes.spec import BindMount, SandboxSpec
 
 log = structlog.get_logger("jobs.run.setup")
@@ -75,6 +83,8 @@ class SetupSteps(AgentSteps):
     """The run's egress proxy, when it has setup commands or its agent may reach registries."""
     caches: Caches | None = None
     cache_key = ""
+    cache_reopened = False
+    """Whether the run's cache copy has a writable part the agent may fill (``REOPENED_DIRS``)."""
     egress_phase = "setup"
     """The phase the proxy's requests are logged under (``setup``, then ``agent``)."""
 
@@ -231,7 +241,7 @@ class SetupSteps(AgentSteps):
                 await gateway.start()
         self.timings["setup"] = round(time.monotonic() - started, 3)
         await self.artifact("setup", bytes(output))
-        await self._keep_cache(cache)
+        await self._keep_cache(cache, owner)
         self.view.egress_denied = self._denied()
         if failure is not None:
             skipped = len(commands) - done - 1
@@ -337,8 +347,10 @@ class SetupSteps(AgentSteps):
                     return f"command {index} of {len(commands)} ({step.source}) {how}", index - 1
         return None, len(commands)
 
-    async def _keep_cache(self, cache: Path) -> None:
-        """Seal the run's cache copy (read-only from here on) and publish it."""
+    async def _keep_cache(self, cache: Path, owner: tuple[int, int]) -> None:
+        """Seal the run's cache copy (read-only from here on) and publish it; then give the
+        tools that cannot read a read-only cache (uv) a writable copy of their folder for the
+        later phases (``Caches.reopen``: never published)."""
         if self.caches is None:
             return
         caches = self.caches
@@ -347,6 +359,8 @@ class SetupSteps(AgentSteps):
             await asyncio.to_thread(caches.seal, cache)
             size = await asyncio.to_thread(caches.publish, self.cache_key, cache, self.run.id)
             evicted = await asyncio.to_thread(caches.evict, self.cache_key)
+            await asyncio.to_thread(caches.reopen, cache, owner)
+            self.cache_reopened = True
         except (CacheError, OSError) as exc:
             log.warning("cache_not_kept", error=str(exc))
             return
@@ -357,6 +371,25 @@ class SetupSteps(AgentSteps):
             {"phase": "setup", "cache_bytes": size, "cache_kept": kept, "caches_evicted": evicted},
             quiet=True,
         )
+
+    def _quotas(self, on_exceeded: OnExceeded) -> list[WorkspaceQuota]:
+        """The cache copy's writable folders grow on the host's disk: watched while the agent
+        runs, as during setup."""
+        quotas = super()._quotas(on_exceeded)
+        if self.caches is not None and self.cache_reopened:
+            cache = self._run_dir() / RUN_FOLDER
+            limit = self.caches.max_bytes_per_repository
+            for name in REOPENED_DIRS:
+                quotas.append(
+                    WorkspaceQuota(
+                        cache / name,
+                        limit,
+                        on_exceeded,
+                        name=f"the dependency cache ({name})",
+                        setting="caches.max_bytes_per_repository",
+                    )
+                )
+        return quotas
 
     async def _run_workflow(self) -> tuple[ExecResult, Phase | None]:
         """The agent's phases, with the egress proxy served when the profile grants it, and

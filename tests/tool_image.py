@@ -1,0 +1,120 @@
+"""An agent image with uv and npm, as an operator's image for Python and Node projects has.
+
+``bosun-agent:latest`` has ``python3`` and ``node`` but neither uv nor npm. ``tool_image()``
+builds ``bosun-test-tools:<hash>`` from it, with the network off: uv's static binary (from its
+PyPI wheel, fetched with ``pip download``) in ``/usr/local/bin`` and npm (pure JavaScript, its
+registry tarball) under ``/opt/npm`` with an ``npm`` wrapper. Both downloads are pinned by
+hash and kept in ``.cache/test-assets`` between runs; the image is tagged by what went into it
+(the base image's id included), so it is built once per machine and rebuilt when the agent
+image is.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tests.services import docker_client, missing
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / ".cache" / "test-assets"
+BASE = "bosun-agent:latest"
+REPOSITORY = "bosun-test-tools"
+
+UV_VERSION = "0.13.10"
+UV_WHEEL = f"uv-{UV_VERSION}-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+UV_SHA256 = "7cc9c41b43d583e34c781fd3446405b06e9c5fa2db468ce2a534d353db6429e5"
+NPM_VERSION = "11.6.2"
+NPM_INTEGRITY = (
+    "sha512-7iKzNfy8lWYs3zq4oFPa8EXZz5xt9gQNKJZau3B1ErLBb6bF7sBJ00x09485DOvRT2l5G"
+    "erbl3VlZNT57MxJVA=="
+)
+NPM_TARBALL = f"https://registry.npmjs.org/npm/-/npm-{NPM_VERSION}.tgz"
+
+DOCKERFILE = f"""FROM {BASE}
+COPY uv npm /usr/local/bin/
+ADD npm.tgz /opt/npm/
+"""
+NPM_WRAPPER = '#!/bin/sh\nexec node /opt/npm/package/bin/npm-cli.js "$@"\n'
+
+
+def _uv_wheel() -> bytes:
+    path = ASSETS / UV_WHEEL
+    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != UV_SHA256:
+        ASSETS.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            argv = [
+                "python3", "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+                "--disable-pip-version-check", "-d", folder, f"uv=={UV_VERSION}",
+            ]  # fmt: skip
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                missing("uv's wheel", f"pip download failed: {done.stderr.strip()[-500:]}")
+            data = (Path(folder) / UV_WHEEL).read_bytes()
+        if hashlib.sha256(data).hexdigest() != UV_SHA256:
+            raise AssertionError(f"{UV_WHEEL} does not have the pinned sha256")
+        path.write_bytes(data)
+    return path.read_bytes()
+
+
+def _npm_tarball() -> bytes:
+    path = ASSETS / f"npm-{NPM_VERSION}.tgz"
+
+    def pinned(data: bytes) -> bool:
+        digest = base64.b64encode(hashlib.sha512(data).digest()).decode()
+        return f"sha512-{digest}" == NPM_INTEGRITY
+
+    if not path.is_file() or not pinned(path.read_bytes()):
+        ASSETS.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(NPM_TARBALL, timeout=120) as response:
+                data = response.read()
+        except OSError as exc:
+            missing("npm's tarball", f"{NPM_TARBALL}: {exc}")
+        if not pinned(data):
+            raise AssertionError(f"{NPM_TARBALL} does not have the pinned integrity")
+        path.write_bytes(data)
+    return path.read_bytes()
+
+
+def tool_image() -> str:
+    """The image's tag, built first if the engine does not have it."""
+    client = docker_client()
+    try:
+        base = client.images.get(BASE).id
+        key = hashlib.sha256(f"{DOCKERFILE}{NPM_WRAPPER}{UV_SHA256}{NPM_INTEGRITY}{base}".encode())
+        tag = f"{REPOSITORY}:{key.hexdigest()[:16]}"
+        try:
+            client.images.get(tag)
+            return tag
+        except Exception:  # noqa: BLE001 - not built yet
+            pass
+        with zipfile.ZipFile(io.BytesIO(_uv_wheel())) as wheel:
+            uv = wheel.read(f"uv-{UV_VERSION}.data/scripts/uv")
+        with tempfile.TemporaryDirectory() as folder:
+            context = Path(folder)
+            (context / "Dockerfile").write_text(DOCKERFILE)
+            (context / "npm.tgz").write_bytes(_npm_tarball())
+            for name, data in (("uv", uv), ("npm", NPM_WRAPPER.encode())):
+                (context / name).write_bytes(data)
+                (context / name).chmod(0o755)
+            client.images.build(path=folder, tag=tag, network_mode="none", rm=True)
+        for image in client.images.list(name=REPOSITORY):  # earlier builds
+            for old in image.tags:
+                if old != tag:
+                    client.images.remove(old)
+        return tag
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    print(tool_image(), file=sys.stdout)
