@@ -4,15 +4,18 @@ verify, store, enqueue, answer — and group commit under a burst (bot/web/intak
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
+import uvicorn
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 
@@ -22,7 +25,9 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
 from bot.web.intake import DeliveryIntake, IncomingDelivery
+from bot.web.intake_protocol import IntakeProtocol
 from tests.conftest import make_settings
+from tests.stack import free_port
 
 SECRET = "webhook-secret"
 
@@ -65,12 +70,65 @@ async def make_app_settings(tmp_path: Path, db_url: str, redis_url: str, ns: str
 
 
 @pytest.fixture
-async def client(
+async def asgi_client(
     tmp_path: Path, db_url: str, redis_url: str, redis_namespace: str
 ) -> AsyncIterator[tuple[AsyncTestClient[Any], Settings]]:
     settings = await make_app_settings(tmp_path, db_url, redis_url, redis_namespace)
     async with AsyncTestClient(app=create_app(settings)) as test_client:
         yield test_client, settings
+
+
+class _QuietServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the test process keeps its own signal handlers
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[int]:
+    """The app under uvicorn with ``bosun web``'s protocol, on a free loopback port."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        http=IntakeProtocol,
+        log_config=None,
+        access_log=False,
+    )
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(30):
+        while not server.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(params=["asgi", "bosun-web-protocol"])
+async def client(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    db_url: str,
+    redis_url: str,
+    redis_namespace: str,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
+    """The app through ASGI (Litestar's test client), and served as ``bosun web`` serves it:
+    uvicorn with the intake protocol, which answers the webhook itself."""
+    settings = await make_app_settings(tmp_path, db_url, redis_url, redis_namespace)
+    if request.param == "asgi":
+        async with AsyncTestClient(app=create_app(settings)) as test_client:
+            yield test_client, settings
+        return
+    async with (
+        served(settings) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http,
+    ):
+        yield http, settings
 
 
 async def stored(settings: Settings) -> dict[str, tuple[str, int]]:
@@ -92,7 +150,7 @@ async def queued(settings: Settings) -> list[str]:
 
 
 async def test_signed_delivery_is_stored_and_queued_once_even_when_replayed(
-    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+    client: tuple[httpx.AsyncClient, Settings], redis_namespace: str
 ) -> None:
     http, settings = client
     delivery = f"{redis_namespace}-one"
@@ -108,7 +166,7 @@ async def test_signed_delivery_is_stored_and_queued_once_even_when_replayed(
 
 
 async def test_bad_input_is_refused_and_nothing_is_stored(
-    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+    client: tuple[httpx.AsyncClient, Settings], redis_namespace: str
 ) -> None:
     http, settings = client
     body = payload()
@@ -197,7 +255,7 @@ async def test_database_failure_answers_503_so_github_can_redeliver(
 
 
 async def test_webhook_path_answers_post_only_and_other_paths_reach_the_app(
-    client: tuple[AsyncTestClient[Any], Settings],
+    client: tuple[httpx.AsyncClient, Settings],
 ) -> None:
     http, _ = client
     answer = await http.get("/webhooks/github")
@@ -238,9 +296,9 @@ async def _asgi_post(
 
 
 async def test_body_over_the_limit_without_a_length_is_refused_while_read(
-    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+    asgi_client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
 ) -> None:
-    http, settings = client
+    http, settings = asgi_client
     big = b'{"pad": "' + b"x" * 9000 + b'"}'
     chunks = [big[i : i + 1000] for i in range(0, len(big), 1000)]
     messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
@@ -251,9 +309,9 @@ async def test_body_over_the_limit_without_a_length_is_refused_while_read(
 
 
 async def test_client_gone_before_the_body_is_whole_stores_and_answers_nothing(
-    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+    asgi_client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
 ) -> None:
-    http, settings = client
+    http, settings = asgi_client
     body = payload()
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": body[:10], "more_body": True},
@@ -264,7 +322,7 @@ async def test_client_gone_before_the_body_is_whole_stores_and_answers_nothing(
 
 
 async def test_json_of_another_shape_is_stored_without_a_summary(
-    client: tuple[AsyncTestClient[Any], Settings], redis_namespace: str
+    client: tuple[httpx.AsyncClient, Settings], redis_namespace: str
 ) -> None:
     http, settings = client
     for n, body in enumerate(
@@ -282,3 +340,89 @@ async def test_json_of_another_shape_is_stored_without_a_summary(
             assert [tuple(r) for r in rows] == [(None, None, None), (None, None, None)]
     finally:
         await engine.dispose()
+
+
+async def _exchange(port: int, data: bytes, answers: int) -> list[tuple[int, bytes, bytes]]:
+    """Write ``data`` on one connection and read ``answers`` responses in order: (status,
+    head, body). A response with ``connection: close`` must be followed by the end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: list[tuple[int, bytes, bytes]] = []
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(15):
+            for _ in range(answers):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                out.append(
+                    (int(head.split(b" ")[1]), head.lower(), await reader.readexactly(length))
+                )
+            if out and b"connection: close" in out[-1][1]:
+                assert await reader.read() == b"", "the server kept a closed connection open"
+    finally:
+        writer.close()
+    return out
+
+
+def _post(body: bytes, delivery: str, *, extra: str = "", version: str = "1.1") -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed(body, delivery).items())
+    return (
+        f"POST /webhooks/github HTTP/{version}\r\nHost: x\r\n{head}{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_the_intake_protocol_keeps_answers_in_order_and_connections_right(
+    tmp_path: Path, db_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    """Under ``bosun web``'s protocol: pipelined requests (webhook, another route, webhook)
+    are answered in order on one connection; ``Connection: close`` and HTTP/1.0 end the
+    connection after the answer; a body over the limit sent in chunks without a length is
+    refused while read and the connection closed; a client gone mid-body stores nothing."""
+    settings = await make_app_settings(tmp_path, db_url, redis_url, redis_namespace)
+    ns = redis_namespace
+    async with served(settings) as port:
+        one, two = payload(1), payload(2)
+        pipelined = (
+            _post(one, f"{ns}-p1")
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+            + _post(two, f"{ns}-p2")
+        )
+        answers = await _exchange(port, pipelined, 3)
+        assert [a[0] for a in answers] == [202, 200, 202]
+        assert json.loads(answers[0][2])["delivery"] == f"{ns}-p1"
+        assert json.loads(answers[2][2])["delivery"] == f"{ns}-p2"
+        assert b"connection: close" not in answers[0][1]
+
+        again = await _exchange(port, _post(one, f"{ns}-p1") + _post(two, f"{ns}-p3"), 2)
+        assert [json.loads(a[2])["status"] for a in again] == ["duplicate", "accepted"]
+
+        closing = await _exchange(port, _post(one, f"{ns}-c1", extra="Connection: close\r\n"), 1)
+        assert closing[0][0] == 202 and b"connection: close" in closing[0][1]
+        old = await _exchange(port, _post(two, f"{ns}-c2", version="1.0"), 1)
+        assert old[0][0] == 202 and b"connection: close" in old[0][1]
+
+        big = b'{"pad": "' + b"x" * 9000 + b'"}'
+        chunked = "".join(f"{k}: {v}\r\n" for k, v in signed(big, f"{ns}-big").items())
+        data = (
+            f"POST /webhooks/github HTTP/1.1\r\nHost: x\r\n{chunked}"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        for i in range(0, len(big), 1000):
+            part = big[i : i + 1000]
+            data += f"{len(part):x}\r\n".encode() + part + b"\r\n"
+        refused = await _exchange(port, data, 1)  # the last chunk is never sent
+        assert refused[0][0] == 413 and b"connection: close" in refused[0][1]
+
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_post(one, f"{ns}-gone")[:-20])
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.3)
+        alive = await _exchange(port, _post(one, f"{ns}-after"), 1)
+        assert alive[0][0] == 202
+    rows = await stored(settings)
+    assert sorted(rows) == sorted(f"{ns}-{n}" for n in ["p1", "p2", "p3", "c1", "c2", "after"])
+    assert rows[f"{ns}-p1"][1] == 1  # the repeat was counted, not stored again
+    assert sorted(await queued(settings)) == sorted(f"d:{i}" for i in rows)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -48,6 +49,18 @@ def create_engine(url: str, *, echo: bool = False, **kwargs: Any) -> AsyncEngine
         parsed = parsed.difference_update_query(["search_path"])
         kwargs.setdefault("connect_args", {"server_settings": {"search_path": schema}})
     return create_async_engine(parsed, echo=echo, **kwargs)
+
+
+def sqlite_file_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine on the same SQLite file as ``engine`` (same pragmas), for a writer
+    that does a whole transaction in one call on its own thread; None for PostgreSQL or an
+    in-memory database (which another engine would not see)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    sync = create_sync_engine(url.set(drivername="sqlite"), connect_args={"timeout": 15})
+    event.listen(sync, "connect", _sqlite_pragmas)
+    return sync
 
 
 def session_factory(engine: AsyncEngine) -> SessionFactory:

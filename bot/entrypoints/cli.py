@@ -59,12 +59,22 @@ def web(host: str, port: int, workers: int) -> None:
     settings = _settings()
     _check_tracing()
     configure_logging(settings.log_level, settings.log_format)
+    from bot.web.intake_protocol import IntakeProtocol
+
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+        uvicorn.run(
+            create_app(settings),
+            host=host,
+            port=port,
+            http=IntakeProtocol,
+            log_config=None,
+            access_log=False,
+        )
         return
     uvicorn.run(
         "bot.web.app:app_from_environment",
         factory=True,
+        http=IntakeProtocol,
         workers=workers,
         timeout_worker_healthcheck=60,  # a child imports the whole app before it answers
         host=host,

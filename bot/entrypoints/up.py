@@ -16,6 +16,7 @@ from bot.entrypoints.localtoken import write_local_token
 from bot.settings import Settings
 from bot.web.app import create_app
 from bot.web.dashboard.login import print_admin_link
+from bot.web.intake_protocol import IntakeProtocol
 from jobs.worker import build_worker
 
 log = structlog.get_logger("bot.entrypoints.up")
@@ -45,6 +46,7 @@ async def run_all(settings: Settings, *, host: str, port: int) -> None:
                 create_app(settings, with_worker=True),
                 host=host,
                 port=port,
+                http=IntakeProtocol,
                 log_config=None,
                 access_log=False,
             )

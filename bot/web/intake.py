@@ -7,6 +7,13 @@ counting the redeliveries among them) and one Redis round trip that enqueues the
 Only then is each handler answered, so a ``202`` still means "stored". Batches form by
 themselves: while one is being written, the next requests queue up behind it, so a quiet
 server writes batches of one with no added delay and a busy one writes hundreds at a time.
+A batch's enqueue overlaps the next batch's transaction (the two are independent: the enqueue
+skips ids already queued), so a batch waits for one database transaction, not for the Redis
+round trip of the batch before it.
+
+On SQLite the transaction runs whole on the writer's own thread and connection (one hand-off
+per batch, not one per statement through aiosqlite); on PostgreSQL it runs on the writer's
+asyncpg connection. Both run the same statements (``_write_rows``).
 
 The enqueue writes arq's own job format (``arq:job:<id>`` with ``PX`` expiry, then ``ZADD`` on
 the queue), skipping ids whose job or result exists, in one Lua script: the same outcome as
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +35,13 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
-from sqlalchemy import update
+from sqlalchemy import Connection, Engine, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot import jobcodec
+from bot.db.engine import sqlite_file_engine
 from bot.db.models import Delivery
 from bot.domain.states import DeliveryStatus
 from bot.jobids import PROCESS_DELIVERY, delivery_job_id
@@ -124,9 +133,13 @@ class DeliveryIntake:
         self.max_batch = max_batch
         self._waiting: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._answering: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.written = 0
         self._conn: AsyncConnection | None = None
+        self._file: Engine | None = sqlite_file_engine(engine)
+        self._file_conn: Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         # One statement for every batch, executed with a list of rows: compiled once and
         # cached; SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues").
@@ -150,6 +163,8 @@ class DeliveryIntake:
 
     def start(self) -> None:
         if self._task is None:
+            if self._file is not None and self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="bosun-intake")
             self._task = asyncio.create_task(self._run(), name="bosun-intake")
 
     async def stop(self) -> None:
@@ -161,6 +176,16 @@ class DeliveryIntake:
             await self._task
         self._task = None
         await self._drop_connection()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_file)
+            self._thread.shutdown()
+            self._thread = None
+
+    def _close_file(self) -> None:
+        if self._file_conn is not None:
+            with contextlib.suppress(Exception):
+                self._file_conn.close()
+            self._file_conn = None
 
     async def submit(self, delivery: IncomingDelivery) -> Recorded:
         """Store the delivery (with the others waiting now) and enqueue its processing.
@@ -177,17 +202,21 @@ class DeliveryIntake:
             while len(batch) < self.max_batch and not self._waiting.empty():
                 batch.append(self._waiting.get_nowait())
             try:
-                await self._write(batch)
+                recorded = await self._record(batch)
             except Exception as exc:  # noqa: BLE001 -- every waiting handler gets the error
                 log.error("delivery_batch_failed", size=len(batch), error=str(exc))
                 for pending in batch:
                     if not pending.done.done():
                         pending.done.set_exception(exc)
-            finally:
-                for _ in batch:
                     self._waiting.task_done()
+                continue
+            # The enqueue goes on while the next batch is written.
+            task = asyncio.create_task(self._enqueue_and_answer(batch, *recorded))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _record(self, batch: list[_Pending]) -> tuple[list[str], set[str], set[str]]:
+        """Store the batch: (its distinct ids, ids inserted now, ids to process)."""
         unique: dict[str, IncomingDelivery] = {}
         copies: Counter[str] = Counter()
         for pending in batch:
@@ -196,10 +225,14 @@ class DeliveryIntake:
         inserted, unprocessed = await self._store(list(unique.values()), copies)
         self.batches += 1
         self.written += len(inserted)
-        process = inserted | unprocessed
+        return list(unique), inserted, inserted | unprocessed
+
+    async def _enqueue_and_answer(
+        self, batch: list[_Pending], ids: list[str], inserted: set[str], process: set[str]
+    ) -> None:
         queued = False
         try:
-            jobs = {delivery_job_id(i): (i,) for i in unique if i in process}
+            jobs = {delivery_job_id(i): (i,) for i in ids if i in process}
             await enqueue_jobs(self.redis, PROCESS_DELIVERY, jobs)
             queued = True
         except Exception as exc:  # noqa: BLE001 -- stored already; the reconciler enqueues
@@ -210,9 +243,11 @@ class DeliveryIntake:
             new = delivery_id in inserted and delivery_id not in first_seen
             first_seen.add(delivery_id)
             wanted = delivery_id in process
-            pending.done.set_result(
-                Recorded(duplicate=not new, process=wanted, queued=queued and wanted)
-            )
+            if not pending.done.done():
+                pending.done.set_result(
+                    Recorded(duplicate=not new, process=wanted, queued=queued and wanted)
+                )
+            self._waiting.task_done()
 
     async def _store(
         self, deliveries: list[IncomingDelivery], copies: Counter[str]
@@ -231,12 +266,16 @@ class DeliveryIntake:
             }
             for d in deliveries
         ]
+        if self._thread is not None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._store_in_file, rows, deliveries, copies
+            )
         while True:
             reused = self._conn is not None and not self._conn.closed
             conn = await self._connection()
             try:
                 async with conn.begin():
-                    return await self._write_rows(conn, rows, deliveries, copies)
+                    return await conn.run_sync(self._write_rows, rows, deliveries, copies)
             except Exception as exc:
                 await self._drop_connection()  # the next batch starts on a fresh connection
                 if not (reused and _connection_lost(exc)):
@@ -249,16 +288,34 @@ class DeliveryIntake:
                 await self._drop_connection()
                 raise
 
-    async def _write_rows(
+    def _store_in_file(
         self,
-        conn: AsyncConnection,
+        rows: list[dict[str, Any]],
+        deliveries: list[IncomingDelivery],
+        copies: Counter[str],
+    ) -> tuple[set[str], set[str]]:
+        """The SQLite transaction, whole, on the writer's thread."""
+        assert self._file is not None
+        if self._file_conn is None:
+            self._file_conn = self._file.connect()
+        try:
+            with self._file_conn.begin():
+                return self._write_rows(self._file_conn, rows, deliveries, copies)
+        except BaseException:
+            self._file_conn.close()
+            self._file_conn = None
+            raise
+
+    def _write_rows(
+        self,
+        conn: Connection,
         rows: list[dict[str, Any]],
         deliveries: list[IncomingDelivery],
         copies: Counter[str],
     ) -> tuple[set[str], set[str]]:
         """Insert the rows and count every other copy of an id as a redelivery; returns (ids
         inserted now, ids stored before and not processed yet)."""
-        inserted = set((await conn.execute(self._insert, rows)).scalars())
+        inserted = set(conn.execute(self._insert, rows).scalars())
         again: dict[int, list[str]] = {}
         for d in deliveries:
             extra = copies[d.id] - (1 if d.id in inserted else 0)
@@ -272,7 +329,7 @@ class DeliveryIntake:
                 .values(redeliveries=Delivery.redeliveries + extra)
                 .returning(Delivery.id, Delivery.status)
             )
-            for delivery_id, status in (await conn.execute(counted)).all():
+            for delivery_id, status in conn.execute(counted).all():
                 if delivery_id not in inserted and status == DeliveryStatus.RECEIVED:
                     unprocessed.add(delivery_id)
         return inserted, unprocessed

@@ -1,8 +1,9 @@
 """``POST /webhooks/github``: verify, record, enqueue, answer 202 — nothing else (SPEC §3.1).
 
 The hot path of intake is plain ASGI in front of the Litestar app (``webhook_route``): no
-routing, middleware, ``Request`` or ``Response`` objects, one log line per delivery. Measured
-in bench/intake_ab.py; see docs/benchmarks.md.
+routing, middleware, ``Request`` or ``Response`` objects; under ``bosun web`` not even ASGI
+(``bot.web.intake_protocol``). A delivery's log line is at ``debug`` (the deliveries table is
+its record). Measured in bench/intake_ab.py; see docs/benchmarks.md.
 
 The signature is checked on the raw bytes before anything is parsed. The delivery is stored
 under its ``X-GitHub-Delivery`` id (a redelivery carries the same id and is acknowledged, not
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -42,7 +44,13 @@ from bot.web.intake import DeliveryIntake, IncomingDelivery
 
 log = structlog.get_logger("bot.web.webhooks")
 
-__all__ = ["PROCESS_DELIVERY", "WEBHOOK_PATH", "signature_valid", "webhook_route"]
+__all__ = [
+    "PROCESS_DELIVERY",
+    "WEBHOOK_PATH",
+    "WebhookRoute",
+    "signature_valid",
+    "webhook_route",
+]
 
 WEBHOOK_PATH = "/webhooks/github"
 _JSON = [(b"content-type", b"application/json")]
@@ -119,30 +127,31 @@ def _summary(payload: Any) -> tuple[str | None, int | None, str | None]:
     )
 
 
-def webhook_route(app: ASGIApp, state: State, max_bytes: int) -> ASGIApp:
+class WebhookRoute:
     """``app`` with ``/webhooks/github`` answered in front of it (``state`` is the Litestar
-    app's: its ``services`` and ``intake`` exist once the lifespan has started)."""
+    app's: its ``services`` and ``intake`` exist once the lifespan has started). Under
+    ``bosun web`` uvicorn's protocol answers the webhook before any ASGI object is made
+    (``bot.web.intake_protocol``); both paths call ``answer``."""
 
-    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, app: ASGIApp, state: State, max_bytes: int) -> None:
+        self.app = app
+        self.state = state
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP or scope["path"] != WEBHOOK_PATH:
-            await app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
-        structlog.contextvars.clear_contextvars()
         extra: list[tuple[bytes, bytes]] = []
-        try:
-            if scope.get("method") != "POST":
-                status, answer = 405, {"error": "only POST is accepted here"}
-                extra = [(b"allow", b"POST")]
-            else:
-                status, answer = await _receive(state, scope, receive, max_bytes)
-        except _Disconnected:
-            return
-        except Exception as exc:  # answered 500 like any route, and logged
-            log.exception("webhook_failed", error=str(exc))
-            status, answer = 500, {"error": "internal error"}
-        finally:
-            structlog.contextvars.clear_contextvars()
-        body = _ENCODE(answer)
+        if scope.get("method") != "POST":
+            status, body = 405, _ENCODE({"error": "only POST is accepted here"})
+            extra = [(b"allow", b"POST")]
+        else:
+            try:
+                payload = await _read_body(scope, receive, self.max_bytes)
+            except _Disconnected:
+                return
+            status, body = await self.answer(scope["headers"], payload)
         headers = [*_JSON, (b"content-length", str(len(body)).encode()), *extra]
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
@@ -157,7 +166,24 @@ def webhook_route(app: ASGIApp, state: State, max_bytes: int) -> ASGIApp:
         }
         await send(end)
 
-    return route
+    async def answer(
+        self, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
+    ) -> tuple[int, bytes]:
+        """The status and JSON body for a POST with these headers (names lower-case) and
+        body (None: larger than allowed, not read whole)."""
+        structlog.contextvars.clear_contextvars()
+        try:
+            status, answer = await _receive(self.state, headers, body, self.max_bytes)
+        except Exception as exc:  # answered 500 like any route, and logged
+            log.exception("webhook_failed", error=str(exc))
+            status, answer = 500, {"error": "internal error"}
+        finally:
+            structlog.contextvars.clear_contextvars()
+        return status, _ENCODE(answer)
+
+
+def webhook_route(app: ASGIApp, state: State, max_bytes: int) -> WebhookRoute:
+    return WebhookRoute(app, state, max_bytes)
 
 
 async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
@@ -180,7 +206,9 @@ async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | 
             return b"".join(chunks)
 
 
-async def _receive(state: State, scope: Scope, receive: Receive, max_bytes: int) -> Answer:
+async def _receive(
+    state: State, raw_headers: Iterable[tuple[bytes, bytes]], body: bytes | None, max_bytes: int
+) -> Answer:
     started = time.perf_counter()
     services: Services = state.services
     secret = services.webhook_secret()
@@ -188,11 +216,10 @@ async def _receive(state: State, scope: Scope, receive: Receive, max_bytes: int)
         return _error(
             503, "webhook secret not configured: set BOSUN_GITHUB__WEBHOOK_SECRET", "no_secret"
         )
-    body = await _read_body(scope, receive, max_bytes)
     if body is None:
         return _error(413, f"the body is larger than {max_bytes} bytes", "too_large")
     headers: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
+    for name, value in raw_headers:
         if name.startswith(b"x-"):
             headers[name] = value
     signature = headers.get(b"x-hub-signature-256")
@@ -252,10 +279,11 @@ async def _receive(state: State, scope: Scope, receive: Receive, max_bytes: int)
         )
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
     if recorded.duplicate and not recorded.process:
-        log.info("delivery_duplicate_ignored", gh_event=event, duration_ms=duration_ms)
+        log.debug("delivery_duplicate_ignored", gh_event=event, duration_ms=duration_ms)
         return 202, {"delivery": delivery_id, "status": "duplicate"}
-    # The one log line of a delivery (the request-logging middleware does not see this path).
-    log.info(
+    # The deliveries table is the record of every delivery; at `info` a log line each would
+    # cost a third of intake's CPU (bench/intake_ab.py), so it is written at `debug`.
+    log.debug(
         "delivery_recorded",
         gh_event=event,
         action=action,
