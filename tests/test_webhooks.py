@@ -426,3 +426,28 @@ async def test_the_intake_protocol_keeps_answers_in_order_and_connections_right(
     assert sorted(rows) == sorted(f"{ns}-{n}" for n in ["p1", "p2", "p3", "c1", "c2", "after"])
     assert rows[f"{ns}-p1"][1] == 1  # the repeat was counted, not stored again
     assert sorted(await queued(settings)) == sorted(f"d:{i}" for i in rows)
+
+
+async def test_the_intake_protocol_lets_a_client_that_expects_100_continue_send_at_once(
+    tmp_path: Path, db_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    """curl sends ``Expect: 100-continue`` for a body over 1 KB and waits (a second) for the
+    interim answer before sending it: the protocol gives it at once."""
+    settings = await make_app_settings(tmp_path, db_url, redis_url, redis_namespace)
+    body = payload()
+    request = _post(body, f"{redis_namespace}-expect", extra="Expect: 100-continue\r\n")
+    head, _, rest = request.partition(b"\r\n\r\n")
+    async with served(settings) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head + b"\r\n\r\n")
+            async with asyncio.timeout(0.8):
+                interim = await reader.readuntil(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 100")
+            writer.write(rest)
+            async with asyncio.timeout(10):
+                answer = await reader.readuntil(b"\r\n\r\n")
+            assert answer.split(b" ")[1] == b"202"
+        finally:
+            writer.close()
+    assert list(await stored(settings)) == [f"{redis_namespace}-expect"]

@@ -84,6 +84,8 @@ class IntakeProtocol(HttpToolsProtocol):
         self.cycle = answering  # type: ignore[assignment]
         if self._too_large:
             self._answer(answering, None)
+        elif self.expect_100_continue:  # curl asks before sending a body over 1 KB
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._body is None:
