@@ -4,10 +4,13 @@ nothing, refused bases and failed builds said plainly."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +325,215 @@ async def test_an_allowed_image_missing_from_the_engine_is_not_pulled_unless_the
     assert await repository_image(allowed, _Port({}), repository, present, emit) == (
         "bosun-agent:latest"
     )
+
+
+# --- a build with network: the run's egress proxy behind a forwarder container -------------
+
+NETWORK_DOCKERFILE = (
+    "FROM bosun-agent:latest\n"
+    "USER root\n"
+    # The namespace the RUN steps are in: loopback only, and the forwarder listening on 8789.
+    "RUN ls /sys/class/net > /opt/netifs"
+    " && grep -c ' 0100007F:2255 00000000:0000 0A' /proc/net/tcp > /opt/listener\n"
+    "RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --disable-pip-version-check"
+    " --trusted-host 127.0.0.1 --index-url INDEX_URL bosun-dep\n"
+    # A host off the allowlist: refused by the proxy; the step tolerates it.
+    "RUN (python3 -c \"import urllib.request; urllib.request.urlopen('http://denied.example/')\""
+    " 2>&1 || true) | tail -n 1 > /opt/denied\n"
+    "RUN env | grep -ci proxy > /opt/proxy-vars || true\n"
+    "USER agent\n"
+)
+
+
+class Network:
+    """A run's egress proxy for builds, as the pipeline makes it (``jobs.run.image``)."""
+
+    def __init__(self, root: Path, allow: list[str], run_id: str) -> None:
+        from bot.agents.egress import EGRESS_MOUNT, PROXY_PORT, EgressProxy, forwarder_argv
+        from bot.domain.egress import effective_policy
+        from sandboxes.docker import DockerBackend
+        from sandboxes.repoimage import BuildNetwork
+        from sandboxes.spec import BindMount, SandboxSpec
+
+        self.run_id = run_id
+        self.records: list[Any] = []
+        self.forwarders: list[str] = []
+        directory = root / "build" / "egress"
+        self.spec = SandboxSpec(
+            run_id=run_id,
+            image="bosun-agent:latest",
+            workspace=root,
+            memory="128m",
+            pids=64,
+            tmpfs_size="16m",
+            mounts=(BindMount(source=directory, target=EGRESS_MOUNT),),
+        )
+        self.backend = DockerBackend()
+        policy = effective_policy(allow, ["127.0.0.1"], [], [], [])
+        self.proxy = EgressProxy(
+            run_id, directory, policy, on_request=self.records.append, sandbox_gid=None
+        )
+        self.running_during_build = False
+
+        @contextlib.asynccontextmanager
+        async def serve() -> AsyncIterator[None]:
+            self.proxy.sandbox_gid = (await self.backend.host_ids(self.spec))[1]
+            await self.proxy.start()
+            try:
+                yield
+            finally:
+                await self.proxy.stop()
+
+        self.network = BuildNetwork(
+            self.spec, tuple(forwarder_argv(["sleep", "600"])), PROXY_PORT, serve
+        )
+
+    def left(self, client: Any) -> list[str]:
+        """Containers of this build still on the engine: its forwarder, and any container in
+        its network namespace."""
+        found = client.api.containers(all=True, filters={"label": f"bosun.run_id={self.run_id}"})
+        names = [c["Names"][0] for c in found]
+        for entry in client.api.containers(all=True):
+            mode = (entry.get("HostConfig") or {}).get("NetworkMode", "")
+            if any(mode == f"container:{f}" for f in self.forwarders):
+                names.append(f"{entry['Id'][:12]} in {mode}")
+        return names
+
+
+@pytest.fixture
+def networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], Network]:
+    """Makes a build network allowing ``allow``; each remembers its forwarders' ids."""
+    import sandboxes.repoimage as repoimage
+
+    made: list[Network] = []
+    remove = repoimage._remove_forwarder
+
+    async def remembering(client: Any, container_id: str) -> None:
+        made[-1].forwarders.append(container_id)
+        state = client.api.inspect_container(container_id)["State"]
+        made[-1].running_during_build = bool(state["Running"])
+        await remove(client, container_id)
+
+    monkeypatch.setattr(repoimage, "_remove_forwarder", remembering)
+
+    def make(allow: list[str]) -> Network:
+        made.append(Network(tmp_path / f"run{len(made)}", allow, f"b-{uuid.uuid4().hex[:8]}"))
+        return made[-1]
+
+    return make
+
+
+@pytest.mark.docker
+async def test_a_build_reaches_the_allowlist_through_the_egress_proxy_and_nothing_else(
+    repo: Repo, networks: Callable[[list[str]], Network]
+) -> None:
+    from tests.package_index import build_wheel, package_index
+
+    client = docker_client()
+    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n")
+    with package_index({"bosun-dep": (name, wheel)}) as index:
+        net = networks([f"127.0.0.1:{index.port}"])
+        dockerfile = NETWORK_DOCKERFILE.replace("INDEX_URL", index.url)
+        commit = repo.commit({".bosun/Dockerfile": dockerfile})
+        t0 = time.monotonic()
+        built = await build(client, repo.request(commit), net.network)
+        seconds = time.monotonic() - t0
+        print(f"repository image with network: built in {seconds:.2f} s")
+        assert built.built and built.network
+        assert index.sent[name] >= 1  # the wheel came from the index, through the proxy
+
+    def inside(*argv: str) -> str:
+        out = client.containers.run(built.tag, list(argv), remove=True, network_mode="none")
+        return bytes(out).decode()
+
+    assert inside("/opt/venv/bin/python", "-c", "import bosun_dep; print(bosun_dep.VALUE)") == (
+        "42\n"
+    )
+    # The RUN steps were in the forwarder's namespace: loopback only, its listener there.
+    assert inside("cat", "/opt/netifs").split() == ["lo"]
+    assert inside("cat", "/opt/listener").strip() == "1"
+    assert "HTTP Error 403" in inside("cat", "/opt/denied")
+    assert inside("cat", "/opt/proxy-vars").strip() == "4"  # HTTP(S)_PROXY, http(s)_proxy
+
+    # Every request went through the proxy and was decided there.
+    allowed = [(r.host, r.port) for r in net.records if r.allowed]
+    assert allowed and set(allowed) == {("127.0.0.1", index.port)}
+    denied = [(r.host, r.port, r.reason) for r in net.records if not r.allowed]
+    assert denied == [("denied.example", 80, "not on the allowlist")]
+    assert net.proxy.denied_hosts() == [("denied.example", 80, 1)]
+
+    # The proxy's address is not kept in the image: not in its configuration, not its history.
+    config = client.api.inspect_image(built.image_id)["Config"]
+    assert not [v for v in config.get("Env") or [] if "8789" in v or "proxy" in v.lower()]
+    steps = [h["CreatedBy"] for h in client.api.history(built.image_id)][:7]
+    runs = [step for step in steps if "#(nop)" not in step]
+    assert len(runs) == 4 and all(run.startswith("|0 /bin/sh -c ") for run in runs), steps
+    assert not [step for step in steps if "127.0.0.1:8789" in step or "_PROXY=" in step.upper()]
+
+    # Nothing of the build's network is left: forwarder gone, proxy stopped, socket removed.
+    assert len(net.forwarders) == 1 and net.left(client) == []
+    assert not net.proxy.running and not net.proxy.socket_path.exists()
+
+    # The same content again: found by its tag, nothing started.
+    again = await build(client, repo.request(commit), net.network)
+    assert (again.built, again.tag) == (False, built.tag) and len(net.forwarders) == 1
+    client.close()
+
+
+def test_the_digest_says_whether_the_build_had_network() -> None:
+    from sandboxes.repoimage import content_digest
+
+    plain = content_digest("tree", "D", ["sha256:base"])
+    networked = content_digest("tree", "D", ["sha256:base"], network=True)
+    with_args = content_digest("tree", "D", ["sha256:base"], network=True, args=[("V", "1")])
+    staged = content_digest("tree", "D", ["sha256:base"], network=True, target="dev")
+    assert len({plain, networked, with_args, staged}) == 4
+
+
+@pytest.mark.docker
+async def test_the_forwarder_is_gone_after_a_failure_a_time_out_and_a_cancel(
+    repo: Repo, networks: Callable[[list[str]], Network]
+) -> None:
+    client = docker_client()
+    network = networks(["127.0.0.1"])
+    failing = repo.commit({".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN echo no && false\n"})
+    with pytest.raises(ImageBuildError, match="failed"):
+        await build(client, repo.request(failing), network.network)
+    assert network.running_during_build and network.left(client) == []
+    assert not network.proxy.running
+
+    # A RUN step that never ends: the time limit removes the forwarder, then the step's
+    # container, which joined the forwarder's network namespace.
+    slow = repo.commit({".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN sleep 300\n"})
+    t0 = time.monotonic()
+    with pytest.raises(ImageBuildError, match="took longer than 4 s"):
+        await build(client, repo.request(slow, timeout_seconds=4), network.network)
+    assert time.monotonic() - t0 < 30
+    assert network.left(client) == [] and not network.proxy.running
+
+    # A cancelled run (`/cancel`, the worker stopping) cleans up the same way.
+    started = asyncio.get_running_loop().create_future()
+    original = network.proxy.start
+
+    async def start() -> None:
+        await original()
+        started.set_result(None)
+
+    network.proxy.start = start  # type: ignore[method-assign]
+    changed = repo.commit({".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN sleep 301\n"})
+    task = asyncio.create_task(build(client, repo.request(changed), network.network))
+    await started
+    for _ in range(100):  # until the RUN step's container is in the forwarder's namespace
+        await asyncio.sleep(0.1)
+        if any(
+            (c.get("HostConfig") or {}).get("NetworkMode", "").startswith("container:")
+            and "sleep 301" in json.dumps(c.get("Command"))
+            for c in client.api.containers()
+        ):
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(network.forwarders) == 3 and network.left(client) == []
+    assert not network.proxy.running
+    client.close()

@@ -1,17 +1,27 @@
-"""Setup commands: ``setup:`` of ``.github/bosun.yml``, or a dev container's create commands.
+"""Setup commands: ``setup:`` of ``.github/bosun.yml``, or a dev container's create commands;
+and a dev container's image.
 
 ``.devcontainer/devcontainer.json`` (or ``.devcontainer.json``) is JSON with comments (JSONC:
 ``//`` and ``/* */`` comments, trailing commas). Of its lifecycle scripts, the ones the
 dev-container spec runs when a container is created are taken, in the spec's order:
 ``onCreateCommand``, ``updateContentCommand``, ``postCreateCommand``. Each is a string (run by
 a shell), an array (an argv, no shell) or an object of named commands of either form (the spec
-runs those in parallel; Bosun runs them one after the other, in the file's order). Anything
-else is refused with the key and what was found, and no command of the file runs.
+runs those in parallel; Bosun runs them one after the other, in the file's order).
+
+Its image is ``image`` (a reference) or ``build`` (``dockerfile``, ``context``, ``args``,
+``target``; the older top-level ``dockerFile``/``context`` too), paths relative to the file's
+folder and kept inside the repository; ``build`` wins when both are there, as in the dev
+container tools. Whether the run may use it is the operator's (``bot.domain.images``).
+
+Anything of the wrong type is refused with the key and what was found, and nothing of the file
+is used.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +30,9 @@ from bot.errors import ConfigError
 DEVCONTAINER_PATHS = (".devcontainer/devcontainer.json", ".devcontainer.json")
 LIFECYCLE_KEYS = ("onCreateCommand", "updateContentCommand", "postCreateCommand")
 MAX_FILE_BYTES = 256 * 1024
+MAX_BUILD_ARGS = 64
+_ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_STAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class DevcontainerError(ConfigError):
@@ -34,6 +47,29 @@ class SetupCommand:
     label: str
     source: str
     """Where it came from (``.github/bosun.yml setup[0]``, ``<file> postCreateCommand``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevcontainerBuild:
+    """``build`` of a devcontainer.json, its paths made repository paths."""
+
+    dockerfile: str
+    context: str
+    args: tuple[tuple[str, str], ...] = ()
+    target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Devcontainer:
+    """What Bosun uses of a devcontainer.json."""
+
+    path: str
+    commands: tuple[SetupCommand, ...] = ()
+    image: str | None = None
+    build: DevcontainerBuild | None = None
+    compose: bool = False
+    """It names ``dockerComposeFile`` (a Compose dev container: Bosun builds no Compose
+    services)."""
 
 
 def command(value: str | list[str], source: str) -> SetupCommand:
@@ -72,9 +108,7 @@ def strip_jsonc(text: str) -> str:
             out.append("".join(c if c == "\n" else " " for c in text[i : j + 2]))
             i = j + 2
         elif char == ",":
-            j = i + 1
-            while j < n and text[j] in " \t\r\n":
-                j += 1
+            j = _past_blanks(text, i + 1)
             if j < n and text[j] in "]}":
                 out.append(" ")
             else:
@@ -84,6 +118,24 @@ def strip_jsonc(text: str) -> str:
             out.append(char)
             i += 1
     return "".join(out)
+
+
+def _past_blanks(text: str, i: int) -> int:
+    """The index of the first character at or after ``i`` that is neither white space nor in
+    a comment (a trailing comma may be followed by comments before its ``]`` or ``}``)."""
+    n = len(text)
+    while i < n:
+        if text[i] in " \t\r\n":
+            i += 1
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            break
+    return i
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -109,8 +161,64 @@ def _argv_or_line(value: Any, where: str) -> str | list[str]:
     )
 
 
+def _repo_path(folder: str, value: Any, where: str) -> str:
+    """``value`` (relative to ``folder``, the devcontainer.json's folder) as a repository path;
+    refused when it is not a string or leaves the repository."""
+    if not isinstance(value, str) or not value.strip() or "\0" in value or len(value) > 400:
+        raise DevcontainerError(f"{where} must be a non-empty path, got {json.dumps(value)[:60]}")
+    if value.startswith("/"):
+        raise DevcontainerError(f"{where} must be relative to the file's folder, got {value!r}")
+    joined = posixpath.normpath(posixpath.join(folder, value.replace("\\", "/")))
+    if joined == ".." or joined.startswith("../"):
+        raise DevcontainerError(f"{where} leaves the repository: {value!r}")
+    return joined
+
+
+def _build_of(data: dict[str, Any], path: str) -> DevcontainerBuild | None:
+    folder = posixpath.dirname(path)
+    build = data.get("build")
+    if build is None and "dockerFile" not in data:
+        return None
+    if build is None:  # the older top-level spelling
+        build = {"dockerfile": data["dockerFile"], "context": data.get("context", ".")}
+        where = f"{path} (top level)"
+    else:
+        where = f"{path} build"
+        if not isinstance(build, dict):
+            raise DevcontainerError(f"{where} must be an object, got {json.dumps(build)[:60]}")
+    if "dockerfile" not in build and "dockerFile" not in build:
+        raise DevcontainerError(f"{where} needs `dockerfile` (the Dockerfile's path)")
+    dockerfile = build.get("dockerfile", build.get("dockerFile"))
+    dockerfile = _repo_path(folder, dockerfile, f"{where}.dockerfile")
+    context = _repo_path(folder, build.get("context", "."), f"{where}.context")
+    args = build.get("args", {})
+    if not isinstance(args, dict) or len(args) > MAX_BUILD_ARGS:
+        raise DevcontainerError(
+            f"{where}.args must be an object of at most {MAX_BUILD_ARGS} names and strings"
+        )
+    pairs: list[tuple[str, str]] = []
+    for name, value in args.items():
+        if not _ARG_NAME.match(name) or not isinstance(value, str) or len(value) > 4096:
+            raise DevcontainerError(
+                f"{where}.args.{name[:60]} must be a build argument name with a string value"
+            )
+        pairs.append((name, value))
+    target = build.get("target")
+    if target is not None and (not isinstance(target, str) or not _STAGE.match(target)):
+        raise DevcontainerError(
+            f"{where}.target must be a stage name, got {json.dumps(target)[:60]}"
+        )
+    return DevcontainerBuild(dockerfile, context, tuple(pairs), target)
+
+
 def parse_devcontainer(text: str, path: str = DEVCONTAINER_PATHS[0]) -> list[SetupCommand]:
     """The create commands of a devcontainer.json's text. Raises ``DevcontainerError``."""
+    return list(read_devcontainer(text, path).commands)
+
+
+def read_devcontainer(text: str, path: str = DEVCONTAINER_PATHS[0]) -> Devcontainer:
+    """What Bosun uses of a devcontainer.json's text: its create commands and its image.
+    Raises ``DevcontainerError``."""
     if len(text.encode()) > MAX_FILE_BYTES:
         raise DevcontainerError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -139,4 +247,9 @@ def parse_devcontainer(text: str, path: str = DEVCONTAINER_PATHS[0]) -> list[Set
                 )
         else:
             commands.append(command(_argv_or_line(value, source), source))
-    return commands
+    if "dockerComposeFile" in data:  # its image is a Compose service's: not used
+        return Devcontainer(path, tuple(commands), compose=True)
+    image = data.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        raise DevcontainerError(f"{path} image must be a string, got {json.dumps(image)[:60]}")
+    return Devcontainer(path, tuple(commands), image=image, build=_build_of(data, path))

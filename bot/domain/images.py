@@ -10,6 +10,11 @@ the list never lets ``python-evil`` or ``evil/python`` through.
 A repository Dockerfile is allowed only when the operator turned builds on, and then every
 ``FROM`` it names must itself be allowed: a build can copy anything out of its base image, so
 the base is what the operator vouches for.
+
+A dev container's image (``image`` or ``build`` of its devcontainer.json, used when
+``.github/bosun.yml`` names no ``image:``) follows the same rules, but it is not Bosun's policy
+file: what keeps it from being used is a note on the run, which goes on with the profile's
+image, not a refusal.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from bot.domain.devcontainer import Devcontainer
+from bot.domain.display import shown
 
 SETTING = "sandbox.allowed_images"
 SETTING_ENV = "BOSUN_SANDBOX__ALLOWED_IMAGES"
@@ -111,22 +119,95 @@ def refused_build(
             f"no run starts. An operator allows it with `{BUILD_SETTING}` "
             f"(`{BUILD_SETTING_ENV}=true`); or remove `image:` to use the default image.",
         )
+    problem = base_problem(dockerfile, bases, allowlist)
+    if problem is None:
+        return None
+    if problem.base is not None:
+        return ImageRefusal(
+            dockerfile,
+            f"`{dockerfile}` builds from `{problem.base[:200]}`, which this Bosun server does not "
+            "allow, so no run starts. An operator allows it by adding it, or a prefix such "
+            f"as `{_example_prefix(problem.base)}`, to `{SETTING}` (`{SETTING_ENV}`).",
+        )
+    return ImageRefusal(dockerfile, problem.message)
+
+
+@dataclass(frozen=True)
+class BaseProblem:
+    message: str
+    base: str | None = None
+    """The base image that is not allowed (None: the ``FROM`` lines themselves are the
+    problem)."""
+
+
+def base_problem(
+    dockerfile: str, bases: Sequence[str], allowlist: Sequence[str]
+) -> BaseProblem | None:
+    """What keeps the Dockerfile's ``FROM`` images (``bases``) from being built, or None."""
     if not bases:
-        return ImageRefusal(dockerfile, f"`{dockerfile}` has no `FROM` line Bosun can read.")
+        return BaseProblem(f"`{dockerfile}` has no `FROM` line Bosun can read.")
     for base in bases:
         if "$" in base:
-            return ImageRefusal(
-                dockerfile,
+            return BaseProblem(
                 f"`{dockerfile}` builds `FROM {base[:200]}`: Bosun needs the base image "
-                "written out (no build arguments), to check it against the allowed images.",
+                "written out (no build arguments), to check it against the allowed images."
             )
         if not image_allowed(base, allowlist):
-            return ImageRefusal(
-                dockerfile,
-                f"`{dockerfile}` builds from `{base[:200]}`, which this Bosun server does not "
-                "allow, so no run starts. An operator allows it by adding it, or a prefix such "
-                f"as `{_example_prefix(base)}`, to `{SETTING}` (`{SETTING_ENV}`).",
+            return BaseProblem(
+                f"`{dockerfile}` builds from {shown(base[:200], code=True)}, which this Bosun "
+                f"server does not allow (an operator adds it, or a prefix such as "
+                f"{shown(_example_prefix(base), code=True)}, to `{SETTING}`)",
+                base,
             )
+    return None
+
+
+PROXY_ARGS = frozenset({"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"})
+"""Docker's predefined proxy build arguments (any case): Bosun sets the proxy of a build."""
+
+
+def devcontainer_problem(
+    devcontainer: Devcontainer, builds: bool, allowlist: Sequence[str]
+) -> str | None:
+    """Why the dev container's image cannot be used (before its Dockerfile is read), or None.
+    The caller adds that the run uses the profile's image instead."""
+    where = devcontainer.path
+    if devcontainer.compose:
+        return f"`{where}` describes a Docker Compose dev container, which Bosun does not build"
+    build = devcontainer.build
+    if build is not None:
+        if not builds:
+            return (
+                f"the dev container (`{where}`) builds its image from "
+                f"{shown(build.dockerfile, code=True)}, but this Bosun server does not build "
+                f"repository images (an operator allows it with `{BUILD_SETTING}`)"
+            )
+        for name, value in build.args:
+            if name.lower() in PROXY_ARGS:
+                return (
+                    f"`{where}` sets the build argument `{name}`: a build's proxy is Bosun's "
+                    "(its egress proxy), not the repository's"
+                )
+            if "${" in value:
+                return (
+                    f"`{where}` build argument `{name}` uses a dev container variable "
+                    "(`${...}`), which Bosun does not substitute"
+                )
+        return None
+    image = devcontainer.image
+    if image is None:
+        return None
+    if not valid_reference(image):
+        return (
+            f"the dev container's image {shown(image[:200], code=True)} (`{where}`) is not a "
+            "valid image reference"
+        )
+    if not image_allowed(image, allowlist):
+        return (
+            f"the dev container's image {shown(image, code=True)} (`{where}`) is not allowed on "
+            f"this Bosun server (an operator adds it, or a prefix such as "
+            f"{shown(_example_prefix(image), code=True)}, to `{SETTING}`)"
+        )
     return None
 
 

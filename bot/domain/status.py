@@ -100,6 +100,8 @@ def phase_names(view: RunView) -> list[str]:
     """The phase rows in order, the agent's expanded into its workflow phases."""
     names: list[str] = []
     for name in PHASES:
+        if name == "prepare" and "image" in view.phases:  # a repository or dev container image
+            names.append("image")
         if name == "agent" and "setup" in view.phases:  # only runs that have a setup phase
             names.append("setup")
         names += list(view.agent_phases) if name == "agent" else [name]

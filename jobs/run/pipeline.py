@@ -33,11 +33,10 @@ from jobs.run.base import (
     StepFailed,
     utc_now,
 )
-from jobs.run.image import repository_image
+from jobs.run.image import ImageSteps
 from jobs.run.phases import Phase
 from jobs.run.prepare import PrepareSteps
 from jobs.run.publish import PublishSteps
-from jobs.run.setup import SetupSteps
 from jobs.run.steering import steer_wake_key
 from sandboxes.base import ExecResult
 from sandboxes.errors import SandboxError
@@ -99,7 +98,7 @@ async def _load(bosun: JobContext, run_id: str) -> Loaded | None:
         return Loaded(run, task, repository)
 
 
-class RunExecution(SetupSteps, PrepareSteps, PublishSteps):
+class RunExecution(ImageSteps, PrepareSteps, PublishSteps):
     """One run's execution: the steps in order, the cancel watch, the ending and clean-up."""
 
     async def execute(self) -> dict[str, Any]:
@@ -177,11 +176,7 @@ class RunExecution(SetupSteps, PrepareSteps, PublishSteps):
 
     async def _steps(self) -> None:
         await self.move(RunState.PREPARING)
-        image = await repository_image(
-            self.bosun, self.port, self.repository, self.config, self.events.emit
-        )
-        if image is not None:  # the repository's own image (allowed, pulled or built)
-            self.profile = self.profile.model_copy(update={"image": image})
+        await self._choose_image()  # the repository's or its dev container's, else the profile's
         await self._plan_setup()
         with tracing.span("prepare"):
             await self._prepare()

@@ -43,12 +43,13 @@ from bot.agents.egress import (
 )
 from bot.domain.devcontainer import (
     DEVCONTAINER_PATHS,
+    Devcontainer,
     DevcontainerError,
     SetupCommand,
     from_config,
-    parse_devcontainer,
+    read_devcontainer,
 )
-from bot.domain.egress import effective_policy
+from bot.domain.egress import EgressPolicy, effective_policy
 from bot.domain.prompt import INSTRUCTION_FILES, instruction_files, with_instructions
 from bot.forge.port import ForgeRefused
 from jobs.run.agent import AgentSteps
@@ -81,12 +82,21 @@ class SetupSteps(AgentSteps):
     setup_commands: tuple[SetupCommand, ...] = ()
     egress: EgressProxy | None = None
     """The run's egress proxy, when it has setup commands or its agent may reach registries."""
+    build_egress: EgressProxy | None = None
+    """The egress proxy of the repository image's build (``jobs.run.image``), when it had one."""
     caches: Caches | None = None
     cache_key = ""
     cache_reopened = False
     """Whether the run's cache copy has a writable part the agent may fill (``REOPENED_DIRS``)."""
     egress_phase = "setup"
     """The phase the proxy's requests are logged under (``setup``, then ``agent``)."""
+    _egress_policy_of_run: EgressPolicy | None = None
+    _devcontainer_read = False
+    _devcontainer_unreadable = False
+    devcontainer: Devcontainer | None = None
+    """The default branch's devcontainer.json, when it has one Bosun can use."""
+    devcontainer_problem: str | None = None
+    """Why the devcontainer.json there could not be used (unreadable, malformed)."""
 
     @property
     def _registries(self) -> bool:
@@ -101,17 +111,7 @@ class SetupSteps(AgentSteps):
         if not (self.setup_commands or self._registries):
             return
         egress = self.settings.egress
-        policy = effective_policy(
-            egress.allow,
-            egress.private_hosts,
-            egress.repository_may_allow,
-            self.config.egress.allow,
-            self.config.egress.deny,
-        )
-        for note in policy.notes:
-            decision = {"rule": "egress.allow", "decision": "ignore", "message": note}
-            self.policy.append(decision)
-            await self.events.emit("policy", decision)
+        policy = await self._egress_policy()
         self.egress = EgressProxy(
             self.run.id,
             socket_dir(self._run_dir()),
@@ -144,12 +144,34 @@ class SetupSteps(AgentSteps):
         fields = spec.model_dump() | {"mounts": spec.mounts + mounts, "env": {**spec.env, **env}}
         return SandboxSpec.model_validate(fields)  # validated again: mounts, env names
 
-    async def _setup_commands(self) -> tuple[SetupCommand, ...]:
-        """``setup:`` of the policy file, else the default branch's devcontainer.json's create
-        commands (both places asked at once: one round trip for the many repositories that
-        have neither)."""
-        if self.config.setup is not None:
-            return tuple(from_config(self.config.setup))
+    async def _egress_policy(self) -> EgressPolicy:
+        """The run's allowlist (the image's build and setup share it); what the repository
+        asked for beyond the operator's permission is said once, as ``policy`` events."""
+        if self._egress_policy_of_run is not None:
+            return self._egress_policy_of_run
+        egress = self.settings.egress
+        policy = effective_policy(
+            egress.allow,
+            egress.private_hosts,
+            egress.repository_may_allow,
+            self.config.egress.allow,
+            self.config.egress.deny,
+        )
+        self._egress_policy_of_run = policy
+        for note in policy.notes:
+            decision = {"rule": "egress.allow", "decision": "ignore", "message": note}
+            self.policy.append(decision)
+            await self.events.emit("policy", decision)
+        return policy
+
+    async def _devcontainer(self) -> Devcontainer | None:
+        """The default branch's devcontainer.json, read once per run (its image and its create
+        commands both come from it); both places asked at once: one round trip for the many
+        repositories that have neither. None when there is none, or when it cannot be used:
+        then ``devcontainer_problem`` says why."""
+        if self._devcontainer_read:
+            return self.devcontainer
+        self._devcontainer_read = True
         branch = self.repository.default_branch
         texts = await asyncio.gather(
             *(self.port.file_text(path, branch) for path in DEVCONTAINER_PATHS),
@@ -157,18 +179,35 @@ class SetupSteps(AgentSteps):
         )
         for path, text in zip(DEVCONTAINER_PATHS, texts, strict=True):
             if isinstance(text, ForgeRefused):  # unavailable: raised, the run says to retry
-                await self._skip_setup(f"{path} could not be read ({text}); no setup command ran")
-                return ()
+                self.devcontainer_problem = f"{path} could not be read ({text})"
+                self._devcontainer_unreadable = True
+                return None
             if isinstance(text, BaseException):
                 raise text
             if text is None:
                 continue
             try:
-                return tuple(parse_devcontainer(text, path))
+                self.devcontainer = read_devcontainer(text, path)
             except DevcontainerError as exc:
-                await self._skip_setup(f"{exc}; none of its setup commands ran")
-                return ()
-        return ()
+                self.devcontainer_problem = str(exc)
+            return self.devcontainer
+        return None
+
+    async def _setup_commands(self) -> tuple[SetupCommand, ...]:
+        """``setup:`` of the policy file, else the default branch's devcontainer.json's create
+        commands."""
+        if self.config.setup is not None:
+            return tuple(from_config(self.config.setup))
+        devcontainer = await self._devcontainer()
+        if self.devcontainer_problem is not None:
+            ran = (
+                "no setup command"
+                if self._devcontainer_unreadable
+                else "none of its setup commands"
+            )
+            await self._skip_setup(f"{self.devcontainer_problem}; {ran} ran")
+            return ()
+        return devcontainer.commands if devcontainer is not None else ()
 
     async def _skip_setup(self, message: str) -> None:
         """The repository's setup cannot run: say why on the run (its ``setup`` row and a
@@ -196,8 +235,19 @@ class SetupSteps(AgentSteps):
             self.view.egress_denied = self._denied()
             self.reporter.changed()
 
+    def _on_build_egress(self, record: EgressRecord) -> None:
+        self.events.buffer("egress", record.event_data("build"))
+        if not record.allowed:
+            self.view.egress_denied = self._denied()
+            self.reporter.changed()
+
     def _denied(self) -> list[tuple[str, int, int]]:
-        return self.egress.denied_hosts() if self.egress is not None else []
+        """What the run's proxies refused (the image's build, then setup and the agent)."""
+        counts: dict[tuple[str, int], int] = {}
+        for proxy in (self.build_egress, self.egress):
+            for host, port, attempts in proxy.denied_hosts() if proxy is not None else []:
+                counts[(host, port)] = counts.get((host, port), 0) + attempts
+        return [(host, port, n) for (host, port), n in counts.items()]
 
     async def _setup(self) -> None:
         """Name the repository's agent instructions in the prompt, then run the setup commands
