@@ -589,3 +589,51 @@ def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_af
             third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
             assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
             assert (index.sent[name], registry.sent[tgz]) == (2, 2)
+
+
+FLOOD_AGENT = r"""
+import os, time
+written = 0
+with open("/bosun-cache/uv/flood.bin", "wb") as out:
+    while written < 64:
+        out.write(os.urandom(1 << 20))
+        out.flush()
+        written += 1
+        print("wrote", written, flush=True)
+        time.sleep(0.1)
+print("flood: finished", flush=True)
+"""
+
+
+def test_the_agent_filling_uvs_writable_cache_is_stopped_like_a_full_workspace(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    """uv's folder of the run's copy is writable after setup, on the host's disk: the agent
+    writing into it is stopped at the repository's cache cap, and nothing of it is kept."""
+    profile = {"runner": "script", "command": ["python3", "-c", FLOOD_AGENT]}
+    caches = work_root / "caches"
+    with open_stack(
+        github_world,
+        tmp_path,
+        redis_url,
+        redis_namespace,
+        work_root,
+        profiles={"default": profile},
+        caches={"dir": caches, "max_bytes_per_repository": 8_000_000},
+    ) as stack:
+        stack.emulator.push(stack.repo, "main", {".github/bosun.yml": "setup:\n  - 'true'\n"})
+        number = stack.emulator.create_issue(stack.repo, "Flood", "Fill the disk.", "alice")
+        stack.emulator.add_labels(stack.repo, number, ["bosun"], "alice")
+        (run,) = stack.wait_run({"review_ready", "failed", "cancelled"}, timeout=120)
+        assert run["state"] == "failed", run
+        reason = run["reason"]
+        assert reason.startswith("the dependency cache (uv) grew past 8 MB (disk limit"), reason
+        assert "caches.max_bytes_per_repository" in reason and "nothing was pushed" in reason
+        transcript = stack.artifacts(run["id"])["transcript"].read_text()
+        assert "wrote 8" in transcript and "flood: finished" not in transcript, transcript
+        (key,) = [p for p in caches.iterdir() if p.is_dir()]
+        assert not list((key / "current").rglob("flood.bin"))  # published before the agent

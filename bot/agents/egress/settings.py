@@ -86,7 +86,11 @@ class CacheSettings(BaseModel):
     max_bytes_per_repository: int = Field(
         default=5 * 1024**3,
         gt=0,
-        description="A repository's cache larger than this after setup is dropped, not kept.",
+        description=(
+            "A repository's cache larger than this after setup is dropped, not kept; it is also "
+            "how far a run's copy may grow during setup, and uv's writable copy while the agent "
+            "runs (past it the command or the agent is stopped)."
+        ),
     )
     max_bytes: int = Field(
         default=50 * 1024**3,
