@@ -276,8 +276,10 @@ class SandboxSettings(_Group):
         default=False,
         description=(
             "Whether a repository may build its own image from a Dockerfile "
-            "(`image: {dockerfile: ...}`), on the worker host with no network. Every `FROM` "
-            "must be an allowed image present on the engine."
+            "(`image: {dockerfile: ...}`, or its dev container's `build`) on the worker host; "
+            "`RUN` steps reach only the hosts setup may reach, through the run's egress proxy "
+            "(no network when that allowlist is empty). Every `FROM` must be an allowed image "
+            "present on the engine."
         ),
     )
     image_build_timeout_seconds: int = Field(

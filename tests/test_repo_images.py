@@ -341,6 +341,10 @@ NETWORK_DOCKERFILE = (
     "RUN (python3 -c \"import urllib.request; urllib.request.urlopen('http://denied.example/')\""
     " 2>&1 || true) | tail -n 1 > /opt/denied\n"
     "RUN env | grep -ci proxy > /opt/proxy-vars || true\n"
+    # Around the proxy: the host's Redis on its loopback, and the internet.
+    "RUN for target in \"'127.0.0.1', 6379\" \"'1.1.1.1', 443\"; do"
+    ' python3 -c "import socket; socket.create_connection(($target), timeout=3)" 2>&1'
+    " | tail -n 1; done > /opt/direct || true\n"
     "USER agent\n"
 )
 
@@ -358,6 +362,7 @@ class Network:
         self.run_id = run_id
         self.records: list[Any] = []
         self.forwarders: list[str] = []
+        self.inspected: list[dict[str, Any]] = []
         directory = root / "build" / "egress"
         self.spec = SandboxSpec(
             run_id=run_id,
@@ -373,7 +378,6 @@ class Network:
         self.proxy = EgressProxy(
             run_id, directory, policy, on_request=self.records.append, sandbox_gid=None
         )
-        self.running_during_build = False
 
         @contextlib.asynccontextmanager
         async def serve() -> AsyncIterator[None]:
@@ -410,8 +414,7 @@ def networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[list[
 
     async def remembering(client: Any, container_id: str) -> None:
         made[-1].forwarders.append(container_id)
-        state = client.api.inspect_container(container_id)["State"]
-        made[-1].running_during_build = bool(state["Running"])
+        made[-1].inspected.append(client.api.inspect_container(container_id))
         await remove(client, container_id)
 
     monkeypatch.setattr(repoimage, "_remove_forwarder", remembering)
@@ -454,6 +457,10 @@ async def test_a_build_reaches_the_allowlist_through_the_egress_proxy_and_nothin
     assert inside("cat", "/opt/listener").strip() == "1"
     assert "HTTP Error 403" in inside("cat", "/opt/denied")
     assert inside("cat", "/opt/proxy-vars").strip() == "4"  # HTTP(S)_PROXY, http(s)_proxy
+    assert inside("cat", "/opt/direct").splitlines() == [
+        "ConnectionRefusedError: [Errno 111] Connection refused",  # not the host's loopback
+        "OSError: [Errno 101] Network is unreachable",
+    ]
 
     # Every request went through the proxy and was decided there.
     allowed = [(r.host, r.port) for r in net.records if r.allowed]
@@ -465,10 +472,23 @@ async def test_a_build_reaches_the_allowlist_through_the_egress_proxy_and_nothin
     # The proxy's address is not kept in the image: not in its configuration, not its history.
     config = client.api.inspect_image(built.image_id)["Config"]
     assert not [v for v in config.get("Env") or [] if "8789" in v or "proxy" in v.lower()]
-    steps = [h["CreatedBy"] for h in client.api.history(built.image_id)][:7]
+    steps = [h["CreatedBy"] for h in client.api.history(built.image_id)][:8]
     runs = [step for step in steps if "#(nop)" not in step]
-    assert len(runs) == 4 and all(run.startswith("|0 /bin/sh -c ") for run in runs), steps
+    assert len(runs) == 5 and all(run.startswith("|0 /bin/sh -c ") for run in runs), steps
     assert not [step for step in steps if "127.0.0.1:8789" in step or "_PROXY=" in step.upper()]
+
+    # The forwarder ran with the sandbox's hardening, Bosun's relay and the socket folder only.
+    (forwarder,) = net.inspected
+    host = forwarder["HostConfig"]
+    assert forwarder["Config"]["User"] == "1000:1000" and forwarder["State"]["Running"]
+    assert "/bosun-egress/forwarder.py" in forwarder["Config"]["Cmd"]
+    assert (host["NetworkMode"], host["CapDrop"], host["ReadonlyRootfs"]) == ("none", ["ALL"], True)
+    assert not host["Privileged"] and not host.get("CapAdd")
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert any(opt.startswith("seccomp=") for opt in host["SecurityOpt"])
+    assert (host["PidsLimit"], host["Memory"], host["Runtime"]) == (64, 128 * 1024**2, "runc")
+    binds = [(m["Destination"], m["RW"]) for m in forwarder["Mounts"]]
+    assert binds == [("/bosun-egress", False)]
 
     # Nothing of the build's network is left: forwarder gone, proxy stopped, socket removed.
     assert len(net.forwarders) == 1 and net.left(client) == []
@@ -499,7 +519,7 @@ async def test_the_forwarder_is_gone_after_a_failure_a_time_out_and_a_cancel(
     failing = repo.commit({".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN echo no && false\n"})
     with pytest.raises(ImageBuildError, match="failed"):
         await build(client, repo.request(failing), network.network)
-    assert network.running_during_build and network.left(client) == []
+    assert network.inspected[0]["State"]["Running"] and network.left(client) == []
     assert not network.proxy.running
 
     # A RUN step that never ends: the time limit removes the forwarder, then the step's

@@ -307,7 +307,8 @@ def _repo_path(value: str) -> str:
 
 class ImageBuildConfig(_Strict):
     """Build the sandbox image from a Dockerfile of this repository (its default branch), on
-    the worker with no network; the operator must allow builds and every `FROM` image."""
+    the worker, with network only through the run's egress proxy; the operator must allow
+    builds and every `FROM` image."""
 
     dockerfile: Annotated[str, Field(min_length=1, max_length=200)] = Field(
         description="Path of the Dockerfile, e.g. `.bosun/Dockerfile`."
