@@ -176,7 +176,9 @@ class DockerBackend(SandboxBackend):
             "security_opt": security_opt,
             "read_only": True,
             "tmpfs": {
-                "/tmp": f"{tmpfs_opts},mode=1777",  # noqa: S108 - a private tmpfs
+                # exec: Docker mounts a tmpfs noexec unless told, and test runners build and
+                # run binaries there (`go test`); /workspace is executable anyway
+                "/tmp": f"{tmpfs_opts},exec,mode=1777",  # noqa: S108 - a private tmpfs
                 spec.home: f"{tmpfs_opts},uid={spec.uid},gid={spec.gid},mode=0700",
             },
             "mounts": mounts,

@@ -7,7 +7,8 @@ cacheable like PyPI's files, at a throttled rate so a download the cache saves i
 counts each file it sent (``HEAD`` answers the same headers and counts nothing).
 
 ``npm_registry`` serves the same way what ``npm`` asks a registry for: ``/<name>`` (the
-packument: versions, ``dist.tarball`` and ``dist.integrity``) and ``/<name>/-/<file>.tgz``.
+packument: versions, ``dist.tarball`` and ``dist.integrity``) and ``/<name>/-/<file>.tgz``;
+``go_proxy`` what ``go`` asks a module proxy for (``GOPROXY`` protocol).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 import threading
 import time
@@ -84,8 +86,11 @@ NOT_FOUND: Page = (404, b"not found", "text/plain", "no-store", None)
 
 
 @contextlib.contextmanager
-def _serving(answer: Any, sent: Counter[str], bytes_per_second: int) -> Iterator[int]:
-    """Serve ``answer(path) -> Page`` on a free loopback port for the block; yields the port."""
+def _serving(
+    answer: Any, sent: Counter[str], bytes_per_second: int, address: str = "127.0.0.1"
+) -> Iterator[int]:
+    """Serve ``answer(path) -> Page`` on a free port of ``address`` for the block; yields the
+    port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:  # uv asks before it downloads a wheel
@@ -117,7 +122,7 @@ def _serving(answer: Any, sent: Counter[str], bytes_per_second: int) -> Iterator
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((address, 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -245,3 +250,85 @@ def npm_registry(
     with _serving(answer, sent, bytes_per_second) as port:
         registry = NpmRegistry(port, packages, sent)
         yield registry
+
+
+def _go_hash(files: dict[str, bytes]) -> str:
+    """Go's ``h1:`` hash of a module's files (``golang.org/x/mod/sumdb/dirhash.Hash1``)."""
+    summary = "".join(
+        f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in sorted(files)
+    )
+    return "h1:" + base64.b64encode(hashlib.sha256(summary.encode()).digest()).decode()
+
+
+@dataclass
+class GoModule:
+    """A module version as a Go module proxy serves it: ``go.mod`` and its ``.zip``."""
+
+    path: str
+    version: str
+    files: dict[str, bytes]
+    """File name in the module -> bytes (``go.mod`` among them)."""
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.version}.zip"
+
+    def zip(self) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in self.files.items():
+                archive.writestr(f"{self.path}@{self.version}/{name}", data)
+        return buffer.getvalue()
+
+    def go_sum(self) -> str:
+        """The module's two lines in a ``go.sum``."""
+        prefix = f"{self.path}@{self.version}/"
+        content = _go_hash({prefix + name: data for name, data in self.files.items()})
+        mod = _go_hash({"go.mod": self.files["go.mod"]})
+        return f"{self.path} {self.version} {content}\n{self.path} {self.version}/go.mod {mod}\n"
+
+
+@dataclass
+class GoProxy:
+    host: str
+    port: int
+    sent: Counter[str] = field(default_factory=Counter)
+    """``<module>@<version>.zip`` -> times it was sent."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def go_proxy(modules: list[GoModule], bytes_per_second: int = 2_000_000) -> Iterator[GoProxy]:
+    """Serve ``modules`` over the ``GOPROXY`` protocol: ``/<module>/@v/list``, ``.info``,
+    ``.mod`` and ``.zip`` (module paths in lower case here, so no ``!`` escapes).
+
+    Go never sends a request for ``localhost`` or a loopback address through ``HTTP_PROXY``
+    (``net/http``'s own rule), and a sandbox reaches nothing else, so the proxy is named by this
+    machine's host name and listens on the address that name resolves to."""
+    zips = {f"/{m.path}/@v/{m.zip_name}": (m, m.zip()) for m in modules}
+
+    def answer(path: str) -> Page:
+        for module in modules:
+            base = f"/{module.path}/@v/"
+            if not path.startswith(base):
+                continue
+            leaf = path.removeprefix(base)
+            if leaf == "list":
+                return 200, f"{module.version}\n".encode(), "text/plain", "max-age=0", None
+            if leaf == f"{module.version}.info":
+                info = {"Version": module.version, "Time": "2026-01-01T00:00:00Z"}
+                return 200, json.dumps(info).encode(), "application/json", "max-age=0", None
+            if leaf == f"{module.version}.mod":
+                return 200, module.files["go.mod"], "text/plain", "max-age=0", None
+            if path in zips:
+                counted = f"{module.path}@{module.zip_name}"
+                return 200, zips[path][1], "application/zip", "max-age=31536000", counted
+        return NOT_FOUND
+
+    host = socket.gethostname()
+    sent: Counter[str] = Counter()
+    with _serving(answer, sent, bytes_per_second, socket.gethostbyname(host)) as port:
+        yield GoProxy(host, port, sent)

@@ -10,6 +10,8 @@ Bosun web + worker + real Redis + real Docker + the GitHub emulator over loopbac
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,13 @@ from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.server import running
 from tests.package_index import (
+    GoModule,
+    GoProxy,
     NpmRegistry,
     PackageIndex,
     build_npm_package,
     build_wheel,
+    go_proxy,
     npm_registry,
     package_index,
 )
@@ -382,7 +387,7 @@ def test_a_broken_devcontainer_runs_nothing_and_says_why(stack: BosunStack) -> N
     )
 
 
-# --- uv and npm: the caches a Python (uv) and a Node (npm) project rely on ------------------
+# --- uv, npm and Go: the caches Python (uv), Node (npm) and Go projects rely on -------------
 
 UV_PROJECT = """[project]
 name = "fixture"
@@ -397,15 +402,41 @@ default = true
 """
 NODE_MAIN = "module.exports = () => require('bosun-npm-dep');\n"
 NODE_GATE = "const assert = require('assert'); assert.strictEqual(require('./index.js')(), 42);"
+GO_MODULE = "example.com/bosundep"
+GO_MAIN = """package main
 
-# The agent: reinstalls both environments from the (read-only) caches alone, then tries to
+import (
+	"fmt"
+
+	"example.com/bosundep"
+)
+
+func main() { fmt.Println(bosundep.Value) }
+"""
+GO_TEST = """package main
+
+import (
+	"testing"
+
+	"example.com/bosundep"
+)
+
+func TestValue(t *testing.T) {
+	if bosundep.Value != 42 {
+		t.Fatal(bosundep.Value)
+	}
+}
+"""
+
+# The agent: reinstalls or builds all three from the (read-only) caches alone, then tries to
 # change what the repository's cache holds; uv's folder is this run's to write, nothing in it
 # the repository's.
 TOOLS_AGENT = r"""
 import glob, json, os, pathlib, subprocess
 results = {}
 def run(name, *argv):
-    done = subprocess.run(argv, capture_output=True, text=True, cwd="/workspace")
+    env = {**os.environ, "GOPROXY": "off"}
+    done = subprocess.run(argv, capture_output=True, text=True, cwd="/workspace", env=env)
     results[name] = done.returncode
     print(name, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
 def attempt(name, change):
@@ -414,21 +445,25 @@ def attempt(name, change):
         results[name] = "open"
     except Exception as exc:
         results[name] = type(exc).__name__
+def first(pattern):
+    return ([p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)] or ["none"])[0]
 subprocess.run(["rm", "-rf", ".venv", "node_modules"], check=True, cwd="/workspace")
 run("uv_sync", "uv", "sync", "--offline")
 run("uv_run", "uv", "run", "--offline", "python", "-c", "import bosun_dep; print(bosun_dep.VALUE)")
 run("npm_ci", "npm", "ci", "--offline", "--no-audit", "--no-fund")
-module = (glob.glob("/bosun-cache/uv/archive-v*/*/bosun_dep/__init__.py") or ["none"])[0]
+run("go_build", "go", "build", "-o", "/tmp/fixture", ".")
+module = first("/bosun-cache/uv/archive-v*/*/bosun_dep/__init__.py")
 attempt("uv_file_write", lambda: open(module, "a").write("VALUE = 666\n"))
 def replace():
     os.unlink(module)
     pathlib.Path(module).write_text("VALUE = 666\n")
 attempt("uv_file_replace", replace)
-blob = [p for p in glob.glob("/bosun-cache/npm/_cacache/content-v2/**", recursive=True)
-        if os.path.isfile(p)] or ["none"]
-blob = blob[0]
+blob = first("/bosun-cache/npm/_cacache/content-v2/**")
 attempt("npm_file_write", lambda: open(blob, "a").write("x"))
 attempt("npm_new_file", lambda: open("/bosun-cache/npm/planted", "w"))
+source = first("/bosun-cache/go/mod/example.com/bosundep@*/dep.go")
+attempt("go_file_write", lambda: open(source, "a").write("const Evil = 1\n"))
+attempt("go_new_file", lambda: open("/bosun-cache/go/mod/planted", "w"))
 attempt("pip_new_file", lambda: open("/bosun-cache/pip/planted", "w"))
 print("probes: " + json.dumps(results, sort_keys=True))
 pathlib.Path("/workspace/app.py").write_text(
@@ -437,41 +472,69 @@ pathlib.Path("/workspace/app.py").write_text(
 """
 
 
-def tools_config() -> str:
+@dataclass
+class Registries:
+    """What the tools install from: a PEP 503 index (uv), an npm registry, a Go module proxy."""
+
+    index: PackageIndex
+    npm: NpmRegistry
+    go: GoProxy
+    go_module: GoModule
+
+    @property
+    def hosts(self) -> list[str]:
+        return [
+            f"127.0.0.1:{self.index.port}",
+            f"127.0.0.1:{self.npm.port}",
+            f"{self.go.host}:{self.go.port}",
+        ]
+
+
+def tools_config(registries: Registries) -> str:
     gates = [
         ("python", ["uv", "run", "--offline", "python", "-m", "unittest", "-v"]),
         ("node", ["sh", "-c", f'npm ci --offline --no-audit --no-fund && node -e "{NODE_GATE}"']),
+        ("go", ["sh", "-c", "GOPROXY=off go test ./..."]),
     ]
     return (
         "setup:\n"
         "  - echo cache-files-before=$(find /bosun-cache -type f | wc -l)\n"
         "  - uv sync\n"
         "  - npm ci --no-audit --no-fund\n"
+        f"  - GOPROXY={registries.go.url} GOSUMDB=off go mod download\n"
         "gates:\n"
         + "".join(f"  - name: {name}\n    run: {json.dumps(argv)}\n" for name, argv in gates)
     )
 
 
-def seed_tools(stack: BosunStack, repo: str, index: PackageIndex, registry: NpmRegistry) -> None:
+def seed_tools(stack: BosunStack, repo: str, registries: Registries) -> None:
+    npm = registries.npm
+    dependencies = {"bosun-npm-dep": "1.0.0"}
     lock = {
         "name": "fixture",
         "version": "1.0.0",
         "lockfileVersion": 3,
         "requires": True,
         "packages": {
-            "": {"name": "fixture", "version": "1.0.0", "dependencies": {"bosun-npm-dep": "1.0.0"}},
-            "node_modules/bosun-npm-dep": registry.lock_entry("bosun-npm-dep"),
+            "": {"name": "fixture", "version": "1.0.0", "dependencies": dependencies},
+            "node_modules/bosun-npm-dep": npm.lock_entry("bosun-npm-dep"),
         },
     }
-    package = {"name": "fixture", "version": "1.0.0", "dependencies": {"bosun-npm-dep": "1.0.0"}}
+    package = {"name": "fixture", "version": "1.0.0", "dependencies": dependencies}
+    module = registries.go_module
+    go_mod = f"module example.com/fixture\n\ngo 1.19\n\nrequire {module.path} {module.version}\n"
     files = {
-        ".github/bosun.yml": tools_config(),
+        ".github/bosun.yml": tools_config(registries),
         ".gitignore": ".venv/\nnode_modules/\nuv.lock\n",
-        "pyproject.toml": UV_PROJECT.replace("INDEX_URL", index.url),
+        "pyproject.toml": UV_PROJECT.replace("INDEX_URL", registries.index.url),
         "package.json": json.dumps(package, indent=2) + "\n",
         "package-lock.json": json.dumps(lock, indent=2) + "\n",
-        ".npmrc": f"registry={registry.url}\n",
+        ".npmrc": f"registry={npm.url}\n",
         "index.js": NODE_MAIN,
+        "go.mod": go_mod,
+        "go.sum": module.go_sum(),
+        "main.go": GO_MAIN,
+        "main_test.go": GO_TEST,
         "app.py": APP,
         "test_app.py": TESTS,
     }
@@ -494,7 +557,7 @@ def setup_step(stack: BosunStack, run_id: str, command: int, port: int) -> tuple
     return step["duration_s"], received
 
 
-def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_afterwards(
+def test_uv_npm_and_go_install_through_the_proxy_and_work_offline_from_the_cache_afterwards(
     github_world: World,
     tmp_path: Path,
     redis_url: str,
@@ -502,21 +565,32 @@ def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_af
     work_root: Path,
 ) -> None:
     image = tool_image()
-    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n", padding=WHEEL_PADDING // 2)
-    tarball = build_npm_package(
-        "bosun-npm-dep", "1.0.0", "module.exports = 42;\n", padding=WHEEL_PADDING // 2
+    padding = WHEEL_PADDING // 2
+    name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n", padding=padding)
+    tarball = build_npm_package("bosun-npm-dep", "1.0.0", "module.exports = 42;\n", padding)
+    module = GoModule(
+        GO_MODULE,
+        "v1.0.0",
+        {
+            "go.mod": f"module {GO_MODULE}\n\ngo 1.19\n".encode(),
+            "dep.go": b"package bosundep\n\nconst Value = 42\n",
+            "padding.bin": os.urandom(padding),
+        },
     )
-    tgz = "bosun-npm-dep-1.0.0.tgz"
+    tgz, zip_name = "bosun-npm-dep-1.0.0.tgz", f"{GO_MODULE}@v1.0.0.zip"
     with (
         package_index({"bosun-dep": (name, wheel)}) as index,
-        npm_registry({"bosun-npm-dep": ("1.0.0", tarball)}) as registry,
+        npm_registry({"bosun-npm-dep": ("1.0.0", tarball)}) as npm,
+        go_proxy([module]) as go,
     ):
+        registries = Registries(index, npm, go, module)
+
+        def downloads() -> tuple[int, int, int]:
+            return index.sent[name], npm.sent[tgz], go.sent[zip_name]
+
         command = ["python3", "-c", TOOLS_AGENT]
         profiles = {"default": {"runner": "script", "command": command, "image": image}}
-        egress = {
-            "allow": [f"127.0.0.1:{index.port}", f"127.0.0.1:{registry.port}"],
-            "private_hosts": ["127.0.0.1"],
-        }
+        private = ["127.0.0.1", go.host]
         caches = work_root / "caches"
         with open_stack(
             github_world,
@@ -525,28 +599,28 @@ def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_af
             redis_namespace,
             work_root,
             profiles=profiles,
-            egress=egress,
+            egress={"allow": registries.hosts, "private_hosts": private},
             caches={"dir": caches},
         ) as stack:
             seen: set[str] = set()
-            seed_tools(stack, stack.repo, index, registry)
+            seed_tools(stack, stack.repo, registries)
             first = run_once(stack, stack.repo, "Use the dependency", seen)
             setup_text = stack.artifacts(first["id"])["setup"].read_text()
             assert "cache-files-before=0" in setup_text, setup_text
-            assert (index.sent[name], registry.sent[tgz]) == (1, 1)
-            uv_cold, uv_cold_bytes = setup_step(stack, first["id"], 2, index.port)
-            npm_cold, npm_cold_bytes = setup_step(stack, first["id"], 3, registry.port)
-            assert uv_cold_bytes >= len(wheel) and npm_cold_bytes >= len(tarball)
+            assert downloads() == (1, 1, 1)
+            ports = {"uv": (2, index.port), "npm": (3, npm.port), "go": (4, go.port)}
+            cold = {tool: setup_step(stack, first["id"], *where) for tool, where in ports.items()}
+            assert all(size >= padding for _, size in cold.values()), cold
 
-            # Both gates ran uv and npm offline on the read-only caches and passed.
+            # The gates ran uv, npm and go offline on the read-only caches and passed.
             gates = {e["data"]["name"]: e["data"] for e in stack.events(first["id"], "gate_result")}
-            assert set(gates) == {"python", "node"}, gates
+            assert set(gates) == {"python", "node", "go"}, gates
             for gate in gates:
                 log = stack.artifacts(first["id"])[f"gate:{gate}"].read_text()
                 assert gates[gate]["passed"] is True, log
 
-            # The agent reinstalled both from the caches alone; it could not change a cached
-            # file, and what it replaced in uv's folder stayed in its own run.
+            # The agent reinstalled and built from the caches alone; it could not change a
+            # cached file, and what it replaced in uv's folder stayed in its own run.
             transcript = stack.artifacts(first["id"])["transcript"].read_text()
             line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
             probes = json.loads(line.removeprefix("probes: "))
@@ -554,10 +628,13 @@ def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_af
                 "uv_sync": 0,
                 "uv_run": 0,
                 "npm_ci": 0,
+                "go_build": 0,
                 "uv_file_write": "PermissionError",
                 "uv_file_replace": "open",
                 "npm_file_write": "PermissionError",
                 "npm_new_file": "PermissionError",
+                "go_file_write": "PermissionError",
+                "go_new_file": "PermissionError",
                 "pip_new_file": "PermissionError",
             }, transcript
             (key,) = [p for p in caches.iterdir() if p.is_dir()]
@@ -565,30 +642,31 @@ def test_uv_and_npm_install_through_the_proxy_and_work_offline_from_the_cache_af
             assert published.read_text() == "VALUE = 42\n"
             assert published.stat().st_uid == 0 and not published.stat().st_mode & 0o022
 
-            # The second run: uv and npm install from the cache (and uv, whose lock files the
-            # first run left, is not stopped by them).
+            # The second run: all three install from the cache (uv, whose lock files the first
+            # run left, is not stopped by them).
             second = run_once(stack, stack.repo, "Use the dependency again", seen)
-            assert (index.sent[name], registry.sent[tgz]) == (1, 1)
-            uv_warm, uv_warm_bytes = setup_step(stack, second["id"], 2, index.port)
-            npm_warm, npm_warm_bytes = setup_step(stack, second["id"], 3, registry.port)
-            assert uv_warm_bytes < 10_000 and npm_warm_bytes < 10_000
+            assert downloads() == (1, 1, 1)
+            warm = {tool: setup_step(stack, second["id"], *where) for tool, where in ports.items()}
+            assert all(size < 10_000 for _, size in warm.values()), warm
             gates = {
                 e["data"]["name"]: e["data"] for e in stack.events(second["id"], "gate_result")
             }
-            assert all(gate["passed"] for gate in gates.values()), gates
+            assert len(gates) == 3 and all(gate["passed"] for gate in gates.values()), gates
             print(
-                f"uv sync: cold {uv_cold:.2f}s ({uv_cold_bytes} B), warm {uv_warm:.2f}s "
-                f"({uv_warm_bytes} B); npm ci: cold {npm_cold:.2f}s ({npm_cold_bytes} B), "
-                f"warm {npm_warm:.2f}s ({npm_warm_bytes} B)"
+                "; ".join(
+                    f"{tool}: cold {cold[tool][0]:.2f}s ({cold[tool][1]} B), "
+                    f"warm {warm[tool][0]:.2f}s ({warm[tool][1]} B)"
+                    for tool in ports
+                )
             )
 
-            # Another repository's run sees none of it and downloads both again.
+            # Another repository's run sees none of it and downloads all three again.
             other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
             github_world.emulator.add_user("alice", other.full_name, "write")
-            seed_tools(stack, other.full_name, index, registry)
+            seed_tools(stack, other.full_name, registries)
             third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
             assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
-            assert (index.sent[name], registry.sent[tgz]) == (2, 2)
+            assert downloads() == (2, 2, 2)
 
 
 FLOOD_AGENT = r"""

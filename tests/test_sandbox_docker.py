@@ -259,6 +259,10 @@ async def test_only_workspace_and_tmpfs_are_writable(
     for path in ("/tmp/x", "/home/agent/x", "/workspace/x"):
         (await backend.exec(sandbox, ["sh", "-c", f"echo data > {path}"])).check()
     assert (workspace_dir / "x").read_text() == "data\n"
+    # /tmp runs what is built there (`go test`); home stays noexec, Docker's default
+    (await backend.exec(sandbox, ["sh", "-c", "cp /bin/true /tmp/t && /tmp/t"])).check()
+    home = await backend.exec(sandbox, ["sh", "-c", "cp /bin/true /home/agent/t && /home/agent/t"])
+    assert home.exit_code != 0
     big = await backend.exec(sandbox, ["sh", "-c", "head -c 40000000 /dev/zero > /tmp/big"])
     assert big.exit_code != 0  # the 32m tmpfs is full
 

@@ -1,12 +1,14 @@
-"""An agent image with uv and npm, as an operator's image for Python and Node projects has.
+"""An agent image with uv, npm and Go, as an operator's image for Python, Node and Go projects
+has.
 
-``bosun-agent:latest`` has ``python3`` and ``node`` but neither uv nor npm. ``tool_image()``
+``bosun-agent:latest`` has ``python3`` and ``node`` but neither uv, npm nor Go. ``tool_image()``
 builds ``bosun-test-tools:<hash>`` from it, with the network off: uv's static binary (from its
-PyPI wheel, fetched with ``pip download``) in ``/usr/local/bin`` and npm (pure JavaScript, its
-registry tarball) under ``/opt/npm`` with an ``npm`` wrapper. Both downloads are pinned by
-hash and kept in ``.cache/test-assets`` between runs; the image is tagged by what went into it
-(the base image's id included), so it is built once per machine and rebuilt when the agent
-image is.
+PyPI wheel, fetched with ``pip download``) in ``/usr/local/bin``, npm (pure JavaScript, its
+registry tarball) under ``/opt/npm`` with an ``npm`` wrapper, and Debian bookworm's
+``golang-go`` (its .debs fetched on the host by ``sandboxes/images/fetch_debs.sh``, as the
+agent image's are). uv and npm are pinned by hash and kept in ``.cache/test-assets`` between
+runs; the image is tagged by what went into it (the base image's id included), so it is built
+once per machine (about 25 s, most of it unpacking Go) and rebuilt when the agent image is.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ NPM_INTEGRITY = (
 )
 NPM_TARBALL = f"https://registry.npmjs.org/npm/-/npm-{NPM_VERSION}.tgz"
 
+DEBS = ("golang-go",)
 DOCKERFILE = f"""FROM {BASE}
+USER root
+COPY debs/ /tmp/debs/
+RUN dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs
 COPY uv npm /usr/local/bin/
 ADD npm.tgz /opt/npm/
+USER 1000:1000
 """
 NPM_WRAPPER = '#!/bin/sh\nexec node /opt/npm/package/bin/npm-cli.js "$@"\n'
 
@@ -90,7 +97,8 @@ def tool_image() -> str:
     client = docker_client()
     try:
         base = client.images.get(BASE).id
-        key = hashlib.sha256(f"{DOCKERFILE}{NPM_WRAPPER}{UV_SHA256}{NPM_INTEGRITY}{base}".encode())
+        parts = f"{DOCKERFILE}{DEBS}{NPM_WRAPPER}{UV_SHA256}{NPM_INTEGRITY}{base}"
+        key = hashlib.sha256(parts.encode())
         tag = f"{REPOSITORY}:{key.hexdigest()[:16]}"
         try:
             client.images.get(tag)
@@ -102,6 +110,12 @@ def tool_image() -> str:
         with tempfile.TemporaryDirectory() as folder:
             context = Path(folder)
             (context / "Dockerfile").write_text(DOCKERFILE)
+            fetch = [str(ROOT / "sandboxes/images/fetch_debs.sh"), str(context / "debs"), BASE]
+            done = subprocess.run(
+                [*fetch, *DEBS], capture_output=True, text=True, timeout=600, check=False
+            )
+            if done.returncode != 0:
+                missing("Go's packages", f"fetch_debs.sh failed: {done.stderr.strip()[-500:]}")
             (context / "npm.tgz").write_bytes(_npm_tarball())
             for name, data in (("uv", uv), ("npm", NPM_WRAPPER.encode())):
                 (context / name).write_bytes(data)
