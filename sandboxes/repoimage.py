@@ -15,6 +15,8 @@ A build:
   ``pip``, ``apt``, ``npm``, ``curl`` reach what the proxy allows and nothing else. The forwarder
   and every container that joined it are removed when the build ends, fails, times out or is
   cancelled;
+* reuses layers of the repository's own earlier images only (``own_images``), never another
+  repository's;
 * is cached by content: the image is tagged ``bosun-repo/<owner>-<name>:<digest>`` where the
   digest covers the context's git tree id, the Dockerfile's path, the ids of the base images,
   the build arguments and target, and whether the build had a network, so the next run of the
@@ -56,6 +58,8 @@ MAX_CONTEXT_BYTES = 512 * 1024 * 1024
 """Largest build context (the archived folder) sent to the engine."""
 DIGEST_VERSION = "bosun-repo-image/2"
 """Changes when what an image is built from changes meaning (2: builds may have a network)."""
+CACHE_SOURCES = 8
+"""How many of a repository's latest images its build may reuse layers of."""
 FORWARDER_READY_SECONDS = 15.0
 """How long the forwarder container may take to listen."""
 
@@ -295,6 +299,7 @@ async def _run_build(
             network_mode=network_mode,
             buildargs={**dict(request.args), **proxy_args},
             use_config_proxy=False,  # never the worker's own proxy settings
+            cache_from=own_images(client, request.repo),
             target=request.target,
             pull=False,
             rm=True,
@@ -324,6 +329,23 @@ async def _run_build(
         ) from exc
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
         raise ImageBuildError(f"the engine refused the build: {exc}") from exc
+
+
+def own_images(client: docker.DockerClient, repo: str) -> list[str]:
+    """The repository's own images (its latest ``CACHE_SOURCES``), the only ones whose layers
+    its build may reuse. Given as the build's cache sources, the engine's builder takes a
+    cached step only from their history, never another repository's layer: a ``RUN`` step's
+    layer is cached by its text alone, and what it fetched through the proxy may differ from
+    one repository to the next. With none (a repository's first build) a name that does not
+    exist stands in, so nothing is reused."""
+    name = repo_tag(repo, "x").split(":", 1)[0]
+    found = sorted(
+        client.images.list(name=name),
+        key=lambda image: str(image.attrs.get("Created")),
+        reverse=True,
+    )
+    tags = [tag for image in found for tag in image.tags if tag.startswith(f"{name}:")]
+    return tags[:CACHE_SOURCES] or [f"{name}:none"]
 
 
 @contextlib.asynccontextmanager

@@ -126,7 +126,7 @@ class Repo:
     def __init__(self, root: Path) -> None:
         self.work = root / "work"
         self.mirror = root / "mirror.git"
-        self.work.mkdir()
+        self.work.mkdir(parents=True)
         _git(self.work, "init", "-q", "-b", "main")
         _git(self.work, "config", "user.email", "t@example.com")
         _git(self.work, "config", "user.name", "T")
@@ -557,3 +557,40 @@ async def test_the_forwarder_is_gone_after_a_failure_a_time_out_and_a_cancel(
     assert len(network.forwarders) == 3 and network.left(client) == []
     assert not network.proxy.running
     client.close()
+
+
+@pytest.mark.docker
+async def test_a_build_reuses_only_its_own_repositorys_layers(tmp_path: Path) -> None:
+    """A RUN step's layer is cached by its text: another repository with the same step must
+    not get this one's layer (what the step fetched may differ), the repository itself does."""
+    client = docker_client()
+    dockerfile = (
+        "FROM bosun-agent:latest\nUSER root\n"
+        "RUN od -An -N8 -tx8 /dev/urandom > /opt/made-by\nCOPY tool.txt /opt/tool.txt\n"
+    )
+    first, second = Repo(tmp_path / "a"), Repo(tmp_path / "b")
+    try:
+        mine = await build(
+            client, first.request(first.commit({".bosun/Dockerfile": dockerfile, "tool.txt": "1"}))
+        )
+        theirs = await build(
+            client,
+            second.request(second.commit({".bosun/Dockerfile": dockerfile, "tool.txt": "1"})),
+        )
+        again = await build(client, first.request(first.commit({"tool.txt": "2"})))
+        assert mine.built and theirs.built and again.built
+
+        def made_by(tag: str) -> str:
+            out = client.containers.run(
+                tag, ["cat", "/opt/made-by"], remove=True, network_mode="none"
+            )
+            return bytes(out).decode()
+
+        assert made_by(again.tag) == made_by(mine.tag)  # its own earlier layer, reused
+        assert made_by(theirs.tag) != made_by(mine.tag)  # never another repository's
+    finally:
+        for made in (first, second):
+            prefix = repo_tag(made.name, "x").split(":", 1)[0]
+            for image in client.images.list(name=prefix):
+                client.images.remove(image.id, force=True)
+        client.close()
