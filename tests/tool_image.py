@@ -52,13 +52,22 @@ USER 1000:1000
 NPM_WRAPPER = '#!/bin/sh\nexec node /opt/npm/package/bin/npm-cli.js "$@"\n'
 
 
+def _pip() -> list[str]:
+    """The host's pip: the system Python's, else (a machine set up with uv only) uv's ``uvx``."""
+    try:
+        subprocess.run(["python3", "-m", "pip", "--version"], capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ["uvx", "pip"]
+    return ["python3", "-m", "pip"]
+
+
 def _uv_wheel() -> bytes:
     path = ASSETS / UV_WHEEL
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != UV_SHA256:
         ASSETS.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as folder:
             argv = [
-                "python3", "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                *_pip(), "download", "--no-deps", "--only-binary", ":all:",
                 "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
                 "--disable-pip-version-check", "-d", folder, f"uv=={UV_VERSION}",
             ]  # fmt: skip
