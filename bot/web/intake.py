@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -140,6 +142,7 @@ class DeliveryIntake:
         self._file: Engine | None = sqlite_file_engine(engine)
         self._file_conn: Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._lock: int | None = None
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         # One statement for every batch, executed with a list of rows: compiled once and
         # cached; SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues").
@@ -182,6 +185,9 @@ class DeliveryIntake:
             self._thread = None
 
     def _close_file(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         if self._file_conn is not None:
             with contextlib.suppress(Exception):
                 self._file_conn.close()
@@ -298,6 +304,11 @@ class DeliveryIntake:
         assert self._file is not None
         if self._file_conn is None:
             self._file_conn = self._file.connect()
+        if self._lock is None:
+            self._lock = os.open(f"{self._file.url.database}.intake-lock", os.O_RDWR | os.O_CREAT)
+        # The web processes' writers take turns through a lock the kernel hands over at once;
+        # left to SQLite, a writer that finds the database locked sleeps 1 ms, 2 ms, 5 ms...
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             with self._file_conn.begin():
                 return self._write_rows(self._file_conn, rows, deliveries, copies)
@@ -305,6 +316,8 @@ class DeliveryIntake:
             self._file_conn.close()
             self._file_conn = None
             raise
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def _write_rows(
         self,
