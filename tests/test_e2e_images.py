@@ -30,6 +30,8 @@ DOCKERFILE = (
     "FROM bosun-agent:latest\n"
     "USER root\n"
     "COPY app.py /opt/app-at-build.py\n"
+    # The forwarder's namespace, whatever runArgs say: loopback only.
+    'RUN test "$(ls /sys/class/net)" = lo\n'
     "RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --disable-pip-version-check"
     " --trusted-host 127.0.0.1 --index-url INDEX_URL bosun-dep\n"
     "RUN (python3 -c \"import urllib.request; urllib.request.urlopen('http://denied.example/')\""
@@ -90,6 +92,7 @@ def test_a_dev_container_is_built_through_the_egress_proxy_or_left_for_the_defau
         seen: set[str] = set()
         try:
             built_run(stack, seen, index.url, index.port)
+            failed_build_run(stack, seen)
             default_run(stack, seen)
         finally:
             client = docker_client()
@@ -136,6 +139,26 @@ def built_run(stack: BosunStack, seen: set[str], index_url: str, index_port: int
     assert "`denied.example:80`" in pr["body"] and "Blocked network requests" in pr["body"]
 
     # Nothing of the build's network is left: its forwarder container went with the build.
+    assert left_containers(run["id"]) == []
+
+
+def failed_build_run(stack: BosunStack, seen: set[str]) -> None:
+    """A dev container whose build fails: the run goes on with the profile's image."""
+    dockerfile = "FROM bosun-agent:latest\nRUN echo compiling-the-dev-container && false\n"
+    files = {".devcontainer/Dockerfile": dockerfile, ".github/bosun.yml": "gates: []\n"}
+    stack.emulator.push(stack.repo, "main", files, user="alice")
+    run = run_once(stack, stack.repo, "Edit with a broken dev container build", seen)
+    (decision,) = [
+        e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
+    ]
+    assert decision["decision"] == "default" and decision["image"] == ".devcontainer/Dockerfile"
+    assert "could not be built" in decision["message"]
+    assert "`image-build` artifact" in decision["message"]
+    log = stack.artifacts(run["id"])["image-build"].read_text()
+    assert "compiling-the-dev-container" in log
+    check = check_run_of(stack, stack.repo, run["head_sha"])
+    row = image_row(check["output"]["summary"])
+    assert "⏭️ skipped" in row and "`bosun-agent:latest`" in row
     assert left_containers(run["id"]) == []
 
 
