@@ -186,3 +186,69 @@ def default_run(stack: BosunStack, seen: set[str]) -> None:
     )
     status = [c["body"] for c in issue["comments"] if "<!-- bosun:status -->" in c["body"]]
     assert len(status) == 1 and "| image | ⏭️ skipped |" in status[0] and "`node:20`" in status[0]
+
+
+def test_with_an_empty_allowlist_a_build_has_no_network_and_a_broken_file_is_named(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    with open_stack(
+        github_world,
+        tmp_path,
+        redis_url,
+        redis_namespace,
+        work_root,
+        profiles={"default": {"runner": "script", "command": ["python3", "-c", AGENT]}},
+        egress={"allow": []},
+        sandbox={"repo_dockerfiles": True, "allowed_images": ["bosun-agent:latest"]},
+    ) as stack:
+        seen: set[str] = set()
+        # No forwarder: the RUN step is alone on its loopback, nothing listens on 8789.
+        dockerfile = (
+            "FROM bosun-agent:latest\n"
+            'RUN test "$(ls /sys/class/net)" = lo && ! grep -q " 0100007F:2255 " /proc/net/tcp'
+            ' && test -z "$HTTP_PROXY"\n'
+        )
+        devcontainer = '{"build": {"dockerfile": "Dockerfile"}}'
+        files = {
+            ".devcontainer/devcontainer.json": devcontainer,
+            ".devcontainer/Dockerfile": dockerfile,
+            ".github/bosun.yml": "gates: []\n",
+        }
+        try:
+            stack.emulator.push(stack.repo, "main", files, user="alice")
+            run = run_once(stack, stack.repo, "Build offline", seen)
+            (decision,) = [
+                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
+            ]
+            assert (decision["decision"], decision["network"]) == ("build", "none"), decision
+            check = check_run_of(stack, stack.repo, run["head_sha"])
+            assert "no network)" in image_row(check["output"]["summary"])
+            assert stack.events(run["id"], "egress") == []
+
+            # `setup: []` in the policy file: the broken dev container is named on the image row.
+            broken = '{"build": {"dockerfile": "/etc/Dockerfile"}}'
+            files = {".devcontainer/devcontainer.json": broken, ".github/bosun.yml": "setup: []\n"}
+            stack.emulator.push(stack.repo, "main", files, user="alice")
+            run = run_once(stack, stack.repo, "Edit with a broken dev container", seen)
+            (decision,) = [
+                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
+            ]
+            assert decision["decision"] == "default"
+            assert "build.dockerfile must be relative" in decision["message"]
+            check = check_run_of(stack, stack.repo, run["head_sha"])
+            row = image_row(check["output"]["summary"])
+            assert (
+                "⏭️ skipped" in row
+                and "must be relative" in row
+                and "| setup |" not in (check["output"]["summary"])
+            )
+        finally:
+            client = docker_client()
+            prefix = repo_tag(stack.repo, "x").split(":", 1)[0]
+            for image in client.images.list(name=prefix):
+                client.images.remove(image.id, force=True)
+            client.close()
