@@ -188,7 +188,7 @@ def default_run(stack: BosunStack, seen: set[str]) -> None:
     assert len(status) == 1 and "| image | ⏭️ skipped |" in status[0] and "`node:20`" in status[0]
 
 
-def test_with_an_empty_allowlist_a_build_has_no_network_and_a_broken_file_is_named(
+def test_an_offline_build_an_allowed_dev_container_image_and_a_broken_file_named(
     github_world: World,
     tmp_path: Path,
     redis_url: str,
@@ -228,6 +228,23 @@ def test_with_an_empty_allowlist_a_build_has_no_network_and_a_broken_file_is_nam
             check = check_run_of(stack, stack.repo, run["head_sha"])
             assert "no network)" in image_row(check["output"]["summary"])
             assert stack.events(run["id"], "egress") == []
+
+            # An image the operator allows: used as it is.
+            allowed = '{"image": "bosun-agent:latest"}'
+            files = {".devcontainer/devcontainer.json": allowed}
+            stack.emulator.push(stack.repo, "main", files, user="alice")
+            run = run_once(stack, stack.repo, "Edit on the dev container's image", seen)
+            (decision,) = [
+                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
+            ]
+            assert decision == {
+                "rule": "image",
+                "decision": "allow",
+                "image": "bosun-agent:latest",
+                "source": ".devcontainer/devcontainer.json",
+            }
+            check = check_run_of(stack, stack.repo, run["head_sha"])
+            assert "(the dev container's" in image_row(check["output"]["summary"])
 
             # `setup: []` in the policy file: the broken dev container is named on the image row.
             broken = '{"build": {"dockerfile": "/etc/Dockerfile"}}'
