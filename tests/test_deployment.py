@@ -92,6 +92,26 @@ def pg_schema() -> Iterator[str]:
     asyncio.run(_pg_admin(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
+def _send_ping(port: int, webhook_secret: str, zen: str) -> str:
+    """POST a signed ``ping`` delivery to the deployed web role; its delivery id (202 checked)."""
+    delivery = str(uuid.uuid4())
+    payload = json.dumps({"zen": zen, "hook_id": 1}).encode()
+    signature = hmac.new(webhook_secret.encode(), payload, hashlib.sha256).hexdigest()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/github",
+        data=payload,
+        headers={
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": f"sha256={signature}",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    return delivery
+
+
 def _wait(probe: Any, what: str, seconds: float = 60) -> Any:
     deadline = time.monotonic() + seconds
     while True:
@@ -221,21 +241,7 @@ def test_role_containers_serve_a_delivery(tmp_path: Path, pg_schema: str) -> Non
             output.splitlines()
         ), output
 
-        delivery = str(uuid.uuid4())
-        payload = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
-        signature = hmac.new(webhook_secret.encode(), payload, hashlib.sha256).hexdigest()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/webhooks/github",
-            data=payload,
-            headers={
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "ping",
-                "X-GitHub-Delivery": delivery,
-                "X-Hub-Signature-256": f"sha256={signature}",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 202
+        delivery = _send_ping(port, webhook_secret, "Keep it logically awesome.")
 
         async def delivery_status() -> str | None:
             import asyncpg
@@ -385,21 +391,7 @@ def test_compose_stack_comes_up_and_serves_a_delivery(tmp_path: Path) -> None:
             "bosun worker --check passing in the worker container",
             90,
         )
-        delivery = str(uuid.uuid4())
-        payload = json.dumps({"zen": "Design for failure.", "hook_id": 2}).encode()
-        signature = hmac.new(webhook_secret.encode(), payload, hashlib.sha256).hexdigest()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/webhooks/github",
-            data=payload,
-            headers={
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "ping",
-                "X-GitHub-Delivery": delivery,
-                "X-Hub-Signature-256": f"sha256={signature}",
-            },
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 202
+        delivery = _send_ping(port, webhook_secret, "Design for failure.")
         query = f"SELECT status FROM deliveries WHERE id = '{delivery}'"
         status = _wait(
             lambda: (
