@@ -543,18 +543,23 @@ async def test_the_forwarder_is_gone_after_a_failure_a_time_out_and_a_cancel(
     changed = repo.commit({".bosun/Dockerfile": "FROM bosun-agent:latest\nRUN sleep 301\n"})
     task = asyncio.create_task(build(client, repo.request(changed), network.network))
     await started
-    for _ in range(100):  # until the RUN step's container is in the forwarder's namespace
+    joined: list[str] = []
+    for _ in range(300):  # until the RUN step's container is in the forwarder's namespace
         await asyncio.sleep(0.1)
-        if any(
-            (c.get("HostConfig") or {}).get("NetworkMode", "").startswith("container:")
-            and "sleep 301" in json.dumps(c.get("Command"))
+        joined = [
+            c["Id"]
             for c in client.api.containers()
-        ):
+            if (c.get("HostConfig") or {}).get("NetworkMode", "").startswith("container:")
+            and "sleep 301" in json.dumps(c.get("Command"))
+        ]
+        if joined:
             break
+    assert joined, "the RUN step never started"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(network.forwarders) == 3 and network.left(client) == []
+    assert not client.api.containers(all=True, filters={"id": joined[0]})  # the step, removed
     assert not network.proxy.running
     client.close()
 
