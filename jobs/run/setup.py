@@ -34,6 +34,7 @@ import structlog
 
 from bot.agents.egress import (
     EGRESS_MOUNT,
+    PROXY_PORT,
     EgressProxy,
     EgressRecord,
     caches_of,
@@ -453,6 +454,7 @@ class SetupSteps(AgentSteps):
             self.bosun.backend.exec(self.sandbox, forwarder_argv([]), timeout=self.remaining() + 60)
         )
         try:
+            await self._forwarder_listening()
             return await super()._run_workflow()
         finally:
             serve.cancel()
@@ -460,6 +462,25 @@ class SetupSteps(AgentSteps):
                 await serve
             await self.egress.stop()
             self.view.egress_denied = self._denied()
+
+    async def _forwarder_listening(self) -> None:
+        """Wait until the forwarder listens (a few seconds at most), so an agent that connects
+        the moment it starts finds the proxy; read from ``/proc/net/tcp``, not by connecting
+        (a probe would be a request of its own)."""
+        assert self.sandbox is not None
+        probe = (
+            "import sys, time\n"
+            "deadline = time.monotonic() + 5\n"
+            "while time.monotonic() < deadline:\n"
+            "    rows = [line.split() for line in open('/proc/net/tcp').readlines()[1:]]\n"
+            f"    if any(r[1] == '0100007F:{PROXY_PORT:04X}' and r[3] == '0A' for r in rows):\n"
+            "        sys.exit(0)\n"
+            "    time.sleep(0.02)\n"
+            "sys.exit(1)\n"
+        )
+        result = await self.bosun.backend.exec(self.sandbox, ["python3", "-c", probe], timeout=10)
+        if not result.ok:
+            log.warning("egress_forwarder_not_listening", exit_code=result.exit_code)
 
     async def _cleanup_setup(self) -> None:
         if self.egress is not None:
