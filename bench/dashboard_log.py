@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import re
 import tempfile
 import time
@@ -31,10 +30,9 @@ from typing import Any
 from bench.dashboard import CHROMIUM, admin_link
 from bench.label_to_agent import wait
 from bench.live_log import deployed, disorder, runs_of, ticker_command
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bench.webhook_ack import host_busy_seconds
 from bot.logs import configure_logging
-from tests.services import with_redis_password
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "dashboard_log.json"
 ACTIVE = {"queued", "preparing", "running", "gates"}
@@ -187,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs printing (the page shows one)")
     parser.add_argument("--database-url", default="", help="default: SQLite in the temp folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument(
         "--smoke", action="store_true", help="one short round (1 s of lines, 2 s start delay)"

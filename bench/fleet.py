@@ -37,10 +37,10 @@ import httpx
 
 from bench.live_log import Deployment, deployed, make_token, runs_of
 from bench.loadgen import Target, fixed_rate
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bench.webhook_ack import _schema, host_busy_seconds
 from tests.queue_audit import STARTED_MARK, CommentSampler, audit, run_facts
-from tests.services import POSTGRES_URL, with_redis_password
+from tests.services import POSTGRES_URL
 
 RESULTS = Path(__file__).parent / "results"
 ENDED = {"failed", "review_ready", "cancelled", "timed_out", "rejected", "merged"}
@@ -216,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("BOSUN_BENCH_POSTGRES_URL", POSTGRES_URL),
         help="part 2 runs in a temporary schema of this database",
     )
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--skip", choices=["agents", "queue"], help="run one part only")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--trace", type=Path, help="write the queue part's runs and samples here")

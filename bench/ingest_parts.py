@@ -30,12 +30,12 @@ import structlog
 from sqlalchemy import insert, text
 
 from bench.loadgen import labeled_body
-from bench.stats import table
+from bench.stats import add_redis_option, table
 from bot.db.engine import create_engine, session_factory
 from bot.db.migrate import upgrade
 from bot.db.models import Delivery
 from bot.services import redis_pool
-from tests.services import POSTGRES_URL, with_redis_password
+from tests.services import POSTGRES_URL
 
 N = 300
 ROUNDS = 5
@@ -183,12 +183,7 @@ async def run(database_url: str, redis_url: str) -> list[list[object]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest_parts")
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument(
         "--postgres",
         nargs="?",

@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.loadgen import Target, fixed_rate, labeled_body
 from bench.servers import BosunServe, ProbotApp, Receiver
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bench.webhook_ack import (
     SECRET,
     _schema,
@@ -42,7 +42,7 @@ from bench.webhook_ack import (
     purge,
     stored_deliveries,
 )
-from tests.services import POSTGRES_URL, with_redis_password
+from tests.services import POSTGRES_URL
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -132,12 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         const=os.environ.get("BOSUN_BENCH_POSTGRES_URL", POSTGRES_URL),
         help="Bosun on PostgreSQL (a temporary schema in this database) instead of SQLite",
     )
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument(
         "--baseline-source",
         type=Path,

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -36,11 +35,10 @@ from typing import Any
 from bench import probes
 from bench.experiments import shared_ssl_context
 from bench.stages import PREPARE_PARTS, STAGES, Sample, measure
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bot.logs import configure_logging
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
-from tests.services import with_redis_password
 from tests.stack import AGENT_IMAGE, BosunStack, free_port, make_stack_settings, running_stack
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "label_to_agent.json"
@@ -145,12 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.label_to_agent")
     parser.add_argument("--runs", type=int, default=20, help="warm runs after the cold one")
     parser.add_argument("--out", type=Path, help=f"result file (default {DEFAULT_OUT})")
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (database)")
     parser.add_argument(

@@ -38,14 +38,13 @@ import httpx
 
 from bench.label_to_agent import _purge, start_emulator, wait
 from bench.servers import _tree_cpu_ticks
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bench.webhook_ack import host_busy_seconds, own_cpu_seconds
 from bot.logs import configure_logging
 from bot.settings import Settings
 from tests.emulator.client import EmulatorClient
 from tests.emulator.world import WebhookReceiver, World, make_source_repo
 from tests.lifecycle_stack import settings_env
-from tests.services import with_redis_password
 from tests.stack import free_port, make_stack_settings
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "live_log.json"
@@ -381,12 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-delay", type=float, default=5.0, help="agent waits first")
     parser.add_argument("--database-url", default="", help="default: SQLite in the temp folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument(
         "--smoke",

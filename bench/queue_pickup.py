@@ -28,9 +28,8 @@ from typing import Any
 from arq.jobs import Job
 
 from bench.servers import BOSUN, _tree_cpu_ticks
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bot.services import redis_pool
-from tests.services import with_redis_password
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -103,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--poll-delay", type=float, default=None, help="worker.poll_delay (default: the setting's)"
     )
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--smoke", action="store_true", help="one short round (10 jobs, 1 s idle)")
     args = parser.parse_args(argv)

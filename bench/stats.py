@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -10,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.services import with_redis_password
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -93,3 +96,14 @@ def write_result(path: Path, data: dict[str, Any]) -> None:
         "load_average_at_end": loadavg(),
     }
     path.write_text(json.dumps({**stamped, **data}, indent=2, default=str) + "\n")
+
+
+def add_redis_option(parser: argparse.ArgumentParser) -> None:
+    """``--redis URL``: the Redis the benchmark's Bosun uses (``BOSUN_BENCH_REDIS``, else the
+    local one with the test services' password)."""
+    parser.add_argument(
+        "--redis",
+        default=with_redis_password(
+            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+        ),
+    )

@@ -27,9 +27,9 @@ from sqlalchemy import text
 
 from bench.loadgen import Outcome, Target, fixed_rate, saturate
 from bench.servers import BosunServe, ProbotApp, Receiver
-from bench.stats import loadavg, summary, table, write_result
+from bench.stats import add_redis_option, loadavg, summary, table, write_result
 from bot.db.engine import create_engine
-from tests.services import POSTGRES_URL, with_redis_password
+from tests.services import POSTGRES_URL
 
 RESULTS = Path(__file__).parent / "results"
 SECRET = "bench-webhook-secret"
@@ -219,12 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200, help="fixed-rate phase, deliveries/s")
     parser.add_argument("--seconds", type=float, default=30, help="fixed and sustained phases")
     parser.add_argument("--ramp-seconds", type=float, default=5)
-    parser.add_argument(
-        "--redis",
-        default=with_redis_password(
-            os.environ.get("BOSUN_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-        ),
-    )
+    add_redis_option(parser)
     parser.add_argument("--log-level", default="info", help="bosun serve's log level")
     parser.add_argument("--web-workers", type=int, default=1, help="bosun serve --workers N")
     parser.add_argument(
