@@ -358,7 +358,7 @@ def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list
                 info = src.lstat()
                 if stat.S_ISREG(info.st_mode) and info.st_size == 0:
                     with contextlib.suppress(FileExistsError):
-                        fresh.append(_empty_file(dst, stat.S_IMODE(info.st_mode) & 0o755))
+                        fresh.append(_empty_file(dst, stat.S_IMODE(info.st_mode) & 0o755 | 0o644))
                     continue
             try:
                 os.link(src, dst, follow_symlinks=False)

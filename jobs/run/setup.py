@@ -410,11 +410,14 @@ class SetupSteps(AgentSteps):
             await asyncio.to_thread(caches.seal, cache)
             size = await asyncio.to_thread(caches.publish, self.cache_key, cache, self.run.id)
             evicted = await asyncio.to_thread(caches.evict, self.cache_key)
-            await asyncio.to_thread(caches.reopen, cache, owner)
-            self.cache_reopened = True
         except (CacheError, OSError) as exc:
             log.warning("cache_not_kept", error=str(exc))
             return
+        self.cache_reopened = True  # watched from here on, even if reopening stops halfway
+        try:
+            await asyncio.to_thread(caches.reopen, cache, owner)
+        except CacheError as exc:  # uv then fails in the later phases, as on a read-only cache
+            log.warning("cache_not_reopened", error=str(exc))
         self.timings["cache_keep"] = round(time.monotonic() - t0, 3)
         kept = size <= caches.max_bytes_per_repository
         await self.events.emit(
