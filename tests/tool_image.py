@@ -14,6 +14,7 @@ once per machine (about 25 s, most of it unpacking Go) and rebuilt when the agen
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import subprocess
@@ -22,6 +23,8 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+import docker
 
 from tests.services import docker_client, missing
 
@@ -130,10 +133,11 @@ def tool_image() -> str:
                 (context / name).write_bytes(data)
                 (context / name).chmod(0o755)
             client.images.build(path=folder, tag=tag, network_mode="none", rm=True)
-        for image in client.images.list(name=REPOSITORY):  # earlier builds
+        for image in client.images.list(name=REPOSITORY):  # earlier builds, unless in use
             for old in image.tags:
                 if old != tag:
-                    client.images.remove(old)
+                    with contextlib.suppress(docker.errors.APIError):
+                        client.images.remove(old)
         return tag
     finally:
         client.close()
