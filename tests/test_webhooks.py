@@ -25,7 +25,7 @@ from bot.services import Services
 from bot.settings import Settings
 from bot.web.app import create_app
 from bot.web.intake import DeliveryIntake, IncomingDelivery
-from bot.web.intake_protocol import IntakeProtocol
+from bot.web.intake_protocol import IntakeProtocol, webhook_route_of
 from tests.conftest import make_settings
 from tests.stack import free_port
 
@@ -451,3 +451,17 @@ async def test_the_intake_protocol_lets_a_client_that_expects_100_continue_send_
         finally:
             writer.close()
     assert list(await stored(settings)) == [f"{redis_namespace}-expect"]
+
+
+async def test_bosun_web_s_protocol_answers_the_webhook_itself(
+    tmp_path: Path, db_url: str, redis_url: str, redis_namespace: str
+) -> None:
+    """uvicorn wraps the app as ``bosun web`` and ``bosun up`` configure it; the protocol
+    still finds the webhook route, so intake does not fall back to ASGI unnoticed."""
+    settings = await make_app_settings(tmp_path, db_url, redis_url, redis_namespace)
+    for app in (create_app(settings), create_app(settings, with_worker=True)):
+        config = uvicorn.Config(app, http=IntakeProtocol, log_config=None, proxy_headers=True)
+        config.load()
+        assert config.loaded_app is not app  # wrapped (proxy headers)
+        route = webhook_route_of(config.loaded_app)
+        assert route is not None and route is app.asgi_handler
