@@ -19,11 +19,13 @@ its own repository's cache.
 Files a tool opens for writing in place are its lock files, and those are empty: ``stage``
 gives the run new empty files of its own instead of links (uv opens ``.lock`` read-write and
 fails on a read-only one), so nothing is shared that a tool must write. uv cannot work on a
-read-only cache at all (it locks and writes temporary files in every folder it reads), so after
-``publish`` the uv folder of the run's copy is handed back by ``reopen``: its folders are the
-sandbox user's again and its lock files new, its other files stay the root-owned links the
-published generation shares — uv can add and replace entries of this run's copy in the later
-phases, never change a file of the repository's cache, and nothing of it is published.
+read-only cache at all (it locks and writes temporary files in every folder it reads), and
+cargo's git repositories (its registry index, its git dependencies) are not opened unless the
+sandbox user owns their folders, so after ``publish`` those folders of the run's copy
+(``REOPENED_DIRS``) are handed back by ``reopen``: its folders are the sandbox user's again and
+its lock files new, its other files stay the root-owned links the published generation shares —
+the tools can add and replace entries of this run's copy in the later phases, never change a
+file of the repository's cache, and nothing of it is published.
 
 The host never follows a link in a cache: walks use ``os.walk`` without following links,
 ownership and modes are changed through a descriptor opened with ``O_NOFOLLOW``, and a symlink
@@ -55,10 +57,12 @@ CACHE_MOUNT = "/bosun-cache"
 RUN_FOLDER = "cache"
 """The run's copy, in its run folder."""
 ECOSYSTEM_DIRS = ("pip", "uv", "npm", "cargo", "go/mod")
-REOPENED_DIRS = ("uv",)
-"""Ecosystems whose tool needs a writable cache folder after setup (``Caches.reopen``): pip,
-npm and Go read a read-only cache, and cargo takes a read-only ``CARGO_HOME`` for one (it falls
-back to a shared lock and skips its last-use database); uv fails outright."""
+REOPENED_DIRS = ("uv", "cargo/registry/index", "cargo/git")
+"""Cache folders a tool cannot read unless the sandbox user owns them, handed back after setup
+(``Caches.reopen``): uv fails on a read-only cache outright; cargo reads a read-only
+``CARGO_HOME`` (it falls back to a shared lock) but opens its registry index and git
+dependencies as git repositories, which libgit2 (1.5, cargo 0.66) refuses to open when
+another user owns their folders. pip, npm, Go and the rest of cargo's folder stay sealed."""
 CURRENT = "current"
 LOCK = "lock"
 _GEN = re.compile(r"^gen-[A-Za-z0-9_.-]+$")
@@ -155,18 +159,20 @@ class Caches:
         the sandbox runs meanwhile (setup's processes are gone, the agent not started)."""
         try:
             for name in REOPENED_DIRS:
-                top = target / name
-                if top.is_symlink() or not top.is_dir():
+                top = _real_folder(target, name)
+                if top is None:
                     continue
-                for folder in [top, *_folders(top)]:
+                folders = [top, *_folders(top)]
+                git_dirs = {folder for folder in folders if _is_git_dir(folder)}
+                for folder in folders:
                     _own(folder, owner, 0o755)
                     for entry in list(os.scandir(folder)):
-                        if (
-                            entry.is_file(follow_symlinks=False)
-                            and not entry.stat(follow_symlinks=False).st_size
-                        ):
-                            os.unlink(entry.path)
-                            _own(_empty_file(Path(entry.path), 0o644), owner, None)
+                        path = Path(entry.path)
+                        info = entry.stat(follow_symlinks=False)
+                        if _written_in_place(path, info, git_dirs):
+                            data = _read(path)
+                            os.unlink(path)
+                            _own(_new_file(path, data, 0o644), owner, None)
         except OSError as exc:
             raise CacheError(f"cannot reopen the dependency cache {target}: {exc}") from exc
 
@@ -323,6 +329,20 @@ def _own(path: Path, owner: tuple[int, int], folder_mode: int | None) -> None:
         os.close(fd)
 
 
+def _real_folder(root: Path, name: str) -> Path | None:
+    """``root / name`` when it is a folder reached through folders only (no component a link
+    the sandbox left: the host would follow it), else ``None``."""
+    path = root
+    for part in name.split("/"):
+        path = path / part
+        try:
+            if not stat.S_ISDIR(path.lstat().st_mode):
+                return None
+        except FileNotFoundError:
+            return None
+    return path
+
+
 def _folders(root: Path) -> list[Path]:
     out: list[Path] = []
     for dirpath, dirnames, _ in os.walk(root, followlinks=False):
@@ -331,20 +351,63 @@ def _folders(root: Path) -> list[Path]:
     return out
 
 
-def _empty_file(path: Path, mode: int) -> Path:
+def _new_file(path: Path, data: bytes, mode: int) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    os.close(fd)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+    finally:
+        os.close(fd)
     return path
+
+
+def _read(path: Path) -> bytes:
+    """A regular file's bytes, read without following a link."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        return source.read()
+
+
+def _is_git_dir(folder: Path) -> bool:
+    """A git repository's own folder (``.git``, or a bare repository): ``HEAD`` and
+    ``objects/``, neither a link."""
+    try:
+        head, objects = (folder / "HEAD").lstat(), (folder / "objects").lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(head.st_mode) and stat.S_ISDIR(objects.st_mode)
+
+
+def _written_in_place(path: Path, info: os.stat_result, git_dirs: set[Path]) -> bool:
+    """Whether a tool opens ``path`` (a cache file) for writing where it is, so that the run
+    needs a file of its own rather than a link to the published one: an empty file (a lock:
+    uv's, cargo's ``.package-cache``), or a git repository's file outside ``objects/`` (git
+    writes ``FETCH_HEAD`` and appends to its reflogs in place; the rest is small: ``HEAD``,
+    refs, ``config``)."""
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    if info.st_size == 0:
+        return True
+    return any(
+        parent in git_dirs and path.relative_to(parent).parts[0] != "objects"
+        for parent in path.parents
+    )
 
 
 def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list[Path]:
     """New folders in ``target`` mirroring ``source``, with a hard link to every other entry
-    (a copy where the two are on different filesystems). With ``fresh_empty`` an empty file
-    (a tool's lock) is a new empty file instead of a link; those are returned."""
+    (a copy where the two are on different filesystems). With ``fresh_empty`` a file a tool
+    writes in place (``_written_in_place``: a lock, git's ``FETCH_HEAD``…) is a new file
+    with the same bytes instead of a link; those are returned."""
     fresh: list[Path] = []
+    git_dirs: set[Path] = set()
     target.mkdir(exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
         base = Path(dirpath)
+        if fresh_empty and _is_git_dir(base):
+            git_dirs.add(base)
         out = target / base.relative_to(source)
         for name in list(dirnames):
             if (base / name).is_symlink():  # os.walk lists a link to a folder as a folder
@@ -356,9 +419,10 @@ def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list
             src, dst = base / name, out / name
             if fresh_empty:
                 info = src.lstat()
-                if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+                if _written_in_place(src, info, git_dirs):
+                    mode = stat.S_IMODE(info.st_mode) & 0o755 | 0o644
                     with contextlib.suppress(FileExistsError):
-                        fresh.append(_empty_file(dst, stat.S_IMODE(info.st_mode) & 0o755 | 0o644))
+                        fresh.append(_new_file(dst, _read(src) if info.st_size else b"", mode))
                     continue
             try:
                 os.link(src, dst, follow_symlinks=False)

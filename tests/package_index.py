@@ -8,7 +8,8 @@ counts each file it sent (``HEAD`` answers the same headers and counts nothing).
 
 ``npm_registry`` serves the same way what ``npm`` asks a registry for: ``/<name>`` (the
 packument: versions, ``dist.tarball`` and ``dist.integrity``) and ``/<name>/-/<file>.tgz``;
-``go_proxy`` what ``go`` asks a module proxy for (``GOPROXY`` protocol).
+``go_proxy`` what ``go`` asks a module proxy for (``GOPROXY`` protocol); ``cargo_registry``
+a cargo registry's git index and ``.crate`` files, and git repositories (git's smart HTTP).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import io
 import json
 import os
 import socket
+import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -28,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -87,10 +91,15 @@ NOT_FOUND: Page = (404, b"not found", "text/plain", "no-store", None)
 
 @contextlib.contextmanager
 def _serving(
-    answer: Any, sent: Counter[str], bytes_per_second: int, address: str = "127.0.0.1"
+    answer: Any,
+    sent: Counter[str],
+    bytes_per_second: int,
+    address: str = "127.0.0.1",
+    git_root: Path | None = None,
 ) -> Iterator[int]:
     """Serve ``answer(path) -> Page`` on a free port of ``address`` for the block; yields the
-    port."""
+    port. With ``git_root``, paths ending in ``.git/…`` are git's smart HTTP protocol for the
+    bare repositories there (``git http-backend``, what a git host answers)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:  # uv asks before it downloads a wheel
@@ -99,8 +108,15 @@ def _serving(
         def do_GET(self) -> None:
             self._answer(body=True)
 
+        def do_POST(self) -> None:
+            self._answer(body=True)
+
         def _answer(self, body: bool) -> None:
-            status, data, kind, cache, counted = answer(self.path.split("?", 1)[0])
+            path, _, query = self.path.partition("?")
+            if git_root is not None and ".git/" in path:
+                self._git(git_root, path, query)
+                return
+            status, data, kind, cache, counted = answer(path)
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
@@ -118,6 +134,34 @@ def _serving(
                 self.wfile.write(body[start : start + step])
                 if len(body) > step:
                     time.sleep(step / bytes_per_second)
+
+        def _git(self, root: Path, path: str, query: str) -> None:
+            request = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "GIT_PROJECT_ROOT": str(root),
+                "GIT_HTTP_EXPORT_ALL": "1",
+                "PATH_INFO": path,
+                "QUERY_STRING": query,
+                "REQUEST_METHOD": self.command,
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "CONTENT_LENGTH": str(len(request)),
+                "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+                "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            }
+            done = subprocess.run(
+                ["git", "http-backend"], input=request, env=env, capture_output=True, check=False
+            )
+            head, _, data = done.stdout.partition(b"\r\n\r\n")
+            headers = [line.partition(": ")[::2] for line in head.decode().split("\r\n")]
+            status = next((int(v.split()[0]) for k, v in headers if k == "Status"), 200)
+            self.send_response(status)
+            for name, value in headers:
+                if name and name != "Status":
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -332,3 +376,110 @@ def go_proxy(modules: list[GoModule], bytes_per_second: int = 2_000_000) -> Iter
     sent: Counter[str] = Counter()
     with _serving(answer, sent, bytes_per_second, socket.gethostbyname(host)) as port:
         yield GoProxy(host, port, sent)
+
+
+def build_crate(name: str, version: str, lib: str, padding: int = 0) -> bytes:
+    """A ``.crate`` as ``cargo package`` makes it: a gzipped tar of ``<name>-<version>/`` with
+    ``Cargo.toml``, ``src/lib.rs`` holding ``lib`` and ``padding`` bytes of incompressible data."""
+    manifest = f'[package]\nname = "{name}"\nversion = "{version}"\nedition = "2021"\n'
+    files = {"Cargo.toml": manifest.encode(), "src/lib.rs": lib.encode()}
+    files["padding.bin"] = os.urandom(padding)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path, data in files.items():
+            info = tarfile.TarInfo(f"{name}-{version}/{path}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 499162500
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _index_path(name: str) -> str:
+    """Where a crate's lines are in a registry index (cargo's layout)."""
+    name = name.lower()
+    if len(name) <= 2:
+        return f"{len(name)}/{name}"
+    if len(name) == 3:
+        return f"3/{name[0]}/{name}"
+    return f"{name[:2]}/{name[2:4]}/{name}"
+
+
+def _git_repository(folder: Path, bare: Path, files: dict[str, bytes]) -> None:
+    """``bare``: a bare repository of one commit holding ``files``."""
+    git = ["git", "-c", "user.name=index", "-c", "user.email=index@example.com", "-C", str(folder)]
+    for path, data in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(data)
+    for argv in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "index"]):
+        subprocess.run([*git, *argv], check=True, capture_output=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(folder), str(bare)], check=True)
+
+
+@dataclass
+class CargoRegistry:
+    host: str
+    port: int
+    crates: dict[tuple[str, str], bytes]
+    """(name, version) -> ``.crate``."""
+    sent: Counter[str] = field(default_factory=Counter)
+    """``<name>-<version>.crate`` -> times it was sent."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def index_url(self) -> str:
+        """The registry's git index (cargo's ``registry = "…"``)."""
+        return f"{self.url}/index.git"
+
+    def git_url(self, name: str) -> str:
+        """A git repository served beside the index (a git dependency's ``git = "…"``)."""
+        return f"{self.url}/{name}.git"
+
+
+@contextlib.contextmanager
+def cargo_registry(
+    crates: dict[tuple[str, str], bytes],
+    git: dict[str, dict[str, bytes]] | None = None,
+    bytes_per_second: int = 2_000_000,
+) -> Iterator[CargoRegistry]:
+    """A cargo registry as crates.io was before its sparse index (what cargo 0.66 reads): a git
+    index over git's smart HTTP protocol (``config.json``, one line per crate version with the
+    ``.crate``'s sha256) and the ``.crate`` downloads ``config.json``'s ``dl`` names; plus the
+    bare repositories ``git`` (name -> files) for git dependencies. Named by this machine's host
+    name, as ``go_proxy`` is: nothing a sandbox reaches is on its loopback."""
+    host = socket.gethostname()
+    sent: Counter[str] = Counter()
+
+    def answer(path: str) -> Page:
+        parts = path.strip("/").split("/")  # crates/<name>/<version>/download
+        if len(parts) == 4 and parts[0] == "crates" and parts[3] == "download":
+            data = crates.get((parts[1], parts[2]))
+            if data is not None:
+                counted = f"{parts[1]}-{parts[2]}.crate"
+                return 200, data, "application/gzip", "max-age=31536000", counted
+        return NOT_FOUND
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "served"
+        root.mkdir()
+        with _serving(
+            answer, sent, bytes_per_second, socket.gethostbyname(host), git_root=root
+        ) as port:
+            registry = CargoRegistry(host, port, crates, sent)
+            config = {"dl": f"{registry.url}/crates/{{crate}}/{{version}}/download"}
+            index = {"config.json": json.dumps(config).encode()}
+            for (name, version), data in crates.items():
+                line = {
+                    "name": name,
+                    "vers": version,
+                    "deps": [],
+                    "cksum": hashlib.sha256(data).hexdigest(),
+                    "features": {},
+                    "yanked": False,
+                }
+                index[_index_path(name)] = (json.dumps(line) + "\n").encode()
+            for name, files in {"index": index, **(git or {})}.items():
+                (Path(folder) / name).mkdir()
+                _git_repository(Path(folder) / name, root / f"{name}.git", files)
+            yield registry

@@ -172,3 +172,86 @@ def test_lock_files_are_the_runs_own_and_uvs_folder_is_reopened_after_publishing
     generation = published.resolve()
     for path in [generation, *generation.rglob("*")]:
         assert path.lstat().st_uid == 0, path
+
+
+GIT_INDEX = "cargo/registry/index/mirror-1/.git"
+CARGO_FILES = {
+    f"{GIT_INDEX}/HEAD": b"ref: refs/heads/main\n",
+    f"{GIT_INDEX}/config": b"[core]\n\tbare = false\n",
+    f"{GIT_INDEX}/FETCH_HEAD": b"0123abcd\t\tbranch 'main'\n",
+    f"{GIT_INDEX}/logs/HEAD": b"0000 0123 fetch\n",
+    f"{GIT_INDEX}/objects/pack/pack-1.pack": b"PACK" * 100,
+    "cargo/registry/index/mirror-1/.cache/bo/su/bosun-dep": b"index entry",
+    "cargo/registry/cache/mirror-1/bosun-dep-1.0.0.crate": b"crate",
+    "cargo/registry/src/mirror-1/bosun-dep-1.0.0/src/lib.rs": b"pub const VALUE: u32 = 42;",
+    "cargo/git/db/dep-1/HEAD": b"ref: refs/heads/main\n",  # a bare repository
+    "cargo/git/db/dep-1/FETCH_HEAD": b"4567\t\tbranch 'main'\n",
+    "cargo/git/db/dep-1/objects/ab/cdef": b"object",
+}
+
+
+def test_gits_files_written_in_place_are_the_runs_own_and_cargos_repositories_reopened(
+    tmp_path: Path,
+) -> None:
+    """git writes FETCH_HEAD and its reflogs in place: a run gets its own copy of a cached
+    repository's files outside objects/ (cargo's second setup fetched its index into a root's
+    FETCH_HEAD: "Permission denied"). After publishing, cargo's git repositories (its registry
+    index, its git dependencies) are the sandbox user's folders again, since libgit2 opens no
+    repository another user owns; everything else of cargo's stays sealed."""
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/crate")
+    run_setup(caches, key, tmp_path / "r1", CARGO_FILES)
+    published = (caches.root / key / "current").resolve()
+
+    target = cache_of(tmp_path / "r2")
+    caches.stage(key, target, SANDBOX)
+    own = ("config", "FETCH_HEAD", "logs/HEAD", "HEAD")
+    for name in [f"{GIT_INDEX}/{n}" for n in own] + ["cargo/git/db/dep-1/FETCH_HEAD"]:
+        info = (target / name).lstat()
+        assert (info.st_uid, info.st_nlink) == (SANDBOX[0], 1), name
+        assert (target / name).read_bytes() == CARGO_FILES[name]
+        assert (published / name).lstat().st_uid == 0
+    for name in (f"{GIT_INDEX}/objects/pack/pack-1.pack", "cargo/git/db/dep-1/objects/ab/cdef"):
+        info = (target / name).lstat()  # git never writes an object in place: still linked
+        assert info.st_uid == 0 and info.st_nlink >= 2, name
+
+    caches.seal(target)
+    caches.publish(key, target, "r2")
+    caches.reopen(target, SANDBOX)
+    for top in ("cargo/registry/index", "cargo/git"):
+        for folder in [target / top, *(p for p in (target / top).rglob("*") if p.is_dir())]:
+            assert folder.lstat().st_uid == SANDBOX[0], folder
+    fetch_head = (target / GIT_INDEX / "FETCH_HEAD").lstat()
+    assert (fetch_head.st_uid, fetch_head.st_nlink) == (SANDBOX[0], 1)
+    pack = (target / GIT_INDEX / "objects/pack/pack-1.pack").lstat()
+    assert pack.st_uid == 0 and not pack.st_mode & 0o022 and pack.st_nlink >= 2
+    cached = (target / "cargo/registry/index/mirror-1/.cache/bo/su/bosun-dep").lstat()
+    assert cached.st_uid == 0 and cached.st_nlink >= 2
+    for sealed in ("cargo", "cargo/registry", "cargo/registry/cache", "cargo/registry/src"):
+        assert (target / sealed).lstat().st_uid == 0, sealed
+    crate = target / "cargo/registry/src/mirror-1/bosun-dep-1.0.0/src/lib.rs"
+    assert crate.lstat().st_uid == 0 and crate.parent.lstat().st_uid == 0
+    generation = (caches.root / key / "current").resolve()  # r2's, published before reopen
+    for path in [generation, *generation.rglob("*")]:
+        assert path.lstat().st_uid == 0, path
+
+
+def test_reopening_never_follows_a_link_on_the_way_to_a_reopened_folder(tmp_path: Path) -> None:
+    """A setup that made ``cargo/registry`` a link to a host folder with an ``index`` in it:
+    reopening hands nothing of that folder to the sandbox user."""
+    host = tmp_path / "host"
+    (host / "index" / "inner").mkdir(parents=True)
+    (host / "index" / "inner" / "lock").write_bytes(b"")
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/crate")
+    target = cache_of(tmp_path / "r1")
+    caches.stage(key, target, SANDBOX)
+    (target / "cargo").mkdir(exist_ok=True)
+    os.symlink(host, target / "cargo" / "registry")
+    os.symlink(host, target / "cargo" / "git")
+    caches.seal(target)
+    caches.publish(key, target, "r1")
+    caches.reopen(target, SANDBOX)
+    for path in [host, *host.rglob("*")]:
+        assert path.lstat().st_uid == 0, path
+    assert (target / "cargo" / "registry").is_symlink()

@@ -709,7 +709,9 @@ def test_the_agent_filling_uvs_writable_cache_is_stopped_like_a_full_workspace(
         (run,) = stack.wait_run({"review_ready", "failed", "cancelled"}, timeout=120)
         assert run["state"] == "failed", run
         reason = run["reason"]
-        assert reason.startswith("the dependency cache (uv) grew past 8 MB (disk limit"), reason
+        assert reason.startswith(
+            "the dependency cache (uv, cargo/registry/index, cargo/git) grew past 8 MB (disk limit"
+        ), reason
         assert "caches.max_bytes_per_repository" in reason and "nothing was pushed" in reason
         transcript = stack.artifacts(run["id"])["transcript"].read_text()
         assert "wrote 8" in transcript and "flood: finished" not in transcript, transcript

@@ -1,14 +1,15 @@
-"""An agent image with uv, npm and Go, as an operator's image for Python, Node and Go projects
-has.
+"""An agent image with uv, npm, Go and cargo, as an operator's image for Python, Node, Go and
+Rust projects has.
 
-``bosun-agent:latest`` has ``python3`` and ``node`` but neither uv, npm nor Go. ``tool_image()``
-builds ``bosun-test-tools:<hash>`` from it, with the network off: uv's static binary (from its
-PyPI wheel, fetched with ``pip download``) in ``/usr/local/bin``, npm (pure JavaScript, its
-registry tarball) under ``/opt/npm`` with an ``npm`` wrapper, and Debian bookworm's
-``golang-go`` (its .debs fetched on the host by ``sandboxes/images/fetch_debs.sh``, as the
-agent image's are). uv and npm are pinned by hash and kept in ``.cache/test-assets`` between
-runs; the image is tagged by what went into it (the base image's id included), so it is built
-once per machine (about 25 s, most of it unpacking Go) and rebuilt when the agent image is.
+``bosun-agent:latest`` has ``python3`` and ``node`` but neither uv, npm, Go nor cargo.
+``tool_image()`` builds ``bosun-test-tools:<hash>`` from it, with the network off: uv's static
+binary (from its PyPI wheel, fetched with ``pip download``) in ``/usr/local/bin``, npm (pure
+JavaScript, its registry tarball) under ``/opt/npm`` with an ``npm`` wrapper, and Debian
+bookworm's ``golang-go`` and ``cargo`` (cargo 0.66, rustc 1.63 and the C toolchain rustc links with;
+their .debs fetched on the host by ``sandboxes/images/fetch_debs.sh``, as the agent image's
+are). uv and npm are pinned by hash and kept in ``.cache/test-assets`` between runs; the image
+is tagged by what went into it (the base image's id included), so it is built once per machine
+(about 45 s, most of it unpacking Go and Rust) and rebuilt when the agent image is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ NPM_INTEGRITY = (
 )
 NPM_TARBALL = f"https://registry.npmjs.org/npm/-/npm-{NPM_VERSION}.tgz"
 
-DEBS = ("golang-go",)
+DEBS = ("golang-go", "cargo")
 DOCKERFILE = f"""FROM {BASE}
 USER root
 COPY debs/ /tmp/debs/
@@ -127,7 +128,7 @@ def tool_image() -> str:
                 [*fetch, *DEBS], capture_output=True, text=True, timeout=600, check=False
             )
             if done.returncode != 0:
-                missing("Go's packages", f"fetch_debs.sh failed: {done.stderr.strip()[-500:]}")
+                missing("Debian's packages", f"fetch_debs.sh failed: {done.stderr.strip()[-500:]}")
             (context / "npm.tgz").write_bytes(_npm_tarball())
             for name, data in (("uv", uv), ("npm", NPM_WRAPPER.encode())):
                 (context / name).write_bytes(data)

@@ -8,7 +8,9 @@ the run's copy of the repository's dependency cache at ``/bosun-cache``, both fo
 run. ``_setup`` (once the sandbox runs) fills the cache copy (``sandboxes.caches``), starts the
 proxy, runs each command through the in-sandbox forwarder with the proxy in its environment and
 nothing else added (no token, no key: the same rules as the agent), kills whatever the commands
-left running, stops the proxy, and seals and publishes the cache: read-only from here on.
+left running, stops the proxy, and seals the cache (read-only from here on) and publishes it
+for the repository's later runs — only when setup ran the base branch's code: a run continuing
+a branch (a retry of the agent's work) keeps what its setup left to itself.
 
 A profile with ``agent_network: registries`` keeps the proxy for the agent phase: the sandbox's
 environment names the proxy (``NO_PROXY`` keeps the model gateway direct), a forwarder serves
@@ -406,20 +408,36 @@ class SetupSteps(AgentSteps):
             return
         caches = self.caches
         t0 = time.monotonic()
+        # Setup ran the checkout's code (a build script, a package's install hooks): on a
+        # branch not merged to the base (a retry continuing the agent's work), that code is the
+        # agent's, and what it left in the cache would reach the repository's later runs.
+        workspace = self.workspace
+        publish = workspace is not None and workspace.start_sha == workspace.base_sha
+        size, evicted = 0, list[str]()
         try:
             await asyncio.to_thread(caches.seal, cache)
-            size = await asyncio.to_thread(caches.publish, self.cache_key, cache, self.run.id)
-            evicted = await asyncio.to_thread(caches.evict, self.cache_key)
+            if publish:
+                size = await asyncio.to_thread(caches.publish, self.cache_key, cache, self.run.id)
+                evicted = await asyncio.to_thread(caches.evict, self.cache_key)
         except (CacheError, OSError) as exc:
             log.warning("cache_not_kept", error=str(exc))
             return
+        if not publish:
+            await self.events.emit(
+                "log",
+                {
+                    "stream": "bosun",
+                    "line": "setup: the dependency cache is kept for this run only: setup ran "
+                    "code of a branch not merged to the base",
+                },
+            )
         self.cache_reopened = True  # watched from here on, even if reopening stops halfway
         try:
             await asyncio.to_thread(caches.reopen, cache, owner)
         except CacheError as exc:  # uv then fails in the later phases, as on a read-only cache
             log.warning("cache_not_reopened", error=str(exc))
         self.timings["cache_keep"] = round(time.monotonic() - t0, 3)
-        kept = size <= caches.max_bytes_per_repository
+        kept = publish and size <= caches.max_bytes_per_repository
         await self.events.emit(
             "progress",
             {"phase": "setup", "cache_bytes": size, "cache_kept": kept, "caches_evicted": evicted},
@@ -428,21 +446,19 @@ class SetupSteps(AgentSteps):
 
     def _quotas(self, on_exceeded: OnExceeded) -> list[WorkspaceQuota]:
         """The cache copy's writable folders grow on the host's disk: watched while the agent
-        runs, as during setup."""
+        runs, as during setup — the copy as a whole, so together they grow by the limit at
+        most (the sealed rest cannot grow)."""
         quotas = super()._quotas(on_exceeded)
         if self.caches is not None and self.cache_reopened:
-            cache = self._run_dir() / RUN_FOLDER
-            limit = self.caches.max_bytes_per_repository
-            for name in REOPENED_DIRS:
-                quotas.append(
-                    WorkspaceQuota(
-                        cache / name,
-                        limit,
-                        on_exceeded,
-                        name=f"the dependency cache ({name})",
-                        setting="caches.max_bytes_per_repository",
-                    )
+            quotas.append(
+                WorkspaceQuota(
+                    self._run_dir() / RUN_FOLDER,
+                    self.caches.max_bytes_per_repository,
+                    on_exceeded,
+                    name=f"the dependency cache ({', '.join(REOPENED_DIRS)})",
+                    setting="caches.max_bytes_per_repository",
                 )
+            )
         return quotas
 
     async def _run_workflow(self) -> tuple[ExecResult, Phase | None]:
