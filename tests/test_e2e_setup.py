@@ -717,3 +717,73 @@ def test_the_agent_filling_uvs_writable_cache_is_stopped_like_a_full_workspace(
         assert "wrote 8" in transcript and "flood: finished" not in transcript, transcript
         (key,) = [p for p in caches.iterdir() if p.is_dir()]
         assert not list((key / "current").rglob("flood.bin"))  # published before the agent
+
+
+PLANTING_AGENT = r"""
+import os, pathlib, time
+print("seen-planted=" + ("yes" if os.path.exists("/bosun-cache/pip/planted") else "no"))
+pathlib.Path("/workspace/planted.txt").write_text(f"from the agent {time.time()}\n")
+"""
+
+
+def test_setup_on_the_agents_branch_never_publishes_the_cache(
+    github_world: World,
+    tmp_path: Path,
+    redis_url: str,
+    redis_namespace: str,
+    work_root: Path,
+) -> None:
+    """A retry continues the agent's branch, and setup runs that checkout's code (a build
+    script, install hooks): what it leaves in the dependency cache stays in that run, never
+    reaching the repository's later runs. Here setup copies a file the agent committed into
+    the cache; a later run from the base branch must not see it."""
+    setup = "if [ -f planted.txt ]; then cp planted.txt /bosun-cache/pip/planted; fi; echo ok"
+    with (
+        package_index({}) as index,
+        open_stack(
+            github_world,
+            tmp_path,
+            redis_url,
+            redis_namespace,
+            work_root,
+            profiles={
+                "default": {"runner": "script", "command": ["python3", "-c", PLANTING_AGENT]}
+            },
+            egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
+            caches={"dir": work_root / "caches"},
+        ) as stack,
+    ):
+        config = f"setup:\n  - {json.dumps(setup)}\n"
+        stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
+        seen: set[str] = set()
+        first = run_once(stack, stack.repo, "Plant", seen)
+        pr = next(p for p in stack.state()["pulls"] if p["pull"]["head"] == first["branch"])
+        stack.emulator.comment(stack.repo, pr["number"], "/retry once more", "alice")
+        retried = stack.wait_for(
+            lambda: [
+                r for r in stack.runs() if r["id"] not in seen and r["state"] == "review_ready"
+            ],
+            180,
+            "the retried run review-ready",
+        )[0]
+        seen.add(retried["id"])
+        assert retried["branch"] == first["branch"]
+
+        def planted_seen(run_id: str) -> str:
+            transcript = stack.artifacts(run_id)["transcript"].read_text()
+            return next(x for x in transcript.splitlines() if x.startswith("seen-planted="))
+
+        assert planted_seen(retried["id"]) == "seen-planted=yes"  # its own copy only
+
+        number = stack.emulator.create_issue(stack.repo, "Another issue", "Go on.", "alice")
+        stack.emulator.add_labels(stack.repo, number, ["bosun"], "alice")
+        later = stack.wait_for(
+            lambda: [
+                r for r in stack.runs() if r["id"] not in seen and r["state"] == "review_ready"
+            ],
+            180,
+            "the later run review-ready",
+        )[0]
+        assert planted_seen(later["id"]) == "seen-planted=no"
+        logs = [e["data"]["line"] for e in stack.events(retried["id"], "log")]
+        assert any("kept for this run only" in line for line in logs), logs
