@@ -170,9 +170,12 @@ class Caches:
                         path = Path(entry.path)
                         info = entry.stat(follow_symlinks=False)
                         if _written_in_place(path, info, git_dirs):
-                            data = _read(path)
-                            os.unlink(path)
-                            _own(_new_file(path, data, 0o644), owner, None)
+                            source = _open_regular(path)
+                            try:
+                                os.unlink(path)  # the open descriptor keeps the bytes
+                                _own(_new_file(path, 0o644, source), owner, None)
+                            finally:
+                                os.close(source)
         except OSError as exc:
             raise CacheError(f"cannot reopen the dependency cache {target}: {exc}") from exc
 
@@ -351,23 +354,26 @@ def _folders(root: Path) -> list[Path]:
     return out
 
 
-def _new_file(path: Path, data: bytes, mode: int) -> Path:
+def _new_file(path: Path, mode: int, source: int | None = None) -> Path:
+    """A new file at ``path`` (never opened through a link), empty or with the bytes read from
+    the descriptor ``source``, streamed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            out.write(data)
+        while source is not None and (chunk := os.read(source, 1 << 20)):
+            while chunk:
+                chunk = chunk[os.write(fd, chunk) :]
     finally:
         os.close(fd)
     return path
 
 
-def _read(path: Path) -> bytes:
-    """A regular file's bytes, read without following a link."""
+def _open_regular(path: Path) -> int:
+    """A descriptor to read the regular file ``path``, opened without following a link."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        return source.read()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    return fd
 
 
 def _is_git_dir(folder: Path) -> bool:
@@ -421,8 +427,12 @@ def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list
                 info = src.lstat()
                 if _written_in_place(src, info, git_dirs):
                     mode = stat.S_IMODE(info.st_mode) & 0o755 | 0o644
-                    with contextlib.suppress(FileExistsError):
-                        fresh.append(_new_file(dst, _read(src) if info.st_size else b"", mode))
+                    original = _open_regular(src)
+                    try:
+                        with contextlib.suppress(FileExistsError):
+                            fresh.append(_new_file(dst, mode, original))
+                    finally:
+                        os.close(original)
                     continue
             try:
                 os.link(src, dst, follow_symlinks=False)

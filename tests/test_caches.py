@@ -255,3 +255,38 @@ def test_reopening_never_follows_a_link_on_the_way_to_a_reopened_folder(tmp_path
     for path in [host, *host.rglob("*")]:
         assert path.lstat().st_uid == 0, path
     assert (target / "cargo" / "registry").is_symlink()
+
+
+def test_git_files_are_copied_as_what_they_are_never_through_a_link(tmp_path: Path) -> None:
+    """A setup that planted a git folder whose ``config`` is a link to a host file and whose
+    ``FETCH_HEAD`` is a FIFO: the next run's copy keeps the link as a link and the FIFO as a
+    FIFO (nothing read through them, nothing blocks); a large reflog is copied whole."""
+    host_file = tmp_path / "host-secret"
+    host_file.write_text("secret")
+    caches = make(tmp_path)
+    key = repository_key(1, "octo/crate")
+    target = cache_of(tmp_path / "r1")
+    caches.stage(key, target, SANDBOX)
+    git = target / "cargo/git/db/dep-1"
+    (git / "objects").mkdir(parents=True)
+    (git / "logs").mkdir()
+    (git / "HEAD").write_bytes(b"ref: refs/heads/main\n")
+    reflog = os.urandom(3 << 20)
+    (git / "logs/HEAD").write_bytes(reflog)
+    os.symlink(host_file, git / "config")
+    os.mkfifo(git / "FETCH_HEAD")
+    caches.seal(target)
+    caches.publish(key, target, "r1")
+
+    again = cache_of(tmp_path / "r2")
+    caches.stage(key, again, SANDBOX)
+    copy = again / "cargo/git/db/dep-1"
+    assert (copy / "config").is_symlink() and os.readlink(copy / "config") == str(host_file)
+    assert stat.S_ISFIFO((copy / "FETCH_HEAD").lstat().st_mode)
+    assert (copy / "logs/HEAD").read_bytes() == reflog
+    assert (copy / "logs/HEAD").lstat().st_uid == SANDBOX[0]
+    caches.seal(again)
+    caches.publish(key, again, "r2")
+    caches.reopen(again, SANDBOX)
+    assert (copy / "config").is_symlink() and stat.S_ISFIFO((copy / "FETCH_HEAD").lstat().st_mode)
+    assert host_file.read_text() == "secret" and host_file.lstat().st_uid == 0
