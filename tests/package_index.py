@@ -432,6 +432,11 @@ class CargoRegistry:
         """The registry's git index (cargo's ``registry = "…"``)."""
         return f"{self.url}/index.git"
 
+    @property
+    def sparse_url(self) -> str:
+        """The same index over cargo's sparse protocol (plain files; cargo 1.68 and later)."""
+        return f"sparse+{self.url}/index/"
+
     def git_url(self, name: str) -> str:
         """A git repository served beside the index (a git dependency's ``git = "…"``)."""
         return f"{self.url}/{name}.git"
@@ -443,15 +448,20 @@ def cargo_registry(
     git: dict[str, dict[str, bytes]] | None = None,
     bytes_per_second: int = 2_000_000,
 ) -> Iterator[CargoRegistry]:
-    """A cargo registry as crates.io was before its sparse index (what cargo 0.66 reads): a git
-    index over git's smart HTTP protocol (``config.json``, one line per crate version with the
-    ``.crate``'s sha256) and the ``.crate`` downloads ``config.json``'s ``dl`` names; plus the
-    bare repositories ``git`` (name -> files) for git dependencies. Named by this machine's host
-    name, as ``go_proxy`` is: nothing a sandbox reaches is on its loopback."""
+    """A cargo registry: its index (``config.json``, one line per crate version with the
+    ``.crate``'s sha256) as a git repository over git's smart HTTP protocol, as crates.io's was
+    (what cargo 0.66 reads), and as plain files (the sparse protocol, crates.io's today); the
+    ``.crate`` downloads ``config.json``'s ``dl`` names; and the bare repositories ``git``
+    (name -> files) for git dependencies. Named by this machine's host name, as ``go_proxy`` is:
+    nothing a sandbox reaches is on its loopback."""
     host = socket.gethostname()
     sent: Counter[str] = Counter()
+    index: dict[str, bytes] = {}
 
     def answer(path: str) -> Page:
+        if path.startswith("/index/") and path.removeprefix("/index/") in index:
+            data = index[path.removeprefix("/index/")]
+            return 200, data, "application/json", "max-age=0", None
         parts = path.strip("/").split("/")  # crates/<name>/<version>/download
         if len(parts) == 4 and parts[0] == "crates" and parts[3] == "download":
             data = crates.get((parts[1], parts[2]))
@@ -468,7 +478,7 @@ def cargo_registry(
         ) as port:
             registry = CargoRegistry(host, port, crates, sent)
             config = {"dl": f"{registry.url}/crates/{{crate}}/{{version}}/download"}
-            index = {"config.json": json.dumps(config).encode()}
+            index["config.json"] = json.dumps(config).encode()
             for (name, version), data in crates.items():
                 line = {
                     "name": name,

@@ -1,24 +1,29 @@
 """End to end: a Rust project's dependencies through the run's egress proxy into the
 repository's cargo cache (``CARGO_HOME``), and offline from it afterwards.
 
-Setup's ``cargo fetch`` reads a registry's git index and downloads a ``.crate`` and a git
+Setup's ``cargo fetch`` reads a registry's index and downloads a ``.crate`` and a git
 dependency through the proxy, from a registry on the host; the agent builds with
 ``cargo build --offline`` on the sealed cache and cannot change a cached file; a gate runs
 ``cargo test --offline``; the repository's next run downloads nothing; another repository's
-run sees none of it. Debian bookworm's cargo 0.66 in the test tool image.
+run sees none of it. Twice: Debian bookworm's cargo 0.66 reading a git index (the test tool
+image), and its cargo-web 1.96 reading a sparse index (the test Rust image).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.emulator.world import World
 from tests.package_index import CargoRegistry, build_crate, cargo_registry
 from tests.stack import BosunStack, open_stack
 from tests.test_e2e_setup import run_once, setup_step
-from tests.tool_image import tool_image
+from tests.tool_image import rust_image, tool_image
 
 PADDING = 1_500_000
 """Incompressible bytes in the crate: about 0.75 s at the registry's 2 MB/s, which the cache
@@ -31,8 +36,7 @@ edition = "2021"
 
 [dependencies]
 bosun-dep = "1.0"
-bosun-git-dep = { git = "GIT_URL" }
-"""
+GIT_DEPENDENCY"""
 # crates.io replaced by the registry, as an operator's mirror of it is configured.
 CARGO_CONFIG = """[source.crates-io]
 replace-with = "mirror"
@@ -76,10 +80,12 @@ def attempt(name, change):
     except Exception as exc:
         results[name] = type(exc).__name__
 def first(pattern):
-    return ([p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)] or ["none"])[0]
+    found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    return (found or ["/nonexistent/" + pattern])[0]
+git_dep = "bosun-git-dep" in pathlib.Path("/workspace/Cargo.toml").read_text()
 main = pathlib.Path("/workspace/src/main.rs")
 main.write_text(main.read_text().replace(
-    "unimplemented!()", "bosun_dep::VALUE + bosun_git_dep::OFFSET"
+    "unimplemented!()", "bosun_dep::VALUE + " + ("bosun_git_dep::OFFSET" if git_dep else "2")
 ))
 subprocess.run(["rm", "-rf", "target"], check=True, cwd="/workspace")
 done = subprocess.run(
@@ -97,19 +103,46 @@ crate = first(cargo + "/registry/cache/*/bosun-dep-1.0.0.crate")
 attempt("crate_write", lambda: open(crate, "ab").write(b"x"))
 attempt("registry_new_file", lambda: open(cargo + "/registry/cache/planted", "w"))
 attempt("cargo_new_file", lambda: open(cargo + "/planted", "w"))
-pack = first(cargo + "/registry/index/*/.git/objects/**")
-attempt("index_object_write", lambda: open(pack, "ab").write(b"x"))
-config = first(cargo + "/registry/index/*/.git/config")
-attempt("index_config_write", lambda: open(config, "a").write("# appended\n"))
-def replace():
-    text = pathlib.Path(config).read_text()
-    os.unlink(config)
-    pathlib.Path(config).write_text(text + "# replaced\n")
-attempt("index_config_replace", replace)
-checkout = first(cargo + "/git/checkouts/**/src/lib.rs")
-attempt("git_dep_write", lambda: open(checkout, "a").write("pub const EVIL: u32 = 1;\n"))
+git_index = bool(glob.glob(cargo + "/registry/index/*/.git"))
+# a git object of the git index, or a file of the sparse index's cache
+cached = first(cargo + "/registry/index/*/" + (".git/objects/**" if git_index else ".cache/**"))
+attempt("index_file_write", lambda: open(cached, "ab").write(b"x"))
+def replace():  # the same bytes: the run's copy stays usable for the gate
+    data = pathlib.Path(cached).read_bytes()
+    os.unlink(cached)
+    pathlib.Path(cached).write_bytes(data)
+attempt("index_file_replace", replace)
+if git_index:
+    config = first(cargo + "/registry/index/*/.git/config")
+    attempt("index_config_write", lambda: open(config, "a").write("# appended\n"))
+if git_dep:
+    checkout = first(cargo + "/git/checkouts/**/src/lib.rs")
+    attempt("git_dep_write", lambda: open(checkout, "a").write("pub const EVIL: u32 = 1;\n"))
 print("probes: " + json.dumps(results, sort_keys=True))
 """
+
+
+@dataclass(frozen=True)
+class Cargo:
+    """A cargo to test, and how it reads the registry's index."""
+
+    image: Callable[[], str]
+    sparse: bool
+    git_dependency: bool = True
+
+    def index_url(self, registry: CargoRegistry) -> str:
+        return registry.sparse_url if self.sparse else registry.index_url
+
+
+CARGOS = {
+    # Debian bookworm's cargo 0.66: a git index, and libgit2's owner check on its repositories.
+    "cargo-0.66-git-index": Cargo(tool_image, sparse=False),
+    # Debian bookworm's cargo-web 1.96: the sparse index crates.io serves today, cargo's
+    # last-use database.
+    # No git dependency: its libgit2 calls fail against the system's libgit2 1.5 ("invalid
+    # version 0 on git_proxy_options", even with net.git-fetch-with-cli), a flaw of the package.
+    "cargo-1.96-sparse-index": Cargo(rust_image, sparse=True, git_dependency=False),
+}
 
 
 def cargo_config() -> str:
@@ -123,25 +156,30 @@ def cargo_config() -> str:
     )
 
 
-def seed(stack: BosunStack, repo: str, registry: CargoRegistry) -> None:
+def seed(stack: BosunStack, repo: str, registry: CargoRegistry, cargo: Cargo) -> None:
+    git_dependency = ""
+    if cargo.git_dependency:
+        git_dependency = f'bosun-git-dep = {{ git = "{registry.git_url("bosun-git-dep")}" }}\n'
     files = {
         ".github/bosun.yml": cargo_config(),
         ".gitignore": "/target/\nCargo.lock\n",
-        ".cargo/config.toml": CARGO_CONFIG.replace("INDEX_URL", registry.index_url),
-        "Cargo.toml": CARGO_TOML.replace("GIT_URL", registry.git_url("bosun-git-dep")),
+        ".cargo/config.toml": CARGO_CONFIG.replace("INDEX_URL", cargo.index_url(registry)),
+        "Cargo.toml": CARGO_TOML.replace("GIT_DEPENDENCY", git_dependency),
         "src/main.rs": MAIN,
     }
     stack.emulator.push(repo, "main", files, user="alice")
 
 
+@pytest.mark.parametrize("cargo", list(CARGOS.values()), ids=list(CARGOS))
 def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_afterwards(
     github_world: World,
     tmp_path: Path,
     redis_url: str,
     redis_namespace: str,
     work_root: Path,
+    cargo: Cargo,
 ) -> None:
-    image = tool_image()
+    image = cargo.image()
     crate = build_crate("bosun-dep", "1.0.0", "pub const VALUE: u32 = 40;\n", PADDING)
     crate_file = "bosun-dep-1.0.0.crate"
     with cargo_registry({("bosun-dep", "1.0.0"): crate}, {"bosun-git-dep": GIT_DEP}) as registry:
@@ -163,7 +201,7 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             caches={"dir": caches},
         ) as stack:
             seen: set[str] = set()
-            seed(stack, stack.repo, registry)
+            seed(stack, stack.repo, registry, cargo)
             first = run_once(stack, stack.repo, "Answer 42", seen)
             setup_text = stack.artifacts(first["id"])["setup"].read_text()
             assert "cache-files-before=0" in setup_text, setup_text
@@ -181,6 +219,9 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             transcript = stack.artifacts(first["id"])["transcript"].read_text()
             line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
             probes = json.loads(line.removeprefix("probes: "))
+            git_files = {} if cargo.sparse else {"index_config_write": "open"}
+            if cargo.git_dependency:
+                git_files["git_dep_write"] = "PermissionError"
             assert probes == {
                 "cargo_build": 0,
                 "fixture": "42",
@@ -188,18 +229,19 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
                 "crate_write": "PermissionError",
                 "registry_new_file": "PermissionError",
                 "cargo_new_file": "PermissionError",
-                "index_object_write": "PermissionError",
-                "index_config_write": "open",
-                "index_config_replace": "open",
-                "git_dep_write": "PermissionError",
+                "index_file_write": "PermissionError",
+                "index_file_replace": "open",
+                **git_files,
             }, transcript
             (key,) = [p for p in caches.iterdir() if p.is_dir()]
             published = (key / "current" / "cargo").resolve()
-            (config,) = published.glob("registry/index/*/.git/config")
-            assert "# appended" not in config.read_text() and "# replaced" not in config.read_text()
+            if cargo.sparse:  # the last-use database setup wrote, sealed before the agent built
+                assert (published / ".global-cache").is_file()
             for path in [published, *published.rglob("*")]:
                 info = path.lstat()
                 assert info.st_uid == 0 and not info.st_mode & 0o022, path
+                if path.name == "config" and "registry/index" in str(path):
+                    assert "# appended" not in path.read_text(), path
 
             # The gate tested the agent's change offline, on the read-only cache.
             (gate,) = stack.events(first["id"], "gate_result")
@@ -222,7 +264,7 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             # Another repository's run sees none of it and downloads again.
             other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
             github_world.emulator.add_user("alice", other.full_name, "write")
-            seed(stack, other.full_name, registry)
+            seed(stack, other.full_name, registry, cargo)
             third = run_once(stack, other.full_name, "Answer 42 elsewhere", seen)
             assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
             assert registry.sent[crate_file] == 2

@@ -10,6 +10,7 @@ their .debs fetched on the host by ``sandboxes/images/fetch_debs.sh``, as the ag
 are). uv and npm are pinned by hash and kept in ``.cache/test-assets`` between runs; the image
 is tagged by what went into it (the base image's id included), so it is built once per machine
 (about 45 s, most of it unpacking Go and Rust) and rebuilt when the agent image is.
+``rust_image()`` builds ``bosun-test-rust:<hash>`` the same way with Debian's newer cargo.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -105,36 +107,40 @@ def _npm_tarball() -> bytes:
     return path.read_bytes()
 
 
-def tool_image() -> str:
-    """The image's tag, built first if the engine does not have it."""
+def _built(
+    repository: str,
+    dockerfile: str,
+    debs: tuple[str, ...],
+    pinned: str,
+    files: Callable[[], dict[str, tuple[bytes, int]]],
+) -> str:
+    """``repository:<hash>`` built from ``dockerfile`` with ``debs`` (and their dependencies)
+    in ``debs/`` and ``files()`` (name -> bytes and mode) in its context, unless the engine has
+    it; tagged by what goes into it (``pinned``: the hashes of the files)."""
     client = docker_client()
     try:
         base = client.images.get(BASE).id
-        parts = f"{DOCKERFILE}{DEBS}{NPM_WRAPPER}{UV_SHA256}{NPM_INTEGRITY}{base}"
-        key = hashlib.sha256(parts.encode())
-        tag = f"{REPOSITORY}:{key.hexdigest()[:16]}"
+        key = hashlib.sha256(f"{dockerfile}{debs}{pinned}{base}".encode())
+        tag = f"{repository}:{key.hexdigest()[:16]}"
         try:
             client.images.get(tag)
             return tag
         except Exception:  # noqa: BLE001 - not built yet
             pass
-        with zipfile.ZipFile(io.BytesIO(_uv_wheel())) as wheel:
-            uv = wheel.read(f"uv-{UV_VERSION}.data/scripts/uv")
         with tempfile.TemporaryDirectory() as folder:
             context = Path(folder)
-            (context / "Dockerfile").write_text(DOCKERFILE)
+            (context / "Dockerfile").write_text(dockerfile)
             fetch = [str(ROOT / "sandboxes/images/fetch_debs.sh"), str(context / "debs"), BASE]
             done = subprocess.run(
-                [*fetch, *DEBS], capture_output=True, text=True, timeout=600, check=False
+                [*fetch, *debs], capture_output=True, text=True, timeout=600, check=False
             )
             if done.returncode != 0:
                 missing("Debian's packages", f"fetch_debs.sh failed: {done.stderr.strip()[-500:]}")
-            (context / "npm.tgz").write_bytes(_npm_tarball())
-            for name, data in (("uv", uv), ("npm", NPM_WRAPPER.encode())):
+            for name, (data, mode) in files().items():
                 (context / name).write_bytes(data)
-                (context / name).chmod(0o755)
+                (context / name).chmod(mode)
             client.images.build(path=folder, tag=tag, network_mode="none", rm=True)
-        for image in client.images.list(name=REPOSITORY):  # earlier builds, unless in use
+        for image in client.images.list(name=repository):  # earlier builds, unless in use
             for old in image.tags:
                 if old != tag:
                     with contextlib.suppress(docker.errors.APIError):
@@ -144,5 +150,39 @@ def tool_image() -> str:
         client.close()
 
 
+def tool_image() -> str:
+    """The image's tag, built first if the engine does not have it."""
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        with zipfile.ZipFile(io.BytesIO(_uv_wheel())) as wheel:
+            uv = wheel.read(f"uv-{UV_VERSION}.data/scripts/uv")
+        return {
+            "uv": (uv, 0o755),
+            "npm": (NPM_WRAPPER.encode(), 0o755),
+            "npm.tgz": (_npm_tarball(), 0o644),
+        }
+
+    pinned = f"{NPM_WRAPPER}{UV_SHA256}{NPM_INTEGRITY}"
+    return _built(REPOSITORY, DOCKERFILE, DEBS, pinned, files)
+
+
+RUST_REPOSITORY = "bosun-test-rust"
+RUST_DEBS = ("cargo-web",)
+"""Debian bookworm's newer Rust (cargo and rustc 1.96 from bookworm-security, which conflicts
+with ``cargo``): a cargo of today, with the sparse index and the last-use database."""
+RUST_DOCKERFILE = f"""FROM {BASE}
+USER root
+COPY debs/ /tmp/debs/
+RUN dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs
+USER 1000:1000
+"""
+
+
+def rust_image() -> str:
+    """The agent image with Debian's ``cargo-web`` (cargo 1.96), built once per machine (about
+    20 s)."""
+    return _built(RUST_REPOSITORY, RUST_DOCKERFILE, RUST_DEBS, "", dict)
+
+
 if __name__ == "__main__":
-    print(tool_image(), file=sys.stdout)
+    print(tool_image(), rust_image(), file=sys.stdout)
