@@ -16,14 +16,17 @@ it but cannot write it, and ``publish`` links the sealed copy into a new generat
 ``current`` at it. Runs of other repositories never see it: a run binds only its own copy of
 its own repository's cache.
 
-Files a tool opens for writing in place are its lock files, and those are empty: ``stage``
-gives the run new empty files of its own instead of links (uv opens ``.lock`` read-write and
-fails on a read-only one), so nothing is shared that a tool must write. uv cannot work on a
+Files a tool opens for writing in place are its lock files, which are empty, and git's
+``FETCH_HEAD`` and reflogs in a cached repository (cargo's registry index, its git
+dependencies): ``stage`` gives the run new files of its own with the same bytes instead of
+links (uv opens ``.lock`` read-write and fails on a read-only one, cargo's second fetch failed
+on ``FETCH_HEAD``), so nothing is shared that a tool must write. uv cannot work on a
 read-only cache at all (it locks and writes temporary files in every folder it reads), and
 cargo's git repositories (its registry index, its git dependencies) are not opened unless the
 sandbox user owns their folders, so after ``publish`` those folders of the run's copy
 (``REOPENED_DIRS``) are handed back by ``reopen``: its folders are the sandbox user's again and
-its lock files new, its other files stay the root-owned links the published generation shares —
+its lock files (and git's ``FETCH_HEAD`` and reflogs) new, its other files stay the root-owned
+links the published generation shares —
 the tools can add and replace entries of this run's copy in the later phases, never change a
 file of the repository's cache, and nothing of it is published.
 
@@ -111,7 +114,8 @@ class Caches:
     def stage(self, key: str, target: Path, owner: tuple[int, int]) -> bool:
         """Fill ``target`` (the run's empty ``cache`` folder) from the repository's published
         cache; returns whether there was one. Folders go to ``owner`` (the sandbox user's host
-        ids), files stay links to the published, root-owned ones."""
+        ids), files stay links to the published, root-owned ones (but those a tool writes in
+        place: ``_written_in_place``)."""
         repo = self.repository(key)
         try:
             for folder in (self.root, repo):
@@ -386,20 +390,28 @@ def _is_git_dir(folder: Path) -> bool:
     return stat.S_ISREG(head.st_mode) and stat.S_ISDIR(objects.st_mode)
 
 
+GIT_COPY_LIMIT = 1 << 20
+"""The largest git file a run gets its own copy of (``FETCH_HEAD`` and reflogs are a few
+lines each); a larger one stays a link, and git fails to write it in that run only."""
+
+
 def _written_in_place(path: Path, info: os.stat_result, git_dirs: set[Path]) -> bool:
     """Whether a tool opens ``path`` (a cache file) for writing where it is, so that the run
     needs a file of its own rather than a link to the published one: an empty file (a lock:
-    uv's, cargo's ``.package-cache``), or a git repository's file outside ``objects/`` (git
-    writes ``FETCH_HEAD`` and appends to its reflogs in place; the rest is small: ``HEAD``,
-    refs, ``config``)."""
+    uv's, cargo's ``.package-cache``), or what git writes in place in a repository's folder,
+    ``FETCH_HEAD`` and the reflogs under ``logs/`` (git and libgit2 replace every other file,
+    refs, ``config``, packs, by writing a new one and renaming it)."""
     if not stat.S_ISREG(info.st_mode):
         return False
     if info.st_size == 0:
         return True
-    return any(
-        parent in git_dirs and path.relative_to(parent).parts[0] != "objects"
-        for parent in path.parents
-    )
+    if info.st_size > GIT_COPY_LIMIT:
+        return False
+    for parent in path.parents:
+        if parent in git_dirs:
+            inside = path.relative_to(parent).parts
+            return inside == ("FETCH_HEAD",) or inside[0] == "logs"
+    return False
 
 
 def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list[Path]:

@@ -205,14 +205,15 @@ def test_gits_files_written_in_place_are_the_runs_own_and_cargos_repositories_re
 
     target = cache_of(tmp_path / "r2")
     caches.stage(key, target, SANDBOX)
-    own = ("config", "FETCH_HEAD", "logs/HEAD", "HEAD")
-    for name in [f"{GIT_INDEX}/{n}" for n in own] + ["cargo/git/db/dep-1/FETCH_HEAD"]:
+    own = [f"{GIT_INDEX}/FETCH_HEAD", f"{GIT_INDEX}/logs/HEAD", "cargo/git/db/dep-1/FETCH_HEAD"]
+    for name in own:
         info = (target / name).lstat()
         assert (info.st_uid, info.st_nlink) == (SANDBOX[0], 1), name
         assert (target / name).read_bytes() == CARGO_FILES[name]
         assert (published / name).lstat().st_uid == 0
-    for name in (f"{GIT_INDEX}/objects/pack/pack-1.pack", "cargo/git/db/dep-1/objects/ab/cdef"):
-        info = (target / name).lstat()  # git never writes an object in place: still linked
+    linked = ("objects/pack/pack-1.pack", "config", "HEAD")  # git replaces these, by rename
+    for name in [f"{GIT_INDEX}/{n}" for n in linked] + ["cargo/git/db/dep-1/objects/ab/cdef"]:
+        info = (target / name).lstat()
         assert info.st_uid == 0 and info.st_nlink >= 2, name
 
     caches.seal(target)
@@ -258,9 +259,10 @@ def test_reopening_never_follows_a_link_on_the_way_to_a_reopened_folder(tmp_path
 
 
 def test_git_files_are_copied_as_what_they_are_never_through_a_link(tmp_path: Path) -> None:
-    """A setup that planted a git folder whose ``config`` is a link to a host file and whose
+    """A setup that planted a git folder whose reflog is a link to a host file and whose
     ``FETCH_HEAD`` is a FIFO: the next run's copy keeps the link as a link and the FIFO as a
-    FIFO (nothing read through them, nothing blocks); a large reflog is copied whole."""
+    FIFO (nothing read through them, nothing blocks). A reflog of 1 MB is copied whole, one
+    larger stays a link (copying is for the few lines git writes)."""
     host_file = tmp_path / "host-secret"
     host_file.write_text("secret")
     caches = make(tmp_path)
@@ -271,9 +273,11 @@ def test_git_files_are_copied_as_what_they_are_never_through_a_link(tmp_path: Pa
     (git / "objects").mkdir(parents=True)
     (git / "logs").mkdir()
     (git / "HEAD").write_bytes(b"ref: refs/heads/main\n")
-    reflog = os.urandom(3 << 20)
+    (git / "logs/refs").mkdir()
+    reflog = os.urandom(1 << 20)
     (git / "logs/HEAD").write_bytes(reflog)
-    os.symlink(host_file, git / "config")
+    (git / "logs/refs/huge").write_bytes(reflog + b"x")
+    os.symlink(host_file, git / "logs/refs/main")
     os.mkfifo(git / "FETCH_HEAD")
     caches.seal(target)
     caches.publish(key, target, "r1")
@@ -281,12 +285,15 @@ def test_git_files_are_copied_as_what_they_are_never_through_a_link(tmp_path: Pa
     again = cache_of(tmp_path / "r2")
     caches.stage(key, again, SANDBOX)
     copy = again / "cargo/git/db/dep-1"
-    assert (copy / "config").is_symlink() and os.readlink(copy / "config") == str(host_file)
+    link = copy / "logs/refs/main"
+    assert link.is_symlink() and os.readlink(link) == str(host_file)
     assert stat.S_ISFIFO((copy / "FETCH_HEAD").lstat().st_mode)
     assert (copy / "logs/HEAD").read_bytes() == reflog
     assert (copy / "logs/HEAD").lstat().st_uid == SANDBOX[0]
+    huge = (copy / "logs/refs/huge").lstat()
+    assert huge.st_uid == 0 and huge.st_nlink >= 2
     caches.seal(again)
     caches.publish(key, again, "r2")
     caches.reopen(again, SANDBOX)
-    assert (copy / "config").is_symlink() and stat.S_ISFIFO((copy / "FETCH_HEAD").lstat().st_mode)
+    assert link.is_symlink() and stat.S_ISFIFO((copy / "FETCH_HEAD").lstat().st_mode)
     assert host_file.read_text() == "secret" and host_file.lstat().st_uid == 0

@@ -68,8 +68,8 @@ GIT_DEP = {
 # The agent: makes the change, builds it from the sealed cache alone (a fresh target folder),
 # then tries to change what the repository's cache holds. The registry index's and git
 # dependencies' folders are this run's (cargo's libgit2 opens no repository another user
-# owns) and so are their git files outside objects/ (git writes some in place): nothing in
-# them is the repository's.
+# owns) and so are git's FETCH_HEAD and reflogs in them (git writes those in place): nothing
+# in them is the repository's.
 AGENT = r"""
 import glob, json, os, pathlib, subprocess
 results = {}
@@ -112,7 +112,9 @@ def replace():  # the same bytes: the run's copy stays usable for the gate
     os.unlink(cached)
     pathlib.Path(cached).write_bytes(data)
 attempt("index_file_replace", replace)
-if git_index:
+if git_index:  # git writes FETCH_HEAD in place: the run's own copy; config is replaced
+    fetch_head = first(cargo + "/registry/index/*/.git/FETCH_HEAD")
+    attempt("fetch_head_write", lambda: open(fetch_head, "a").write("# appended\n"))
     config = first(cargo + "/registry/index/*/.git/config")
     attempt("index_config_write", lambda: open(config, "a").write("# appended\n"))
 if git_dep:
@@ -219,7 +221,9 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             transcript = stack.artifacts(first["id"])["transcript"].read_text()
             line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
             probes = json.loads(line.removeprefix("probes: "))
-            git_files = {} if cargo.sparse else {"index_config_write": "open"}
+            git_files = {}
+            if not cargo.sparse:
+                git_files = {"fetch_head_write": "open", "index_config_write": "PermissionError"}
             if cargo.git_dependency:
                 git_files["git_dep_write"] = "PermissionError"
             assert probes == {
@@ -240,7 +244,7 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             for path in [published, *published.rglob("*")]:
                 info = path.lstat()
                 assert info.st_uid == 0 and not info.st_mode & 0o022, path
-                if path.name == "config" and "registry/index" in str(path):
+                if path.name == "FETCH_HEAD" and "registry/index" in str(path):
                     assert "# appended" not in path.read_text(), path
 
             # The gate tested the agent's change offline, on the read-only cache.
