@@ -424,7 +424,7 @@ def _link_tree(source: Path, target: Path, *, fresh_empty: bool = False) -> list
     target.mkdir(exist_ok=True)
     for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
         base = Path(dirpath)
-        if fresh_empty and _is_git_dir(base):
+        if fresh_empty and "HEAD" in filenames and _is_git_dir(base):
             git_dirs.add(base)
         out = target / base.relative_to(source)
         for name in list(dirnames):
