@@ -1,8 +1,8 @@
 """End to end: a Rust project's dependencies through the run's egress proxy into the
 repository's cargo cache (``CARGO_HOME``), and offline from it afterwards.
 
-Setup's ``cargo fetch`` reads a registry's index and downloads a ``.crate`` and a git
-dependency through the proxy, from a registry on the host; the agent builds with
+Setup's ``cargo fetch`` reads a registry's index and downloads a ``.crate`` (and, with cargo
+0.66, a git dependency) through the proxy, from a registry on the host; the agent builds with
 ``cargo build --offline`` on the sealed cache and cannot change a cached file; a gate runs
 ``cargo test --offline``; the repository's next run downloads nothing; another repository's
 run sees none of it. Twice: Debian bookworm's cargo 0.66 reading a git index (the test tool
@@ -140,9 +140,9 @@ CARGOS = {
     # Debian bookworm's cargo 0.66: a git index, and libgit2's owner check on its repositories.
     "cargo-0.66-git-index": Cargo(tool_image, sparse=False),
     # Debian bookworm's cargo-web 1.96: the sparse index crates.io serves today, cargo's
-    # last-use database.
-    # No git dependency: its libgit2 calls fail against the system's libgit2 1.5 ("invalid
-    # version 0 on git_proxy_options", even with net.git-fetch-with-cli), a flaw of the package.
+    # last-use database. No git dependency: its libgit2 calls fail against the system's
+    # libgit2 1.5 ("invalid version 0 on git_proxy_options", with or without a proxy, and
+    # even with net.git-fetch-with-cli), a flaw of the package.
     "cargo-1.96-sparse-index": Cargo(rust_image, sparse=True, git_dependency=False),
 }
 
@@ -217,7 +217,8 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             ), egress
 
             # The agent built offline from the sealed cache; it could change no cached file,
-            # and what it changed in the index's git files stayed in its own run.
+            # and what it changed in the index's folder (a replaced file, FETCH_HEAD) stayed in
+            # its own run.
             transcript = stack.artifacts(first["id"])["transcript"].read_text()
             line = next(x for x in transcript.splitlines() if x.startswith("probes: "))
             probes = json.loads(line.removeprefix("probes: "))
