@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_probes import PRELUDE
 from tests.emulator.world import World
 from tests.package_index import CargoRegistry, build_crate, cargo_registry
 from tests.stack import BosunStack, open_stack
@@ -70,18 +71,9 @@ GIT_DEP = {
 # dependencies' folders are this run's (cargo's libgit2 opens no repository another user
 # owns) and so are git's FETCH_HEAD and reflogs in them (git writes those in place): nothing
 # in them is the repository's.
-AGENT = r"""
-import glob, json, os, pathlib, subprocess
-results = {}
-def attempt(name, change):
-    try:
-        change()
-        results[name] = "open"
-    except Exception as exc:
-        results[name] = type(exc).__name__
-def first(pattern):
-    found = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
-    return (found or ["/nonexistent/" + pattern])[0]
+AGENT = (
+    PRELUDE
+    + r"""
 git_dep = "bosun-git-dep" in pathlib.Path("/workspace/Cargo.toml").read_text()
 main = pathlib.Path("/workspace/src/main.rs")
 main.write_text(main.read_text().replace(
@@ -122,6 +114,7 @@ if git_dep:
     attempt("git_dep_write", lambda: open(checkout, "a").write("pub const EVIL: u32 = 1;\n"))
 print("probes: " + json.dumps(results, sort_keys=True))
 """
+)
 
 
 @dataclass(frozen=True)

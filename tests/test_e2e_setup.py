@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent_probes import PRELUDE
 from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
@@ -49,24 +50,14 @@ TESTS = (
 )
 
 # The agent: looks for any way out of the sandbox (none may work), then makes the change.
-AGENT = r"""
-import json, os, pathlib, socket, urllib.request
-results = {}
-def probe(name, open_it):
-    try:
-        open_it()
-        results[name] = "open"
-    except Exception as exc:
-        results[name] = type(exc).__name__
-def unix(path):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(3)
-    s.connect(path)
-probe("proxy_port", lambda: socket.create_connection(("127.0.0.1", 8789), timeout=3))
-probe("proxy_socket", lambda: unix("/bosun-egress/egress.sock"))
-probe("internet", lambda: socket.create_connection(("1.1.1.1", 443), timeout=3))
-probe("index", lambda: urllib.request.urlopen("INDEX_URL", timeout=3))
-probe("cache_write", lambda: open("/bosun-cache/pip/planted", "w"))
+AGENT = (
+    PRELUDE
+    + r"""
+attempt("proxy_port", lambda: socket.create_connection(("127.0.0.1", 8789), timeout=3))
+attempt("proxy_socket", lambda: unix("/bosun-egress/egress.sock"))
+attempt("internet", lambda: socket.create_connection(("1.1.1.1", 443), timeout=3))
+attempt("index", lambda: urllib.request.urlopen("INDEX_URL", timeout=3))
+attempt("cache_write", lambda: open("/bosun-cache/pip/planted", "w"))
 results["proxy_env"] = os.environ.get("HTTP_PROXY", "")
 results["egress_dir"] = sorted(os.listdir("/bosun-egress"))
 print("probes: " + json.dumps(results, sort_keys=True))
@@ -74,6 +65,7 @@ pathlib.Path("/workspace/app.py").write_text(
     "import bosun_dep\n\n\ndef answer():\n    return bosun_dep.VALUE\n"
 )
 """
+)
 
 
 DENIED_PROBE = (
@@ -431,22 +423,14 @@ func TestValue(t *testing.T) {
 # The agent: reinstalls or builds all three from the (read-only) caches alone, then tries to
 # change what the repository's cache holds; uv's folder is this run's to write, nothing in it
 # the repository's.
-TOOLS_AGENT = r"""
-import glob, json, os, pathlib, subprocess
-results = {}
+TOOLS_AGENT = (
+    PRELUDE
+    + r"""
 def run(name, *argv):
     env = {**os.environ, "GOPROXY": "off"}
     done = subprocess.run(argv, capture_output=True, text=True, cwd="/workspace", env=env)
     results[name] = done.returncode
     print(name, done.returncode, done.stdout[-2000:], done.stderr[-2000:])
-def attempt(name, change):
-    try:
-        change()
-        results[name] = "open"
-    except Exception as exc:
-        results[name] = type(exc).__name__
-def first(pattern):
-    return ([p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)] or ["none"])[0]
 subprocess.run(["rm", "-rf", ".venv", "node_modules"], check=True, cwd="/workspace")
 run("uv_sync", "uv", "sync", "--offline")
 run("uv_run", "uv", "run", "--offline", "python", "-c", "import bosun_dep; print(bosun_dep.VALUE)")
@@ -470,6 +454,7 @@ pathlib.Path("/workspace/app.py").write_text(
     "import bosun_dep\n\n\ndef answer():\n    return bosun_dep.VALUE\n"
 )
 """
+)
 
 
 @dataclass
