@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -292,3 +294,41 @@ async def test_bosun_up_restarts_its_redis_when_it_dies(tmp_path: Path) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await watching
         local.stop()
+
+
+def test_bosun_up_stores_a_signed_webhook_and_its_worker_processes_it(
+    tmp_path: Path, bosun_up: list[BosunProcess]
+) -> None:
+    """The README's `bosun up` answers webhooks through the same intake as `bosun web` (its
+    protocol answers them itself): stored once, a replay is a duplicate, its worker decides it."""
+    secret = "up-secret-" + secrets.token_hex(4)
+    process, web_port = _start_up(
+        tmp_path,
+        bosun_up,
+        "up",
+        BOSUN_REDIS__URL=f"redis://127.0.0.1:{free_port()}/0",
+        BOSUN_GITHUB__WEBHOOK_SECRET=secret,
+    )
+    body = json.dumps({"zen": "Approachable is better than simple.", "hook_id": 1}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": "up-" + secrets.token_hex(6),
+        "X-Hub-Signature-256": "sha256="
+        + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    url = f"http://127.0.0.1:{web_port}/webhooks/github"
+    first = httpx.post(url, content=body, headers=headers, timeout=10)
+    assert first.status_code == 202 and first.json()["status"] == "accepted", first.text
+    again = httpx.post(url, content=body, headers=headers, timeout=10)
+    assert again.status_code == 202 and again.json()["status"] == "duplicate", again.text
+    forged = httpx.post(
+        url, content=body, headers={**headers, "X-Hub-Signature-256": "sha256=" + "0" * 64}
+    )
+    assert forged.status_code == 401
+    _wait(
+        lambda: '"event": "delivery_processed"' in process.output(),
+        30,
+        f"bosun up's worker to process the delivery\n{process.output()[-3000:]}",
+    )
+    _stop(process)
