@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pytest
 import uvicorn
@@ -203,6 +203,26 @@ def work_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+class StackPlace(NamedTuple):
+    """Where a test's Bosun stack lives, in the order ``open_stack`` takes it: the emulator
+    world it serves, the test's own directory, Redis with the test's own namespace, and the
+    sandboxes' workspace root."""
+
+    world: World
+    tmp_path: Path
+    redis_url: str
+    namespace: str
+    work_root: Path
+
+
+@pytest.fixture
+def place(
+    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+) -> StackPlace:
+    """The five things every end-to-end stack is opened on (``open_stack(*place, ...)``)."""
+    return StackPlace(github_world, tmp_path, redis_url, redis_namespace, work_root)
+
+
 def make_stack_settings(
     tmp_path: Path,
     world: World,
@@ -280,9 +300,7 @@ def open_stack(
 
 
 @pytest.fixture
-def stack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
+def stack(place: StackPlace) -> Iterator[BosunStack]:
     """Bosun (web + worker) wired to a fresh emulator world whose webhooks it receives."""
-    with open_stack(github_world, tmp_path, redis_url, redis_namespace, work_root) as running:
+    with open_stack(*place) as running:
         yield running

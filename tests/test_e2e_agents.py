@@ -8,29 +8,30 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.openai import OpenAIResponsesStub
 from tests.modelstubs.server import running
 from tests.services import docker_client
-from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
+from tests.stack import (
+    PROFILES,
+    BosunStack,
+    StackPlace,
+    free_port,
+    make_stack_settings,
+    running_stack,
+)
 
 REAL_KEY = "sk-ant-api03-REAL-KEY-never-in-the-sandbox-0123456789abcdef"
 KEY_ENV = "BOSUN_TEST_ANTHROPIC_KEY"
 
 
 def agent_stack(
-    world: World,
-    tmp_path: Path,
-    redis_url: str,
-    namespace: str,
-    work_root: Path,
+    place: StackPlace,
     stub_url: str,
     budget: float,
     *,
@@ -42,7 +43,7 @@ def agent_stack(
 ) -> Any:
     docker_client().close()
     port = free_port()
-    world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    place.world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     profiles = {
         **PROFILES,
         "agent": {
@@ -55,16 +56,16 @@ def agent_stack(
         },
     }
     settings = make_stack_settings(
-        tmp_path,
-        world,
-        redis_url,
-        namespace,
-        work_root,
+        place.tmp_path,
+        place.world,
+        place.redis_url,
+        place.namespace,
+        place.work_root,
         port,
         profiles=profiles,
         gateway={"upstreams": {stub_url: {"api": api, "base_url": stub_url, "key_env": key_env}}},
     )
-    return running_stack(settings, world, port)
+    return running_stack(settings, place.world, port)
 
 
 @pytest.fixture
@@ -81,11 +82,7 @@ def _git(stack: BosunStack, *args: str) -> str:
 
 
 def test_claude_code_edits_through_the_gateway_and_pr_shows_cost(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     real_key: str,
 ) -> None:
     script = ModelScript(
@@ -98,9 +95,7 @@ def test_claude_code_edits_through_the_gateway_and_pr_shows_cost(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        agent_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
-        ) as stack,
+        agent_stack(place, stub_url, 5.0) as stack,
     ):
         number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
         stack.label(number, "bosun:agent")
@@ -130,11 +125,7 @@ def test_claude_code_edits_through_the_gateway_and_pr_shows_cost(
 
 
 def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     real_key: str,
 ) -> None:
     big = 2000  # tokens per turn: with the price table, two turns cross the budget
@@ -163,9 +154,7 @@ def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        agent_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 0.1
-        ) as stack,
+        agent_stack(place, stub_url, 0.1) as stack,
     ):
         number = stack.emulator.create_issue(stack.repo, "Expensive", "Do a lot", "alice")
         stack.label(number, "bosun:agent")
@@ -189,11 +178,7 @@ def test_budget_exhaustion_stops_agent_and_pushes_partial_work(
 
 
 def test_codex_edits_through_the_gateway(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     openai_key = "sk-proj-REAL-OPENAI-KEY-never-in-the-sandbox-0123456789"
@@ -207,11 +192,7 @@ def test_codex_edits_through_the_gateway(
     with (
         running(OpenAIResponsesStub(script)) as stub_url,
         agent_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            place,
             stub_url,
             5.0,
             runner="codex",
@@ -241,11 +222,7 @@ def test_codex_edits_through_the_gateway(
 
 
 def test_resume_continues_the_agent_session(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     real_key: str,
 ) -> None:
     """A run that hits its time limit keeps its Claude Code session; ``/resume`` starts a run
@@ -265,11 +242,7 @@ def test_resume_continues_the_agent_session(
     with (
         running(AnthropicStub(script)) as stub_url,
         agent_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            place,
             stub_url,
             5.0,
             timeout=25,
@@ -318,11 +291,7 @@ def test_resume_continues_the_agent_session(
 
 
 def test_a_model_nobody_priced_is_charged_conservatively_and_flagged(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     real_key: str,
 ) -> None:
     """A profile naming a model no price list knows (an in-house model behind an Anthropic-
@@ -340,11 +309,7 @@ def test_a_model_nobody_priced_is_charged_conservatively_and_flagged(
     with (
         running(AnthropicStub(script)) as stub_url,
         agent_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            place,
             stub_url,
             5.0,
             model=model,

@@ -15,14 +15,12 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.agent_probes import PRELUDE
-from tests.emulator.world import World
 from tests.package_index import CargoRegistry, build_crate, cargo_registry
-from tests.stack import BosunStack, open_stack
+from tests.stack import BosunStack, StackPlace, open_stack
 from tests.test_e2e_setup import run_once, setup_step
 from tests.tool_image import rust_image, tool_image
 
@@ -167,11 +165,7 @@ def seed(stack: BosunStack, repo: str, registry: CargoRegistry, cargo: Cargo) ->
 
 @pytest.mark.parametrize("cargo", list(CARGOS.values()), ids=list(CARGOS))
 def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_afterwards(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     cargo: Cargo,
 ) -> None:
     image = cargo.image()
@@ -181,13 +175,9 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
         profiles = {
             "default": {"runner": "script", "command": ["python3", "-c", AGENT], "image": image}
         }
-        caches = work_root / "caches"
+        caches = place.work_root / "caches"
         with open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles=profiles,
             egress={
                 "allow": [f"{registry.host}:{registry.port}"],
@@ -260,8 +250,8 @@ def test_cargo_fetches_through_the_proxy_and_builds_offline_from_the_cache_after
             )
 
             # Another repository's run sees none of it and downloads again.
-            other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
-            github_world.emulator.add_user("alice", other.full_name, "write")
+            other = place.world.emulator.create_repo("octo", "other", str(place.world.source))
+            place.world.emulator.add_user("alice", other.full_name, "write")
             seed(stack, other.full_name, registry, cargo)
             third = run_once(stack, other.full_name, "Answer 42 elsewhere", seen)
             assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()

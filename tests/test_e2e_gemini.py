@@ -8,15 +8,14 @@ follows it."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.emulator.world import World
 from tests.modelstubs import Depends, ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.gemini import GeminiStub
 from tests.modelstubs.server import running
+from tests.stack import StackPlace
 from tests.test_e2e_agents import _git, agent_stack
 from tests.test_e2e_steer import _colour, _steer_and_check
 
@@ -34,15 +33,9 @@ def gemini_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return GEMINI_KEY
 
 
-def gemini_stack(
-    world: World, tmp_path: Path, redis_url: str, namespace: str, work: Path, url: str
-) -> Any:
+def gemini_stack(place: StackPlace, url: str) -> Any:
     return agent_stack(
-        world,
-        tmp_path,
-        redis_url,
-        namespace,
-        work,
+        place,
         url,
         5.0,
         runner="gemini",
@@ -53,11 +46,7 @@ def gemini_stack(
 
 
 def test_gemini_cli_edits_through_the_gateway_and_pr_shows_cost(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     gemini_key: str,
 ) -> None:
     script = ModelScript(
@@ -74,9 +63,7 @@ def test_gemini_cli_edits_through_the_gateway_and_pr_shows_cost(
     stub = GeminiStub(script, key=gemini_key, cached_tokens=50, thoughts_tokens=25, thought=THOUGHT)
     with (
         running(stub) as stub_url,
-        gemini_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url
-        ) as stack,
+        gemini_stack(place, stub_url) as stack,
     ):
         number = stack.emulator.create_issue(stack.repo, "Say hello", "Add hello.txt", "alice")
         stack.label(number, "bosun:agent")
@@ -126,11 +113,7 @@ def test_gemini_cli_edits_through_the_gateway_and_pr_shows_cost(
 
 
 def test_gemini_cli_follows_a_steer_sent_during_a_long_tool_call(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     gemini_key: str,
 ) -> None:
     def write(colour: str) -> ToolTurn:
@@ -147,8 +130,6 @@ def test_gemini_cli_follows_a_steer_sent_during_a_long_tool_call(
     )
     with (
         running(GeminiStub(script, key=gemini_key, thought=THOUGHT)) as stub_url,
-        gemini_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url
-        ) as stack,
+        gemini_stack(place, stub_url) as stack,
     ):
         _steer_and_check(stack, script, GENERATE)

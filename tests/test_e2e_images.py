@@ -10,13 +10,11 @@ Bosun web + worker + real Redis + real Docker + the GitHub emulator over loopbac
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from sandboxes.repoimage import repo_tag
-from tests.emulator.world import World
 from tests.package_index import build_wheel, package_index
 from tests.services import docker_client
-from tests.stack import BosunStack, open_stack
+from tests.stack import BosunStack, StackPlace, open_stack
 from tests.test_e2e_setup import APP, TESTS, check_run_of, run_once
 
 DEVCONTAINER = """// the dev container: its image is built from the Dockerfile next to it
@@ -69,21 +67,13 @@ def left_containers(run_id: str) -> list[str]:
 
 
 def test_a_dev_container_is_built_through_the_egress_proxy_or_left_for_the_default_image(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n")
     with (
         package_index({"bosun-dep": (name, wheel)}) as index,
         open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles={"default": {"runner": "script", "command": ["python3", "-c", AGENT]}},
             egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
             sandbox={"repo_dockerfiles": True, "allowed_images": ["bosun-agent:latest"]},
@@ -189,18 +179,10 @@ def default_run(stack: BosunStack, seen: set[str]) -> None:
 
 
 def test_an_offline_build_an_allowed_dev_container_image_and_a_broken_file_named(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     with open_stack(
-        github_world,
-        tmp_path,
-        redis_url,
-        redis_namespace,
-        work_root,
+        *place,
         profiles={"default": {"runner": "script", "command": ["python3", "-c", AGENT]}},
         egress={"allow": []},
         sandbox={"repo_dockerfiles": True, "allowed_images": ["bosun-agent:latest"]},

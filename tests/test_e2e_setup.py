@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.agent_probes import PRELUDE
-from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.server import running
@@ -33,7 +31,7 @@ from tests.package_index import (
     npm_registry,
     package_index,
 )
-from tests.stack import BosunStack, open_stack
+from tests.stack import BosunStack, StackPlace, open_stack
 from tests.test_e2e_agents import KEY_ENV, REAL_KEY, agent_stack
 from tests.tool_image import tool_image
 
@@ -150,11 +148,7 @@ def check_run_of(stack: BosunStack, repo: str, head_sha: str) -> dict[str, Any]:
 
 
 def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n", padding=WHEEL_PADDING)
     with package_index({"bosun-dep": (name, wheel)}) as index:
@@ -165,14 +159,10 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             }
         }
         with open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles=profiles,
             egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
-            caches={"dir": work_root / "caches"},
+            caches={"dir": place.work_root / "caches"},
             # Later runs usually take a warm pooled sandbox: its binds are the run's folders.
             sandbox={"pool_size": 1},
         ) as stack:
@@ -241,8 +231,8 @@ def test_setup_installs_through_the_proxy_and_the_cache_stays_per_repository(
             assert " cache-files-before=0" not in stack.artifacts(second["id"])["setup"].read_text()
 
             # Another repository's run starts with an empty cache and downloads again.
-            other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
-            github_world.emulator.add_user("alice", other.full_name, "write")
+            other = place.world.emulator.create_repo("octo", "other", str(place.world.source))
+            place.world.emulator.add_user("alice", other.full_name, "write")
             seed(stack, other.full_name, index)
             third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
             assert " cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
@@ -271,22 +261,14 @@ NO_PROXY_GATE = (
 
 
 def test_a_profile_may_grant_the_agent_the_proxy_but_never_the_gates_and_devcontainers_run(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     name, wheel = build_wheel("bosun-dep", "1.0", "VALUE = 42\n")
     with package_index({"bosun-dep": (name, wheel)}) as index:
         agent = REGISTRY_AGENT.replace("INDEX_URL", index.url)
         profile = {"runner": "script", "command": ["python3", "-c", agent]}
         with open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles={"default": {**profile, "agent_network": "registries"}},
             egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
         ) as stack:
@@ -329,11 +311,7 @@ GATEWAY_PROBE = (
 
 
 def test_setup_cannot_reach_the_model_gateway_and_the_agent_then_can(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(KEY_ENV, REAL_KEY)
@@ -345,9 +323,7 @@ def test_setup_cannot_reach_the_model_gateway_and_the_agent_then_can(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        agent_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
-        ) as stack,
+        agent_stack(place, stub_url, 5.0) as stack,
     ):
         config = "setup:\n  - " + json.dumps(["python3", "-c", GATEWAY_PROBE]) + "\n"
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
@@ -543,11 +519,7 @@ def setup_step(stack: BosunStack, run_id: str, command: int, port: int) -> tuple
 
 
 def test_uv_npm_and_go_install_through_the_proxy_and_work_offline_from_the_cache_afterwards(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     image = tool_image()
     padding = WHEEL_PADDING // 2
@@ -576,13 +548,9 @@ def test_uv_npm_and_go_install_through_the_proxy_and_work_offline_from_the_cache
         command = ["python3", "-c", TOOLS_AGENT]
         profiles = {"default": {"runner": "script", "command": command, "image": image}}
         private = ["127.0.0.1", go.host]
-        caches = work_root / "caches"
+        caches = place.work_root / "caches"
         with open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles=profiles,
             egress={"allow": registries.hosts, "private_hosts": private},
             caches={"dir": caches},
@@ -646,8 +614,8 @@ def test_uv_npm_and_go_install_through_the_proxy_and_work_offline_from_the_cache
             )
 
             # Another repository's run sees none of it and downloads all three again.
-            other = github_world.emulator.create_repo("octo", "other", str(github_world.source))
-            github_world.emulator.add_user("alice", other.full_name, "write")
+            other = place.world.emulator.create_repo("octo", "other", str(place.world.source))
+            place.world.emulator.add_user("alice", other.full_name, "write")
             seed_tools(stack, other.full_name, registries)
             third = run_once(stack, other.full_name, "Use the dependency elsewhere", seen)
             assert "cache-files-before=0" in stack.artifacts(third["id"])["setup"].read_text()
@@ -669,22 +637,14 @@ print("flood: finished", flush=True)
 
 
 def test_the_agent_filling_uvs_writable_cache_is_stopped_like_a_full_workspace(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     """uv's folder of the run's copy is writable after setup, on the host's disk: the agent
     writing into it is stopped at the repository's cache cap, and nothing of it is kept."""
     profile = {"runner": "script", "command": ["python3", "-c", FLOOD_AGENT]}
-    caches = work_root / "caches"
+    caches = place.work_root / "caches"
     with open_stack(
-        github_world,
-        tmp_path,
-        redis_url,
-        redis_namespace,
-        work_root,
+        *place,
         profiles={"default": profile},
         caches={"dir": caches, "max_bytes_per_repository": 8_000_000},
     ) as stack:
@@ -712,11 +672,7 @@ pathlib.Path("/workspace/planted.txt").write_text(f"from the agent {time.time()}
 
 
 def test_setup_on_the_agents_branch_never_publishes_the_cache(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
 ) -> None:
     """A retry continues the agent's branch, and setup runs that checkout's code (a build
     script, install hooks): what it leaves in the dependency cache stays in that run, never
@@ -726,16 +682,12 @@ def test_setup_on_the_agents_branch_never_publishes_the_cache(
     with (
         package_index({}) as index,
         open_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            *place,
             profiles={
                 "default": {"runner": "script", "command": ["python3", "-c", PLANTING_AGENT]}
             },
             egress={"allow": [f"127.0.0.1:{index.port}"], "private_hosts": ["127.0.0.1"]},
-            caches={"dir": work_root / "caches"},
+            caches={"dir": place.work_root / "caches"},
         ) as stack,
     ):
         config = f"setup:\n  - {json.dumps(setup)}\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -18,12 +17,11 @@ import pytest
 from redis.asyncio import Redis
 
 from bot.web.dashboard.login import issue_admin_link
-from tests.emulator.world import World
 from tests.modelstubs import Depends, ModelScript, TextTurn, ToolTurn, Turn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.openai import OpenAIResponsesStub
 from tests.modelstubs.server import running
-from tests.stack import BosunStack
+from tests.stack import BosunStack, StackPlace
 from tests.test_e2e_agents import KEY_ENV, REAL_KEY, _git, agent_stack
 
 HIDDEN = "hidden-instruction-7f3a"
@@ -153,11 +151,7 @@ def _colour(body: dict[str, Any], blue: Turn, red: Turn) -> Turn:
 
 
 def test_claude_code_follows_a_steer_sent_during_a_long_tool_call(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     real_key: str,
 ) -> None:
     def write(colour: str) -> ToolTurn:
@@ -172,19 +166,13 @@ def test_claude_code_follows_a_steer_sent_during_a_long_tool_call(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        agent_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
-        ) as stack,
+        agent_stack(place, stub_url, 5.0) as stack,
     ):
         _steer_and_check(stack, script, "/v1/messages")
 
 
 def test_codex_follows_a_steer_sent_during_a_long_tool_call(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BOSUN_TEST_OPENAI_KEY", "sk-proj-REAL-OPENAI-KEY-0123456789abcdef")
@@ -202,11 +190,7 @@ def test_codex_follows_a_steer_sent_during_a_long_tool_call(
     with (
         running(OpenAIResponsesStub(script)) as stub_url,
         agent_stack(
-            github_world,
-            tmp_path,
-            redis_url,
-            redis_namespace,
-            work_root,
+            place,
             stub_url,
             5.0,
             runner="codex",

@@ -15,13 +15,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.settings import Settings
-from tests.emulator.world import World
 from tests.lifecycle_stack import (
     BASE_IMAGE,
     FAST_WORKER,
@@ -32,7 +30,7 @@ from tests.lifecycle_stack import (
     process_stack,
 )
 from tests.services import docker_client, missing
-from tests.stack import make_stack_settings
+from tests.stack import StackPlace, make_stack_settings
 
 TERMINAL = {"failed", "cancelled", "timed_out", "rejected", "merged"}
 
@@ -65,22 +63,14 @@ def private_dockerd() -> Iterator[PrivateDockerd]:
         engine.destroy()
 
 
-def _settings(
-    world: World,
-    tmp_path: Path,
-    redis_url: str,
-    namespace: str,
-    work_root: Path,
-    port: int,
-    **extra: Any,
-) -> Settings:
-    world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+def _settings(place: StackPlace, port: int, **extra: Any) -> Settings:
+    place.world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     return make_stack_settings(
-        tmp_path,
-        world,
-        redis_url,
-        namespace,
-        work_root,
+        place.tmp_path,
+        place.world,
+        place.redis_url,
+        place.namespace,
+        place.work_root,
         port,
         **{"worker": FAST_WORKER, "profiles": LIFECYCLE_PROFILES, **extra},
     )
@@ -152,20 +142,16 @@ def _foreign_sandbox() -> Iterator[str]:
         client.close()
 
 
-def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_worker_killed_mid_run_ends_failed_and_its_sandbox_is_reaped(place: StackPlace) -> None:
     _need_base_image()
     port = free_port()
     # Reconcile only at start and on the minute, to show the start pass does the work.
     worker = {**FAST_WORKER, "reconcile_seconds": 60}
-    settings = _settings(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, port, worker=worker
-    )
+    settings = _settings(place, port, worker=worker)
     stale = settings.worker.heartbeat_stale_seconds
     with (
         _foreign_sandbox() as foreign,
-        process_stack(settings, github_world, port, tmp_path / "logs") as stack,
+        process_stack(settings, place.world, port, place.tmp_path / "logs") as stack,
     ):
         first = stack.start_worker()
         run = _start_slow_run(stack)
@@ -210,24 +196,16 @@ def _clear_of_the_minute(margin: float) -> None:
 
 
 def test_docker_engine_restart_mid_run_ends_the_run_and_leaves_no_container(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     private_dockerd: PrivateDockerd,
 ) -> None:
     port = free_port()
     settings = _settings(
-        github_world,
-        tmp_path,
-        redis_url,
-        redis_namespace,
-        work_root,
+        place,
         port,
         sandbox={"docker_host": private_dockerd.host},
     )
-    with process_stack(settings, github_world, port, tmp_path / "logs") as stack:
+    with process_stack(settings, place.world, port, place.tmp_path / "logs") as stack:
         stack.start_worker()
         run = _start_slow_run(stack)
         assert len(private_dockerd.containers()) == 1

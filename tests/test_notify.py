@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,8 +21,7 @@ import pytest
 from bot.domain.states import RunState
 from bot.notify.outbox import repo_matches, types_of, wanted
 from bot.notify.sender import sign
-from tests.emulator.world import World
-from tests.stack import BosunStack, open_stack
+from tests.stack import BosunStack, StackPlace, open_stack
 from tests.test_api import client, make_token
 
 pytestmark = pytest.mark.docker
@@ -108,11 +106,7 @@ def receivers() -> Iterator[dict[str, Receiver]]:
 
 @pytest.fixture
 def notifying(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     receivers: dict[str, Receiver],
 ) -> Iterator[BosunStack]:
     endpoints = [
@@ -130,9 +124,7 @@ def notifying(
         "sweep_seconds": 1,
         "timeout_seconds": 1.5,
     }
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, notify=notify
-    ) as stack:
+    with open_stack(*place, notify=notify) as stack:
         yield stack
 
 

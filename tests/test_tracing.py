@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +20,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from bot import tracing
 from bot.entrypoints.cli import main as cli
 from bot.tracing.genai import AgentTrace
-from tests.emulator.world import World
 from tests.modelstubs import ModelScript, TextTurn, ToolTurn
 from tests.modelstubs.anthropic import AnthropicStub
 from tests.modelstubs.server import running
 from tests.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
-from tests.stack import BosunStack
+from tests.stack import BosunStack, StackPlace
 from tests.test_e2e_agents import KEY_ENV, REAL_KEY, agent_stack
 from tests.test_e2e_capacity import capacity_stack, run_of
 
@@ -71,11 +69,7 @@ def all_text(span: ReceivedSpan) -> str:
 
 
 def test_a_run_is_one_trace_over_otlp_from_webhook_to_pull_request(
-    github_world: World,
-    tmp_path: Path,
-    redis_url: str,
-    redis_namespace: str,
-    work_root: Path,
+    place: StackPlace,
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -88,9 +82,7 @@ def test_a_run_is_one_trace_over_otlp_from_webhook_to_pull_request(
     )
     with (
         running(AnthropicStub(script)) as stub_url,
-        agent_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, stub_url, 5.0
-        ) as stack,
+        agent_stack(place, stub_url, 5.0) as stack,
     ):
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": GATES}, user="alice")
         number = stack.emulator.create_issue(stack.repo, TITLE, BODY, "alice")
@@ -184,15 +176,11 @@ def test_a_run_is_one_trace_over_otlp_from_webhook_to_pull_request(
             assert secret not in text, (secret, span.name)
 
 
-def test_a_run_that_waits_for_a_slot_keeps_one_trace_across_its_jobs(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_a_run_that_waits_for_a_slot_keeps_one_trace_across_its_jobs(place: StackPlace) -> None:
     exporter = InMemorySpanExporter()
     assert tracing.acquire(exporter)  # in-process: the stack's web and worker share it
     try:
-        with capacity_stack(
-            github_world, tmp_path, redis_url, redis_namespace, work_root, queue_poll_seconds=1
-        ) as stack:
+        with capacity_stack(*place, queue_poll_seconds=1) as stack:
             config = "limits:\n  concurrent_runs: 1\n"
             stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
             first, second = start_run(stack, "First"), start_run(stack, "Second")
