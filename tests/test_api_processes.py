@@ -7,22 +7,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.emulator.world import World
 from tests.lifecycle_stack import BosunProcess, process_stack, settings_env
 from tests.services import docker_client, missing
-from tests.stack import AGENT_IMAGE, free_port, make_stack_settings
+from tests.stack import AGENT_IMAGE, StackPlace, free_port, make_stack_settings
 
 pytestmark = pytest.mark.docker
 
 
-def test_the_web_process_serves_artifacts_a_worker_elsewhere_produced(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_the_web_process_serves_artifacts_a_worker_elsewhere_produced(place: StackPlace) -> None:
     client = docker_client()
     try:
         client.images.get(AGENT_IMAGE)
@@ -31,19 +27,25 @@ def test_the_web_process_serves_artifacts_a_worker_elsewhere_produced(
     finally:
         client.close()
     port = free_port()
-    github_world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    place.world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     shared = {"artifacts": {"backend": "database"}}
-    (tmp_path / "web").mkdir()
+    (place.tmp_path / "web").mkdir()
     web_settings = make_stack_settings(
-        tmp_path / "web", github_world, redis_url, redis_namespace, work_root, port, **shared
+        place.tmp_path / "web",
+        place.world,
+        place.redis_url,
+        place.namespace,
+        place.work_root,
+        port,
+        **shared,
     )
-    worker_dir = tmp_path / "worker"
+    worker_dir = place.tmp_path / "worker"
     worker_settings = make_stack_settings(
-        worker_dir, github_world, redis_url, redis_namespace, work_root, port,
+        worker_dir, place.world, place.redis_url, place.namespace, place.work_root, port,
         database={"url": web_settings.database.url}, **shared,
     )  # fmt: skip
     assert web_settings.data_dir != worker_settings.data_dir
-    with process_stack(web_settings, github_world, port, tmp_path / "logs") as stack:
+    with process_stack(web_settings, place.world, port, place.tmp_path / "logs") as stack:
         env = {**stack.env, **settings_env(worker_settings)}
         worker_dir.mkdir(parents=True, exist_ok=True)
         token = subprocess.run(
@@ -52,14 +54,16 @@ def test_the_web_process_serves_artifacts_a_worker_elsewhere_produced(
             env=stack.env, capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
         secret = json.loads(token.stdout)["token"]
-        worker = BosunProcess("worker", [stack.web.argv[0], "worker"], env, tmp_path / "w.log")
+        worker = BosunProcess(
+            "worker", [stack.web.argv[0], "worker"], env, place.tmp_path / "w.log"
+        )
         with worker.log.open("ab") as log:  # a working directory of its own
             worker.proc = subprocess.Popen(
                 worker.argv, env=env, cwd=worker_dir, stdout=log, stderr=subprocess.STDOUT
             )
         stack.workers.append(worker)
-        number = github_world.emulator.create_issue(stack.repo, "Edit", "Edit the README.", "alice")
-        github_world.emulator.add_labels(stack.repo, number, ["bosun"], "alice")
+        number = place.world.emulator.create_issue(stack.repo, "Edit", "Edit the README.", "alice")
+        place.world.emulator.add_labels(stack.repo, number, ["bosun"], "alice")
         stack.wait_for(
             lambda: (run := stack.run()) is not None and run["state"] == "review_ready",
             120,

@@ -19,8 +19,7 @@ import pytest
 from bot.agents.runners import get_runner
 from bot.control.views import EventOut
 from bot.entrypoints.cli_render import event_line
-from tests.emulator.world import World
-from tests.stack import BosunStack, free_port, open_stack
+from tests.stack import BosunStack, StackPlace, free_port, open_stack
 
 BOSUN = str(Path(sys.executable).parent / "bosun")
 
@@ -90,13 +89,9 @@ def cli(stack: BosunStack) -> Cli:
 
 
 @pytest.fixture
-def live(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
+def live(place: StackPlace) -> Iterator[BosunStack]:
     """A stack with the ``ticker`` and ``slow`` profiles."""
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=PROFILES
-    ) as running:
+    with open_stack(*place, profiles=PROFILES) as running:
         yield running
 
 

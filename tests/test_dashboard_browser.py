@@ -30,9 +30,8 @@ import pytest
 
 from bot.web.dashboard.login import print_admin_link
 from tests.emulator.routes_oauth import client_id, client_secret
-from tests.emulator.world import World
 from tests.services import missing
-from tests.stack import PROFILES, BosunStack, open_stack
+from tests.stack import PROFILES, BosunStack, StackPlace, open_stack
 from tests.test_local_e2e import user_repo
 
 pytestmark = pytest.mark.docker
@@ -79,21 +78,15 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def dash_stack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
-    app_id = github_world.app.app_id
+def dash_stack(place: StackPlace) -> Iterator[BosunStack]:
+    app_id = place.world.app.app_id
     profiles = {
         **PROFILES,
         "slowedit": {"runner": "script", "command": ["python3", "-c", SLOW_EDIT]},
     }
     github = {"client_id": client_id(app_id), "client_secret": client_secret(app_id)}
     with open_stack(
-        github_world,
-        tmp_path,
-        redis_url,
-        redis_namespace,
-        work_root,
+        *place,
         profiles=profiles,
         github=github,
     ) as stack:

@@ -8,34 +8,37 @@ import contextlib
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from tests.emulator.world import World
 from tests.services import docker_client
-from tests.stack import PROFILES, BosunStack, free_port, make_stack_settings, running_stack
+from tests.stack import (
+    PROFILES,
+    BosunStack,
+    StackPlace,
+    free_port,
+    make_stack_settings,
+    running_stack,
+)
 
 SLOW_EDIT = ["sh", "-c", "sleep 6 && echo 'Edited while holding a slot.' >> README.md"]
 
 
 @contextlib.contextmanager
-def capacity_stack(
-    world: World, tmp_path: Path, redis_url: str, namespace: str, work_root: Path, **worker: Any
-) -> Iterator[BosunStack]:
+def capacity_stack(place: StackPlace, **worker: Any) -> Iterator[BosunStack]:
     docker_client().close()
     port = free_port()
-    world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
+    place.world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     settings = make_stack_settings(
-        tmp_path,
-        world,
-        redis_url,
-        namespace,
-        work_root,
+        place.tmp_path,
+        place.world,
+        place.redis_url,
+        place.namespace,
+        place.work_root,
         port,
         profiles={**PROFILES, "slowedit": {"runner": "script", "command": SLOW_EDIT}},
         worker={"lease_seconds": 5, **worker},
     )
-    with running_stack(settings, world, port) as stack:
+    with running_stack(settings, place.world, port) as stack:
         yield stack
 
 
@@ -73,13 +76,9 @@ def start(stack: BosunStack, title: str, body: str = "Please edit the README.") 
     return number
 
 
-def test_second_run_waits_for_the_repository_slot_then_starts_when_woken(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_second_run_waits_for_the_repository_slot_then_starts_when_woken(place: StackPlace) -> None:
     # A long poll: the waiting run can only start promptly if the first run's end wakes it.
-    with capacity_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, queue_poll_seconds=60
-    ) as stack:
+    with capacity_stack(place, queue_poll_seconds=60) as stack:
         config = "limits:\n  concurrent_runs: 1\n"
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
         first = start(stack, "First")
@@ -125,13 +124,9 @@ def test_second_run_waits_for_the_repository_slot_then_starts_when_woken(
         assert len(stack.state()["pulls"]) == 2
 
 
-def test_overlapping_focus_paths_take_turns_and_disjoint_ones_do_not(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_overlapping_focus_paths_take_turns_and_disjoint_ones_do_not(place: StackPlace) -> None:
     # A short poll: the waiting run asks many times, and none of its asks counts as a try.
-    with capacity_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, queue_poll_seconds=1
-    ) as stack:
+    with capacity_stack(place, queue_poll_seconds=1) as stack:
         config = "limits:\n  concurrent_runs: 3\n"
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
         first = start(stack, "Parser", "Rework it.\n\nFocus: src/**\n")
@@ -164,10 +159,8 @@ def test_overlapping_focus_paths_take_turns_and_disjoint_ones_do_not(
         stack.wait_for(lambda: not stack.db("SELECT run_id FROM scope_locks"), 15, "no locks")
 
 
-def test_overlapping_run_is_refused_when_config_says_so(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
-    with capacity_stack(github_world, tmp_path, redis_url, redis_namespace, work_root) as stack:
+def test_overlapping_run_is_refused_when_config_says_so(place: StackPlace) -> None:
+    with capacity_stack(place) as stack:
         config = "focus_paths: ['src/**']\nlimits:\n  scope_conflict: refuse\n"
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
         first = start(stack, "One")
@@ -184,14 +177,10 @@ def test_overlapping_run_is_refused_when_config_says_so(
         stack.wait_for(lambda: run_of(stack, first)["state"] == "review_ready", 90, "first done")
 
 
-def test_cancelling_a_waiting_run_ends_it_at_once(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_cancelling_a_waiting_run_ends_it_at_once(place: StackPlace) -> None:
     """A run waiting for a slot is cancelled by unlabelling; with a one-minute poll it still
     ends within seconds, because the cancel makes its deferred job due."""
-    with capacity_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, queue_poll_seconds=60
-    ) as stack:
+    with capacity_stack(place, queue_poll_seconds=60) as stack:
         config = "limits:\n  concurrent_runs: 1\n"
         stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
         first = stack.emulator.create_issue(stack.repo, "Endless", "Hold the slot.", "alice")

@@ -3,11 +3,9 @@ same permission checks (SPEC §8, §3.3)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from tests.emulator.world import World
-from tests.stack import EDIT_AGENT, PROFILES, BosunStack, open_stack
+from tests.stack import EDIT_AGENT, PROFILES, BosunStack, StackPlace, open_stack
 from tests.test_e2e_review import _audit, _ready_pr
 
 AUTO_MERGE = "merge:\n  auto_merge: true\n"
@@ -80,9 +78,7 @@ def test_an_approving_github_review_counts_as_approve(stack: BosunStack) -> None
     assert approvals == [("bob", run["head_sha"], "review")]
 
 
-def test_retry_while_running_is_folded_into_the_next_run(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_retry_while_running_is_folded_into_the_next_run(place: StackPlace) -> None:
     """A `/retry` that arrives while the agent works does not race it: its feedback waits and
     reaches the next run's prompt together with the feedback that starts that run."""
     slow_edit = "import time; time.sleep(6)\n" + EDIT_AGENT
@@ -90,9 +86,7 @@ def test_retry_while_running_is_folded_into_the_next_run(
         **PROFILES,
         "default": {"runner": "script", "command": ["python3", "-c", slow_edit]},
     }
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
-    ) as stack:
+    with open_stack(*place, profiles=profiles) as stack:
         number = stack.emulator.create_issue(stack.repo, "Fold", "Change it.", "alice")
         stack.label(number)
         (first,) = stack.wait_run({"running"}, timeout=60)

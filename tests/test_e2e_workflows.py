@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.emulator.world import World
-from tests.stack import PROFILES, BosunStack, open_stack
+from tests.stack import PROFILES, BosunStack, StackPlace, open_stack
 
 PHASE_AGENT = r"""
 import os, pathlib, re
@@ -55,12 +53,8 @@ WORKFLOW_PROFILES: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture
-def wstack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=WORKFLOW_PROFILES
-    ) as running:
+def wstack(place: StackPlace) -> Iterator[BosunStack]:
+    with open_stack(*place, profiles=WORKFLOW_PROFILES) as running:
         yield running
 
 

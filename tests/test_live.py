@@ -17,9 +17,8 @@ import httpx
 import pytest
 import redis
 
-from tests.emulator.world import World
 from tests.lifecycle_stack import BosunProcess, settings_env
-from tests.stack import PROFILES, BosunStack, free_port, open_stack
+from tests.stack import PROFILES, BosunStack, StackPlace, free_port, open_stack
 from tests.test_api import make_token
 
 pytestmark = pytest.mark.docker
@@ -35,16 +34,12 @@ sys.exit(3)  # so the run ends (failed) and its stream with it
 
 
 @pytest.fixture
-def live(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[tuple[BosunStack, str]]:
+def live(place: StackPlace) -> Iterator[tuple[BosunStack, str]]:
     profiles = {
         **PROFILES,
         "ticker": {"runner": "script", "command": ["python3", "-c", TICKER, "40", "0.1"]},
     }
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
-    ) as stack:
+    with open_stack(*place, profiles=profiles) as stack:
         yield stack, make_token(stack, "watcher", "read")
 
 
@@ -219,14 +214,12 @@ def _ok(url: str) -> bool:
         return False
 
 
-def test_a_quiet_run_is_flagged_stalled_and_unflagged(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
+def test_a_quiet_run_is_flagged_stalled_and_unflagged(place: StackPlace) -> None:
     """No event for ``worker.stall_seconds``: an event, the API's ``stalled`` and a line in the
     status comment; the agent's next line lifts all three."""
     quiet = {"runner": "script", "command": ["sh", "-c", "echo start; sleep 6; echo resumed"]}
     with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root,
+        *place,
         profiles={**PROFILES, "quiet": quiet}, worker={"poll_delay": 0.05, "stall_seconds": 2},
     ) as stack:  # fmt: skip
         token = make_token(stack, "watcher", "read")

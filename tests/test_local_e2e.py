@@ -22,8 +22,7 @@ import pytest
 
 from bot.entrypoints.localtoken import write_local_token
 from bot.profiles import DEFAULT_PROFILES
-from tests.emulator.world import World
-from tests.stack import PROFILES, BosunStack, open_stack
+from tests.stack import PROFILES, BosunStack, StackPlace, open_stack
 from tests.test_api import make_token
 from tests.test_localrepo import git, snapshot
 
@@ -281,14 +280,10 @@ def test_a_repository_removed_while_its_run_waits_fails_the_run_clearly(
 
 
 @pytest.fixture
-def demo_stack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
+def demo_stack(place: StackPlace) -> Iterator[BosunStack]:
     """The test stack with the profile a fresh install has: ``demo`` (bot.profiles)."""
     profiles = {**PROFILES, "demo": DEFAULT_PROFILES["demo"].model_dump(exclude_none=True)}
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
-    ) as running:
+    with open_stack(*place, profiles=profiles) as running:
         yield running
 
 

@@ -5,15 +5,13 @@ worker's own port shows what only that worker knows."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.emulator.world import World
-from tests.stack import EDIT_AGENT, PROFILES, BosunStack, free_port, open_stack
+from tests.stack import EDIT_AGENT, PROFILES, BosunStack, StackPlace, free_port, open_stack
 
 pytestmark = pytest.mark.docker
 
@@ -48,20 +46,14 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def metered(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[tuple[BosunStack, int]]:
+def metered(place: StackPlace) -> Iterator[tuple[BosunStack, int]]:
     worker_port = free_port()
     profiles: dict[str, Any] = {
         **PROFILES,
         "pause": {"runner": "script", "command": ["python3", "-c", PAUSE_AGENT]},
     }
     with open_stack(
-        github_world,
-        tmp_path,
-        redis_url,
-        redis_namespace,
-        work_root,
+        *place,
         profiles=profiles,
         metrics={"token": TOKEN, "cache_seconds": 0, "worker_port": worker_port},
     ) as stack:

@@ -4,12 +4,10 @@ the gates run, so they cannot race the gates, read their memory or change the tr
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.emulator.world import World
-from tests.stack import PROFILES, BosunStack, open_stack
+from tests.stack import PROFILES, BosunStack, StackPlace, open_stack
 
 # The agent exits at once but leaves a detached process that writes into the workspace two
 # seconds later, while the (four-second) gate runs.
@@ -25,16 +23,12 @@ print("agent: done, a helper keeps running")
 
 
 @pytest.fixture
-def lstack(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> Iterator[BosunStack]:
+def lstack(place: StackPlace) -> Iterator[BosunStack]:
     profiles = {
         **PROFILES,
         "leaver": {"runner": "script", "command": ["python3", "-c", LEAVES_A_PROCESS]},
     }
-    with open_stack(
-        github_world, tmp_path, redis_url, redis_namespace, work_root, profiles=profiles
-    ) as running:
+    with open_stack(*place, profiles=profiles) as running:
         yield running
 
 

@@ -11,21 +11,18 @@ from pathlib import Path
 import httpx
 import redis
 
-from tests.emulator.world import World
-from tests.stack import free_port, make_stack_settings, running_stack
+from tests.stack import StackPlace, free_port, make_stack_settings, running_stack
 
 
-def test_manifest_flow_registers_the_app_and_runs_start(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
-) -> None:
-    world = github_world
+def test_manifest_flow_registers_the_app_and_runs_start(place: StackPlace) -> None:
+    world = place.world
     port = free_port()
     settings = make_stack_settings(
-        tmp_path,
+        place.tmp_path,
         world,
-        redis_url,
-        redis_namespace,
-        work_root,
+        place.redis_url,
+        place.namespace,
+        place.work_root,
         port,
         github={"app_id": None, "private_key": None, "webhook_secret": None},
     )
@@ -53,7 +50,7 @@ def test_manifest_flow_registers_the_app_and_runs_start(
         # Not even with a state planted in Redis, as whoever holds its password could.
         planted = "planted-state"
         redis_client = redis.Redis.from_url(
-            redis_url, password=settings.redis.password_value(), socket_connect_timeout=2
+            place.redis_url, password=settings.redis.password_value(), socket_connect_timeout=2
         )
         with redis_client:
             redis_client.set(settings.redis.key("setup-state", planted), "1", ex=60)

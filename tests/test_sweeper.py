@@ -4,7 +4,6 @@ end, deliveries sent while Bosun was down reach it once it is back, and start th
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from githubkit.exception import RequestFailed
@@ -12,7 +11,7 @@ from githubkit.exception import RequestFailed
 from jobs.deliveries import sweeper
 from jobs.deliveries.sweeper import Attempt, next_cursor, to_redeliver
 from tests.emulator.world import World
-from tests.stack import free_port, make_stack_settings, running_stack
+from tests.stack import StackPlace, free_port, make_stack_settings, running_stack
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -37,9 +36,9 @@ def test_only_never_delivered_and_unknown_guids_are_asked_for_again() -> None:
 
 
 def test_deliveries_sent_while_bosun_was_down_start_the_run_once_it_is_back(
-    github_world: World, tmp_path: Path, redis_url: str, redis_namespace: str, work_root: Path
+    place: StackPlace,
 ) -> None:
-    world = github_world
+    world = place.world
     port = free_port()  # nothing listens here yet: every delivery fails to connect
     world.emulator.create_app(f"http://127.0.0.1:{port}/webhooks/github", "webhook-secret")
     repo = world.repo.full_name
@@ -48,7 +47,9 @@ def test_deliveries_sent_while_bosun_was_down_start_the_run_once_it_is_back(
     failed = [d for d in world.emulator.deliveries() if d["event"] == "issues"]
     assert failed and all(a["status_code"] == 0 for d in failed for a in d["attempts"])
 
-    settings = make_stack_settings(tmp_path, world, redis_url, redis_namespace, work_root, port)
+    settings = make_stack_settings(
+        place.tmp_path, world, place.redis_url, place.namespace, place.work_root, port
+    )
     with running_stack(settings, world, port) as stack:  # the worker sweeps at start
         (run,) = stack.wait_run({"review_ready", "failed"}, timeout=120)
         assert run["state"] == "review_ready", run

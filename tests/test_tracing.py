@@ -180,7 +180,7 @@ def test_a_run_that_waits_for_a_slot_keeps_one_trace_across_its_jobs(place: Stac
     exporter = InMemorySpanExporter()
     assert tracing.acquire(exporter)  # in-process: the stack's web and worker share it
     try:
-        with capacity_stack(*place, queue_poll_seconds=1) as stack:
+        with capacity_stack(place, queue_poll_seconds=1) as stack:
             config = "limits:\n  concurrent_runs: 1\n"
             stack.emulator.push(stack.repo, "main", {".github/bosun.yml": config}, user="alice")
             first, second = start_run(stack, "First"), start_run(stack, "Second")
