@@ -671,6 +671,17 @@ pathlib.Path("/workspace/planted.txt").write_text(f"from the agent {time.time()}
 """
 
 
+def next_review_ready(stack: BosunStack, seen: set[str], what: str) -> dict[str, Any]:
+    """The first review-ready run not in ``seen`` (added to it), waiting up to 180 s."""
+    run = stack.wait_for(
+        lambda: [r for r in stack.runs() if r["id"] not in seen and r["state"] == "review_ready"],
+        180,
+        what,
+    )[0]
+    seen.add(run["id"])
+    return run
+
+
 def test_setup_on_the_agents_branch_never_publishes_the_cache(
     place: StackPlace,
 ) -> None:
@@ -696,14 +707,7 @@ def test_setup_on_the_agents_branch_never_publishes_the_cache(
         first = run_once(stack, stack.repo, "Plant", seen)
         pr = next(p for p in stack.state()["pulls"] if p["pull"]["head"] == first["branch"])
         stack.emulator.comment(stack.repo, pr["number"], "/retry once more", "alice")
-        retried = stack.wait_for(
-            lambda: [
-                r for r in stack.runs() if r["id"] not in seen and r["state"] == "review_ready"
-            ],
-            180,
-            "the retried run review-ready",
-        )[0]
-        seen.add(retried["id"])
+        retried = next_review_ready(stack, seen, "the retried run review-ready")
         assert retried["branch"] == first["branch"]
 
         def planted_seen(run_id: str) -> str:
@@ -714,13 +718,7 @@ def test_setup_on_the_agents_branch_never_publishes_the_cache(
 
         number = stack.emulator.create_issue(stack.repo, "Another issue", "Go on.", "alice")
         stack.emulator.add_labels(stack.repo, number, ["bosun"], "alice")
-        later = stack.wait_for(
-            lambda: [
-                r for r in stack.runs() if r["id"] not in seen and r["state"] == "review_ready"
-            ],
-            180,
-            "the later run review-ready",
-        )[0]
+        later = next_review_ready(stack, seen, "the later run review-ready")
         assert planted_seen(later["id"]) == "seen-planted=no"
         logs = [e["data"]["line"] for e in stack.events(retried["id"], "log")]
         assert any("kept for this run only" in line for line in logs), logs
