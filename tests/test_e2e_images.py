@@ -10,6 +10,7 @@ Bosun web + worker + real Redis + real Docker + the GitHub emulator over loopbac
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sandboxes.repoimage import repo_tag
 from tests.package_index import build_wheel, package_index
@@ -100,8 +101,7 @@ def built_run(stack: BosunStack, seen: set[str], index_url: str, index_port: int
         "app.py": APP,
         "test_app.py": TESTS,
     }
-    stack.emulator.push(stack.repo, "main", files, user="alice")
-    run = run_once(stack, stack.repo, "Use the dependency", seen)
+    run = run_on(stack, files, "Use the dependency", seen)
 
     # The image: built from the dev container's Dockerfile, with the proxy as its network.
     policy = [e["data"] for e in stack.events(run["id"], "policy")]
@@ -132,15 +132,26 @@ def built_run(stack: BosunStack, seen: set[str], index_url: str, index_port: int
     assert left_containers(run["id"]) == []
 
 
+def run_on(stack: BosunStack, files: dict[str, str], title: str, seen: set[str]) -> dict[str, Any]:
+    """Push ``files`` to the default branch, then label a new issue and wait for its run."""
+    stack.emulator.push(stack.repo, "main", files, user="alice")
+    return run_once(stack, stack.repo, title, seen)
+
+
+def image_decision(stack: BosunStack, run_id: str) -> dict[str, Any]:
+    """The run's one policy event about its image."""
+    (decision,) = [
+        e["data"] for e in stack.events(run_id, "policy") if e["data"]["rule"] == "image"
+    ]
+    return decision
+
+
 def failed_build_run(stack: BosunStack, seen: set[str]) -> None:
     """A dev container whose build fails: the run goes on with the profile's image."""
     dockerfile = "FROM bosun-agent:latest\nRUN echo compiling-the-dev-container && false\n"
     files = {".devcontainer/Dockerfile": dockerfile, ".github/bosun.yml": "gates: []\n"}
-    stack.emulator.push(stack.repo, "main", files, user="alice")
-    run = run_once(stack, stack.repo, "Edit with a broken dev container build", seen)
-    (decision,) = [
-        e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
-    ]
+    run = run_on(stack, files, "Edit with a broken dev container build", seen)
+    decision = image_decision(stack, run["id"])
     assert decision["decision"] == "default" and decision["image"] == ".devcontainer/Dockerfile"
     assert "could not be built" in decision["message"]
     assert "`image-build` artifact" in decision["message"]
@@ -155,12 +166,9 @@ def failed_build_run(stack: BosunStack, seen: set[str]) -> None:
 def default_run(stack: BosunStack, seen: set[str]) -> None:
     devcontainer = '{"image": "node:20", "postCreateCommand": "echo from-the-dev-container"}'
     files = {".devcontainer/devcontainer.json": devcontainer, ".github/bosun.yml": "gates: []\n"}
-    stack.emulator.push(stack.repo, "main", files, user="alice")
-    run = run_once(stack, stack.repo, "Use the dependency without an image", seen)
+    run = run_on(stack, files, "Use the dependency without an image", seen)
 
-    (decision,) = [
-        e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
-    ]
+    decision = image_decision(stack, run["id"])
     assert decision["decision"] == "default" and decision["image"] == "node:20"
     assert "`node:20`" in decision["message"] and "`sandbox.allowed_images`" in decision["message"]
     assert "the run uses the profile's image `bosun-agent:latest`" in decision["message"]
@@ -201,11 +209,8 @@ def test_an_offline_build_an_allowed_dev_container_image_and_a_broken_file_named
             ".github/bosun.yml": "gates: []\n",
         }
         try:
-            stack.emulator.push(stack.repo, "main", files, user="alice")
-            run = run_once(stack, stack.repo, "Build offline", seen)
-            (decision,) = [
-                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
-            ]
+            run = run_on(stack, files, "Build offline", seen)
+            decision = image_decision(stack, run["id"])
             assert (decision["decision"], decision["network"]) == ("build", "none"), decision
             check = check_run_of(stack, stack.repo, run["head_sha"])
             assert "no network)" in image_row(check["output"]["summary"])
@@ -214,11 +219,8 @@ def test_an_offline_build_an_allowed_dev_container_image_and_a_broken_file_named
             # An image the operator allows: used as it is.
             allowed = '{"image": "bosun-agent:latest"}'
             files = {".devcontainer/devcontainer.json": allowed}
-            stack.emulator.push(stack.repo, "main", files, user="alice")
-            run = run_once(stack, stack.repo, "Edit on the dev container's image", seen)
-            (decision,) = [
-                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
-            ]
+            run = run_on(stack, files, "Edit on the dev container's image", seen)
+            decision = image_decision(stack, run["id"])
             assert decision == {
                 "rule": "image",
                 "decision": "allow",
@@ -231,11 +233,8 @@ def test_an_offline_build_an_allowed_dev_container_image_and_a_broken_file_named
             # `setup: []` in the policy file: the broken dev container is named on the image row.
             broken = '{"build": {"dockerfile": "/etc/Dockerfile"}}'
             files = {".devcontainer/devcontainer.json": broken, ".github/bosun.yml": "setup: []\n"}
-            stack.emulator.push(stack.repo, "main", files, user="alice")
-            run = run_once(stack, stack.repo, "Edit with a broken dev container", seen)
-            (decision,) = [
-                e["data"] for e in stack.events(run["id"], "policy") if e["data"]["rule"] == "image"
-            ]
+            run = run_on(stack, files, "Edit with a broken dev container", seen)
+            decision = image_decision(stack, run["id"])
             assert decision["decision"] == "default"
             assert "build.dockerfile must be relative" in decision["message"]
             check = check_run_of(stack, stack.repo, run["head_sha"])
