@@ -36,7 +36,7 @@ from bot.web.health import healthz, readyz
 from bot.web.intake import DeliveryIntake
 from bot.web.middleware import request_logging
 from bot.web.setup import setup_callback, setup_page
-from bot.web.webhooks import webhook_route
+from bot.web.webhooks import WebhookRoute
 
 log = structlog.get_logger("bot.web")
 
@@ -105,7 +105,7 @@ def create_app(
         debug=False,
     )
     # POST /webhooks/github in front of Litestar's routing and middleware (bot/web/webhooks.py).
-    app.asgi_handler = webhook_route(app.asgi_handler, app.state, settings.max_webhook_bytes)
+    app.asgi_handler = WebhookRoute(app.asgi_handler, app.state, settings.max_webhook_bytes)
     return app
 
 

@@ -1,6 +1,6 @@
 """``POST /webhooks/github``: verify, record, enqueue, answer 202 — nothing else (SPEC §3.1).
 
-The hot path of intake is plain ASGI in front of the Litestar app (``webhook_route``): no
+The hot path of intake is plain ASGI in front of the Litestar app (``WebhookRoute``): no
 routing, middleware, ``Request`` or ``Response`` objects; under ``bosun web`` not even ASGI
 (``bot.web.intake_protocol``). A delivery's log line is at ``debug`` (the deliveries table is
 its record). Measured in bench/intake_ab.py; see docs/benchmarks.md.
@@ -49,7 +49,6 @@ __all__ = [
     "WEBHOOK_PATH",
     "WebhookRoute",
     "signature_valid",
-    "webhook_route",
 ]
 
 WEBHOOK_PATH = "/webhooks/github"
@@ -180,10 +179,6 @@ class WebhookRoute:
         finally:
             structlog.contextvars.clear_contextvars()
         return status, _ENCODE(answer)
-
-
-def webhook_route(app: ASGIApp, state: State, max_bytes: int) -> WebhookRoute:
-    return WebhookRoute(app, state, max_bytes)
 
 
 async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
